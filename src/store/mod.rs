@@ -1,0 +1,269 @@
+//! Durable state: run history, last-success timestamps, per-job context and seen-sets.
+//!
+//! The [`Store`] trait is the only way the rest of the daemon touches the database. Its SQL is
+//! kept portable (SQLite now, PostgreSQL for several replicas later). The invariant that makes a
+//! tick run at most once is the unique key on `(job_id, scheduled_at)` for non-manual runs:
+//! [`Store::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
+//! another process (or an earlier life of this one) already took the tick.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What caused a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A regular tick of the job's schedule.
+    Schedule,
+    /// The single run that `misfire: run_once` makes at startup for ticks missed while down.
+    CatchUp,
+    /// `soarjobd run-once` or an admin request.
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "schedule" => Trigger::Schedule,
+            "catch_up" => Trigger::CatchUp,
+            "manual" => Trigger::Manual,
+            _ => return None,
+        })
+    }
+}
+
+/// The life-cycle state of one run row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Partial,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Interrupted,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "partial" => RunStatus::Partial,
+            "failed" => RunStatus::Failed,
+            "timed_out" => RunStatus::TimedOut,
+            "cancelled" => RunStatus::Cancelled,
+            "interrupted" => RunStatus::Interrupted,
+            "skipped" => RunStatus::Skipped,
+            _ => return None,
+        })
+    }
+
+    /// True for every status except `running`.
+    pub fn is_final(self) -> bool {
+        self != RunStatus::Running
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A run to be claimed. `status` is `Running` for a run about to start, or `Skipped` for a tick
+/// that is recorded but not run (overlap policy `skip`); a skipped row is inserted already
+/// finished (`finished_at = started_at`).
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub job_id: String,
+    /// The nominal tick instant (before jitter). For manual runs, the request time.
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub message: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunFinish {
+    pub status: RunStatus,
+    pub finished_at: DateTime<Utc>,
+    pub message: Option<String>,
+    /// The error with its full cause chain, one cause per line.
+    pub error: Option<String>,
+    /// JSON object of counters the job reported.
+    pub stats: serde_json::Value,
+}
+
+/// One row of `job_runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job_id: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub message: Option<String>,
+    pub error: Option<String>,
+    pub stats: serde_json::Value,
+}
+
+/// The state of one item in a job's seen-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeenState {
+    /// The job is about to apply (or applied, without hearing back) the item's effect. An item
+    /// still in this state at the start of a later run is "in doubt": its effect may or may not
+    /// have happened, and the job must check the remote side before applying it again.
+    Attempting,
+    /// The effect is known to have happened.
+    Done,
+}
+
+impl SeenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeenState::Attempting => "attempting",
+            SeenState::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "attempting" => Some(SeenState::Attempting),
+            "done" => Some(SeenState::Done),
+            _ => None,
+        }
+    }
+}
+
+/// One seen-set entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeenEntry {
+    pub item: String,
+    pub state: SeenState,
+    /// The run that last changed the entry.
+    pub run_id: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot apply database migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("corrupt value in column {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+    #[error("run {0} does not exist")]
+    NoSuchRun(i64),
+    #[error("unsupported database url {0:?} (expected sqlite:PATH)")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the daemon persists. All times are stored with millisecond precision.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts every run in one transaction. For each input, returns `Some(run_id)` when the row
+    /// was inserted, or `None` when a non-manual run with the same `(job_id, scheduled_at)`
+    /// already exists (the tick was claimed before and must not run again).
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>>;
+
+    /// Records how a run ended. Only a row still `running` is changed; finishing a row twice
+    /// is a no-op that returns `false`.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool>;
+
+    /// Marks every row still `running` as `interrupted` (finished now, message explaining that
+    /// the daemon stopped while the run was in progress). Called once at startup, before the
+    /// scheduler starts. Returns the rows that were changed.
+    async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>>;
+
+    /// The newest `scheduled_at` among the job's `schedule` and `catch_up` rows, if any.
+    async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// One run by id.
+    async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>>;
+
+    /// The job's runs, newest first (by `started_at`, then id).
+    async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>>;
+
+    /// The newest run of every job that has one, keyed by job id.
+    async fn last_runs(&self) -> StoreResult<Vec<RunRecord>>;
+
+    /// Deletes finished runs beyond the newest `keep_runs` per job *and* older than
+    /// `older_than` (a run is kept if either rule keeps it). Never deletes a `running` row.
+    /// Returns the number of rows deleted.
+    async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// A stored timestamp (unix ms) under `key` (`"timestamp"` is the SecOps default key).
+    async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>>;
+    async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()>;
+    /// Every stored timestamp of every job: (job_id, key, unix_ms).
+    async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>>;
+
+    /// The job's JSON key/value context.
+    async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>>;
+    async fn context_set(&self, job_id: &str, key: &str, value: &serde_json::Value)
+    -> StoreResult<()>;
+    async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool>;
+    /// The whole context as one JSON object.
+    async fn context_all(&self, job_id: &str) -> StoreResult<serde_json::Map<String, serde_json::Value>>;
+
+    /// One entry of the job's seen-set `scope`.
+    async fn seen_get(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<Option<SeenEntry>>;
+    /// Creates or updates an entry.
+    async fn seen_mark(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+        state: SeenState,
+        run_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Entries of a scope in a given state, oldest first.
+    async fn seen_list(&self, job_id: &str, scope: &str, state: SeenState) -> StoreResult<Vec<SeenEntry>>;
+    async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool>;
+
+    /// Flushes and closes the database (checkpointing the SQLite WAL).
+    async fn close(&self);
+}
