@@ -242,14 +242,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// The job's JSON key/value context.
     async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>>;
-    async fn context_set(&self, job_id: &str, key: &str, value: &serde_json::Value)
-    -> StoreResult<()>;
+    async fn context_set(
+        &self,
+        job_id: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<()>;
     async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool>;
     /// The whole context as one JSON object.
-    async fn context_all(&self, job_id: &str) -> StoreResult<serde_json::Map<String, serde_json::Value>>;
+    async fn context_all(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<serde_json::Map<String, serde_json::Value>>;
 
     /// One entry of the job's seen-set `scope`.
-    async fn seen_get(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<Option<SeenEntry>>;
+    async fn seen_get(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+    ) -> StoreResult<Option<SeenEntry>>;
     /// Creates or updates an entry.
     async fn seen_mark(
         &self,
@@ -261,9 +273,23 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
     /// Entries of a scope in a given state, oldest first.
-    async fn seen_list(&self, job_id: &str, scope: &str, state: SeenState) -> StoreResult<Vec<SeenEntry>>;
+    async fn seen_list(
+        &self,
+        job_id: &str,
+        scope: &str,
+        state: SeenState,
+    ) -> StoreResult<Vec<SeenEntry>>;
     async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool>;
 
     /// Flushes and closes the database (checkpointing the SQLite WAL).
     async fn close(&self);
+}
+
+/// Opens the store a database URL names (`sqlite:PATH`; PostgreSQL comes later).
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
 }

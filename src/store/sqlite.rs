@@ -1,1 +1,1414 @@
-//! (in progress)
+//! The SQLite implementation of [`Store`].
+//!
+//! The database runs in WAL mode so that the CLI (`history`, `list`) can read while the daemon
+//! writes, with `synchronous = NORMAL` (a commit survives a process crash; only an OS crash can
+//! lose the last commits) and a busy timeout for writers in other processes.
+//!
+//! Writers inside this process take an async write gate before they touch the database. SQLite
+//! allows one writer at a time; without the gate two connections of the pool would find out by
+//! polling the file lock (the busy handler sleeps 1, 2, 5, 10 ms ...), which shows up as tick
+//! lateness. With it, writers queue in FIFO order and each one finds the database free.
+//!
+//! The SQL sticks to forms PostgreSQL accepts too (`ON CONFLICT`, `RETURNING`, window functions,
+//! quoted `"trigger"` / `"key"` / `"value"`), so the later backend is a transliteration.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::{
+    NewRun, RunFinish, RunRecord, RunStatus, SeenEntry, SeenState, Store, StoreError, StoreResult,
+    Trigger,
+};
+
+/// The migrations in `migrations/`, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a writer waits for another process's write transaction before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readers (CLI queries, history) and writers each need a connection; writers are serialised
+/// by the write gate, so a few connections are plenty.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// Two processes opening a fresh database at once can both try to apply a migration; the loser
+/// fails and, on retry, finds it applied.
+const MIGRATE_ATTEMPTS: u32 = 3;
+const MIGRATE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Rows deleted per write transaction while pruning. Small, so that a tick waiting for the write
+/// gate is delayed by well under a millisecond.
+const PRUNE_BATCH: usize = 100;
+
+/// The message of a run found `running` at startup.
+const INTERRUPTED_MESSAGE: &str = "the daemon stopped while this run was in progress";
+
+/// The columns of `job_runs` in the order [`run_from_row`] reads them by name.
+macro_rules! run_columns {
+    () => {
+        "id, job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, \
+         message, error, stats"
+    };
+}
+
+/// `duration_ms` computed from the row's `started_at` and a bound finish time (twice, because
+/// positional parameters cannot be reused), never negative if the clock stepped back.
+macro_rules! duration_from_started {
+    () => {
+        "CASE WHEN ? > started_at THEN ? - started_at ELSE 0 END"
+    };
+}
+
+/// [`Store`] on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serialises this process's write transactions (see the module docs).
+    write_gate: Arc<Mutex<()>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url_or_path` — `sqlite:PATH`,
+    /// `sqlite://PATH` or a bare path — and applies pending migrations.
+    ///
+    /// A new database file is created with mode 0600, and missing parent directories with 0700;
+    /// an existing file keeps its permissions.
+    pub async fn open(url_or_path: &str) -> StoreResult<SqliteStore> {
+        let path = database_path(url_or_path)?;
+        let open_error = |source| StoreError::Open {
+            url: url_or_path.to_owned(),
+            source,
+        };
+        create_private_file(&path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+
+        if let Err(e) = migrate(&pool).await {
+            pool.close().await;
+            return Err(e);
+        }
+        Ok(SqliteStore {
+            pool,
+            write_gate: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The connection pool, for tests and diagnostics.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_gate.lock().await
+    }
+
+    /// The ids of the runs [`Store::prune`] may delete. A read only: it takes no write lock.
+    async fn prune_candidates(&self, keep_runs: u32, older_than: i64) -> StoreResult<Vec<i64>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM ( \
+                 SELECT id, status, started_at, \
+                        ROW_NUMBER() OVER (PARTITION BY job_id \
+                                           ORDER BY started_at DESC, id DESC) AS rn \
+                 FROM job_runs \
+             ) ranked \
+             WHERE rn > ? AND started_at < ? AND status <> 'running' \
+             ORDER BY id",
+        )
+        .bind(i64::from(keep_runs))
+        .bind(older_than)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// Deletes one batch of runs in one short write transaction. The status guard repeats the
+    /// candidate rule, so a row is never deleted while running even in theory.
+    async fn delete_runs(&self, ids: &[i64]) -> StoreResult<u64> {
+        let _gate = self.write_lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += sqlx::query("DELETE FROM job_runs WHERE id = ? AND status <> 'running'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
+/// Applies pending migrations, retrying when another process applied them at the same time.
+async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)))
+                if attempt < MIGRATE_ATTEMPTS =>
+            {
+                tracing::debug!(error = %e, attempt, "database migration failed, retrying");
+                tokio::time::sleep(MIGRATE_RETRY_DELAY).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The file path named by a `sqlite:` URL or a bare path.
+fn database_path(url_or_path: &str) -> StoreResult<PathBuf> {
+    let unsupported = || StoreError::UnsupportedUrl(url_or_path.to_owned());
+    let path = match url_or_path
+        .strip_prefix("sqlite://")
+        .or_else(|| url_or_path.strip_prefix("sqlite:"))
+    {
+        Some(rest) => rest,
+        // Any other scheme (postgres://, file://, ...) is not a path we should create a file at.
+        None if url_or_path.contains("://") => return Err(unsupported()),
+        None => url_or_path,
+    };
+    // Query options (`?mode=ro`) and in-memory databases would silently drop the guarantees
+    // `open` documents (file mode, durability), so they are refused rather than half-honoured.
+    if path.is_empty() || path.starts_with(":memory:") || path.contains('?') {
+        return Err(unsupported());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates the database file with mode 0600 (and its missing parents with 0700) before SQLite
+/// opens it, so there is no window in which the file is readable by others. SQLite gives the
+/// `-wal` and `-shm` files the permissions of the database file.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Logs when an existing database file is readable by group or others. It is left alone: the
+/// operator may have chosen that on purpose.
+fn warn_if_shared(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "the database file is accessible to other users; 0600 is recommended"
+            );
+        }
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: ms.to_string(),
+    })
+}
+
+fn opt_from_millis(column: &'static str, ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(|ms| from_millis(column, ms)).transpose()
+}
+
+fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        column,
+        value: text,
+    })
+}
+
+fn run_from_row(row: &SqliteRow) -> StoreResult<RunRecord> {
+    let trigger: String = row.try_get("trigger")?;
+    let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
+        column: "trigger",
+        value: trigger,
+    })?;
+    let status: String = row.try_get("status")?;
+    let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+        column: "status",
+        value: status,
+    })?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at")?)?,
+        trigger,
+        status,
+        started_at: from_millis("started_at", row.try_get("started_at")?)?,
+        finished_at: opt_from_millis("finished_at", row.try_get("finished_at")?)?,
+        duration_ms: row.try_get("duration_ms")?,
+        message: row.try_get("message")?,
+        error: row.try_get("error")?,
+        stats: parse_json("stats", row.try_get("stats")?)?,
+    })
+}
+
+fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
+    let state: String = row.try_get("state")?;
+    let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
+        column: "state",
+        value: state,
+    })?;
+    Ok(SeenEntry {
+        item: row.try_get("item")?,
+        state,
+        run_id: row.try_get("run_id")?,
+        updated_at: from_millis("updated_at", row.try_get("updated_at")?)?,
+    })
+}
+
+fn runs_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<RunRecord>> {
+    rows.iter().map(run_from_row).collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _gate = self.write_lock().await;
+        // IMMEDIATE takes the write lock up front, so a writer in another process makes this
+        // wait (busy timeout) instead of failing half-way through the slice.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut ids = Vec::with_capacity(runs.len());
+        for run in runs {
+            let started_at = millis(run.started_at);
+            // A row that is final on arrival (a skipped tick) never ran: it ends as it starts.
+            let (finished_at, duration_ms) = if run.status.is_final() {
+                (Some(started_at), Some(0_i64))
+            } else {
+                (None, None)
+            };
+            // No conflict target: the only unique key an insert can hit is the claim index
+            // (`id` is generated), and both SQLite and PostgreSQL accept the bare form.
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO job_runs \
+                     (job_id, scheduled_at, \"trigger\", status, started_at, finished_at, \
+                      duration_ms, message) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id",
+            )
+            .bind(&run.job_id)
+            .bind(millis(run.scheduled_at))
+            .bind(run.trigger.as_str())
+            .bind(run.status.as_str())
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(duration_ms)
+            .bind(run.message.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
+    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
+    /// looks finished and running at once.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        if !finish.status.is_final() {
+            return Err(StoreError::Corrupt {
+                column: "status",
+                value: finish.status.as_str().to_owned(),
+            });
+        }
+        let finished_at = millis(finish.finished_at);
+        let changed = {
+            let _gate = self.write_lock().await;
+            sqlx::query(concat!(
+                "UPDATE job_runs SET status = ?, finished_at = ?, duration_ms = ",
+                duration_from_started!(),
+                ", message = COALESCE(?, message), error = ?, stats = ? \
+                 WHERE id = ? AND status = 'running'"
+            ))
+            .bind(finish.status.as_str())
+            .bind(finished_at)
+            .bind(finished_at)
+            .bind(finished_at)
+            .bind(finish.message.as_deref())
+            .bind(finish.error.as_deref())
+            .bind(finish.stats.to_string())
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+        };
+        if changed > 0 {
+            return Ok(true);
+        }
+        // Nothing changed: either already finished (a legitimate no-op) or a bad id (a bug).
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM job_runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match exists {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NoSuchRun(run_id)),
+        }
+    }
+
+    async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
+        let now = millis(now);
+        let rows = {
+            let _gate = self.write_lock().await;
+            sqlx::query(concat!(
+                "UPDATE job_runs SET status = 'interrupted', finished_at = ?, duration_ms = ",
+                duration_from_started!(),
+                ", message = ? WHERE status = 'running' RETURNING ",
+                run_columns!()
+            ))
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(INTERRUPTED_MESSAGE)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        let mut runs = runs_from_rows(&rows)?;
+        // RETURNING has no defined order.
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        // The condition matches the claim index's, so this is an index lookup.
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(scheduled_at) FROM job_runs WHERE job_id = ? AND \"trigger\" <> 'manual'",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_millis("scheduled_at", ms)
+    }
+
+    async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE id = ?"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE job_id = ? ORDER BY started_at DESC, id DESC LIMIT ?"
+        ))
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// Ordered by job id.
+    async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        // One index probe per job instead of ranking every row: the history index gives each
+        // job's newest run directly.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE id IN ( \
+                 SELECT (SELECT r.id FROM job_runs r WHERE r.job_id = j.job_id \
+                         ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+                 FROM (SELECT DISTINCT job_id FROM job_runs) j \
+             ) ORDER BY job_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// Finds the candidates with one read, then deletes them in small write transactions so
+    /// that claims and finishes interleave with a large prune.
+    async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        let ids = self.prune_candidates(keep_runs, millis(older_than)).await?;
+        let mut deleted = 0;
+        for batch in ids.chunks(PRUNE_BATCH) {
+            deleted += self.delete_runs(batch).await?;
+            tokio::task::yield_now().await;
+        }
+        Ok(deleted)
+    }
+
+    async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
+        let value = sqlx::query_scalar(
+            "SELECT value_ms FROM job_timestamps WHERE job_id = ? AND \"key\" = ?",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(value)
+    }
+
+    async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_timestamps (job_id, \"key\", value_ms, updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, \"key\") \
+             DO UPDATE SET value_ms = excluded.value_ms, updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(key)
+        .bind(unix_ms)
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT \"value\" FROM job_context WHERE job_id = ? AND \"key\" = ?",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|text| parse_json("value", text)).transpose()
+    }
+
+    async fn context_set(
+        &self,
+        job_id: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_context (job_id, \"key\", \"value\", updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, \"key\") \
+             DO UPDATE SET \"value\" = excluded.\"value\", updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(key)
+        .bind(value.to_string())
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted = sqlx::query("DELETE FROM job_context WHERE job_id = ? AND \"key\" = ?")
+            .bind(job_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn context_all(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT \"key\", \"value\" FROM job_context WHERE job_id = ? ORDER BY \"key\"",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("key")?;
+                let value = parse_json("value", row.try_get("value")?)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    async fn seen_get(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+    ) -> StoreResult<Option<SeenEntry>> {
+        let row = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = ? AND scope = ? AND item = ?",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(item)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(seen_from_row).transpose()
+    }
+
+    /// `run_id`, when given, must name an existing run (it is a foreign key; pruning the run
+    /// later sets it to `None`).
+    async fn seen_mark(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+        state: SeenState,
+        run_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_seen (job_id, scope, item, state, run_id, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id, scope, item) \
+             DO UPDATE SET state = excluded.state, run_id = excluded.run_id, \
+                           updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(item)
+        .bind(state.as_str())
+        .bind(run_id)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn seen_list(
+        &self,
+        job_id: &str,
+        scope: &str,
+        state: SeenState,
+    ) -> StoreResult<Vec<SeenEntry>> {
+        let rows = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = ? AND scope = ? AND state = ? \
+             ORDER BY updated_at, item",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(seen_from_row).collect()
+    }
+
+    async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted =
+            sqlx::query("DELETE FROM job_seen WHERE job_id = ? AND scope = ? AND item = ?")
+                .bind(job_id)
+                .bind(scope)
+                .bind(item)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    /// Checkpoints the WAL into the database file and truncates it, then closes the pool.
+    /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
+    /// the WAL stays valid and the next writer checkpoints it.
+    async fn close(&self) {
+        let _gate = self.write_lock().await;
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+        {
+            // The first column is 1 when the checkpoint was blocked by a reader or writer.
+            Ok(row) if row.try_get::<i64, _>(0).unwrap_or(0) != 0 => {
+                tracing::debug!("WAL checkpoint at close was incomplete (database in use)");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint at close failed"),
+        }
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    async fn temp_store() -> (TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("soarjobd.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("open");
+        (dir, path, store)
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).expect("valid instant")
+    }
+
+    fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
+        NewRun {
+            job_id: job_id.to_owned(),
+            scheduled_at: at(scheduled_ms),
+            trigger,
+            status: RunStatus::Running,
+            started_at: at(scheduled_ms + 3),
+            message: None,
+        }
+    }
+
+    fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
+        RunFinish {
+            status,
+            finished_at: at(finished_ms),
+            message: Some(format!("{status} at {finished_ms}")),
+            error: None,
+            stats: json!({"processed": 2}),
+        }
+    }
+
+    async fn claim_one(store: &SqliteStore, run: NewRun) -> i64 {
+        let ids = store.claim_runs(&[run]).await.expect("claim");
+        ids[0].expect("claimed")
+    }
+
+    #[test]
+    fn database_path_accepts_urls_and_bare_paths() {
+        let expect = |input: &str, path: &str| {
+            assert_eq!(database_path(input).expect(input), PathBuf::from(path));
+        };
+        expect("sqlite:state.db", "state.db");
+        expect("sqlite://state.db", "state.db");
+        expect(
+            "sqlite:///var/lib/soarjobd/state.db",
+            "/var/lib/soarjobd/state.db",
+        );
+        expect("/var/lib/soarjobd/state.db", "/var/lib/soarjobd/state.db");
+        expect("state.db", "state.db");
+        for bad in [
+            "",
+            "sqlite:",
+            "sqlite::memory:",
+            "postgres://db/soarjobd",
+            "sqlite:x.db?mode=ro",
+        ] {
+            assert!(
+                matches!(database_path(bad), Err(StoreError::UnsupportedUrl(_))),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tick_is_claimed_once_across_two_stores_on_one_file() {
+        let (_dir, path, first) = temp_store().await;
+        let url = format!("sqlite://{}", path.display());
+        let second = SqliteStore::open(&url).await.expect("open second");
+
+        let tick = new_run("job-a", 60_000, Trigger::Schedule);
+        let other_job = new_run("job-b", 60_000, Trigger::Schedule);
+        let ids = first
+            .claim_runs(&[tick.clone(), other_job])
+            .await
+            .expect("claim");
+        assert!(ids.iter().all(Option::is_some), "{ids:?}");
+
+        // The same tick again, through this store and through the other: already taken.
+        assert_eq!(
+            first
+                .claim_runs(std::slice::from_ref(&tick))
+                .await
+                .expect("claim"),
+            [None]
+        );
+        let catch_up = NewRun {
+            trigger: Trigger::CatchUp,
+            ..tick.clone()
+        };
+        let next_tick = new_run("job-a", 61_000, Trigger::Schedule);
+        let ids = second
+            .claim_runs(&[tick, catch_up, next_tick])
+            .await
+            .expect("claim");
+        assert_eq!(ids[0], None);
+        assert_eq!(ids[1], None, "a catch-up run shares the claim key");
+        assert!(ids[2].is_some());
+
+        let history = second.history("job-a", 10).await.expect("history");
+        assert_eq!(history.len(), 2);
+        first.close().await;
+        second.close().await;
+    }
+
+    #[tokio::test]
+    async fn manual_runs_may_share_an_instant() {
+        let (_dir, _path, store) = temp_store().await;
+        let scheduled = new_run("job-a", 5_000, Trigger::Schedule);
+        let manual = new_run("job-a", 5_000, Trigger::Manual);
+        let ids = store
+            .claim_runs(&[scheduled, manual.clone(), manual])
+            .await
+            .expect("claim");
+        assert!(ids.iter().all(Option::is_some), "{ids:?}");
+        assert_eq!(store.history("job-a", 10).await.expect("history").len(), 3);
+        // Manual runs do not count as ticks.
+        let manual_later = new_run("job-a", 9_000, Trigger::Manual);
+        claim_one(&store, manual_later).await;
+        assert_eq!(
+            store.last_scheduled_at("job-a").await.expect("last"),
+            Some(at(5_000))
+        );
+        assert_eq!(store.last_scheduled_at("job-b").await.expect("last"), None);
+    }
+
+    #[tokio::test]
+    async fn a_skipped_run_is_inserted_finished() {
+        let (_dir, _path, store) = temp_store().await;
+        let skipped = NewRun {
+            status: RunStatus::Skipped,
+            message: Some("previous run still running".into()),
+            ..new_run("job-a", 1_000, Trigger::Schedule)
+        };
+        let id = claim_one(&store, skipped).await;
+        let run = store.run(id).await.expect("run").expect("exists");
+        assert_eq!(run.status, RunStatus::Skipped);
+        assert_eq!(run.finished_at, Some(run.started_at));
+        assert_eq!(run.duration_ms, Some(0));
+        assert_eq!(run.message.as_deref(), Some("previous run still running"));
+        assert_eq!(run.stats, json!({}));
+        // It is final: neither finishing nor interrupting touches it.
+        let done = finish(RunStatus::Succeeded, 2_000);
+        assert!(!store.finish_run(id, &done).await.expect("finish"));
+        assert!(
+            store
+                .interrupt_running(at(3_000))
+                .await
+                .expect("interrupt")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn finish_records_the_outcome_once() {
+        let (_dir, _path, store) = temp_store().await;
+        let run = NewRun {
+            message: Some("claimed".into()),
+            ..new_run("job-a", 10_000, Trigger::Schedule)
+        };
+        let id = claim_one(&store, run).await;
+        let running = store.run(id).await.expect("run").expect("exists");
+        assert_eq!(running.status, RunStatus::Running);
+        assert_eq!(running.finished_at, None);
+        assert_eq!(running.duration_ms, None);
+
+        let outcome = RunFinish {
+            error: Some("request failed\ncaused by: timeout".into()),
+            ..finish(RunStatus::Partial, 10_503)
+        };
+        assert!(store.finish_run(id, &outcome).await.expect("finish"));
+        let later = finish(RunStatus::Failed, 20_000);
+        assert!(!store.finish_run(id, &later).await.expect("finish twice"));
+
+        let run = store.run(id).await.expect("run").expect("exists");
+        assert_eq!(run.status, RunStatus::Partial);
+        assert_eq!(run.finished_at, Some(at(10_503)));
+        assert_eq!(run.duration_ms, Some(500));
+        assert_eq!(run.message.as_deref(), Some("partial at 10503"));
+        assert_eq!(
+            run.error.as_deref(),
+            Some("request failed\ncaused by: timeout")
+        );
+        assert_eq!(run.stats, json!({"processed": 2}));
+        assert_eq!(run.trigger, Trigger::Schedule);
+        assert_eq!(run.scheduled_at, at(10_000));
+
+        // Without a message of its own, a finish keeps the one the run was claimed with.
+        let id = claim_one(
+            &store,
+            NewRun {
+                message: Some("replacing run 1".into()),
+                ..new_run("job-a", 11_000, Trigger::Schedule)
+            },
+        )
+        .await;
+        let quiet = RunFinish {
+            message: None,
+            ..finish(RunStatus::Cancelled, 11_100)
+        };
+        assert!(store.finish_run(id, &quiet).await.expect("finish"));
+        let run = store.run(id).await.expect("run").expect("exists");
+        assert_eq!(run.message.as_deref(), Some("replacing run 1"));
+    }
+
+    #[tokio::test]
+    async fn finish_refuses_unknown_runs_and_non_final_statuses() {
+        let (_dir, _path, store) = temp_store().await;
+        let done = finish(RunStatus::Succeeded, 1_000);
+        assert!(matches!(
+            store.finish_run(4242, &done).await,
+            Err(StoreError::NoSuchRun(4242))
+        ));
+        let id = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let still_running = finish(RunStatus::Running, 1_000);
+        assert!(store.finish_run(id, &still_running).await.is_err());
+        let run = store.run(id).await.expect("run").expect("exists");
+        assert_eq!(run.finished_at, None);
+    }
+
+    #[tokio::test]
+    async fn interrupt_running_finishes_only_running_rows() {
+        let (_dir, _path, store) = temp_store().await;
+        let a = claim_one(&store, new_run("job-a", 1_000, Trigger::Schedule)).await;
+        let b = claim_one(&store, new_run("job-b", 2_000, Trigger::Manual)).await;
+        let c = claim_one(&store, new_run("job-c", 3_000, Trigger::Schedule)).await;
+        assert!(
+            store
+                .finish_run(c, &finish(RunStatus::Succeeded, 3_500))
+                .await
+                .expect("finish")
+        );
+
+        let interrupted = store
+            .interrupt_running(at(10_003))
+            .await
+            .expect("interrupt");
+        let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [a, b]);
+        for run in &interrupted {
+            assert_eq!(run.status, RunStatus::Interrupted);
+            assert_eq!(run.finished_at, Some(at(10_003)));
+            assert_eq!(run.message.as_deref(), Some(INTERRUPTED_MESSAGE));
+        }
+        assert_eq!(interrupted[0].duration_ms, Some(9_000));
+        let c = store.run(c).await.expect("run").expect("exists");
+        assert_eq!(c.status, RunStatus::Succeeded);
+        assert!(
+            store
+                .interrupt_running(at(20_000))
+                .await
+                .expect("again")
+                .is_empty()
+        );
+        // An interrupted run cannot be finished afterwards.
+        assert!(
+            !store
+                .finish_run(a, &finish(RunStatus::Succeeded, 30_000))
+                .await
+                .expect("finish")
+        );
+    }
+
+    #[tokio::test]
+    async fn history_is_newest_first_and_limited() {
+        let (_dir, _path, store) = temp_store().await;
+        let mut claims = Vec::new();
+        for (scheduled, started) in [(1_000, 1_000), (3_000, 3_000), (2_000, 2_000)] {
+            claims.push(NewRun {
+                started_at: at(started),
+                ..new_run("job-a", scheduled, Trigger::Schedule)
+            });
+        }
+        // Two manual runs starting at the same instant: the later id comes first.
+        for _ in 0..2 {
+            claims.push(NewRun {
+                started_at: at(3_000),
+                ..new_run("job-a", 3_000, Trigger::Manual)
+            });
+        }
+        claims.push(new_run("job-b", 9_000, Trigger::Schedule));
+        let ids: Vec<i64> = store
+            .claim_runs(&claims)
+            .await
+            .expect("claim")
+            .into_iter()
+            .map(|id| id.expect("claimed"))
+            .collect();
+
+        let history = store.history("job-a", 10).await.expect("history");
+        let order: Vec<i64> = history.iter().map(|r| r.id).collect();
+        assert_eq!(order, [ids[4], ids[3], ids[1], ids[2], ids[0]]);
+        let limited = store.history("job-a", 2).await.expect("history");
+        assert_eq!(limited.len(), 2);
+        assert_eq!(limited[0].id, ids[4]);
+        assert!(store.history("job-a", 0).await.expect("history").is_empty());
+        assert!(
+            store
+                .history("nobody", 10)
+                .await
+                .expect("history")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn last_runs_gives_each_jobs_newest_run() {
+        let (_dir, _path, store) = temp_store().await;
+        assert!(store.last_runs().await.expect("last runs").is_empty());
+        let ids = store
+            .claim_runs(&[
+                new_run("job-b", 1_000, Trigger::Schedule),
+                new_run("job-b", 5_000, Trigger::Schedule),
+                new_run("job-a", 7_000, Trigger::Schedule),
+                new_run("job-b", 3_000, Trigger::Schedule),
+                new_run("job-a", 2_000, Trigger::Manual),
+            ])
+            .await
+            .expect("claim");
+        let last = store.last_runs().await.expect("last runs");
+        let got: Vec<(&str, Option<i64>)> = last
+            .iter()
+            .map(|r| (r.job_id.as_str(), Some(r.id)))
+            .collect();
+        assert_eq!(got, [("job-a", ids[2]), ("job-b", ids[1])]);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_the_recent_and_the_running() {
+        let (_dir, _path, store) = temp_store().await;
+        let day = TimeDelta::days(1).num_milliseconds();
+        let now = 1_000 * day;
+        let older_than = at(now - 30 * day);
+        // (job, started days ago, finished?)
+        let rows = [
+            ("job-a", 60, true),  // beyond the newest 2 and old: deleted
+            ("job-a", 50, false), // old and beyond the newest 2, but running: kept
+            ("job-a", 40, true),  // deleted
+            ("job-a", 10, true),  // beyond the newest 2, but recent: kept
+            ("job-a", 5, true),   // newest 2: kept
+            ("job-a", 1, true),   // newest 2: kept
+            ("job-b", 90, true),  // deleted
+            ("job-b", 80, true),  // old, but among the newest 2: kept
+            ("job-b", 70, true),  // kept
+        ];
+        let mut ids = Vec::new();
+        for (job, days_ago, finished) in rows {
+            let start = now - days_ago * day;
+            let id = claim_one(&store, new_run(job, start, Trigger::Schedule)).await;
+            if finished {
+                assert!(
+                    store
+                        .finish_run(id, &finish(RunStatus::Succeeded, start + 10))
+                        .await
+                        .expect("finish")
+                );
+            }
+            ids.push(id);
+        }
+        // A seen entry naming a pruned run loses the reference, not the entry.
+        store
+            .seen_mark(
+                "job-a",
+                "alerts",
+                "a-1",
+                SeenState::Done,
+                Some(ids[0]),
+                at(now),
+            )
+            .await
+            .expect("mark");
+
+        assert_eq!(store.prune(2, older_than).await.expect("prune"), 3);
+        let mut left: Vec<i64> = store
+            .history("job-a", 100)
+            .await
+            .expect("history")
+            .into_iter()
+            .chain(store.history("job-b", 100).await.expect("history"))
+            .map(|r| r.id)
+            .collect();
+        left.sort();
+        assert_eq!(left, [ids[1], ids[3], ids[4], ids[5], ids[7], ids[8]]);
+        let entry = store
+            .seen_get("job-a", "alerts", "a-1")
+            .await
+            .expect("seen")
+            .expect("kept");
+        assert_eq!(entry.run_id, None);
+
+        // Nothing more to do; keeping 0 runs still spares the recent and the running.
+        assert_eq!(store.prune(2, older_than).await.expect("prune"), 0);
+        assert_eq!(store.prune(0, older_than).await.expect("prune"), 2);
+        let left: Vec<i64> = store
+            .history("job-a", 100)
+            .await
+            .expect("history")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [ids[5], ids[4], ids[3], ids[1]]);
+    }
+
+    #[tokio::test]
+    async fn timestamps_round_trip() {
+        let (_dir, _path, store) = temp_store().await;
+        assert_eq!(
+            store
+                .get_timestamp("job-a", "timestamp")
+                .await
+                .expect("get"),
+            None
+        );
+        store
+            .set_timestamp("job-a", "timestamp", 1_700_000_000_000)
+            .await
+            .expect("set");
+        store
+            .set_timestamp("job-a", "timestamp", 1_700_000_000_500)
+            .await
+            .expect("set");
+        store
+            .set_timestamp("job-a", "alerts", 5)
+            .await
+            .expect("set");
+        store
+            .set_timestamp("job-b", "timestamp", -1)
+            .await
+            .expect("set");
+        assert_eq!(
+            store
+                .get_timestamp("job-a", "timestamp")
+                .await
+                .expect("get"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            store.get_timestamp("job-a", "other").await.expect("get"),
+            None
+        );
+        let all = store.all_timestamps().await.expect("all");
+        let expected = [
+            ("job-a", "alerts", 5),
+            ("job-a", "timestamp", 1_700_000_000_500),
+            ("job-b", "timestamp", -1),
+        ]
+        .map(|(j, k, v)| (j.to_owned(), k.to_owned(), v));
+        assert_eq!(all, expected);
+    }
+
+    #[tokio::test]
+    async fn context_round_trips_json() {
+        let (_dir, _path, store) = temp_store().await;
+        let cursor = json!({"page": "abc", "ids": [1, 2, 3], "nested": {"ok": true}});
+        store
+            .context_set("job-a", "cursor", &cursor)
+            .await
+            .expect("set");
+        store
+            .context_set("job-a", "count", &json!(1))
+            .await
+            .expect("set");
+        store
+            .context_set("job-a", "count", &json!(2))
+            .await
+            .expect("set");
+        store
+            .context_set("job-a", "name", &json!("x"))
+            .await
+            .expect("set");
+        store
+            .context_set("job-b", "count", &json!(99))
+            .await
+            .expect("set");
+
+        assert_eq!(
+            store.context_get("job-a", "cursor").await.expect("get"),
+            Some(cursor.clone())
+        );
+        assert_eq!(
+            store.context_get("job-a", "count").await.expect("get"),
+            Some(json!(2))
+        );
+        assert_eq!(
+            store.context_get("job-a", "missing").await.expect("get"),
+            None
+        );
+        let all = store.context_all("job-a").await.expect("all");
+        assert_eq!(
+            serde_json::Value::Object(all),
+            json!({"count": 2, "cursor": cursor, "name": "x"})
+        );
+
+        assert!(store.context_delete("job-a", "name").await.expect("delete"));
+        assert!(!store.context_delete("job-a", "name").await.expect("delete"));
+        assert_eq!(store.context_get("job-a", "name").await.expect("get"), None);
+        assert!(store.context_all("job-c").await.expect("all").is_empty());
+    }
+
+    #[tokio::test]
+    async fn seen_set_round_trips() {
+        let (_dir, _path, store) = temp_store().await;
+        let run = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let mark = |item: &'static str, state, ms| {
+            let store = store.clone();
+            async move {
+                store
+                    .seen_mark("job-a", "alerts", item, state, Some(run), at(ms))
+                    .await
+                    .expect("mark");
+            }
+        };
+        mark("a-2", SeenState::Attempting, 2_000).await;
+        mark("a-1", SeenState::Attempting, 1_000).await;
+        mark("a-3", SeenState::Attempting, 3_000).await;
+        mark("a-2", SeenState::Done, 4_000).await;
+        store
+            .seen_mark("job-a", "cases", "a-1", SeenState::Done, None, at(5_000))
+            .await
+            .expect("mark");
+
+        let entry = store
+            .seen_get("job-a", "alerts", "a-2")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(
+            entry,
+            SeenEntry {
+                item: "a-2".into(),
+                state: SeenState::Done,
+                run_id: Some(run),
+                updated_at: at(4_000)
+            }
+        );
+        assert_eq!(
+            store.seen_get("job-a", "alerts", "zzz").await.expect("get"),
+            None
+        );
+        assert_eq!(
+            store.seen_get("job-b", "alerts", "a-2").await.expect("get"),
+            None
+        );
+
+        let attempting = store
+            .seen_list("job-a", "alerts", SeenState::Attempting)
+            .await
+            .expect("list");
+        let items: Vec<&str> = attempting.iter().map(|e| e.item.as_str()).collect();
+        assert_eq!(items, ["a-1", "a-3"], "oldest first");
+        let cases = store
+            .seen_list("job-a", "cases", SeenState::Done)
+            .await
+            .expect("list");
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].run_id, None);
+
+        assert!(
+            store
+                .seen_remove("job-a", "alerts", "a-1")
+                .await
+                .expect("remove")
+        );
+        assert!(
+            !store
+                .seen_remove("job-a", "alerts", "a-1")
+                .await
+                .expect("remove")
+        );
+        assert_eq!(
+            store.seen_get("job-a", "alerts", "a-1").await.expect("get"),
+            None
+        );
+        // The other scope's entry with the same item is untouched.
+        assert!(
+            store
+                .seen_get("job-a", "cases", "a-1")
+                .await
+                .expect("get")
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn new_files_are_private_and_existing_ones_are_left_alone() {
+        let (dir, path, store) = temp_store().await;
+        claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        assert_eq!(mode(&wal), 0o600, "SQLite copies the database file's mode");
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        store.close().await;
+
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").expect("create");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let store = SqliteStore::open(&format!("sqlite:{}", shared.display()))
+            .await
+            .expect("open");
+        assert_eq!(mode(&shared), 0o640);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_applies_migrations_once() {
+        let (_dir, path, store) = temp_store().await;
+        let id = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        store
+            .set_timestamp("job-a", "timestamp", 42)
+            .await
+            .expect("set");
+        store.close().await;
+        assert!(
+            std::fs::metadata(format!("{}-wal", path.display())).map_or(true, |m| m.len() == 0),
+            "close checkpoints and truncates the WAL"
+        );
+
+        for _ in 0..2 {
+            let store = SqliteStore::open(path.to_str().expect("utf-8"))
+                .await
+                .expect("reopen");
+            assert!(store.run(id).await.expect("run").is_some());
+            assert_eq!(
+                store
+                    .get_timestamp("job-a", "timestamp")
+                    .await
+                    .expect("get"),
+                Some(42)
+            );
+            let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            assert_eq!(
+                applied,
+                i64::try_from(MIGRATOR.iter().count()).expect("count")
+            );
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(store.pool())
+                .await
+                .expect("pragma");
+            assert_eq!(journal, "wal");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(store.pool())
+                .await
+                .expect("pragma");
+            assert_eq!(fk, 1);
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_opened_concurrently_on_a_new_file_both_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("new.db").display());
+        let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
+        let (a, b) = (a.expect("first open"), b.expect("second open"));
+        claim_one(&a, new_run("job-a", 0, Trigger::Schedule)).await;
+        assert_eq!(b.history("job-a", 1).await.expect("history").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_proceed_while_another_process_holds_the_write_lock() {
+        let (_dir, path, daemon) = temp_store().await;
+        let id = claim_one(&daemon, new_run("job-a", 0, Trigger::Schedule)).await;
+        let cli = SqliteStore::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+
+        // The "daemon" sits in an exclusive write transaction with an uncommitted row.
+        let mut tx = daemon
+            .pool()
+            .begin_with("BEGIN EXCLUSIVE")
+            .await
+            .expect("begin");
+        sqlx::query(
+            "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at) \
+             VALUES ('job-a', 1000, 'schedule', 'running', 1000)",
+        )
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+
+        // WAL lets the reader see the last commit at once; a rollback journal would make it wait
+        // for the busy timeout (5 s) and fail.
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            (cli.history("job-a", 10).await, cli.last_runs().await)
+        })
+        .await
+        .expect("reads must not wait for the writer");
+        let history = read.0.expect("history");
+        assert_eq!(history.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
+        assert_eq!(read.1.expect("last runs").len(), 1);
+        tx.rollback().await.expect("rollback");
+    }
+
+    #[tokio::test]
+    async fn throughput_smoke_claim_and_finish() {
+        let (_dir, _path, store) = temp_store().await;
+        for i in 0..1_000_i64 {
+            let tick = i * 1_000;
+            let id = claim_one(&store, new_run("bench", tick, Trigger::Schedule)).await;
+            let done = finish(RunStatus::Succeeded, tick + 5);
+            assert!(store.finish_run(id, &done).await.expect("finish"));
+        }
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+        assert_eq!(count, 1_000);
+        store.close().await;
+    }
+}

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: dependencies are compiled in their own layer (cached until Cargo.toml or
+# Cargo.lock change), then the sources.
+
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /src
+# 1. Dependencies only: a dummy crate with the real manifest.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches examples \
+    && echo 'fn main() {}' > src/main.rs \
+    && echo '' > src/lib.rs \
+    && echo 'fn main() {}' > benches/scheduler.rs \
+    && cargo build --release --locked --bin soarjobd \
+    && rm -rf src benches examples
+# 2. The real sources.
+COPY src ./src
+COPY migrations ./migrations
+COPY benches ./benches
+COPY examples ./examples
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin soarjobd
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/soarjobd --shell /usr/sbin/nologin soarjobd \
+    && mkdir -p /etc/soarjobd/jobs /var/lib/soarjobd \
+    && chown -R soarjobd:soarjobd /var/lib/soarjobd
+COPY --from=builder /src/target/release/soarjobd /usr/local/bin/soarjobd
+COPY deploy/container.yaml /etc/soarjobd/soarjobd.yaml
+COPY jobs/ /etc/soarjobd/jobs/
+ENV SOARJOBD_CONFIG=/etc/soarjobd/soarjobd.yaml
+VOLUME ["/etc/soarjobd", "/var/lib/soarjobd"]
+USER soarjobd
+WORKDIR /var/lib/soarjobd
+# tini reaps the process groups of `exec` jobs and forwards SIGTERM to the daemon, which then
+# shuts down gracefully.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/soarjobd"]
+CMD ["run"]

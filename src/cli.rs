@@ -1,0 +1,348 @@
+//! The command line: subcommands and their output. `main` only calls [`main`] here.
+//!
+//! Every subcommand returns an exit code from [`crate::exit`]; this is the one place that
+//! turns errors into codes and messages.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{self, LogFormat, Settings, Sources};
+use crate::daemon::Daemon;
+use crate::definition::{self, LoadError};
+use crate::exit;
+use crate::job::{Registry, error_chain};
+use crate::schedule::{Schedule, parse_timezone};
+
+#[derive(Parser, Debug)]
+#[command(name = "soarjobd", version, about = "Runs scheduled SOAR jobs", long_about = None)]
+pub struct Cli {
+    /// The config file (default: config/soarjobd.yaml, if it exists).
+    #[arg(long, global = true, env = "SOARJOBD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: pretty or json (overrides log.format).
+    #[arg(long, global = true, value_parser = ["pretty", "json"])]
+    pub log_format: Option<String>,
+    /// Log level or filter such as info or soarjobd=debug (overrides log.level; RUST_LOG wins).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the config and every job file; show each job's next fire times.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the next fire times of a cron expression or `@every 15m`.
+    Next {
+        /// A cron expression (5 fields, or 6 with seconds first, or @hourly...) or `@every DURATION`.
+        expr: String,
+        /// IANA time zone for cron expressions.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Start from this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        from: Option<String>,
+        /// How many instants to show.
+        #[arg(short = 'n', default_value_t = 5)]
+        n: usize,
+    },
+    /// List every job with its last run, last success and next fire time.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's runs, newest first.
+    History {
+        job_id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one job now, in the foreground, through the same runner (a manual run).
+    RunOnce {
+        job_id: String,
+        /// Override a parameter: --param "Name=value" (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// Run the product end to end with built-in simulators and nothing external.
+    Demo {
+        /// Where to keep the demo's database (default: a temporary folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How many simulated cases.
+        #[arg(long, default_value_t = 200)]
+        cases: usize,
+    },
+    /// Run a platform simulator.
+    Sim {
+        #[command(subcommand)]
+        which: SimCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// The Google SecOps SOAR API simulator.
+    Soar {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        cases: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, env = "SOAR_SIM_APP_KEY", default_value = "sim-app-key")]
+        app_key: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+    },
+    /// The ThreatConnect API simulator.
+    Threatconnect {
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        listen: SocketAddr,
+        #[arg(long, env = "TC_SIM_ACCESS_ID", default_value = "sim-access-id")]
+        access_id: String,
+        #[arg(long, env = "TC_SIM_SECRET_KEY", default_value = "sim-secret-key")]
+        secret_key: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+    },
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    let command = cli.command.unwrap_or(Cmd::Run);
+    // `next` needs no config at all.
+    if let Cmd::Next { expr, tz, from, n } = &command {
+        return next(expr, tz, from.as_deref(), *n);
+    }
+    let loaded = config::load(&Sources {
+        file: cli.config.clone(),
+        env: None,
+    });
+    if let Cmd::Check { json } = command {
+        return check(loaded, json);
+    }
+    let mut settings = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if let Some(f) = cli.log_format.as_deref().and_then(LogFormat::parse) {
+        settings.log.format = f;
+    }
+    if let Some(l) = cli.log_level {
+        settings.log.level = l;
+    }
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    match command {
+        Cmd::Run => run(settings).await,
+        Cmd::List { json } => crate::inspect::list(&settings, json).await,
+        Cmd::History {
+            job_id,
+            limit,
+            json,
+        } => crate::inspect::history(&settings, &job_id, limit, json).await,
+        Cmd::RunOnce { job_id, params } => {
+            crate::inspect::run_once(settings, &job_id, &params).await
+        }
+        Cmd::Demo { data_dir, cases } => crate::demo::run(settings, data_dir, cases).await,
+        Cmd::Sim { which } => crate::demo::sim(which).await,
+        Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn run(settings: Settings) -> i32 {
+    match Daemon::builder().settings(settings).start().await {
+        Ok(d) => {
+            d.run_until_signal().await;
+            exit::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot start the daemon");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `soarjobd next`.
+pub fn next(expr: &str, tz: &str, from: Option<&str>, n: usize) -> i32 {
+    let tz = match parse_timezone(tz) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let from: DateTime<Utc> = match from {
+        None => Utc::now(),
+        Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(e) => {
+                eprintln!(
+                    "error: invalid --from `{s}`: {e} (expected RFC 3339, e.g. 2027-03-13T00:00:00Z)"
+                );
+                return exit::USAGE;
+            }
+        },
+    };
+    let schedule = match Schedule::parse_expr(expr, tz) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for t in schedule.ticks_after(from, n) {
+        let _ = writeln!(out, "{}", format_instant(t, tz));
+    }
+    exit::SUCCESS
+}
+
+/// An instant in the zone's local time with its offset, to the second.
+pub fn format_instant(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `soarjobd check`.
+fn check(loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
+    let registry = Registry::with_builtins();
+    let mut errors: Vec<LoadError> = Vec::new();
+    let settings = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            let file = e.file.clone().unwrap_or_else(|| PathBuf::from("<config>"));
+            for p in &e.problems {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: p.clone(),
+                });
+            }
+            Settings::default()
+        }
+    };
+    if let Err(e) = crate::jobs::build_clients(&settings) {
+        errors.push(LoadError {
+            file: settings
+                .file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<config>")),
+            line: 0,
+            column: 0,
+            message: e,
+        });
+    }
+    let report = definition::load_dir(&settings.jobs_dir, &registry);
+    errors.extend(report.errors);
+    let now = Utc::now();
+    let jobs: Vec<_> = report
+        .jobs
+        .iter()
+        .map(|d| {
+            let tz = d.schedule.timezone();
+            let next: Vec<String> = if d.enabled {
+                d.schedule
+                    .ticks_after(now, 3)
+                    .into_iter()
+                    .map(|t| format_instant(d.schedule.fire_at(&d.id, t), tz))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (d, next)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let doc = json!({
+            "jobs": jobs.iter().map(|(d, next)| json!({
+                "id": d.id,
+                "name": d.name,
+                "job": d.implementation,
+                "enabled": d.enabled,
+                "schedule": d.schedule.describe(),
+                "next": next,
+            })).collect::<Vec<_>>(),
+            "errors": errors.iter().map(|e| json!({
+                "file": e.file.display().to_string(),
+                "line": e.line,
+                "column": e.column,
+                "message": e.message,
+            })).collect::<Vec<_>>(),
+        });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+    } else {
+        for (d, next) in &jobs {
+            let _ = writeln!(
+                out,
+                "{}  job={}  {}  {}  next: {}",
+                d.id,
+                d.implementation,
+                if d.enabled { "enabled" } else { "disabled" },
+                d.schedule.describe(),
+                if next.is_empty() {
+                    "-".to_string()
+                } else {
+                    next.join(", ")
+                }
+            );
+        }
+        for e in &errors {
+            let _ = writeln!(out, "{e}");
+        }
+        let _ = writeln!(
+            out,
+            "{} job(s) valid, {} error(s)",
+            jobs.len(),
+            errors.len()
+        );
+    }
+    if errors.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    }
+}

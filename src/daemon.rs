@@ -1,0 +1,299 @@
+//! Wires the store, the scheduler, the watcher and the signals together, and shuts down
+//! gracefully.
+//!
+//! One [`CancellationToken`] is the shutdown signal every long-lived task watches (scheduler,
+//! watcher, pruner). Runs are not children of it: on shutdown they are first given
+//! `shutdown_grace` to finish on their own, and only then asked to stop, so a job in the
+//! middle of its work is not interrupted by a routine restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::definition::{self, LoadReport};
+use crate::job::{Clients, Job, Registry, error_chain};
+use crate::runner::{Runner, StopReason};
+use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use crate::store::{self, Store, StoreError};
+
+/// How often old runs are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the state store")]
+    Store(#[from] StoreError),
+    #[error("invalid API client configuration: {0}")]
+    Clients(String),
+}
+
+/// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use soarjobd::daemon::Daemon;
+/// let settings = soarjobd::config::load(&Default::default())?;
+/// let daemon = Daemon::builder().settings(settings).start().await?;
+/// daemon.run_until_signal().await;
+/// # Ok(()) }
+/// ```
+pub struct Daemon;
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            registry: Registry::with_builtins(),
+            settings: Settings::default(),
+            options: SchedulerOptions::default(),
+            clients: None,
+        }
+    }
+}
+
+pub struct DaemonBuilder {
+    registry: Registry,
+    settings: Settings,
+    options: SchedulerOptions,
+    clients: Option<Clients>,
+}
+
+impl DaemonBuilder {
+    /// Adds a job implementation (a later one with the same id replaces a built-in).
+    pub fn register(mut self, job: impl Job) -> DaemonBuilder {
+        self.registry.register(job);
+        self
+    }
+
+    pub fn settings(mut self, settings: Settings) -> DaemonBuilder {
+        self.settings = settings;
+        self
+    }
+
+    /// Runs every enabled job once right after start.
+    pub fn run_at_start(mut self, yes: bool) -> DaemonBuilder {
+        self.options.run_at_start = yes;
+        self
+    }
+
+    /// Uses these API clients instead of building them from the settings.
+    pub fn clients(mut self, clients: Clients) -> DaemonBuilder {
+        self.clients = Some(clients);
+        self
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
+    pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
+        let settings = self.settings;
+        let store = store::open(&settings.database_url).await?;
+        let interrupted = store.interrupt_running(Utc::now()).await?;
+        for r in &interrupted {
+            tracing::warn!(
+                job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                "run interrupted by the previous shutdown or crash"
+            );
+        }
+        let clients = match self.clients {
+            Some(c) => c,
+            None => crate::jobs::build_clients(&settings).map_err(DaemonError::Clients)?,
+        };
+        let registry = Arc::new(self.registry);
+        let runner = Runner::new(store.clone(), registry.clone(), clients);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let running = RunningRuns::default();
+
+        let jobs_dir = settings.jobs_dir.clone();
+        let initial = {
+            let (d, r) = (jobs_dir.clone(), registry.clone());
+            tokio::task::spawn_blocking(move || definition::load_dir(&d, r.as_ref()))
+                .await
+                .unwrap_or_default()
+        };
+        tracing::info!(
+            jobs_dir = %jobs_dir.display(),
+            database = %redact_url(&settings.database_url),
+            jobs = initial.jobs.len(),
+            errors = initial.errors.len(),
+            "daemon started"
+        );
+
+        // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
+        // would only hold stale ones.
+        let (tx, rx) = mpsc::channel(4);
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
+        let scheduler_task =
+            tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
+        let watcher_task = tokio::spawn(crate::watch::watch(
+            jobs_dir,
+            registry.clone(),
+            settings.reload_poll,
+            tx.clone(),
+            shutdown.clone(),
+        ));
+        let pruner_task = tokio::spawn(prune_loop(
+            store.clone(),
+            settings.history.keep_runs,
+            settings.history.keep_days,
+            shutdown.clone(),
+        ));
+        Ok(RunningDaemon {
+            shutdown,
+            tracker,
+            running,
+            store,
+            grace: settings.shutdown_grace,
+            tasks: vec![scheduler_task, watcher_task, pruner_task],
+            reload_tx: tx,
+            jobs_dir: settings.jobs_dir,
+            registry,
+        })
+    }
+}
+
+/// A started daemon.
+pub struct RunningDaemon {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    running: RunningRuns,
+    store: Arc<dyn Store>,
+    grace: Duration,
+    tasks: Vec<JoinHandle<()>>,
+    reload_tx: mpsc::Sender<crate::scheduler::Command>,
+    jobs_dir: PathBuf,
+    registry: Arc<Registry>,
+}
+
+impl RunningDaemon {
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Reloads the jobs folder now (what SIGHUP does).
+    pub async fn reload(&self) -> LoadReport {
+        let (d, r) = (self.jobs_dir.clone(), self.registry.clone());
+        let report = tokio::task::spawn_blocking(move || definition::load_dir(&d, r.as_ref()))
+            .await
+            .unwrap_or_default();
+        let summary = LoadReport {
+            jobs: Vec::new(),
+            errors: report.errors.clone(),
+            failed_files: report.failed_files.clone(),
+        };
+        let _ = self
+            .reload_tx
+            .send(crate::scheduler::Command::Reload(report))
+            .await;
+        summary
+    }
+
+    /// Number of runs in progress.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully. A second signal during the
+    /// grace period exits the process at once.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!(
+            grace_s = self.grace.as_secs(),
+            "shutdown requested; waiting for running jobs"
+        );
+        // A second signal means "now": the process exits without waiting, and the next
+        // start marks the runs it left as interrupted.
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting immediately");
+            std::process::exit(crate::exit::FAILURE);
+        });
+        self.shutdown().await;
+    }
+
+    /// Stops firing, waits up to the grace period for running jobs, cancels the rest, and
+    /// closes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.running.len(),
+                "grace period over; cancelling running jobs"
+            );
+            self.running.stop_all(StopReason::Shutdown);
+            self.tracker.wait().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+        tracing::info!("daemon stopped");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Prunes old runs at start and then every hour, off the scheduler's path.
+async fn prune_loop(
+    store: Arc<dyn Store>,
+    keep_runs: u32,
+    keep_days: u32,
+    shutdown: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let older_than = Utc::now() - chrono::Duration::days(i64::from(keep_days));
+        match store.prune(keep_runs, older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, keep_runs, keep_days, "old runs pruned"),
+            Err(e) => tracing::error!(error = %error_chain(&e), "cannot prune old runs"),
+        }
+    }
+}
+
+/// A database URL safe to log (PostgreSQL URLs may carry a password).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,1065 @@
+//! Job definition files -> validated [`JobDefinition`]s, with every error located.
+//!
+//! A job file is the Google SecOps SOAR job YAML (`name`, `parameters`, `description`,
+//! `integration`, `creator`, `run_interval_in_seconds`, ...) plus scheduling keys (`job`,
+//! `schedule`, `timeout`, `overlap`, `misfire`) and the keys its implementation declares
+//! (`command`, `working_dir`, `env` for `exec`). Loading is all-or-nothing per file, but never
+//! stops at the first problem: every error of every file is collected, each naming
+//! `path:line:column` and what was expected, so `check` can list them all at once.
+//!
+//! Invariant: this module never names a concrete job. The binary assembles the registry and
+//! passes it in as a [`Catalog`].
+
+pub mod located;
+pub mod params;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use yaml_serde::Value as Yaml;
+
+use crate::schedule::{self, Schedule};
+use located::{Pos, Positions};
+pub use params::{ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
+
+/// The SecOps platform's run time limit, our default `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// SecOps' default `run_interval_in_seconds`.
+pub const DEFAULT_INTERVAL_SECS: u64 = 900;
+
+/// What to do when a tick comes while the previous run of the same job is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Record a `skipped` run and leave the running one alone (the default).
+    Skip,
+    /// Run concurrently.
+    Allow,
+    /// Cancel the running one and start the new one.
+    Replace,
+}
+
+/// What to do about ticks missed while the daemon was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// One catch-up run at startup, however many ticks were missed (the default).
+    RunOnce,
+    /// Wait for the next tick.
+    Skip,
+}
+
+/// A validated job instance, ready to be scheduled.
+#[derive(Debug, Clone)]
+pub struct JobDefinition {
+    /// The file stem; the key of the job's history and state.
+    pub id: String,
+    /// The display name (unique across files).
+    pub name: String,
+    /// The registered implementation id (`job:` key).
+    pub implementation: String,
+    pub description: String,
+    pub integration: Option<String>,
+    pub creator: Option<String>,
+    pub documentation_link: Option<String>,
+    pub version: f64,
+    pub is_custom: bool,
+    pub enabled: bool,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub overlap: Overlap,
+    pub misfire: Misfire,
+    pub parameters: Parameters,
+    /// The implementation's own keys (already validated by it), as JSON.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The file the job came from.
+    pub source: PathBuf,
+    /// A hash of the file's bytes (and of the environment/file values it read), so a reload can
+    /// tell whether anything changed.
+    pub fingerprint: u64,
+}
+
+/// A located problem in a job file or the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// A problem an implementation found in its own keys or in parameter values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// A key path in the file (`command`, `command[0]`, `env.FOO`), or `parameters.<Name>` for
+    /// a parameter by its display name.
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the loader needs to know about a job implementation.
+pub trait JobSpec: Send + Sync {
+    /// One line for `check` and error messages.
+    fn summary(&self) -> &'static str {
+        ""
+    }
+    /// Parameters the implementation reads. A declared parameter missing from the file gets
+    /// its declared default; its type in the file must match.
+    fn parameters(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// Extra top-level keys the implementation accepts.
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Checks the extra keys and parameter values (ranges, cross-field rules).
+    fn validate(
+        &self,
+        _params: &Parameters,
+        _extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+/// The set of known implementations, as the loader sees it.
+pub trait Catalog {
+    fn ids(&self) -> Vec<String>;
+    fn spec(&self, id: &str) -> Option<&dyn JobSpec>;
+}
+
+/// The result of loading a folder: the good jobs and every error of the bad files.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub jobs: Vec<JobDefinition>,
+    pub errors: Vec<LoadError>,
+    /// Files that had errors (so a reload can keep their last good version).
+    pub failed_files: Vec<PathBuf>,
+}
+
+/// True for the file names the daemon loads from `jobs/`.
+pub fn is_job_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Loads every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name, and checks
+/// what spans files: unique ids and unique names.
+pub fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
+    let mut report = LoadReport::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            report.errors.push(LoadError {
+                file: dir.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the jobs folder: {e}"),
+            });
+            return report;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_job_file(p))
+        .collect();
+    files.sort();
+    let mut by_id: HashMap<String, PathBuf> = HashMap::new();
+    let mut by_name: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        match load_file(&file, catalog) {
+            Ok(def) => {
+                let mut errs = Vec::new();
+                if let Some(first) = by_id.get(&def.id) {
+                    errs.push(format!(
+                        "job id `{}` is already used by {}",
+                        def.id,
+                        first.display()
+                    ));
+                }
+                if let Some(first) = by_name.get(&def.name) {
+                    errs.push(format!(
+                        "job name `{}` is already used by {} (names must be unique)",
+                        def.name,
+                        first.display()
+                    ));
+                }
+                if errs.is_empty() {
+                    by_id.insert(def.id.clone(), file.clone());
+                    by_name.insert(def.name.clone(), file.clone());
+                    report.jobs.push(def);
+                } else {
+                    let pos = std::fs::read_to_string(&file)
+                        .ok()
+                        .and_then(|t| Positions::scan(&t).key("name"))
+                        .unwrap_or(Pos { line: 1, column: 1 });
+                    for message in errs {
+                        report.errors.push(LoadError {
+                            file: file.clone(),
+                            line: pos.line,
+                            column: pos.column,
+                            message,
+                        });
+                    }
+                    report.failed_files.push(file);
+                }
+            }
+            Err(errs) => {
+                report.errors.extend(errs);
+                report.failed_files.push(file);
+            }
+        }
+    }
+    report
+}
+
+/// Loads one job file.
+pub fn load_file(path: &Path, catalog: &dyn Catalog) -> Result<JobDefinition, Vec<LoadError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![LoadError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    load_str(path, &text, catalog)
+}
+
+/// Loads a job from `text`, as if read from `path` (whose stem is the job id).
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    let mut cx = Cx {
+        file: path.to_path_buf(),
+        pos: Positions::scan(text),
+        errors: Vec::new(),
+        fingerprint: std::collections::hash_map::DefaultHasher::new(),
+    };
+    text.hash(&mut cx.fingerprint);
+    let doc: Yaml = match yaml_serde::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            return Err(vec![LoadError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: format!("invalid YAML: {e}"),
+            }]);
+        }
+    };
+    let def = cx.definition(path, &doc, catalog);
+    if cx.errors.is_empty() {
+        def.ok_or_else(Vec::new)
+    } else {
+        // Report in file order, as an editor would list them.
+        cx.errors.sort_by_key(|e| (e.line, e.column));
+        Err(cx.errors)
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "job",
+    "description",
+    "integration",
+    "creator",
+    "documentation_link",
+    "version",
+    "is_custom",
+    "enabled",
+    "is_enabled",
+    "schedule",
+    "run_interval_in_seconds",
+    "timeout",
+    "overlap",
+    "misfire",
+    "parameters",
+];
+const SCHEDULE_KEYS: &[&str] = &["every", "cron", "timezone", "jitter"];
+const PARAM_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "default_value",
+    "is_mandatory",
+    "description",
+    "value",
+    "value_from_env",
+    "value_from_file",
+];
+
+/// The loading context of one file: positions and the errors found so far.
+struct Cx {
+    file: PathBuf,
+    pos: Positions,
+    errors: Vec<LoadError>,
+    fingerprint: std::collections::hash_map::DefaultHasher,
+}
+
+impl Cx {
+    /// An error about the key at `path`.
+    fn key_err(&mut self, path: &str, message: impl Into<String>) {
+        let p = self.pos.key(path).unwrap_or(Pos { line: 1, column: 1 });
+        self.push(p, message.into());
+    }
+
+    /// An error about the value at `path`.
+    fn val_err(&mut self, path: &str, message: impl Into<String>) {
+        let p = self.pos.value(path).unwrap_or(Pos { line: 1, column: 1 });
+        self.push(p, message.into());
+    }
+
+    fn push(&mut self, p: Pos, message: String) {
+        self.errors.push(LoadError {
+            file: self.file.clone(),
+            line: p.line,
+            column: p.column,
+            message,
+        });
+    }
+
+    /// Checks a mapping's keys against `known`, reporting unknown ones with a suggestion.
+    fn check_keys(&mut self, prefix: &str, map: &yaml_serde::Mapping, known: &[&str]) {
+        for k in map.keys() {
+            let Some(k) = k.as_str() else {
+                self.key_err(prefix, "keys must be strings");
+                continue;
+            };
+            if !known.contains(&k) {
+                let path = join(prefix, k);
+                let hint = suggest(k, known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_else(|| format!(" (expected one of: {})", known.join(", ")));
+                self.key_err(&path, format!("unknown key `{k}`{hint}"));
+            }
+        }
+    }
+
+    fn definition(
+        &mut self,
+        path: &Path,
+        doc: &Yaml,
+        catalog: &dyn Catalog,
+    ) -> Option<JobDefinition> {
+        let Some(map) = doc.as_mapping() else {
+            self.push(
+                Pos { line: 1, column: 1 },
+                "a job file must be a YAML mapping (`name: ...`, `job: ...`, ...)".into(),
+            );
+            return None;
+        };
+
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !valid_id(&id) {
+            self.push(
+                Pos { line: 1, column: 1 },
+                format!(
+                    "invalid job id `{id}` (the file name without extension must match \
+                     [a-z0-9][a-z0-9_-]*)"
+                ),
+            );
+        }
+
+        // Which implementation? Its extra keys decide what else is allowed.
+        let implementation = self.req_str(map, "job");
+        let spec = match &implementation {
+            Some(j) => match catalog.spec(j) {
+                Some(s) => Some(s),
+                None => {
+                    self.val_err(
+                        "job",
+                        format!(
+                            "unknown job implementation `{j}` (known: {})",
+                            catalog.ids().join(", ")
+                        ),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut known: Vec<&str> = TOP_KEYS.to_vec();
+        if let Some(s) = spec {
+            known.extend_from_slice(s.extra_keys());
+        }
+        self.check_keys("", map, &known);
+
+        let name = self.req_str(map, "name");
+        if let Some(n) = &name {
+            if n.trim().is_empty() {
+                self.val_err("name", "`name` must not be empty");
+            } else if n.chars().count() > 150 {
+                self.val_err("name", "`name` must be at most 150 characters");
+            }
+        }
+        let description = self.opt_str(map, "description").unwrap_or_default();
+        if description.chars().count() > 2050 {
+            self.val_err(
+                "description",
+                "`description` must be at most 2050 characters",
+            );
+        }
+        let integration = self.opt_str(map, "integration");
+        if let Some(i) = &integration {
+            let ok = !i.is_empty()
+                && i.len() <= 150
+                && i.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                self.val_err(
+                    "integration",
+                    "`integration` must be 1-150 characters of letters, digits, `-` and `_`",
+                );
+            }
+        }
+        let creator = self.opt_str(map, "creator");
+        let documentation_link = self.opt_str(map, "documentation_link");
+        if let Some(link) = &documentation_link
+            && url::Url::parse(link).is_err()
+        {
+            self.val_err("documentation_link", "`documentation_link` must be a URL");
+        }
+        let version = match map.get("version") {
+            None | Some(Yaml::Null) => 1.0,
+            Some(v) => match v.as_f64() {
+                Some(x) if x >= 1.0 => x,
+                _ => {
+                    self.val_err("version", "`version` must be a number >= 1.0");
+                    1.0
+                }
+            },
+        };
+        let is_custom = self.opt_bool(map, "is_custom").unwrap_or(false);
+        let enabled = match (map.contains_key("enabled"), map.contains_key("is_enabled")) {
+            (true, true) => {
+                self.key_err(
+                    "is_enabled",
+                    "use either `enabled` or its alias `is_enabled`, not both",
+                );
+                true
+            }
+            (false, true) => self.opt_bool(map, "is_enabled").unwrap_or(true),
+            _ => self.opt_bool(map, "enabled").unwrap_or(true),
+        };
+
+        let schedule = self.schedule(map);
+        let timeout = match map.get("timeout") {
+            None | Some(Yaml::Null) => Some(DEFAULT_TIMEOUT),
+            Some(_) => self.duration(map, "timeout"),
+        };
+        if timeout.is_some_and(|t| t.is_zero()) {
+            self.val_err("timeout", "`timeout` must be longer than 0s");
+        }
+        let overlap = match self.opt_str(map, "overlap").as_deref() {
+            None | Some("skip") => Overlap::Skip,
+            Some("allow") => Overlap::Allow,
+            Some("replace") => Overlap::Replace,
+            Some(o) => {
+                self.val_err(
+                    "overlap",
+                    format!("invalid overlap `{o}` (expected skip, allow or replace)"),
+                );
+                Overlap::Skip
+            }
+        };
+        let misfire = match self.opt_str(map, "misfire").as_deref() {
+            None | Some("run_once") => Misfire::RunOnce,
+            Some("skip") => Misfire::Skip,
+            Some(m) => {
+                self.val_err(
+                    "misfire",
+                    format!("invalid misfire `{m}` (expected run_once or skip)"),
+                );
+                Misfire::RunOnce
+            }
+        };
+
+        let parameters = self.parameters(path, map, spec);
+
+        let mut extra = serde_json::Map::new();
+        if let Some(s) = spec {
+            for key in s.extra_keys() {
+                if let Some(v) = map.get(*key) {
+                    extra.insert((*key).to_string(), yaml_to_json(v));
+                }
+            }
+            if let Some(p) = &parameters {
+                for fe in s.validate(p, &extra) {
+                    let path = self.param_path(map, &fe.path);
+                    self.val_err(&path, fe.message);
+                }
+            }
+        }
+
+        Some(JobDefinition {
+            id,
+            name: name?,
+            implementation: implementation?,
+            description,
+            integration,
+            creator,
+            documentation_link,
+            version,
+            is_custom,
+            enabled,
+            schedule: schedule?,
+            timeout: timeout?,
+            overlap,
+            misfire,
+            parameters: parameters?,
+            extra,
+            source: path.to_path_buf(),
+            fingerprint: self.fingerprint.finish(),
+        })
+    }
+
+    /// Maps `parameters.<Display Name>` to the parameter's `value` path in the file.
+    fn param_path(&self, map: &yaml_serde::Mapping, path: &str) -> String {
+        let Some(name) = path.strip_prefix("parameters.") else {
+            return path.to_string();
+        };
+        let list = map.get("parameters").and_then(Yaml::as_sequence);
+        for (i, item) in list.into_iter().flatten().enumerate() {
+            let item_name = item.get("name").and_then(Yaml::as_str).unwrap_or_default();
+            if item_name.eq_ignore_ascii_case(name) || params::snake_case(item_name) == name {
+                for k in [
+                    "value",
+                    "value_from_env",
+                    "value_from_file",
+                    "default_value",
+                ] {
+                    if item.get(k).is_some() {
+                        return format!("parameters[{i}].{k}");
+                    }
+                }
+                return format!("parameters[{i}]");
+            }
+        }
+        "parameters".to_string()
+    }
+
+    fn schedule(&mut self, map: &yaml_serde::Mapping) -> Option<Schedule> {
+        match (map.get("schedule"), map.get("run_interval_in_seconds")) {
+            (Some(_), Some(_)) => {
+                self.key_err(
+                    "run_interval_in_seconds",
+                    "use either `schedule` or `run_interval_in_seconds`, not both",
+                );
+                None
+            }
+            (None, None) => Schedule::every(Duration::from_secs(DEFAULT_INTERVAL_SECS)).ok(),
+            (None, Some(v)) => match v.as_u64() {
+                Some(s) if s >= 1 => match Schedule::every(Duration::from_secs(s)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.val_err("run_interval_in_seconds", e.to_string());
+                        None
+                    }
+                },
+                _ => {
+                    self.val_err(
+                        "run_interval_in_seconds",
+                        "`run_interval_in_seconds` must be a whole number of seconds >= 1",
+                    );
+                    None
+                }
+            },
+            (Some(s), None) => {
+                let Some(sm) = s.as_mapping() else {
+                    self.val_err(
+                        "schedule",
+                        "`schedule` must be a mapping with `every` or `cron` \
+                         (and optional `timezone`, `jitter`)",
+                    );
+                    return None;
+                };
+                self.check_keys("schedule", sm, SCHEDULE_KEYS);
+                let tz = match sm.get("timezone") {
+                    None | Some(Yaml::Null) => Some(chrono_tz::UTC),
+                    Some(v) => match v.as_str() {
+                        Some(name) => match schedule::parse_timezone(name) {
+                            Ok(tz) => Some(tz),
+                            Err(e) => {
+                                self.val_err("schedule.timezone", e.to_string());
+                                None
+                            }
+                        },
+                        None => {
+                            self.val_err("schedule.timezone", "`timezone` must be a string");
+                            None
+                        }
+                    },
+                };
+                let jitter = match sm.get("jitter") {
+                    None | Some(Yaml::Null) => Some(Duration::ZERO),
+                    Some(_) => self.duration(sm, "schedule.jitter"),
+                };
+                let base = match (sm.get("every"), sm.get("cron")) {
+                    (Some(_), Some(_)) => {
+                        self.key_err("schedule.cron", "use either `every` or `cron`, not both");
+                        None
+                    }
+                    (None, None) => {
+                        self.key_err("schedule", "`schedule` needs `every` or `cron`");
+                        None
+                    }
+                    (Some(_), None) => {
+                        let d = self.duration(sm, "schedule.every")?;
+                        match Schedule::every(d) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                self.val_err("schedule.every", e.to_string());
+                                None
+                            }
+                        }
+                    }
+                    (None, Some(c)) => {
+                        let Some(expr) = c.as_str() else {
+                            self.val_err("schedule.cron", "`cron` must be a string");
+                            return None;
+                        };
+                        let tz = tz?;
+                        match Schedule::cron(expr, tz) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                self.val_err("schedule.cron", e.to_string());
+                                None
+                            }
+                        }
+                    }
+                };
+                Some(base?.with_jitter(jitter?))
+            }
+        }
+    }
+
+    /// A duration value at `path` (the last segment is the key in `map`): `15m`, `1h30m`, or
+    /// a whole number of seconds.
+    fn duration(&mut self, map: &yaml_serde::Mapping, path: &str) -> Option<Duration> {
+        let key = path.rsplit('.').next().unwrap_or(path);
+        match map.get(key) {
+            Some(Yaml::Number(n)) => match n.as_u64() {
+                Some(s) => Some(Duration::from_secs(s)),
+                None => {
+                    self.val_err(path, format!("`{key}` must be a whole number of seconds"));
+                    None
+                }
+            },
+            Some(Yaml::String(s)) => match schedule::parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.val_err(path, e.to_string());
+                    None
+                }
+            },
+            _ => {
+                self.val_err(
+                    path,
+                    format!("`{key}` must be a duration such as 30s, 15m, 1h30m or 2d"),
+                );
+                None
+            }
+        }
+    }
+
+    fn req_str(&mut self, map: &yaml_serde::Mapping, key: &str) -> Option<String> {
+        match map.get(key) {
+            None | Some(Yaml::Null) => {
+                self.push(
+                    Pos { line: 1, column: 1 },
+                    format!("missing required key `{key}`"),
+                );
+                None
+            }
+            Some(_) => self.opt_str(map, key),
+        }
+    }
+
+    fn opt_str(&mut self, map: &yaml_serde::Mapping, key: &str) -> Option<String> {
+        match map.get(key)? {
+            Yaml::Null => None,
+            Yaml::String(s) => Some(s.clone()),
+            Yaml::Number(n) => Some(n.to_string()),
+            _ => {
+                self.val_err(key, format!("`{key}` must be a string"));
+                None
+            }
+        }
+    }
+
+    fn opt_bool(&mut self, map: &yaml_serde::Mapping, key: &str) -> Option<bool> {
+        match map.get(key)? {
+            Yaml::Bool(b) => Some(*b),
+            Yaml::Null => None,
+            _ => {
+                self.val_err(key, format!("`{key}` must be true or false"));
+                None
+            }
+        }
+    }
+
+    /// Resolves the file's parameters merged with the implementation's declared ones.
+    fn parameters(
+        &mut self,
+        path: &Path,
+        map: &yaml_serde::Mapping,
+        spec: Option<&dyn JobSpec>,
+    ) -> Option<Parameters> {
+        let declared: Vec<ParamSpec> = spec.map(|s| s.parameters()).unwrap_or_default();
+        let items = match map.get("parameters") {
+            None | Some(Yaml::Null) => Vec::new(),
+            Some(Yaml::Sequence(s)) => s.clone(),
+            Some(_) => {
+                self.val_err("parameters", "`parameters` must be a list");
+                return None;
+            }
+        };
+        if items.len() > 50 {
+            self.val_err("parameters", "a job can have at most 50 parameters");
+        }
+        let before = self.errors.len();
+        let mut out = Parameters::default();
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("parameters[{i}]");
+            let Some(m) = item.as_mapping() else {
+                self.val_err(
+                    &p,
+                    "each parameter must be a mapping with `name` and `type`",
+                );
+                continue;
+            };
+            self.check_keys(&p, m, PARAM_KEYS);
+            let name = match m.get("name").and_then(Yaml::as_str) {
+                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+                _ => {
+                    self.key_err(&p, "a parameter needs a `name`");
+                    continue;
+                }
+            };
+            if name.chars().count() > 150 || name.split_whitespace().count() > 13 {
+                self.val_err(
+                    &format!("{p}.name"),
+                    "a parameter name must be at most 150 characters and 13 words",
+                );
+            }
+            if let Some(first) = seen.insert(name.to_lowercase(), i) {
+                self.val_err(
+                    &format!("{p}.name"),
+                    format!("parameter `{name}` is already defined at parameters[{first}]"),
+                );
+                continue;
+            }
+            let declared_spec = declared.iter().find(|d| d.name.eq_ignore_ascii_case(&name));
+            let ty = match m.get("type") {
+                Some(t) => {
+                    let text = match t {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Number(n) => n.to_string(),
+                        _ => String::new(),
+                    };
+                    match ParamType::parse(&text) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.val_err(&format!("{p}.type"), e);
+                            continue;
+                        }
+                    }
+                }
+                None => match declared_spec {
+                    Some(d) => d.ty,
+                    None => {
+                        self.key_err(&p, format!("parameter `{name}` needs a `type`"));
+                        continue;
+                    }
+                },
+            };
+            if let Some(d) = declared_spec
+                && !compatible(d.ty, ty)
+            {
+                self.val_err(
+                    &format!("{p}.type"),
+                    format!(
+                        "parameter `{name}` must have type {} for job `{}`",
+                        d.ty,
+                        map.get("job").and_then(Yaml::as_str).unwrap_or("?")
+                    ),
+                );
+                continue;
+            }
+            let mandatory = match m.get("is_mandatory") {
+                None | Some(Yaml::Null) => declared_spec.is_some_and(|d| d.mandatory),
+                Some(Yaml::Bool(b)) => *b,
+                Some(_) => {
+                    self.val_err(
+                        &format!("{p}.is_mandatory"),
+                        "`is_mandatory` must be true or false",
+                    );
+                    false
+                }
+            };
+            let description = m
+                .get("description")
+                .and_then(Yaml::as_str)
+                .map(str::to_string)
+                .or_else(|| declared_spec.map(|d| d.description.clone()))
+                .unwrap_or_default();
+            let Some((raw, from)) = self.raw_value(&p, m, base_dir, declared_spec) else {
+                continue;
+            };
+            match params::resolve(&name, ty, mandatory, &raw) {
+                Ok(value) => out.push(Parameter {
+                    snake_name: params::snake_case(&name),
+                    name,
+                    ty,
+                    mandatory,
+                    description,
+                    value,
+                }),
+                Err(e) => match from {
+                    Some(k) => self.val_err(&format!("{p}.{k}"), e),
+                    // No value anywhere: point at the parameter itself.
+                    None => self.key_err(&format!("{p}.name"), e),
+                },
+            }
+        }
+        // Declared parameters the file does not mention get their declared defaults.
+        for d in &declared {
+            if seen.contains_key(&d.name.to_lowercase()) {
+                continue;
+            }
+            let raw = d.default.clone().unwrap_or(RawValue::Null);
+            match params::resolve(&d.name, d.ty, d.mandatory, &raw) {
+                Ok(value) => out.push(Parameter {
+                    name: d.name.clone(),
+                    snake_name: params::snake_case(&d.name),
+                    ty: d.ty,
+                    mandatory: d.mandatory,
+                    description: d.description.clone(),
+                    value,
+                }),
+                Err(e) => self.key_err("parameters", e),
+            }
+        }
+        (self.errors.len() == before).then_some(out)
+    }
+
+    /// The first of `value`, `value_from_env`, `value_from_file`, `default_value` (and the
+    /// declared default), with the key it came from.
+    fn raw_value(
+        &mut self,
+        p: &str,
+        m: &yaml_serde::Mapping,
+        base_dir: &Path,
+        declared: Option<&ParamSpec>,
+    ) -> Option<(RawValue, Option<&'static str>)> {
+        let sources = ["value", "value_from_env", "value_from_file"]
+            .iter()
+            .filter(|k| m.get(**k).is_some_and(|v| !v.is_null()))
+            .count();
+        if sources > 1 {
+            self.key_err(
+                p,
+                "use only one of `value`, `value_from_env` and `value_from_file`",
+            );
+            return None;
+        }
+        if let Some(v) = m.get("value").filter(|v| !v.is_null()) {
+            return Some((yaml_to_raw(v), Some("value")));
+        }
+        if let Some(v) = m.get("value_from_env").filter(|v| !v.is_null()) {
+            let Some(var) = v.as_str() else {
+                self.val_err(
+                    &format!("{p}.value_from_env"),
+                    "`value_from_env` must be a variable name",
+                );
+                return None;
+            };
+            return match std::env::var(var) {
+                Ok(val) => {
+                    val.hash(&mut self.fingerprint);
+                    Some((RawValue::Str(val), Some("value_from_env")))
+                }
+                Err(_) => {
+                    self.val_err(
+                        &format!("{p}.value_from_env"),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(v) = m.get("value_from_file").filter(|v| !v.is_null()) {
+            let Some(f) = v.as_str() else {
+                self.val_err(
+                    &format!("{p}.value_from_file"),
+                    "`value_from_file` must be a path",
+                );
+                return None;
+            };
+            let file = base_dir.join(f);
+            return match std::fs::read_to_string(&file) {
+                Ok(val) => {
+                    // A trailing newline is an artefact of how secret files are written.
+                    let val = val.strip_suffix('\n').unwrap_or(&val);
+                    let val = val.strip_suffix('\r').unwrap_or(val).to_string();
+                    val.hash(&mut self.fingerprint);
+                    Some((RawValue::Str(val), Some("value_from_file")))
+                }
+                Err(e) => {
+                    self.val_err(
+                        &format!("{p}.value_from_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(v) = m.get("default_value").filter(|v| !v.is_null()) {
+            return Some((yaml_to_raw(v), Some("default_value")));
+        }
+        let declared_default = declared.and_then(|d| d.default.clone());
+        Some((declared_default.unwrap_or(RawValue::Null), None))
+    }
+}
+
+/// A file may declare a string-like type where the implementation wants a csv (SecOps has no
+/// csv type, so a SecOps file says `string` for `Tags`), and vice versa.
+fn compatible(declared: ParamType, file: ParamType) -> bool {
+    declared == file || matches!((declared, file), (ParamType::Csv, ParamType::String))
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn yaml_to_raw(v: &Yaml) -> RawValue {
+    match v {
+        Yaml::Bool(b) => RawValue::Bool(*b),
+        Yaml::Number(n) => n
+            .as_i64()
+            .map(RawValue::Int)
+            .or_else(|| n.as_f64().map(RawValue::Float))
+            .unwrap_or(RawValue::Null),
+        Yaml::String(s) => RawValue::Str(s.clone()),
+        Yaml::Null => RawValue::Null,
+        // Lists and maps have no SecOps parameter type; their text form makes the type check
+        // fail with a clear message instead of silently dropping the value.
+        other => RawValue::Str(yaml_serde::to_string(other).unwrap_or_default()),
+    }
+}
+
+/// Converts a YAML value to JSON (for implementation keys). Non-string keys become strings.
+pub fn yaml_to_json(v: &Yaml) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Yaml::Null => J::Null,
+        Yaml::Bool(b) => J::Bool(*b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                J::from(i)
+            } else if let Some(u) = n.as_u64() {
+                J::from(u)
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(J::Number)
+                    .unwrap_or(J::Null)
+            }
+        }
+        Yaml::String(s) => J::String(s.clone()),
+        Yaml::Sequence(s) => J::Array(s.iter().map(yaml_to_json).collect()),
+        Yaml::Mapping(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        other => yaml_serde::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Tagged(t) => yaml_to_json(&t.value),
+    }
+}
+
+/// The known key closest to `k` by edit distance, if it is close enough to be a typo.
+pub fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|c| (levenshtein(k, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+use super::*;
+
+/// A catalog with one implementation that declares parameters and an extra key, so the loader
+/// is tested without any concrete job.
+struct TestCatalog;
+
+struct Echo;
+
+impl JobSpec for Echo {
+    fn parameters(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new("Tags", ParamType::Csv).mandatory(),
+            ParamSpec::new("Max Hours Backwards", ParamType::Integer).default_value("24"),
+        ]
+    }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &["command"]
+    }
+    fn validate(
+        &self,
+        params: &Parameters,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if params
+            .int("Max Hours Backwards")
+            .ok()
+            .flatten()
+            .unwrap_or(1)
+            < 1
+        {
+            errs.push(FieldError::new(
+                "parameters.Max Hours Backwards",
+                "must be at least 1",
+            ));
+        }
+        if let Some(c) = extra.get("command")
+            && !c.is_array()
+        {
+            errs.push(FieldError::new("command", "`command` must be a list"));
+        }
+        errs
+    }
+}
+
+impl Catalog for TestCatalog {
+    fn ids(&self) -> Vec<String> {
+        vec!["echo".into()]
+    }
+    fn spec(&self, id: &str) -> Option<&dyn JobSpec> {
+        (id == "echo").then_some(&Echo as &dyn JobSpec)
+    }
+}
+
+fn load(text: &str) -> Result<JobDefinition, Vec<LoadError>> {
+    load_str(Path::new("jobs/sample-job.yaml"), text, &TestCatalog)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load(text)
+        .unwrap_err()
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+        .collect()
+}
+
+const GOOD: &str = "\
+name: Sample job
+job: echo
+description: Says hello
+integration: SecOps
+creator: Admin
+is_enabled: false
+schedule:
+  cron: \"0 */5 * * 1-5\"
+  timezone: Europe/Berlin
+  jitter: 30s
+timeout: 10m
+overlap: replace
+misfire: skip
+parameters:
+  - name: Tags
+    type: string
+    default_value: Job Comment
+    is_mandatory: true
+    description: Case tags
+    value: Phishing, Malware
+  - name: Api Key
+    type: password
+    value: hunter2
+command: [\"/bin/echo\"]
+";
+
+#[test]
+fn a_full_definition_loads() {
+    let d = load(GOOD).unwrap();
+    assert_eq!(d.id, "sample-job");
+    assert_eq!(d.name, "Sample job");
+    assert_eq!(d.implementation, "echo");
+    assert!(!d.enabled);
+    assert_eq!(d.timeout, Duration::from_secs(600));
+    assert_eq!(d.overlap, Overlap::Replace);
+    assert_eq!(d.misfire, Misfire::Skip);
+    assert_eq!(d.schedule.jitter(), Duration::from_secs(30));
+    // `Tags` is declared csv by the implementation; the SecOps file says string: split anyway.
+    assert_eq!(
+        d.parameters.list("tags").unwrap(),
+        vec!["Phishing", "Malware"]
+    );
+    // Declared but absent: the implementation's default.
+    assert_eq!(d.parameters.int("max_hours_backwards").unwrap(), Some(24));
+    assert!(
+        !format!("{d:?}").contains("hunter2"),
+        "password leaked into Debug"
+    );
+    assert_eq!(d.extra["command"], serde_json::json!(["/bin/echo"]));
+}
+
+#[test]
+fn secops_interval_form_and_defaults() {
+    let d = load("name: X\njob: echo\nrun_interval_in_seconds: 900\nparameters:\n  - {name: Tags, type: csv, value: a}\n").unwrap();
+    assert_eq!(
+        d.schedule.describe(),
+        Schedule::every(Duration::from_secs(900))
+            .unwrap()
+            .describe()
+    );
+    assert!(d.enabled);
+    assert_eq!(d.overlap, Overlap::Skip);
+    assert_eq!(d.misfire, Misfire::RunOnce);
+}
+
+#[test]
+fn every_error_is_reported_with_its_position() {
+    let text = "\
+name: X
+job: echo
+shedule:
+  every: 15m
+timeout: forever
+parameters:
+  - name: Tags
+    type: csv
+  - name: Max Hours Backwards
+    type: integer
+    value: abc
+  - name: Extra
+    type: colour
+command: /bin/echo
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 5, "{errs:?}");
+    assert_eq!(
+        errs[0],
+        "3:1: unknown key `shedule` (did you mean `schedule`?)"
+    );
+    assert!(
+        errs[1].starts_with("5:10: invalid duration `forever`"),
+        "{errs:?}"
+    );
+    assert_eq!(errs[2], "7:5: missing mandatory parameter Tags");
+    assert_eq!(
+        errs[3],
+        "11:12: Invalid parameter \"Max Hours Backwards\". The value must be an integer. Wrong value provided: abc"
+    );
+    assert!(
+        errs[4].starts_with("13:11: unknown parameter type `colour`"),
+        "{errs:?}"
+    );
+    assert!(errs[1].contains("forever"), "{errs:?}");
+}
+
+#[test]
+fn implementation_validation_is_located() {
+    let errs = errors(
+        "name: X\njob: echo\nparameters:\n  - name: Tags\n    type: csv\n    value: a\n  - name: Max Hours Backwards\n    type: integer\n    value: 0\ncommand: /bin/echo\n",
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "9:12: must be at least 1".to_string(),
+            "10:10: `command` must be a list".to_string()
+        ]
+    );
+}
+
+#[test]
+fn unknown_implementation_lists_the_known_ones() {
+    let errs = errors("name: X\njob: nope\n");
+    assert_eq!(
+        errs,
+        vec!["2:6: unknown job implementation `nope` (known: echo)"]
+    );
+}
+
+#[test]
+fn schedule_errors() {
+    let errs = errors(
+        "name: X\njob: echo\nschedule:\n  cron: \"61 * * * *\"\n  timezone: Mars/Olympus\nparameters: [{name: Tags, type: csv, value: a}]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("5:13: unknown time zone `Mars/Olympus`"),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "name: X\njob: echo\nschedule:\n  cron: \"61 * * * *\"\nparameters: [{name: Tags, type: csv, value: a}]\n",
+    );
+    assert!(
+        errs[0].starts_with("4:9: invalid cron expression"),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "name: X\njob: echo\nschedule: {every: 1m}\nrun_interval_in_seconds: 60\nparameters: [{name: Tags, type: csv, value: a}]\n",
+    );
+    assert_eq!(
+        errs,
+        vec!["4:1: use either `schedule` or `run_interval_in_seconds`, not both"]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_are_located() {
+    let e = load("name: X\njob: [unclosed\n").unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e[0].message.starts_with("invalid YAML"), "{}", e[0]);
+    assert!(e[0].line >= 2, "{}", e[0]);
+}
+
+#[test]
+fn strict_yaml_12_booleans() {
+    // `yes` is a string in YAML 1.2, so it is not a boolean.
+    let errs = errors(
+        "name: X\njob: echo\nenabled: yes\nparameters: [{name: Tags, type: csv, value: a}]\n",
+    );
+    assert_eq!(errs, vec!["3:10: `enabled` must be true or false"]);
+}
+
+#[test]
+fn bad_file_names_are_rejected() {
+    let e = load_str(
+        Path::new("jobs/Bad Name.yaml"),
+        "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: a}]\n",
+        &TestCatalog,
+    )
+    .unwrap_err();
+    assert!(
+        e[0].message.contains("invalid job id `Bad Name`"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn values_from_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "from-file\n").unwrap();
+    // SAFETY: the variable name is unique to this test, so no other test reads it concurrently.
+    unsafe { std::env::set_var("SOARJOBD_TEST_TAGS_3F1", "x, y") };
+    let text = "name: X\njob: echo\nparameters:\n  - {name: Tags, type: csv, value_from_env: SOARJOBD_TEST_TAGS_3F1}\n  - {name: Key, type: password, value_from_file: secret.txt}\n  - {name: Missing, type: string, value_from_env: SOARJOBD_TEST_UNSET_3F1}\n";
+    let path = dir.path().join("env-job.yaml");
+    let errs = load_str(&path, text, &TestCatalog).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0]
+            .message
+            .contains("SOARJOBD_TEST_UNSET_3F1` is not set")
+    );
+    let text = text.lines().take(5).collect::<Vec<_>>().join("\n");
+    let d = load_str(&path, &text, &TestCatalog).unwrap();
+    assert_eq!(d.parameters.list("Tags").unwrap(), vec!["x", "y"]);
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        d.parameters.secret("Key").unwrap().unwrap().expose_secret(),
+        "from-file"
+    );
+}
+
+#[test]
+fn a_folder_reports_every_broken_file_and_keeps_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = "job: echo\nparameters: [{name: Tags, type: csv, value: a}]\n";
+    std::fs::write(dir.path().join("good.yaml"), format!("name: Good\n{ok}")).unwrap();
+    std::fs::write(dir.path().join("dup-name.yml"), format!("name: Good\n{ok}")).unwrap();
+    std::fs::write(
+        dir.path().join("unknown-key.yaml"),
+        format!("name: U\nnmae: x\n{ok}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let r = load_dir(dir.path(), &TestCatalog);
+    assert_eq!(r.jobs.len(), 1);
+    assert_eq!(r.jobs[0].id, "dup-name", "files load in name order");
+    let msgs: Vec<String> = r.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].contains("good.yaml:1:1: job name `Good` is already used"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].contains("unknown-key.yaml:2:1: unknown key `nmae` (did you mean `name`?)"),
+        "{msgs:?}"
+    );
+    assert_eq!(r.failed_files.len(), 2);
+}
+
+#[test]
+fn suggestions() {
+    assert_eq!(suggest("shedule", TOP_KEYS), Some("schedule"));
+    assert_eq!(suggest("timeot", TOP_KEYS), Some("timeout"));
+    assert_eq!(suggest("zzzzzz", TOP_KEYS), None);
+}

@@ -1,0 +1,297 @@
+//! The commands that read or use the store next to a running daemon: `list`, `history` and
+//! `run-once`. SQLite in WAL mode lets them work while the daemon runs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::definition;
+use crate::exit;
+use crate::job::{Registry, error_chain};
+use crate::runner::{RunControl, RunRequest, Runner};
+use crate::store::{self, NewRun, RunRecord, RunStatus, Store, Trigger};
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, i32> {
+    store::open(&settings.database_url).await.map_err(|e| {
+        eprintln!("error: {}", error_chain(&e));
+        exit::FAILURE
+    })
+}
+
+/// `soarjobd list`.
+pub async fn list(settings: &Settings, json_out: bool) -> i32 {
+    let registry = Registry::with_builtins();
+    let report = definition::load_dir(&settings.jobs_dir, &registry);
+    let store = match open_store(settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (last_runs, stamps) = match (store.last_runs().await, store.all_timestamps().await) {
+        (Ok(r), Ok(t)) => (r, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    store.close().await;
+    let last: HashMap<&str, &RunRecord> =
+        last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
+    let success: HashMap<&str, i64> = stamps
+        .iter()
+        .filter(|(_, k, _)| k == crate::job::DEFAULT_TIMESTAMP_KEY)
+        .map(|(j, _, v)| (j.as_str(), *v))
+        .collect();
+    let now = Utc::now();
+    let rows: Vec<serde_json::Value> = report
+        .jobs
+        .iter()
+        .map(|d| {
+            let next = d
+                .enabled
+                .then(|| d.schedule.next_tick_after(now))
+                .flatten()
+                .map(|t| ts(d.schedule.fire_at(&d.id, t)));
+            let lr = last.get(d.id.as_str());
+            json!({
+                "id": d.id,
+                "name": d.name,
+                "job": d.implementation,
+                "enabled": d.enabled,
+                "schedule": d.schedule.describe(),
+                "last_run": lr.map(|r| json!({
+                    "run_id": r.id,
+                    "status": r.status,
+                    "started_at": ts(r.started_at),
+                })),
+                "last_success": success
+                    .get(d.id.as_str())
+                    .and_then(|ms| DateTime::from_timestamp_millis(*ms))
+                    .map(ts),
+                "next": next,
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21}",
+            "JOB", "ENABLED", "SCHEDULE", "LAST RUN", "LAST SUCCESS", "NEXT"
+        );
+        for r in &rows {
+            let last_run = r["last_run"]
+                .as_object()
+                .map(|o| {
+                    format!(
+                        "{} {}",
+                        o["status"].as_str().unwrap_or("?"),
+                        o["started_at"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21}",
+                r["id"].as_str().unwrap_or(""),
+                if r["enabled"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                r["schedule"].as_str().unwrap_or(""),
+                last_run,
+                r["last_success"].as_str().unwrap_or("-"),
+                r["next"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    for e in &report.errors {
+        eprintln!("{e}");
+    }
+    exit::SUCCESS
+}
+
+/// `soarjobd history`.
+pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bool) -> i32 {
+    let store = match open_store(settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runs = store.history(job_id, limit).await;
+    store.close().await;
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&runs).unwrap_or_default()
+        );
+        return exit::SUCCESS;
+    }
+    if runs.is_empty() {
+        let _ = writeln!(out, "no runs recorded for `{job_id}`");
+        return exit::SUCCESS;
+    }
+    let _ = writeln!(
+        out,
+        "{:<8} {:<12} {:<9} {:<21} {:<21} {:>9}  MESSAGE / STATS",
+        "RUN", "STATUS", "TRIGGER", "SCHEDULED", "STARTED", "DURATION"
+    );
+    for r in &runs {
+        let duration = r
+            .duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let stats = if r.stats.as_object().is_some_and(|m| !m.is_empty()) {
+            format!(" {}", r.stats)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<12} {:<9} {:<21} {:<21} {:>9}  {}{}",
+            r.id,
+            r.status.as_str(),
+            r.trigger.as_str(),
+            ts(r.scheduled_at),
+            ts(r.started_at),
+            duration,
+            r.message.as_deref().unwrap_or("").replace('\n', " | "),
+            stats
+        );
+    }
+    exit::SUCCESS
+}
+
+/// `soarjobd run-once`.
+pub async fn run_once(settings: Settings, job_id: &str, overrides: &[String]) -> i32 {
+    let registry = Arc::new(Registry::with_builtins());
+    run_once_with(settings, registry, job_id, overrides).await
+}
+
+/// `run-once` with a caller's registry (custom binaries).
+pub async fn run_once_with(
+    settings: Settings,
+    registry: Arc<Registry>,
+    job_id: &str,
+    overrides: &[String],
+) -> i32 {
+    let report = definition::load_dir(&settings.jobs_dir, registry.as_ref());
+    let Some(def) = report.jobs.into_iter().find(|d| d.id == job_id) else {
+        let own: Vec<_> = report
+            .errors
+            .iter()
+            .filter(|e| e.file.file_stem().and_then(|s| s.to_str()) == Some(job_id))
+            .collect();
+        if own.is_empty() {
+            eprintln!(
+                "error: no job `{job_id}` in {}",
+                settings.jobs_dir.display()
+            );
+        } else {
+            for e in own {
+                eprintln!("{e}");
+            }
+        }
+        return exit::USAGE;
+    };
+    let mut params = def.parameters.clone();
+    for o in overrides {
+        let Some((name, value)) = o.split_once('=') else {
+            eprintln!("error: --param `{o}` must look like \"Name=value\"");
+            return exit::USAGE;
+        };
+        if let Err(e) = params.override_value(name.trim(), value) {
+            eprintln!("error: --param {}: {e}", name.trim());
+            return exit::USAGE;
+        }
+    }
+    let clients = match crate::jobs::build_clients(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let store = match open_store(&settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let now = Utc::now();
+    let claim = NewRun {
+        job_id: def.id.clone(),
+        scheduled_at: now,
+        trigger: Trigger::Manual,
+        status: RunStatus::Running,
+        started_at: now,
+        message: None,
+    };
+    let run_id = match store.claim_runs(&[claim]).await {
+        Ok(ids) => match ids.first().copied().flatten() {
+            Some(id) => id,
+            None => {
+                eprintln!("error: the run could not be recorded");
+                return exit::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let runner = Runner::new(store.clone(), registry, clients);
+    let control = RunControl::new();
+    // Ctrl-C stops the run the way a daemon shutdown would, so the row is finished properly.
+    let stopper = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                control.stop(crate::runner::StopReason::Shutdown);
+            }
+        })
+    };
+    let summary = runner
+        .execute(RunRequest {
+            definition: Arc::new(def),
+            params,
+            run_id,
+            scheduled_at: now,
+            trigger: Trigger::Manual,
+            control,
+        })
+        .await;
+    stopper.abort();
+    store.close().await;
+    println!(
+        "run {} {}{}",
+        summary.run_id,
+        summary.status,
+        summary
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    );
+    exit::for_run(summary.status)
+}

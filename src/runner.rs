@@ -1,0 +1,321 @@
+//! One run's lifecycle: context, timeout, cancellation, panic isolation, outcome, record.
+//!
+//! The run row was claimed (inserted as `running`) before the runner is called; the runner is
+//! the only code that finishes it. Invariant: every claimed row is finished exactly once by
+//! this process, or, if the process dies first, marked `interrupted` by the next start.
+//!
+//! The job's future runs in its own spawned task so that a panic in it becomes a `JoinError`
+//! here (recorded as `failed` with the panic message) instead of unwinding through the
+//! scheduler, and so that a job that ignores its cancellation token can still be aborted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::definition::{JobDefinition, Parameters};
+use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::store::{RunFinish, RunStatus, Store, Trigger};
+
+/// How long a job gets to return after its token fired, before its task is aborted. Longer
+/// than `exec`'s SIGTERM-to-SIGKILL grace, so a script's process group is always reaped by the
+/// job itself.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(8);
+
+/// Why a run is being asked to stop; decides the status it ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `overlap: replace` started a newer run.
+    Replaced,
+    /// The daemon is shutting down and the grace period ran out.
+    Shutdown,
+}
+
+/// A handle to stop a running run.
+#[derive(Clone)]
+pub struct RunControl {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+}
+
+impl RunControl {
+    pub fn new() -> RunControl {
+        RunControl {
+            token: CancellationToken::new(),
+            reason: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Asks the run to stop; the first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        r.get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Default for RunControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A claimed run, ready to execute.
+pub struct RunRequest {
+    pub definition: Arc<JobDefinition>,
+    /// The parameters to use (the definition's, or overridden by `run-once --param`).
+    pub params: Parameters,
+    pub run_id: i64,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub control: RunControl,
+}
+
+/// The recorded result of a run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub status: RunStatus,
+    pub message: Option<String>,
+    pub error: Option<String>,
+    pub stats: Value,
+    pub duration: Duration,
+}
+
+/// Executes runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    clients: Clients,
+}
+
+impl Runner {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, clients: Clients) -> Runner {
+        Runner {
+            store,
+            registry,
+            clients,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Runs the job to the end and records the outcome. Never panics and never returns an
+    /// error: whatever happens becomes the run's status.
+    pub async fn execute(&self, req: RunRequest) -> RunSummary {
+        let def = req.definition.clone();
+        let span = tracing::info_span!(
+            "run",
+            job_id = %def.id,
+            run_id = req.run_id,
+            scheduled_at = %req.scheduled_at.to_rfc3339(),
+            trigger = req.trigger.as_str(),
+        );
+        let started = tokio::time::Instant::now();
+        let started_at = Utc::now();
+        let stats = Stats::default();
+        let (status, message, error) = self
+            .drive(&req, started_at, stats.clone(), span.clone())
+            .instrument(span.clone())
+            .await;
+        let finished_at = Utc::now();
+        let stats_value = stats.snapshot();
+        let finish = RunFinish {
+            status,
+            finished_at,
+            message: message.clone(),
+            error: error.clone(),
+            stats: stats_value.clone(),
+        };
+        let duration = started.elapsed();
+        let _e = span.enter();
+        if let Err(e) = self.store.finish_run(req.run_id, &finish).await {
+            // The run happened; only its record failed. The next start marks the row
+            // interrupted, which is the honest status for a run whose end was not recorded.
+            tracing::error!(error = %error_chain(&e), "cannot record the end of the run");
+        }
+        let duration_ms = duration.as_millis() as u64;
+        match status {
+            RunStatus::Succeeded => tracing::info!(
+                status = status.as_str(), duration_ms, stats = %stats_value,
+                message = message.as_deref().unwrap_or(""), "run finished"
+            ),
+            RunStatus::Partial | RunStatus::Cancelled => tracing::warn!(
+                status = status.as_str(), duration_ms, stats = %stats_value,
+                message = message.as_deref().unwrap_or(""), "run finished"
+            ),
+            _ => tracing::error!(
+                status = status.as_str(), duration_ms, stats = %stats_value,
+                message = message.as_deref().unwrap_or(""),
+                error = error.as_deref().unwrap_or(""), "run finished"
+            ),
+        }
+        RunSummary {
+            run_id: req.run_id,
+            status,
+            message,
+            error,
+            stats: stats_value,
+            duration,
+        }
+    }
+
+    async fn drive(
+        &self,
+        req: &RunRequest,
+        started_at: DateTime<Utc>,
+        stats: Stats,
+        span: tracing::Span,
+    ) -> (RunStatus, Option<String>, Option<String>) {
+        let def = &req.definition;
+        tracing::info!(job = %def.implementation, "run started");
+        let Some(job) = self.registry.get(&def.implementation) else {
+            let msg = format!("unknown job implementation `{}`", def.implementation);
+            return (RunStatus::Failed, Some(msg.clone()), Some(msg));
+        };
+        // The job's own token: a child of the run's control token, fired on timeout too.
+        let token = req.control.token.child_token();
+        let mut ctx = JobContext {
+            definition: def.clone(),
+            params: req.params.clone(),
+            run_id: req.run_id,
+            scheduled_at: req.scheduled_at,
+            trigger: req.trigger,
+            started_at,
+            store: self.store.clone(),
+            cancel: token.clone(),
+            stats,
+            clients: self.clients.clone(),
+            span: span.clone(),
+        };
+        let mut task = tokio::spawn(
+            async move {
+                let r = job.run(&mut ctx).await;
+                drop(ctx);
+                r
+            }
+            .instrument(span),
+        );
+
+        // Phase 1: wait for the job, its timeout, or a stop request.
+        let timed_out = tokio::select! {
+            res = &mut task => return map_result(res, None),
+            _ = tokio::time::sleep(def.timeout) => true,
+            _ = req.control.token.cancelled() => false,
+        };
+        let why = if timed_out {
+            tracing::warn!(
+                timeout_s = def.timeout.as_secs(),
+                "run timed out; cancelling it"
+            );
+            StopCause::Timeout
+        } else {
+            match req.control.reason() {
+                Some(StopReason::Replaced) => StopCause::Replaced,
+                _ => StopCause::Shutdown,
+            }
+        };
+        token.cancel();
+
+        // Phase 2: the job was asked to stop; give it a grace period to return, then abort.
+        match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
+            Ok(res) => map_result(res, Some(why)),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                tracing::warn!(
+                    grace_s = CANCEL_GRACE.as_secs(),
+                    "the job did not stop within its grace period; its task was aborted"
+                );
+                let (status, msg) = why.status_and_message();
+                (status, Some(msg), None)
+            }
+        }
+    }
+}
+
+/// Why phase 1 ended without a result.
+#[derive(Debug, Clone, Copy)]
+enum StopCause {
+    Timeout,
+    Replaced,
+    Shutdown,
+}
+
+impl StopCause {
+    fn status_and_message(self) -> (RunStatus, String) {
+        match self {
+            StopCause::Timeout => (RunStatus::TimedOut, "the run exceeded its timeout".into()),
+            StopCause::Replaced => (
+                RunStatus::Cancelled,
+                "cancelled: a newer run replaced it (overlap: replace)".into(),
+            ),
+            StopCause::Shutdown => (
+                RunStatus::Cancelled,
+                "cancelled: the daemon shut down before the run finished".into(),
+            ),
+        }
+    }
+}
+
+/// Maps the job task's result to a run status. `stopped` is set when the job returned after
+/// being asked to stop.
+fn map_result(
+    res: Result<Result<crate::job::Outcome, JobError>, tokio::task::JoinError>,
+    stopped: Option<StopCause>,
+) -> (RunStatus, Option<String>, Option<String>) {
+    match res {
+        Ok(Ok(outcome)) => {
+            let status = match outcome.status {
+                OutcomeStatus::Succeeded => RunStatus::Succeeded,
+                OutcomeStatus::Partial => RunStatus::Partial,
+                OutcomeStatus::Failed => RunStatus::Failed,
+            };
+            // A job that finished its work while being stopped still gets its real status;
+            // only a job that gave up because of the stop is timed_out / cancelled.
+            (status, Some(outcome.message), None)
+        }
+        Ok(Err(JobError::Cancelled)) => {
+            let (status, msg) = stopped.unwrap_or(StopCause::Shutdown).status_and_message();
+            (status, Some(msg), None)
+        }
+        Ok(Err(e)) => {
+            if let Some(cause) = stopped {
+                let (status, msg) = cause.status_and_message();
+                return (status, Some(msg), Some(error_chain(&e)));
+            }
+            (
+                RunStatus::Failed,
+                Some(e.to_string()),
+                Some(error_chain(&e)),
+            )
+        }
+        Err(join) if join.is_panic() => {
+            let payload = join.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".into());
+            (
+                RunStatus::Failed,
+                Some(format!("the job panicked: {msg}")),
+                Some(format!("panic: {msg}")),
+            )
+        }
+        Err(_) => {
+            let (status, msg) = stopped.unwrap_or(StopCause::Shutdown).status_and_message();
+            (status, Some(msg), None)
+        }
+    }
+}

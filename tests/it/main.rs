@@ -1,0 +1,7 @@
+//! Integration tests, in one binary so they link once.
+
+mod example;
+mod exec;
+mod process;
+mod runtime;
+mod support;
