@@ -14,6 +14,7 @@ RUN mkdir -p src benches examples \
     && rm -rf src benches examples
 # 2. The real sources.
 COPY src ./src
+COPY build.rs ./
 COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
