@@ -97,7 +97,11 @@ fn run_child(engine: &str, full: bool) -> Value {
         .env("SOARJOBD_BENCH_ENGINE", engine)
         .output()
         .expect("run engine child");
-    assert!(out.status.success(), "{engine} child failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{engine} child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or("{}");
     serde_json::from_str(line).expect("child output is JSON")
@@ -117,7 +121,9 @@ impl Job for Probe {
         "probe"
     }
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
-        let late = (Utc::now() - ctx.scheduled_at()).num_microseconds().unwrap_or(i64::MAX);
+        let late = (Utc::now() - ctx.scheduled_at())
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
         self.lateness_us.lock().unwrap().push(late);
         Ok(Outcome::succeeded(""))
     }
@@ -261,7 +267,10 @@ fn store_throughput(n: usize) -> (f64, f64) {
         let t = Instant::now();
         for i in 0..n {
             let ids = store.claim_runs(&[new_run(i, "single")]).await.unwrap();
-            store.finish_run(ids[0].unwrap(), &finish(RunStatus::Succeeded)).await.unwrap();
+            store
+                .finish_run(ids[0].unwrap(), &finish(RunStatus::Succeeded))
+                .await
+                .unwrap();
         }
         let single = n as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -269,7 +278,10 @@ fn store_throughput(n: usize) -> (f64, f64) {
             let runs: Vec<NewRun> = chunk.iter().map(|i| new_run(*i, "batched")).collect();
             let ids = store.claim_runs(&runs).await.unwrap();
             for id in ids.into_iter().flatten() {
-                store.finish_run(id, &finish(RunStatus::Succeeded)).await.unwrap();
+                store
+                    .finish_run(id, &finish(RunStatus::Succeeded))
+                    .await
+                    .unwrap();
             }
         }
         let batched = n as f64 / t.elapsed().as_secs_f64();

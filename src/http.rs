@@ -1057,6 +1057,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("appkey", v);
         assert!(!format!("{h:?}").contains("top-secret-key"));
+        let client = HttpClient::new(HttpConfig {
+            default_headers: h,
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        assert!(!format!("{client:?}").contains("top-secret-key"));
     }
 
     #[test]

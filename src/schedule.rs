@@ -73,6 +73,10 @@ fn timezone_hint(suggestion: Option<&str>) -> String {
 
 /// What a schedule fires on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one schedule per job, built at load time; a box would only add indirection"
+)]
 pub enum ScheduleKind {
     /// Epoch-aligned interval; the period is whole seconds and at least one second.
     Every(Duration),

@@ -21,7 +21,10 @@ fn every_path_the_dockerfile_copies_exists() {
         let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
         // Every argument but the last (the destination) is a source in the build context.
         for src in &parts[..parts.len() - 1] {
-            assert!(Path::new(ROOT).join(src).exists(), "Dockerfile copies missing `{src}`");
+            assert!(
+                Path::new(ROOT).join(src).exists(),
+                "Dockerfile copies missing `{src}`"
+            );
             checked += 1;
         }
     }
@@ -72,12 +75,18 @@ fn the_binary_runs_with_the_container_layout_and_stops_on_sigterm() {
     }
     let started = started.expect("the daemon logged `daemon started` as JSON");
     assert!(started.contains("\"errors\":0"), "{started}");
-    assert!(var.join("soarjobd.db").exists(), "the database is in the state volume");
+    assert!(
+        var.join("soarjobd.db").exists(),
+        "the database is in the state volume"
+    );
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.iter().any(|l| l.contains("daemon stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("daemon stopped")),
+        "{rest:?}"
+    );
 }
