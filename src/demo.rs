@@ -1,19 +1,144 @@
 //! `soarjobd demo` and `soarjobd sim`: the product end to end with built-in simulators.
+//!
+//! The demo starts the SOAR simulator in-process on loopback (seeded, so every demo shows the
+//! same cases), points a temporary configuration at it (SQLite in a temporary or given
+//! folder), loads the repository's `jobs/`, runs every job once at start and then on its
+//! schedule, and logs what happened. Ctrl-C shuts everything down gracefully.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use serde_json::json;
 
 use crate::cli::SimCmd;
 use crate::config::Settings;
+use crate::daemon::Daemon;
 use crate::exit;
+use crate::job::error_chain;
+use crate::sim;
+
+/// The seed of the demo's cases.
+const DEMO_SEED: u64 = 42;
 
 /// `soarjobd demo`.
-pub async fn run(_settings: Settings, _data_dir: Option<PathBuf>, _cases: usize) -> i32 {
-    eprintln!("error: the demo needs the SOAR simulator, which is not built yet");
-    exit::USAGE
+pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize) -> i32 {
+    // A fresh random key per demo: the simulator checks it like the real platform would.
+    let app_key = uuid::Uuid::new_v4().to_string();
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let soar = match sim::soar::start(
+        sim::soar::SoarSimConfig {
+            cases,
+            seed: DEMO_SEED,
+            app_key: app_key.clone(),
+            ..Default::default()
+        },
+        loopback,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the SOAR simulator");
+            return exit::FAILURE;
+        }
+    };
+    // Keep the temporary folder alive for the whole demo; it is removed at exit.
+    let tmp = match tempfile::Builder::new().prefix("soarjobd-demo-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create a temporary folder");
+            return exit::FAILURE;
+        }
+    };
+    let data = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    settings.database_url = format!("sqlite:{}", data.join("demo.db").display());
+    settings.soar = json!({ "url": soar.url(), "app_key": app_key });
+    tracing::info!(
+        soar_sim = %soar.url(),
+        cases,
+        jobs_dir = %settings.jobs_dir.display(),
+        database = %settings.database_url,
+        "demo: simulators started; every job runs once now, then on its schedule (Ctrl-C to stop)"
+    );
+    let daemon = match Daemon::builder()
+        .settings(settings)
+        .run_at_start(true)
+        .start()
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot start the daemon");
+            return exit::FAILURE;
+        }
+    };
+    daemon.run_until_signal().await;
+    let stats = soar.state().stats();
+    let comments = soar.state().comments(None).len();
+    tracing::info!(
+        comments_on_simulator = comments,
+        requests = ?stats.requests,
+        "demo finished"
+    );
+    let _ = soar.shutdown().await;
+    exit::SUCCESS
 }
 
 /// `soarjobd sim ...`.
-pub async fn sim(_which: SimCmd) -> i32 {
-    eprintln!("error: the simulators are not built yet");
-    exit::USAGE
+pub async fn sim(which: SimCmd) -> i32 {
+    match which {
+        SimCmd::Soar {
+            listen,
+            cases,
+            seed,
+            app_key,
+            latency_ms,
+            rate_limit,
+            fault_rate,
+        } => {
+            let cfg = sim::soar::SoarSimConfig {
+                cases,
+                seed,
+                app_key,
+                latency_ms,
+                rate_limit,
+                fault_rate,
+                ..Default::default()
+            };
+            let handle = match sim::soar::start(cfg, listen).await {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {listen}: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            tracing::info!(url = %handle.url(), cases, seed, "SOAR simulator listening");
+            match handle.serve_until(shutdown_signal()).await {
+                Ok(()) => exit::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
+        SimCmd::Threatconnect { .. } => {
+            eprintln!("error: the ThreatConnect simulator is not wired to the CLI yet");
+            exit::USAGE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -558,6 +558,20 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
     // The URL (with its query) is dropped from the error so it cannot leak into logs.
     let e = e.without_url();
     let cause = error_chain(&e);
+    // A request that could not even be built was never sent: not in doubt, and resending the
+    // same thing cannot help.
+    if e.is_builder() {
+        return Failure {
+            error: HttpError::Transport {
+                method,
+                path,
+                cause,
+                source: Some(e),
+            },
+            retry: false,
+            retry_after: None,
+        };
+    }
     if e.is_connect() {
         return Failure {
             error: HttpError::Transport {

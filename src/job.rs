@@ -126,7 +126,9 @@ pub trait Job: JobSpec + Send + Sync + 'static {
 
 /// The API clients configured for this daemon, handed to every job.
 #[derive(Clone, Default)]
-pub struct Clients {}
+pub struct Clients {
+    pub soar: Option<crate::soar::SoarClient>,
+}
 
 /// Counters a job reports; recorded in the run's history row and in `run finished`.
 #[derive(Clone, Default)]
@@ -246,6 +248,16 @@ impl JobContext {
 
     pub fn clients(&self) -> &Clients {
         &self.clients
+    }
+
+    /// The configured SOAR client, or a clear error if the daemon has no `soar` section.
+    pub fn soar(&self) -> Result<&crate::soar::SoarClient, JobError> {
+        self.clients.soar.as_ref().ok_or_else(|| {
+            JobError::msg(
+                "no SOAR platform is configured (set soar.url and soar.app_key, e.g. \
+                 SOARJOBD__SOAR__URL and SOARJOBD__SOAR__APP_KEY)",
+            )
+        })
     }
 
     /// SecOps `_get_job_last_success_time`: `max(now - offset, stored)`, or `now - offset` when

@@ -12,7 +12,7 @@
 //!   day-of-week as in Vixie cron, `L`/`W`/`#`) and evaluated on the wall clock of an IANA
 //!   time zone. Croner only enumerates wall-clock matches here; this module maps each match to
 //!   real instants itself, so the daylight-saving rules are ours and are written down in one
-//!   place (see [`DstRule`]).
+//!   place (`DstRule`).
 //!
 //! Jitter is a deterministic offset per (job id, tick), so a restart never moves a tick.
 
@@ -35,7 +35,7 @@ const MAX_WALL_MATCHES_PER_SEARCH: u32 = 200_000;
 
 /// Why a schedule could not be built. Every message says what was expected, because these end
 /// up verbatim in `check` output next to a file and line.
-#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ScheduleError {
     /// The cron expression does not parse.
     #[error(
@@ -195,13 +195,7 @@ impl Schedule {
     /// cron expression evaluated in `tz`.
     pub fn parse_expr(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
         let trimmed = expr.trim();
-        let every_arg = trimmed
-            .get(..6)
-            .filter(|prefix| prefix.eq_ignore_ascii_case("@every"))
-            .map(|_| &trimmed[6..])
-            // `@everyday` is not `@every` with an argument; let the cron parser reject it.
-            .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace));
-        match every_arg {
+        match every_argument(trimmed) {
             Some(rest) => Schedule::every(parse_duration(rest.trim())?),
             None => Schedule::cron(trimmed, tz),
         }
@@ -322,7 +316,8 @@ impl Schedule {
             return Duration::ZERO;
         }
         let hash = jitter_hash(job_id, tick.timestamp_millis());
-        // Multiply-shift maps the hash onto [0, jitter_ms) without modulo bias.
+        // Multiply-shift maps the 64-bit hash onto [0, jitter_ms) with negligible bias and
+        // uses its well-mixed high bits.
         let offset_ms = (u128::from(hash) * u128::from(jitter_ms)) >> 64;
         Duration::from_millis(u64::try_from(offset_ms).unwrap_or(0))
     }
@@ -360,6 +355,10 @@ impl Schedule {
     /// (`first`) never decreases along that walk, so the first match whose `first` is after
     /// `t` bounds the answer. The only thing that can beat it is the second occurrence
     /// (`repeat`) of an earlier match in a repeated hour, so those are collected on the way.
+    ///
+    /// Away from a fall-back this looks at one or two matches. Around one, an interval
+    /// pattern walks the repeated range: up to 3,600 matches for a per-second pattern, for an
+    /// hour or two a year, in exchange for a walk that is easy to trust.
     fn cron_next_after(&self, cron: &Cron, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // When the clock is about to go back, instants after `t` can show a wall time before
         // `t`'s own, so an interval pattern must start its walk that much earlier. Fixed-time
@@ -519,9 +518,24 @@ fn expand_nickname(expr: &str) -> Result<&str, String> {
         "@weekly" => "0 0 * * 0",
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
+        _ if every_argument(expr).is_some() => {
+            return Err(format!(
+                "`{expr}` is an interval, not a cron expression (use `every: 15m` in a job file)"
+            ));
+        }
         _ => return Err(format!("unknown nickname `{expr}`")),
     };
     Ok(pattern)
+}
+
+/// The duration text after `@every` (case-insensitive), or `None` if `expr` is not an
+/// `@every` expression. `@everyday` is not `@every` with an argument.
+fn every_argument(expr: &str) -> Option<&str> {
+    let rest = expr
+        .get(..6)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("@every"))
+        .and_then(|_| expr.get(6..))?;
+    (rest.is_empty() || rest.starts_with(char::is_whitespace)).then_some(rest)
 }
 
 /// 1970-01-01T00:00:00 as a wall-clock time.
@@ -1644,6 +1658,10 @@ mod tests {
             .expect_err("unknown nickname")
             .to_string();
         assert!(message.contains("unknown nickname"), "{message}");
+        let message = Schedule::cron("@every 15m", Tz::UTC)
+            .expect_err("interval in a cron field")
+            .to_string();
+        assert!(message.contains("is an interval"), "{message}");
         let message = Schedule::parse_expr("@every 0s", Tz::UTC)
             .expect_err("zero period")
             .to_string();

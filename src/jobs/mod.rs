@@ -1,15 +1,31 @@
-//! Built-in job implementations.
+//! Built-in job implementations, and the API clients they are handed.
 
+pub mod comment_on_tagged_cases;
 pub mod exec;
 
-use crate::job::Registry;
+use crate::config::Settings;
+use crate::job::{Clients, Registry};
 
 /// Registers every built-in job.
 pub fn register_builtins(r: &mut Registry) {
     r.register(exec::Exec);
+    r.register(comment_on_tagged_cases::CommentOnTaggedCases);
 }
 
-/// Builds the API clients the config describes (none when a section is absent).
-pub fn build_clients(_settings: &crate::config::Settings) -> Result<crate::job::Clients, String> {
-    Ok(crate::job::Clients::default())
+/// Builds the API clients the config describes. A platform without a `url` is not
+/// configured, and jobs that need it fail with a message saying which keys to set.
+pub fn build_clients(settings: &Settings) -> Result<Clients, String> {
+    let mut clients = Clients::default();
+    if has_url(&settings.soar) {
+        let cfg = crate::soar::SoarConfig::from_value(&settings.soar).map_err(|e| e.to_string())?;
+        clients.soar = Some(crate::soar::SoarClient::new(&cfg).map_err(|e| e.to_string())?);
+    }
+    Ok(clients)
+}
+
+fn has_url(section: &serde_json::Value) -> bool {
+    section
+        .get("url")
+        .and_then(|u| u.as_str())
+        .is_some_and(|u| !u.is_empty())
 }

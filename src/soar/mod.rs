@@ -1,1 +1,93 @@
-//! (in progress)
+//! The Google SecOps SOAR (Siemplify) API client: the SDK calls a scheduled job needs, in the
+//! legacy (`AppKey`) or one-platform (bearer token) form, following
+//! `specs/soar-api.md` to the key and the query string so the same client works against a
+//! real tenant and against [`crate::sim::soar`].
+//!
+//! Every request goes through [`crate::http`], which owns retries, the concurrency cap, the rate
+//! limit and the in-doubt rule for writes.
+
+mod client;
+mod config;
+mod filter;
+mod model;
+
+#[cfg(test)]
+mod tests;
+
+use reqwest::{Method, StatusCode};
+
+use crate::http::HttpError;
+
+pub use client::{APP_KEY_HEADER, CommentTimeField, CommentsSince, Endpoint, SoarClient};
+pub use config::{ApiFlavor, SoarConfig};
+pub use filter::{
+    CASE_FILTER_MAX_RESULTS, CaseFilter, CaseFilterBody, CaseStatusFilter, DEFAULT_MAX_RESULTS,
+    DEFAULT_START_WINDOW_MS, FilterOperator, SortBy, SortOrder,
+};
+pub use model::{Alert, CaseComment, CaseDetails, Entity, entity_types};
+
+/// What went wrong talking to SecOps SOAR. Messages name the method and path of the failed
+/// call, never the API key, token or query string.
+#[derive(Debug, thiserror::Error)]
+pub enum SoarError {
+    /// The `soar` config section is incomplete or wrong.
+    #[error("soar config: {0}")]
+    Config(String),
+    /// The case filter failed the SDK's client-side validation; nothing was sent.
+    #[error("invalid case filter: {0}")]
+    InvalidFilter(String),
+    /// The platform refused the credentials (401/403).
+    #[error(
+        "{method} {path}: SecOps SOAR refused the credentials (HTTP {status}); check soar.app_key \
+         (and soar.bearer_token with api: one_platform)"
+    )]
+    Auth {
+        method: Method,
+        path: String,
+        status: StatusCode,
+    },
+    /// Every other transport outcome: not found, rate limited, server error, in doubt, bad
+    /// response (with its JSON path), transport failure.
+    #[error(transparent)]
+    Http(HttpError),
+}
+
+impl From<HttpError> for SoarError {
+    fn from(e: HttpError) -> SoarError {
+        match e {
+            HttpError::Auth {
+                method,
+                path,
+                status,
+            } => SoarError::Auth {
+                method,
+                path,
+                status,
+            },
+            other => SoarError::Http(other),
+        }
+    }
+}
+
+impl SoarError {
+    /// A write was sent but its outcome is unknown: read the case before writing again.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, SoarError::Http(e) if e.is_in_doubt())
+    }
+
+    pub fn is_auth(&self) -> bool {
+        matches!(self, SoarError::Auth { .. })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SoarError::Http(HttpError::NotFound { .. }))
+    }
+
+    /// The transport error underneath, if any.
+    pub fn http(&self) -> Option<&HttpError> {
+        match self {
+            SoarError::Http(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! `job: comment-on-tagged-cases`: the SecOps "Deep Dive: Jobs" example, done right.
+//!
+//! Every open case carrying one of `Tags` (in `Environments`, if given) that started or was
+//! updated since the last success gets `Comment`, exactly once per (case, comment text):
+//! across runs, retries and crashes.
+//!
+//! Exactly-once rests on the seen-set (scope [`SCOPE`]): an item is marked `attempting` before
+//! the POST and `done` after it. An item still `attempting` at the start of a later run had
+//! its POST interrupted (crash, timeout) or answered ambiguously (a 500, a timeout after
+//! sending), so its comment may or may not exist; that run reads the case's comments before
+//! writing again. It is checked on a *later* run, never right after the ambiguous answer,
+//! because a slow server can still apply the write after the client gave up.
+//!
+//! What the seed example got wrong and this job does not: its YAML lacked its own parameters,
+//! it read `self.params.self.params`, it had a chained assignment, it passed an undefined
+//! environment, and it commented again on every run.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
+use crate::job::{Job, JobContext, JobError, Outcome};
+use crate::soar::{
+    CASE_FILTER_MAX_RESULTS, CaseFilter, CaseStatusFilter, FilterOperator, SoarClient, SoarError,
+    SortBy, SortOrder,
+};
+use crate::store::SeenState;
+
+/// The seen-set scope of (case, comment) items.
+pub const SCOPE: &str = "comments";
+/// The most cases handled at once when `Concurrency` is not set.
+const DEFAULT_CONCURRENCY: i64 = 8;
+const MAX_CONCURRENCY: i64 = 256;
+
+pub struct CommentOnTaggedCases;
+
+impl JobSpec for CommentOnTaggedCases {
+    fn summary(&self) -> &'static str {
+        "comments once on every open case with one of the tags"
+    }
+
+    fn parameters(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new("Tags", ParamType::Csv)
+                .mandatory()
+                .describe("Case tags to comment on (any of them)"),
+            ParamSpec::new("Comment", ParamType::String)
+                .mandatory()
+                .describe("The comment written to each matching case"),
+            ParamSpec::new("Max Hours Backwards", ParamType::Integer)
+                .default_value("24")
+                .describe("How far back the first run looks, in hours"),
+            ParamSpec::new("Environments", ParamType::Csv)
+                .describe("Only cases in these environments (default: all)"),
+            ParamSpec::new("Concurrency", ParamType::Integer)
+                .default_value("8")
+                .describe("How many cases are handled at once"),
+        ]
+    }
+
+    fn validate(&self, params: &Parameters, _extra: &Map<String, Value>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if let Ok(Some(h)) = params.int("Max Hours Backwards")
+            && h < 1
+        {
+            errs.push(FieldError::new(
+                "parameters.Max Hours Backwards",
+                format!("Invalid parameter \"Max Hours Backwards\". The value can't be lower then 1. Wrong value provided: {h}"),
+            ));
+        }
+        if let Ok(Some(c)) = params.int("Concurrency")
+            && !(1..=MAX_CONCURRENCY).contains(&c)
+        {
+            errs.push(FieldError::new(
+                "parameters.Concurrency",
+                format!("Invalid parameter \"Concurrency\". The value must be between 1 and {MAX_CONCURRENCY}. Wrong value provided: {c}"),
+            ));
+        }
+        errs
+    }
+}
+
+/// The seen-set item of a (case, comment text) pair. The text is hashed: comments can be long,
+/// and a changed comment text is a new item, to be written once too.
+pub fn item_key(case_id: u64, comment: &str) -> String {
+    let digest = Sha256::digest(comment.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("case:{case_id}:comment:{hex}")
+}
+
+/// What happened to one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaseResult {
+    Commented,
+    AlreadyCommented,
+    NoAlerts,
+    /// The write's outcome is unknown; a later run checks the case.
+    InDoubt,
+    Failed,
+}
+
+#[async_trait]
+impl Job for CommentOnTaggedCases {
+    fn id(&self) -> &'static str {
+        "comment-on-tagged-cases"
+    }
+
+    async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
+        let ctx: &JobContext = ctx;
+        let soar = ctx.soar()?.clone();
+        let tags = ctx.params().list("Tags")?;
+        let comment = ctx.params().required_str("Comment")?.to_string();
+        let hours = ctx
+            .params()
+            .int("Max Hours Backwards")?
+            .unwrap_or(24)
+            .max(1) as u64;
+        let environments = ctx.params().list("Environments")?;
+        let concurrency = ctx
+            .params()
+            .int("Concurrency")?
+            .unwrap_or(DEFAULT_CONCURRENCY)
+            .clamp(1, MAX_CONCURRENCY) as usize;
+
+        let since = ctx
+            .last_success_time(Duration::from_secs(hours * 3600))
+            .await?;
+        let mut cases = find_cases(&soar, &tags, &environments, since).await?;
+        let matched = cases.len();
+        ctx.stats().set("cases_matched", matched as i64);
+
+        // Items left in doubt by earlier runs are resolved even if their case no longer
+        // matches the window: the job owes them an answer.
+        let seen_cases: HashSet<u64> = cases.iter().copied().collect();
+        for entry in ctx.in_doubt(SCOPE).await? {
+            if let Some(id) = parse_case_id(&entry.item)
+                && entry.item == item_key(id, &comment)
+                && !seen_cases.contains(&id)
+            {
+                cases.push(id);
+            }
+        }
+        tracing::info!(
+            since = %since.to_rfc3339(),
+            cases = matched,
+            rechecks = cases.len() - matched,
+            tags = ?tags,
+            "cases matched"
+        );
+
+        let results: Vec<CaseResult> = futures::stream::iter(cases)
+            .map(|case_id| {
+                let soar = &soar;
+                let comment = &comment;
+                async move {
+                    if ctx.is_cancelled() {
+                        return None;
+                    }
+                    Some(process_case(ctx, soar, case_id, comment).await)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or(JobError::Cancelled)?
+            .into_iter()
+            .collect::<Result<Vec<_>, JobError>>()?;
+
+        let count = |r: CaseResult| results.iter().filter(|x| **x == r).count() as i64;
+        let (commented, already, no_alerts, in_doubt, failed) = (
+            count(CaseResult::Commented),
+            count(CaseResult::AlreadyCommented),
+            count(CaseResult::NoAlerts),
+            count(CaseResult::InDoubt),
+            count(CaseResult::Failed),
+        );
+        let stats = ctx.stats();
+        stats.set("commented", commented);
+        stats.set("already_commented", already);
+        stats.set("no_alerts", no_alerts);
+        stats.set("in_doubt", in_doubt);
+        stats.set("failed", failed);
+        tracing::info!(
+            commented,
+            already_commented = already,
+            no_alerts,
+            in_doubt,
+            failed,
+            "comments added"
+        );
+        let not_done = failed + in_doubt;
+        if not_done == 0 {
+            ctx.save_timestamp(ctx.job_start_time()).await?;
+            return Ok(Outcome::succeeded(format!(
+                "{matched} cases matched: {commented} commented, {already} already commented, \
+                 {no_alerts} without alerts"
+            )));
+        }
+        let message = format!(
+            "{not_done} of {} cases not confirmed ({failed} failed, {in_doubt} in doubt); \
+             {commented} commented, {already} already commented; they are retried next run",
+            results.len()
+        );
+        if commented + already + no_alerts == 0 {
+            Ok(Outcome::failed(message))
+        } else {
+            Ok(Outcome::partial(message))
+        }
+    }
+}
+
+/// Open cases with any of the tags, in the environments, started or updated since `since`.
+///
+/// The API returns at most 10,000 ids per call, so a full page is followed by another with the
+/// time window moved to the last case's update time (ascending order), until a page comes back
+/// short. Nothing is silently truncated.
+async fn find_cases(
+    soar: &SoarClient,
+    tags: &[String],
+    environments: &[String],
+    since: DateTime<Utc>,
+) -> Result<Vec<u64>, JobError> {
+    let mut from = since.timestamp_millis();
+    let mut out: Vec<u64> = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    loop {
+        // "Started since OR updated since", as the seed passes both. A case is never updated
+        // before it starts, so moving both bounds together pages by update time exactly.
+        let mut filter = CaseFilter::new(CaseStatusFilter::Open);
+        filter.start_time_from_unix_time_in_ms = Some(from);
+        filter.update_time_from_unix_time_in_ms = Some(from);
+        filter.operator = Some(FilterOperator::Or);
+        filter.sort_by = SortBy::UpdateTime;
+        filter.sort_order = SortOrder::Asc;
+        filter.max_results = CASE_FILTER_MAX_RESULTS;
+        filter.tags = Some(tags.to_vec());
+        filter.environments = (!environments.is_empty()).then(|| environments.to_vec());
+        let page = soar
+            .get_cases_ids_by_filter(&filter)
+            .await
+            .map_err(|e| JobError::context("cannot list the matching cases", e))?;
+        let full = page.len() >= CASE_FILTER_MAX_RESULTS as usize;
+        let last = page.last().copied();
+        for id in page {
+            if seen.insert(id) {
+                out.push(id);
+            }
+        }
+        let Some(last) = last.filter(|_| full) else {
+            return Ok(out);
+        };
+        let details = soar
+            .get_case_full_details(last, false)
+            .await
+            .map_err(|e| JobError::context(format!("cannot read case {last} to page on"), e))?;
+        let next_from = details.modification_time;
+        if next_from <= from {
+            return Err(JobError::msg(format!(
+                "more than {CASE_FILTER_MAX_RESULTS} matching cases share the update time \
+                 {next_from}; the window cannot move forward without skipping cases"
+            )));
+        }
+        tracing::info!(
+            page_cases = CASE_FILTER_MAX_RESULTS,
+            next_from,
+            "paging the case filter"
+        );
+        from = next_from;
+    }
+}
+
+fn parse_case_id(item: &str) -> Option<u64> {
+    item.strip_prefix("case:")?.split(':').next()?.parse().ok()
+}
+
+/// One case: decides from the seen-set whether to write, checks the case when in doubt, and
+/// writes the comment at most once. Store errors abort the run (the job cannot keep its
+/// exactly-once promise without the store); platform errors are counted per case.
+async fn process_case(
+    ctx: &JobContext,
+    soar: &SoarClient,
+    case_id: u64,
+    comment: &str,
+) -> Result<CaseResult, JobError> {
+    let item = item_key(case_id, comment);
+    match ctx.seen(SCOPE, &item).await? {
+        Some(SeenState::Done) => return Ok(CaseResult::AlreadyCommented),
+        Some(SeenState::Attempting) => {
+            // An earlier attempt's outcome is unknown: look before writing again.
+            match soar.fetch_case_comments(case_id, None).await {
+                Ok(comments) => {
+                    if comments.iter().any(|c| c.is_live() && c.comment == comment) {
+                        tracing::info!(case_id, "an earlier in-doubt comment did land");
+                        ctx.mark_seen(SCOPE, &item).await?;
+                        return Ok(CaseResult::AlreadyCommented);
+                    }
+                    tracing::info!(
+                        case_id,
+                        "an earlier in-doubt comment did not land; writing it"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot check the case's comments");
+                    return failure_of(e);
+                }
+            }
+        }
+        None => {}
+    }
+    let tickets = match soar.get_alerts_ticket_ids_by_case_id(case_id).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot read the case's alerts");
+            return failure_of(e);
+        }
+    };
+    let Some(ticket) = tickets.first() else {
+        tracing::debug!(case_id, "case has no alerts; skipped");
+        return Ok(CaseResult::NoAlerts);
+    };
+    ctx.mark_attempting(SCOPE, &item).await?;
+    match soar.add_comment(case_id, Some(ticket), comment).await {
+        Ok(()) => {
+            ctx.mark_seen(SCOPE, &item).await?;
+            tracing::debug!(case_id, "comment added");
+            Ok(CaseResult::Commented)
+        }
+        Err(e) if e.is_in_doubt() => {
+            // Stays `attempting`: the next run reads the case before writing again.
+            tracing::warn!(case_id, error = %crate::job::error_chain(&e), "comment in doubt; the next run checks the case");
+            Ok(CaseResult::InDoubt)
+        }
+        Err(e) => {
+            // The platform refused or never received the write: it did not happen.
+            ctx.forget(SCOPE, &item).await?;
+            tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot add the comment");
+            failure_of(e)
+        }
+    }
+}
+
+/// A platform error on one case fails that case, except refused credentials: those fail every
+/// case the same way, so the run stops at once with the reason instead of hammering the API.
+fn failure_of(e: SoarError) -> Result<CaseResult, JobError> {
+    if e.is_auth() {
+        return Err(JobError::context("SecOps SOAR refused the credentials", e));
+    }
+    Ok(CaseResult::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_keys_are_stable_and_parse_back() {
+        let k = item_key(42, "Triaged");
+        assert_eq!(k, item_key(42, "Triaged"));
+        assert_ne!(k, item_key(42, "Triaged!"));
+        assert_ne!(k, item_key(43, "Triaged"));
+        assert_eq!(parse_case_id(&k), Some(42));
+        assert!(k.starts_with("case:42:comment:"));
+    }
+}
