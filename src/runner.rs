@@ -56,8 +56,11 @@ impl RunControl {
         self.token.cancel();
     }
 
-    fn reason(&self) -> Option<StopReason> {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    fn cause(&self) -> StopCause {
+        match *self.reason.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(StopReason::Replaced) => StopCause::Replaced,
+            _ => StopCause::Shutdown,
+        }
     }
 }
 
@@ -209,7 +212,12 @@ impl Runner {
 
         // Phase 1: wait for the job, its timeout, or a stop request.
         let timed_out = tokio::select! {
-            res = &mut task => return map_result(res, None),
+            // The job may notice a stop request and return before this select sees the
+            // token: its result is still a stop, with the reason the control recorded.
+            res = &mut task => {
+                let stopped = req.control.token.is_cancelled().then(|| req.control.cause());
+                return map_result(res, stopped);
+            }
             _ = tokio::time::sleep(def.timeout) => true,
             _ = req.control.token.cancelled() => false,
         };
@@ -220,10 +228,7 @@ impl Runner {
             );
             StopCause::Timeout
         } else {
-            match req.control.reason() {
-                Some(StopReason::Replaced) => StopCause::Replaced,
-                _ => StopCause::Shutdown,
-            }
+            req.control.cause()
         };
         token.cancel();
 

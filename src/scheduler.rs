@@ -28,12 +28,17 @@ use tokio_util::task::TaskTracker;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
 use crate::runner::{RunControl, RunRequest, Runner, StopReason};
-use crate::store::{NewRun, RunStatus, Trigger};
+use crate::store::{NewRun, RunFinish, RunStatus, Trigger};
 
 /// The longest the loop sleeps before looking at the wall clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// The most missed ticks counted after a restart (only for the log line).
 const MISSED_CAP: u64 = 1_000_000;
+/// How long before its instant a tick is claimed. Claiming is a database write; doing it
+/// ahead of time, for every tick due in the window in one transaction, leaves only the spawn
+/// at the tick itself, so a thousand jobs due at the same second all start within a few
+/// milliseconds of it. A crash inside this window leaves the row to be marked `interrupted`.
+pub const CLAIM_AHEAD: Duration = Duration::from_millis(250);
 
 /// Messages to the scheduler task.
 pub enum Command {
@@ -100,6 +105,16 @@ struct Entry {
     generation: u64,
 }
 
+/// A tick claimed in the store and waiting for its instant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Claimed {
+    fire_at: DateTime<Utc>,
+    run_id: i64,
+    job_id: String,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+}
+
 struct Slot {
     def: Arc<JobDefinition>,
     generation: u64,
@@ -110,6 +125,8 @@ pub struct Scheduler {
     runner: Runner,
     slots: HashMap<String, Slot>,
     heap: BinaryHeap<Reverse<Entry>>,
+    /// Ticks claimed ahead of their instant, earliest first.
+    pending: BinaryHeap<Reverse<Claimed>>,
     next_generation: u64,
     running: RunningRuns,
     tracker: TaskTracker,
@@ -123,6 +140,7 @@ impl Scheduler {
             runner,
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
+            pending: BinaryHeap::new(),
             next_generation: 0,
             running,
             tracker,
@@ -148,20 +166,28 @@ impl Scheduler {
             log_loaded(&def, false);
             if def.enabled {
                 if options.run_at_start {
-                    catch_up.push((def.clone(), now, Trigger::Manual));
+                    catch_up.push((def.clone(), now, Trigger::Manual, None));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
-                    catch_up.push((def.clone(), t, Trigger::CatchUp));
+                    catch_up.push((def.clone(), t, Trigger::CatchUp, None));
                 }
             }
             self.add(def, now);
         }
-        self.start_runs(catch_up).await;
+        self.claim(catch_up).await;
+        self.fire_pending().await;
 
         loop {
-            let sleep_for = self
-                .heap
-                .peek()
-                .map(|Reverse(e)| (e.fire_at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            let now = Utc::now();
+            let claim_at = self.heap.peek().map(|Reverse(e)| {
+                e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
+            });
+            let fire_at = self.pending.peek().map(|Reverse(c)| c.fire_at);
+            let wake = match (claim_at, fire_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep_for = wake
+                .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
             let deadline = tokio::time::Instant::now() + sleep_for;
@@ -174,7 +200,17 @@ impl Scheduler {
                     Some(Command::Reload(report)) => self.reload(report),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.fire_due().await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.claim_due().await;
+                    self.fire_pending().await;
+                }
+            }
+        }
+        // Ticks claimed ahead of their instant will not run: release their claims, so they
+        // count as missed at the next start (and `misfire` decides) instead of as taken.
+        while let Some(Reverse(c)) = self.pending.pop() {
+            if let Err(e) = self.runner.store().unclaim(c.run_id).await {
+                tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
@@ -300,12 +336,13 @@ impl Scheduler {
         self.broken.retain(|f, _| now_broken.contains(f));
     }
 
-    /// Fires every entry that is due, claiming their ticks in one transaction.
-    async fn fire_due(&mut self) {
+    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].
+    async fn claim_due(&mut self) {
         let now = Utc::now();
+        let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
         let mut due = Vec::new();
         while let Some(Reverse(e)) = self.heap.peek() {
-            if e.fire_at > now {
+            if e.fire_at > horizon {
                 break;
             }
             let Some(Reverse(e)) = self.heap.pop() else {
@@ -327,33 +364,44 @@ impl Scheduler {
                 tracing::warn!(job_id = %def.id, missed = skipped, "ticks missed");
             }
             self.push_next(&def, generation, after);
-            due.push((def, e.tick, Trigger::Schedule));
+            due.push((def, e.tick, Trigger::Schedule, e.fire_at));
         }
         if !due.is_empty() {
-            self.start_runs(due).await;
+            self.claim(
+                due.into_iter()
+                    .map(|(def, tick, trigger, fire_at)| (def, tick, trigger, Some(fire_at)))
+                    .collect(),
+            )
+            .await;
         }
     }
 
-    /// Applies the overlap policy, claims the runs and starts them.
-    async fn start_runs(&mut self, due: Vec<(Arc<JobDefinition>, DateTime<Utc>, Trigger)>) {
+    /// Claims ticks (one transaction) and queues the claimed ones to fire at their instant
+    /// (`None`: now).
+    async fn claim(
+        &mut self,
+        due: Vec<(
+            Arc<JobDefinition>,
+            DateTime<Utc>,
+            Trigger,
+            Option<DateTime<Utc>>,
+        )>,
+    ) {
+        if due.is_empty() {
+            return;
+        }
         let now = Utc::now();
-        let mut claims = Vec::with_capacity(due.len());
-        for (def, tick, trigger) in &due {
-            let running = self.running.of_job(&def.id);
-            let skip = !running.is_empty() && def.overlap == Overlap::Skip;
-            claims.push(NewRun {
+        let claims: Vec<NewRun> = due
+            .iter()
+            .map(|(def, tick, trigger, fire_at)| NewRun {
                 job_id: def.id.clone(),
                 scheduled_at: *tick,
                 trigger: *trigger,
-                status: if skip {
-                    RunStatus::Skipped
-                } else {
-                    RunStatus::Running
-                },
-                started_at: now,
-                message: skip.then(|| "previous run still running".to_string()),
-            });
-        }
+                status: RunStatus::Running,
+                started_at: fire_at.unwrap_or(now).max(now),
+                message: None,
+            })
+            .collect();
         let ids = match self.runner.store().claim_runs(&claims).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -362,25 +410,88 @@ impl Scheduler {
                 return;
             }
         };
-        for ((def, tick, trigger), (claim, id)) in due.into_iter().zip(claims.iter().zip(ids)) {
-            let Some(run_id) = id else {
-                tracing::debug!(job_id = %def.id, tick = %tick.to_rfc3339(), "tick already claimed");
-                continue;
-            };
-            if claim.status == RunStatus::Skipped {
-                tracing::warn!(
-                    job_id = %def.id, run_id, scheduled_at = %tick.to_rfc3339(),
-                    reason = "previous run still running", "run skipped"
-                );
-                continue;
-            }
-            if def.overlap == Overlap::Replace {
-                for (old, control) in self.running.of_job(&def.id) {
-                    tracing::info!(job_id = %def.id, run_id = old, replaced_by = run_id, "replacing the running run");
-                    control.stop(StopReason::Replaced);
+        for ((def, tick, trigger, fire_at), id) in due.into_iter().zip(ids) {
+            match id {
+                Some(run_id) => self.pending.push(Reverse(Claimed {
+                    fire_at: fire_at.unwrap_or(now),
+                    run_id,
+                    job_id: def.id.clone(),
+                    tick,
+                    trigger,
+                })),
+                None => {
+                    tracing::debug!(job_id = %def.id, tick = %tick.to_rfc3339(), "tick already claimed")
                 }
             }
-            self.spawn_run(def, run_id, tick, trigger);
+        }
+    }
+
+    /// Starts every claimed run whose instant has come, applying the overlap policy.
+    async fn fire_pending(&mut self) {
+        let now = Utc::now();
+        while let Some(Reverse(c)) = self.pending.peek() {
+            if c.fire_at > now {
+                break;
+            }
+            let Some(Reverse(c)) = self.pending.pop() else {
+                break;
+            };
+            // The job may have changed since the claim: run the current definition, or record
+            // why the tick did not run.
+            let def = match self.slots.get(&c.job_id) {
+                Some(slot) if slot.def.enabled || c.trigger == Trigger::Manual => slot.def.clone(),
+                _ => {
+                    self.finish_unrun(
+                        &c,
+                        RunStatus::Skipped,
+                        "the job was removed or disabled before its tick",
+                        now,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            let running = self.running.of_job(&def.id);
+            if !running.is_empty() {
+                match def.overlap {
+                    Overlap::Skip => {
+                        tracing::warn!(
+                            job_id = %def.id, run_id = c.run_id, scheduled_at = %c.tick.to_rfc3339(),
+                            reason = "previous run still running", "run skipped"
+                        );
+                        self.finish_unrun(
+                            &c,
+                            RunStatus::Skipped,
+                            "previous run still running",
+                            now,
+                        )
+                        .await;
+                        continue;
+                    }
+                    Overlap::Replace => {
+                        for (old, control) in running {
+                            tracing::info!(job_id = %def.id, run_id = old, replaced_by = c.run_id, "replacing the running run");
+                            control.stop(StopReason::Replaced);
+                        }
+                    }
+                    Overlap::Allow => {}
+                }
+            }
+            self.spawn_run(def, c.run_id, c.tick, c.trigger);
+        }
+    }
+
+    /// Finishes the row of a claimed tick that did not run.
+    async fn finish_unrun(&self, c: &Claimed, status: RunStatus, why: &str, now: DateTime<Utc>) {
+        let finish = RunFinish {
+            status,
+            finished_at: now,
+            message: Some(why.to_string()),
+            error: None,
+            stats: serde_json::Value::Object(Default::default()),
+        };
+        if let Err(e) = self.runner.store().finish_run(c.run_id, &finish).await {
+            tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot record an unrun tick");
         }
     }
 

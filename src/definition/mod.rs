@@ -667,7 +667,22 @@ impl Cx {
                         }
                     }
                 };
-                Some(base?.with_jitter(jitter?))
+                let (base, jitter) = (base?, jitter?);
+                if let schedule::ScheduleKind::Every(period) = base.kind()
+                    && !jitter.is_zero()
+                    && jitter >= *period
+                {
+                    // A jitter as long as the period would let a tick fire after the next one.
+                    self.val_err(
+                        "schedule.jitter",
+                        format!(
+                            "`jitter` must be shorter than the interval ({})",
+                            schedule::format_duration(*period)
+                        ),
+                    );
+                    return None;
+                }
+                Some(base.with_jitter(jitter))
             }
         }
     }

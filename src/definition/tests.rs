@@ -310,3 +310,14 @@ fn suggestions() {
     assert_eq!(suggest("timeot", TOP_KEYS), Some("timeout"));
     assert_eq!(suggest("zzzzzz", TOP_KEYS), None);
 }
+
+#[test]
+fn jitter_must_be_shorter_than_the_interval() {
+    let errs = errors(
+        "name: X\njob: echo\nschedule: {every: 1m, jitter: 2m}\nparameters: [{name: Tags, type: csv, value: a}]\n",
+    );
+    assert_eq!(
+        errs,
+        vec!["3:31: `jitter` must be shorter than the interval (1m)"]
+    );
+}

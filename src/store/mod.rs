@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What caused a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// A regular tick of the job's schedule.
@@ -211,6 +211,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records how a run ended. Only a row still `running` is changed; finishing a row twice
     /// is a no-op that returns `false`.
     async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool>;
+
+    /// Deletes a claimed row that never started (status still `running`), so its tick counts
+    /// as not taken. The scheduler uses it at shutdown for ticks it claimed ahead of their
+    /// instant. Returns whether a row was deleted.
+    async fn unclaim(&self, run_id: i64) -> StoreResult<bool>;
 
     /// Marks every row still `running` as `interrupted` (finished now, message explaining that
     /// the daemon stopped while the run was in progress). Called once at startup, before the

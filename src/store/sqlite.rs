@@ -12,6 +12,7 @@
 //! The SQL sticks to forms PostgreSQL accepts too (`ON CONFLICT`, `RETURNING`, window functions,
 //! quoted `"trigger"` / `"key"` / `"value"`), so the later backend is a transliteration.
 
+use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -70,6 +71,46 @@ macro_rules! duration_from_started {
     () => {
         "CASE WHEN ? > started_at THEN ? - started_at ELSE 0 END"
     };
+}
+
+/// Rows per multi-row claim INSERT: 8 parameters each stays far below SQLite's limit.
+const CLAIM_CHUNK: usize = 500;
+
+/// `(started_at, finished_at, duration_ms)` of a row being claimed. A row that is final on
+/// arrival (a skipped tick) never ran: it ends as it starts.
+fn claim_times(run: &NewRun) -> (i64, Option<i64>, Option<i64>) {
+    let started_at = millis(run.started_at);
+    if run.status.is_final() {
+        (started_at, Some(started_at), Some(0))
+    } else {
+        (started_at, None, None)
+    }
+}
+
+/// Claims one run (manual runs, which are not unique by instant).
+async fn insert_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run: &NewRun,
+) -> StoreResult<Option<i64>> {
+    let (started_at, finished_at, duration_ms) = claim_times(run);
+    Ok(sqlx::query_scalar(
+        "INSERT INTO job_runs \
+             (job_id, scheduled_at, \"trigger\", status, started_at, finished_at, \
+              duration_ms, message) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT DO NOTHING \
+         RETURNING id",
+    )
+    .bind(&run.job_id)
+    .bind(millis(run.scheduled_at))
+    .bind(run.trigger.as_str())
+    .bind(run.status.as_str())
+    .bind(started_at)
+    .bind(finished_at)
+    .bind(duration_ms)
+    .bind(run.message.as_deref())
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 /// [`Store`] on a SQLite file.
@@ -317,36 +358,64 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock up front, so a writer in another process makes this
         // wait (busy timeout) instead of failing half-way through the slice.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut ids = Vec::with_capacity(runs.len());
-        for run in runs {
-            let started_at = millis(run.started_at);
-            // A row that is final on arrival (a skipped tick) never ran: it ends as it starts.
-            let (finished_at, duration_ms) = if run.status.is_final() {
-                (Some(started_at), Some(0_i64))
-            } else {
-                (None, None)
-            };
-            // No conflict target: the only unique key an insert can hit is the claim index
-            // (`id` is generated), and both SQLite and PostgreSQL accept the bare form.
-            let id: Option<i64> = sqlx::query_scalar(
+        let mut ids: Vec<Option<i64>> = vec![None; runs.len()];
+        // Scheduled and catch-up ticks go in as multi-row INSERTs: a thousand ticks due at the
+        // same instant cost a few statements instead of a thousand round trips to SQLite's
+        // worker thread, which is what keeps tick lateness in the low milliseconds. Manual runs
+        // are not unique by (job, instant), so they cannot be matched back from RETURNING and
+        // are inserted one by one.
+        let mut keyed: HashMap<(&str, i64), usize> = HashMap::new();
+        let mut batch: Vec<usize> = Vec::new();
+        // Ids follow the slice's order, so a slice with a manual run goes row by row.
+        let row_by_row = runs.iter().any(|r| r.trigger == Trigger::Manual);
+        for (i, run) in runs.iter().enumerate() {
+            if row_by_row {
+                ids[i] = insert_one(&mut tx, run).await?;
+            } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                keyed.entry((run.job_id.as_str(), millis(run.scheduled_at)))
+            {
+                slot.insert(i);
+                batch.push(i);
+            }
+            // A second copy of the same tick in one slice stays `None`: it is the same claim.
+        }
+        for chunk in batch.chunks(CLAIM_CHUNK) {
+            let mut sql = String::from(
                 "INSERT INTO job_runs \
                      (job_id, scheduled_at, \"trigger\", status, started_at, finished_at, \
-                      duration_ms, message) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING id",
-            )
-            .bind(&run.job_id)
-            .bind(millis(run.scheduled_at))
-            .bind(run.trigger.as_str())
-            .bind(run.status.as_str())
-            .bind(started_at)
-            .bind(finished_at)
-            .bind(duration_ms)
-            .bind(run.message.as_deref())
-            .fetch_optional(&mut *tx)
-            .await?;
-            ids.push(id);
+                      duration_ms, message) VALUES ",
+            );
+            for (n, _) in chunk.iter().enumerate() {
+                sql.push_str(if n == 0 {
+                    "(?, ?, ?, ?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?, ?, ?, ?)"
+                });
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at");
+            // Only placeholders are built dynamically; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for &i in chunk {
+                let run = &runs[i];
+                let (started_at, finished_at, duration_ms) = claim_times(run);
+                q = q
+                    .bind(&run.job_id)
+                    .bind(millis(run.scheduled_at))
+                    .bind(run.trigger.as_str())
+                    .bind(run.status.as_str())
+                    .bind(started_at)
+                    .bind(finished_at)
+                    .bind(duration_ms)
+                    .bind(run.message.as_deref());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let id: i64 = row.try_get("id")?;
+                let job_id: String = row.try_get("job_id")?;
+                let at: i64 = row.try_get("scheduled_at")?;
+                if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
+                    ids[i] = Some(id);
+                }
+            }
         }
         tx.commit().await?;
         Ok(ids)
@@ -395,6 +464,15 @@ impl Store for SqliteStore {
             Some(_) => Ok(false),
             None => Err(StoreError::NoSuchRun(run_id)),
         }
+    }
+
+    async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let done = sqlx::query("DELETE FROM job_runs WHERE id = ? AND status = 'running'")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
@@ -1410,5 +1488,35 @@ mod tests {
                 .expect("count");
         assert_eq!(count, 1_000);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn unclaim_releases_only_unstarted_claims() {
+        let (_dir, _path, store) = temp_store().await;
+        let ids = store
+            .claim_runs(&[
+                new_run("a", 1_000, Trigger::Schedule),
+                new_run("a", 2_000, Trigger::Schedule),
+                // The same tick twice in one slice is one claim.
+                new_run("a", 2_000, Trigger::Schedule),
+            ])
+            .await
+            .unwrap();
+        assert!(ids[0].is_some() && ids[1].is_some());
+        assert_eq!(ids[2], None);
+        let (first, second) = (ids[0].unwrap(), ids[1].unwrap());
+        store
+            .finish_run(first, &finish(RunStatus::Succeeded, 1_500))
+            .await
+            .unwrap();
+        assert!(!store.unclaim(first).await.unwrap(), "a finished run stays");
+        assert!(store.unclaim(second).await.unwrap());
+        assert!(store.run(second).await.unwrap().is_none());
+        // The tick can be claimed again.
+        let again = store
+            .claim_runs(&[new_run("a", 2_000, Trigger::Schedule)])
+            .await
+            .unwrap();
+        assert!(again[0].is_some());
     }
 }

@@ -240,3 +240,20 @@ async fn a_sigkilled_daemon_neither_loses_nor_repeats_a_tick() {
         );
     }
 }
+
+#[test]
+fn check_passes_on_the_repository_jobs_and_config() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SOARJOBD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("comment-on-tagged-cases  job=comment-on-tagged-cases  enabled"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" 0 error(s)"), "{stdout}");
+}

@@ -330,3 +330,44 @@ async fn a_dropped_file_starts_running_and_a_broken_edit_keeps_the_last_good_ver
     );
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stalled_runtime_delays_ticks_but_never_stops_a_job() {
+    let app = TestApp::new();
+    app.write_job("tick", &sleep_job("Tick", "{every: 1s}", 0, ""));
+    // Runs once at start and blocks the (single) runtime thread for 2.5 s.
+    app.write_job(
+        "stall",
+        "name: Stall\njob: sleep\nschedule: {every: 1h}\nparameters:\n  - {name: Millis, type: integer, value: 2500}\n  - {name: Block, type: boolean, value: true}\n",
+    );
+    let (logs, _g) = capture_logs();
+    let d = app.builder().run_at_start(true).start().await.unwrap();
+    let store = d.store().clone();
+    let stall_end = Utc::now() + chrono::Duration::milliseconds(2500);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            runs(&store, "tick")
+                .await
+                .iter()
+                .filter(|r| r.started_at > stall_end + chrono::Duration::milliseconds(500))
+                .count()
+                >= 2
+        })
+        .await,
+        "the 1 s job did not resume after the stall"
+    );
+    d.shutdown().await;
+    let store = app.store().await;
+    let ticks: Vec<_> = runs(&store, "tick")
+        .await
+        .iter()
+        .map(|r| r.scheduled_at)
+        .collect();
+    let mut dedup = ticks.clone();
+    dedup.dedup();
+    assert_eq!(dedup, ticks, "a tick ran twice");
+    assert!(
+        logs.text().contains("\"message\":\"ticks missed\""),
+        "the stall was not reported"
+    );
+}

@@ -153,6 +153,7 @@ impl JobSpec for Sleep {
         vec![
             ParamSpec::new("Millis", ParamType::Integer).default_value("0"),
             ParamSpec::new("Ignore Cancel", ParamType::Boolean).default_value("false"),
+            ParamSpec::new("Block", ParamType::Boolean).default_value("false"),
         ]
     }
 }
@@ -165,6 +166,11 @@ impl Job for Sleep {
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
         let ms = ctx.params().int("Millis")?.unwrap_or(0) as u64;
         let ignore = ctx.params().bool("Ignore Cancel")?.unwrap_or(false);
+        if ctx.params().bool("Block")?.unwrap_or(false) {
+            // Stalls the whole runtime thread, as a careless blocking call would.
+            std::thread::sleep(Duration::from_millis(ms));
+            return Ok(Outcome::succeeded("blocked"));
+        }
         {
             let mut f = self.in_flight.lock().unwrap();
             f.0 += 1;
