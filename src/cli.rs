@@ -122,8 +122,9 @@ pub enum SimCmd {
         secret_key: String,
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
-        #[arg(long, default_value_t = 0.0)]
-        fault_rate: f64,
+        /// How long a batch job takes from upload to Completed.
+        #[arg(long, default_value_t = 200)]
+        processing_delay_ms: u64,
     },
 }
 

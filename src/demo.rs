@@ -42,6 +42,23 @@ pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize
             return exit::FAILURE;
         }
     };
+    let tc_secret = uuid::Uuid::new_v4().to_string();
+    let tc = match sim::threatconnect::start(
+        sim::threatconnect::TcSimConfig {
+            access_id: "demo-access-id".into(),
+            secret_key: tc_secret.clone(),
+            ..Default::default()
+        },
+        loopback,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the ThreatConnect simulator");
+            return exit::FAILURE;
+        }
+    };
     // Keep the temporary folder alive for the whole demo; it is removed at exit.
     let tmp = match tempfile::Builder::new().prefix("soarjobd-demo-").tempdir() {
         Ok(t) => t,
@@ -53,8 +70,15 @@ pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize
     let data = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
     settings.database_url = format!("sqlite:{}", data.join("demo.db").display());
     settings.soar = json!({ "url": soar.url(), "app_key": app_key });
+    settings.threatconnect = json!({
+        "url": tc.api_url(),
+        "access_id": "demo-access-id",
+        "secret_key": tc_secret,
+        "poll_initial": "200ms",
+    });
     tracing::info!(
         soar_sim = %soar.url(),
+        threatconnect_sim = %tc.api_url(),
         cases,
         jobs_dir = %settings.jobs_dir.display(),
         database = %settings.database_url,
@@ -81,6 +105,7 @@ pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize
         "demo finished"
     );
     let _ = soar.shutdown().await;
+    let _ = tc.shutdown().await;
     exit::SUCCESS
 }
 
@@ -121,9 +146,38 @@ pub async fn sim(which: SimCmd) -> i32 {
                 }
             }
         }
-        SimCmd::Threatconnect { .. } => {
-            eprintln!("error: the ThreatConnect simulator is not wired to the CLI yet");
-            exit::USAGE
+        SimCmd::Threatconnect {
+            listen,
+            access_id,
+            secret_key,
+            latency_ms,
+            processing_delay_ms,
+        } => {
+            let cfg = sim::threatconnect::TcSimConfig {
+                access_id,
+                secret_key,
+                behaviour: sim::threatconnect::Behaviour {
+                    latency_ms,
+                    processing_delay_ms,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let handle = match sim::threatconnect::start(cfg, listen).await {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {listen}: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            tracing::info!(url = %handle.api_url(), "ThreatConnect simulator listening");
+            match handle.serve_until(shutdown_signal()).await {
+                Ok(()) => exit::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
         }
     }
 }

@@ -128,6 +128,7 @@ pub trait Job: JobSpec + Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Clients {
     pub soar: Option<crate::soar::SoarClient>,
+    pub threatconnect: Option<crate::threatconnect::ThreatConnectClient>,
 }
 
 /// Counters a job reports; recorded in the run's history row and in `run finished`.
@@ -256,6 +257,16 @@ impl JobContext {
             JobError::msg(
                 "no SOAR platform is configured (set soar.url and soar.app_key, e.g. \
                  SOARJOBD__SOAR__URL and SOARJOBD__SOAR__APP_KEY)",
+            )
+        })
+    }
+
+    /// The configured ThreatConnect client, or a clear error.
+    pub fn threatconnect(&self) -> Result<&crate::threatconnect::ThreatConnectClient, JobError> {
+        self.clients.threatconnect.as_ref().ok_or_else(|| {
+            JobError::msg(
+                "no ThreatConnect instance is configured (set threatconnect.url, \
+                 threatconnect.access_id and threatconnect.secret_key)",
             )
         })
     }

@@ -1,7 +1,9 @@
 //! Built-in job implementations, and the API clients they are handed.
 
+pub mod cases;
 pub mod comment_on_tagged_cases;
 pub mod exec;
+pub mod push_case_iocs;
 
 use crate::config::Settings;
 use crate::job::{Clients, Registry};
@@ -10,6 +12,7 @@ use crate::job::{Clients, Registry};
 pub fn register_builtins(r: &mut Registry) {
     r.register(exec::Exec);
     r.register(comment_on_tagged_cases::CommentOnTaggedCases);
+    r.register(push_case_iocs::PushCaseIocs);
 }
 
 /// Builds the API clients the config describes. A platform without a `url` is not
@@ -19,6 +22,12 @@ pub fn build_clients(settings: &Settings) -> Result<Clients, String> {
     if has_url(&settings.soar) {
         let cfg = crate::soar::SoarConfig::from_value(&settings.soar).map_err(|e| e.to_string())?;
         clients.soar = Some(crate::soar::SoarClient::new(&cfg).map_err(|e| e.to_string())?);
+    }
+    if has_url(&settings.threatconnect) {
+        let cfg = crate::threatconnect::ThreatConnectConfig::from_value(&settings.threatconnect)
+            .map_err(|e| e.to_string())?;
+        clients.threatconnect =
+            Some(crate::threatconnect::ThreatConnectClient::new(&cfg).map_err(|e| e.to_string())?);
     }
     Ok(clients)
 }
