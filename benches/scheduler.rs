@@ -111,6 +111,7 @@ fn run_child(engine: &str, full: bool) -> Value {
 #[derive(Clone, Default)]
 struct Probe {
     lateness_us: Arc<Mutex<Vec<i64>>>,
+    by_tick: Arc<Mutex<std::collections::BTreeMap<i64, Vec<i64>>>>,
 }
 
 impl JobSpec for Probe {}
@@ -125,6 +126,14 @@ impl Job for Probe {
             .num_microseconds()
             .unwrap_or(i64::MAX);
         self.lateness_us.lock().unwrap().push(late);
+        if std::env::var("SOARJOBD_BENCH_DEBUG").is_ok() {
+            self.by_tick
+                .lock()
+                .unwrap()
+                .entry(ctx.scheduled_at().timestamp())
+                .or_default()
+                .push(late);
+        }
         Ok(Outcome::succeeded(""))
     }
 }
@@ -180,7 +189,9 @@ async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>) {
     };
     let probe = Probe {
         lateness_us: lateness,
+        by_tick: Default::default(),
     };
+    let by_tick = probe.by_tick.clone();
     let d = Daemon::builder()
         .settings(settings)
         .register(probe)
@@ -189,6 +200,16 @@ async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>) {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     d.shutdown().await;
+    for (tick, mut l) in std::mem::take(&mut *by_tick.lock().unwrap()) {
+        l.sort_unstable();
+        eprintln!(
+            "tick {tick}: n={} min={} p50={} max={}",
+            l.len(),
+            l[0],
+            l[l.len() / 2],
+            l[l.len() - 1]
+        );
+    }
 }
 
 async fn run_tcs(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>) {

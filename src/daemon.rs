@@ -32,6 +32,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("invalid API client configuration: {0}")]
     Clients(String),
+    #[error("cannot start the timer thread")]
+    Timer(#[source] std::io::Error),
 }
 
 /// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
@@ -131,7 +133,8 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
-        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
+        let scheduler =
+            Scheduler::new(runner, running.clone(), tracker.clone()).map_err(DaemonError::Timer)?;
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(

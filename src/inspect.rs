@@ -274,7 +274,7 @@ pub async fn run_once_with(
     let summary = runner
         .execute(RunRequest {
             definition: Arc::new(def),
-            params,
+            params: Some(params),
             run_id,
             scheduled_at: now,
             trigger: Trigger::Manual,

@@ -170,7 +170,8 @@ impl Stats {
 /// concurrent futures of one run.
 pub struct JobContext {
     pub(crate) definition: Arc<JobDefinition>,
-    pub(crate) params: Parameters,
+    /// Overrides of the definition's parameters, if any.
+    pub(crate) params: Option<Parameters>,
     pub(crate) run_id: i64,
     pub(crate) scheduled_at: DateTime<Utc>,
     pub(crate) trigger: Trigger,
@@ -192,7 +193,7 @@ impl JobContext {
     }
 
     pub fn params(&self) -> &Parameters {
-        &self.params
+        self.params.as_ref().unwrap_or(&self.definition.parameters)
     }
 
     pub fn run_id(&self) -> i64 {

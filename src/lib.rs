@@ -21,4 +21,5 @@ pub mod soar;
 pub mod store;
 pub mod telemetry;
 pub mod threatconnect;
+pub mod timer;
 pub mod watch;

@@ -29,6 +29,7 @@ use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
 use crate::runner::{RunControl, RunRequest, Runner, StopReason};
 use crate::store::{NewRun, RunFinish, RunStatus, Trigger};
+use crate::timer::PreciseTimer;
 
 /// The longest the loop sleeps before looking at the wall clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -46,46 +47,58 @@ pub enum Command {
     Reload(LoadReport),
 }
 
-/// Runs currently in progress, across all jobs: run id -> (job id, control).
+/// Runs currently in progress, by job. Indexed by job so the overlap check at each tick costs
+/// O(runs of that job), not O(all running runs): with a thousand jobs due at once, a flat map
+/// made firing quadratic.
 #[derive(Clone, Default)]
 pub struct RunningRuns {
-    inner: Arc<Mutex<HashMap<i64, (String, RunControl)>>>,
+    inner: Arc<Mutex<HashMap<String, HashMap<i64, RunControl>>>>,
 }
 
 impl RunningRuns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (String, RunControl)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i64, RunControl>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn insert(&self, run_id: i64, job_id: &str, control: RunControl) {
-        self.lock().insert(run_id, (job_id.to_string(), control));
+        self.lock()
+            .entry(job_id.to_string())
+            .or_default()
+            .insert(run_id, control);
     }
 
-    fn remove(&self, run_id: i64) {
-        self.lock().remove(&run_id);
+    fn remove(&self, job_id: &str, run_id: i64) {
+        let mut map = self.lock();
+        if let Some(runs) = map.get_mut(job_id) {
+            runs.remove(&run_id);
+            if runs.is_empty() {
+                map.remove(job_id);
+            }
+        }
     }
 
     /// The controls of a job's running runs.
     pub fn of_job(&self, job_id: &str) -> Vec<(i64, RunControl)> {
         self.lock()
-            .iter()
-            .filter(|(_, (j, _))| j == job_id)
-            .map(|(id, (_, c))| (*id, c.clone()))
-            .collect()
+            .get(job_id)
+            .map(|runs| runs.iter().map(|(id, c)| (*id, c.clone())).collect())
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
     /// Asks every running run to stop.
     pub fn stop_all(&self, reason: StopReason) {
-        for (_, c) in self.lock().values() {
-            c.stop(reason);
+        for runs in self.lock().values() {
+            for c in runs.values() {
+                c.stop(reason);
+            }
         }
     }
 }
@@ -127,6 +140,7 @@ pub struct Scheduler {
     heap: BinaryHeap<Reverse<Entry>>,
     /// Ticks claimed ahead of their instant, earliest first.
     pending: BinaryHeap<Reverse<Claimed>>,
+    timer: PreciseTimer,
     next_generation: u64,
     running: RunningRuns,
     tracker: TaskTracker,
@@ -135,17 +149,23 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(runner: Runner, running: RunningRuns, tracker: TaskTracker) -> Scheduler {
-        Scheduler {
+    pub fn new(
+        runner: Runner,
+        running: RunningRuns,
+        tracker: TaskTracker,
+    ) -> std::io::Result<Scheduler> {
+        let timer = PreciseTimer::new()?;
+        Ok(Scheduler {
             runner,
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
             pending: BinaryHeap::new(),
+            timer,
             next_generation: 0,
             running,
             tracker,
             broken: HashMap::new(),
-        }
+        })
     }
 
     /// Loads the initial jobs, makes the catch-up runs `misfire: run_once` asks for, and runs
@@ -190,7 +210,7 @@ impl Scheduler {
                 .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
-            let deadline = tokio::time::Instant::now() + sleep_for;
+            let deadline = std::time::Instant::now() + sleep_for;
             // `biased`: shutdown first, so no tick fires after the signal; then reloads, so a
             // changed schedule applies before its old tick fires.
             tokio::select! {
@@ -200,7 +220,7 @@ impl Scheduler {
                     Some(Command::Reload(report)) => self.reload(report),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = self.timer.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
                 }
@@ -429,6 +449,7 @@ impl Scheduler {
     /// Starts every claimed run whose instant has come, applying the overlap policy.
     async fn fire_pending(&mut self) {
         let now = Utc::now();
+
         while let Some(Reverse(c)) = self.pending.peek() {
             if c.fire_at > now {
                 break;
@@ -506,20 +527,20 @@ impl Scheduler {
         self.running.insert(run_id, &def.id, control.clone());
         let runner = self.runner.clone();
         let running = self.running.clone();
-        let params = def.parameters.clone();
+        let job_id = def.id.clone();
         // Runs are tracked so shutdown can wait for them; the scheduler never awaits a run.
         self.tracker.spawn(async move {
             runner
                 .execute(RunRequest {
                     definition: def,
-                    params,
+                    params: None,
                     run_id,
                     scheduled_at: tick,
                     trigger,
                     control,
                 })
                 .await;
-            running.remove(run_id);
+            running.remove(&job_id, run_id);
         });
     }
 }
