@@ -118,6 +118,26 @@ struct Entry {
     generation: u64,
 }
 
+/// A tick to claim: the job, its nominal instant, what caused it, and when to fire it
+/// (`None`: as soon as it is claimed).
+struct Due {
+    def: Arc<JobDefinition>,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    fire_at: Option<DateTime<Utc>>,
+}
+
+impl Due {
+    fn now(def: Arc<JobDefinition>, tick: DateTime<Utc>, trigger: Trigger) -> Due {
+        Due {
+            def,
+            tick,
+            trigger,
+            fire_at: None,
+        }
+    }
+}
+
 /// A tick claimed in the store and waiting for its instant.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Claimed {
@@ -186,9 +206,9 @@ impl Scheduler {
             log_loaded(&def, false);
             if def.enabled {
                 if options.run_at_start {
-                    catch_up.push((def.clone(), now, Trigger::Manual, None));
+                    catch_up.push(Due::now(def.clone(), now, Trigger::Manual));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
-                    catch_up.push((def.clone(), t, Trigger::CatchUp, None));
+                    catch_up.push(Due::now(def.clone(), t, Trigger::CatchUp));
                 }
             }
             self.add(def, now);
@@ -384,41 +404,33 @@ impl Scheduler {
                 tracing::warn!(job_id = %def.id, missed = skipped, "ticks missed");
             }
             self.push_next(&def, generation, after);
-            due.push((def, e.tick, Trigger::Schedule, e.fire_at));
+            due.push(Due {
+                def,
+                tick: e.tick,
+                trigger: Trigger::Schedule,
+                fire_at: Some(e.fire_at),
+            });
         }
         if !due.is_empty() {
-            self.claim(
-                due.into_iter()
-                    .map(|(def, tick, trigger, fire_at)| (def, tick, trigger, Some(fire_at)))
-                    .collect(),
-            )
-            .await;
+            self.claim(due).await;
         }
     }
 
     /// Claims ticks (one transaction) and queues the claimed ones to fire at their instant
     /// (`None`: now).
-    async fn claim(
-        &mut self,
-        due: Vec<(
-            Arc<JobDefinition>,
-            DateTime<Utc>,
-            Trigger,
-            Option<DateTime<Utc>>,
-        )>,
-    ) {
+    async fn claim(&mut self, due: Vec<Due>) {
         if due.is_empty() {
             return;
         }
         let now = Utc::now();
         let claims: Vec<NewRun> = due
             .iter()
-            .map(|(def, tick, trigger, fire_at)| NewRun {
-                job_id: def.id.clone(),
-                scheduled_at: *tick,
-                trigger: *trigger,
+            .map(|d| NewRun {
+                job_id: d.def.id.clone(),
+                scheduled_at: d.tick,
+                trigger: d.trigger,
                 status: RunStatus::Running,
-                started_at: fire_at.unwrap_or(now).max(now),
+                started_at: d.fire_at.unwrap_or(now).max(now),
                 message: None,
             })
             .collect();
@@ -430,7 +442,16 @@ impl Scheduler {
                 return;
             }
         };
-        for ((def, tick, trigger, fire_at), id) in due.into_iter().zip(ids) {
+        for (
+            Due {
+                def,
+                tick,
+                trigger,
+                fire_at,
+            },
+            id,
+        ) in due.into_iter().zip(ids)
+        {
             match id {
                 Some(run_id) => self.pending.push(Reverse(Claimed {
                     fire_at: fire_at.unwrap_or(now),

@@ -274,7 +274,8 @@ mod tests {
         let md5 = "D41D8CD98F00B204E9800998ECF8427E";
         let sha1 = "DA39A3EE5E6B4B0D3255BFEF95601890AFD80709";
         let sha256 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855";
-        let rows: &[(&str, &str, Option<(&str, &str)>)] = &[
+        type Row<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+        let rows: &[Row] = &[
             ("ADDRESS", "10.1.2.3", Some(("Address", "10.1.2.3"))),
             ("ADDRESS", "FE80::1", Some(("Address", "fe80::1"))),
             (
