@@ -649,7 +649,10 @@ fn status_failure(
             },
             true,
         ),
-        502..=504 if idempotent => fail(
+        // An idempotent request changes nothing however often it is sent, so any transient
+        // server error (a 500 included: many servers answer 500 to an overloaded read) is
+        // worth another attempt.
+        500 | 502..=504 if idempotent => fail(
             HttpError::Server {
                 method,
                 path,

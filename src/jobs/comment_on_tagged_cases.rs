@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +34,14 @@ pub const SCOPE: &str = "comments";
 /// The most cases handled at once when `Concurrency` is not set.
 const DEFAULT_CONCURRENCY: i64 = 8;
 const MAX_CONCURRENCY: i64 = 256;
+/// How far before the last success the case window starts. The platform stamps update times
+/// with its own clock, and a case updated just after the previous run's query on a server a
+/// little behind ours would otherwise fall between two windows. Re-matched cases cost a
+/// seen-set lookup each (`already_commented`).
+pub const WINDOW_OVERLAP: Duration = Duration::from_secs(10 * 60);
+/// Default for `Recheck In Doubt After` (seconds): an unanswered write may still land while
+/// the server works through it, so it is only checked once it had time to settle.
+const DEFAULT_SETTLE_SECS: i64 = 120;
 
 pub struct CommentOnTaggedCases;
 
@@ -58,6 +66,12 @@ impl JobSpec for CommentOnTaggedCases {
             ParamSpec::new("Concurrency", ParamType::Integer)
                 .default_value("8")
                 .describe("How many cases are handled at once"),
+            ParamSpec::new("Recheck In Doubt After", ParamType::Integer)
+                .default_value(DEFAULT_SETTLE_SECS.to_string())
+                .describe(
+                    "Seconds a comment whose write went unanswered is left to land before a \
+                     run checks the case for it",
+                ),
         ]
     }
 
@@ -79,6 +93,14 @@ impl JobSpec for CommentOnTaggedCases {
                 format!("Invalid parameter \"Concurrency\". The value must be between 1 and {MAX_CONCURRENCY}. Wrong value provided: {c}"),
             ));
         }
+        if let Ok(Some(c)) = params.int("Recheck In Doubt After")
+            && c < 0
+        {
+            errs.push(FieldError::new(
+                "parameters.Recheck In Doubt After",
+                format!("Invalid parameter \"Recheck In Doubt After\". The value can't be lower then 0. Wrong value provided: {c}"),
+            ));
+        }
         errs
     }
 }
@@ -92,14 +114,17 @@ pub fn item_key(case_id: u64, comment: &str) -> String {
 }
 
 /// What happened to one case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum CaseResult {
     Commented,
     AlreadyCommented,
     NoAlerts,
     /// The write's outcome is unknown; a later run checks the case.
     InDoubt,
-    Failed,
+    /// An in-doubt item whose case no longer exists: nothing left to do.
+    Gone,
+    /// The case could not be handled, with the reason (the error chain).
+    Failed(String),
 }
 
 #[async_trait]
@@ -125,17 +150,35 @@ impl Job for CommentOnTaggedCases {
             .unwrap_or(DEFAULT_CONCURRENCY)
             .clamp(1, MAX_CONCURRENCY) as usize;
 
+        let settle = chrono::Duration::seconds(
+            ctx.params()
+                .int("Recheck In Doubt After")?
+                .unwrap_or(DEFAULT_SETTLE_SECS)
+                .max(0),
+        );
+
         let since = ctx
             .last_success_time(Duration::from_secs(hours * 3600))
             .await?;
-        let mut cases = find_cases(&soar, &tags, &environments, since).await?;
+        // The overlap applies to a stored last success only: the first run's look-back (and
+        // a clamped, too old timestamp) stays exactly `Max Hours Backwards`.
+        let floor = ctx.job_start_time() - chrono::Duration::hours(hours as i64);
+        let query_from =
+            (since - chrono::Duration::from_std(WINDOW_OVERLAP).unwrap_or_default()).max(floor);
+        let mut cases = find_cases(&soar, &tags, &environments, query_from).await?;
         let matched = cases.len();
         ctx.stats().set("cases_matched", matched as i64);
 
         // Items left in doubt by earlier runs are resolved even if their case no longer
-        // matches the window: the job owes them an answer.
+        // matches the window: the job owes them an answer. Those too recent to have settled
+        // are left for a later run.
         let seen_cases: HashSet<u64> = cases.iter().copied().collect();
+        let settled_before = ctx.job_start_time() - settle;
+        let mut unsettled: HashSet<String> = HashSet::new();
         for entry in ctx.in_doubt(SCOPE).await? {
+            if entry.updated_at > settled_before {
+                unsettled.insert(entry.item.clone());
+            }
             if let Some(id) = parse_case_id(&entry.item)
                 && entry.item == item_key(id, &comment)
                 && !seen_cases.contains(&id)
@@ -151,40 +194,48 @@ impl Job for CommentOnTaggedCases {
             "cases matched"
         );
 
+        // `try_collect` stops at the first error (refused credentials, a store failure):
+        // the cases still in flight are dropped instead of each hitting the same wall. Items
+        // they left `attempting` are rechecked by a later run.
         let results: Vec<CaseResult> = futures::stream::iter(cases)
             .map(|case_id| {
                 let soar = &soar;
                 let comment = &comment;
+                let unsettled = &unsettled;
                 async move {
-                    if ctx.is_cancelled() {
-                        return None;
-                    }
-                    Some(process_case(ctx, soar, case_id, comment).await)
+                    ctx.check_cancelled()?;
+                    process_case(ctx, soar, case_id, comment, unsettled).await
                 }
             })
             .buffer_unordered(concurrency)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or(JobError::Cancelled)?
-            .into_iter()
-            .collect::<Result<Vec<_>, JobError>>()?;
+            .try_collect()
+            .await?;
 
-        let count = |r: CaseResult| results.iter().filter(|x| **x == r).count() as i64;
-        let (commented, already, no_alerts, in_doubt, failed) = (
-            count(CaseResult::Commented),
-            count(CaseResult::AlreadyCommented),
-            count(CaseResult::NoAlerts),
-            count(CaseResult::InDoubt),
-            count(CaseResult::Failed),
+        let count = |want: &CaseResult| results.iter().filter(|r| *r == want).count() as i64;
+        let (commented, already, no_alerts, in_doubt, gone) = (
+            count(&CaseResult::Commented),
+            count(&CaseResult::AlreadyCommented),
+            count(&CaseResult::NoAlerts),
+            count(&CaseResult::InDoubt),
+            count(&CaseResult::Gone),
         );
+        let failures: Vec<&String> = results
+            .iter()
+            .filter_map(|r| match r {
+                CaseResult::Failed(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        let failed = failures.len() as i64;
         let stats = ctx.stats();
         stats.set("commented", commented);
         stats.set("already_commented", already);
         stats.set("no_alerts", no_alerts);
         stats.set("in_doubt", in_doubt);
         stats.set("failed", failed);
+        if gone > 0 {
+            stats.set("gone", gone);
+        }
         tracing::info!(
             commented,
             already_commented = already,
@@ -201,12 +252,18 @@ impl Job for CommentOnTaggedCases {
                  {no_alerts} without alerts"
             )));
         }
-        let message = format!(
+        let mut message = format!(
             "{not_done} of {} cases not confirmed ({failed} failed, {in_doubt} in doubt); \
              {commented} commented, {already} already commented; they are retried next run",
             results.len()
         );
-        if commented + already + no_alerts == 0 {
+        // The history row says why, not only how many.
+        if let Some(first) = failures.first() {
+            message.push_str(&format!("; first failure: {first}"));
+        }
+        // Failed only when cases failed and nothing else happened; items merely waiting to
+        // settle make a partial run.
+        if failed > 0 && commented + already + no_alerts + gone + in_doubt == 0 {
             Ok(Outcome::failed(message))
         } else {
             Ok(Outcome::partial(message))
@@ -226,10 +283,18 @@ async fn process_case(
     soar: &SoarClient,
     case_id: u64,
     comment: &str,
+    unsettled: &HashSet<String>,
 ) -> Result<CaseResult, JobError> {
     let item = item_key(case_id, comment);
     match ctx.seen(SCOPE, &item).await? {
         Some(SeenState::Done) => return Ok(CaseResult::AlreadyCommented),
+        Some(SeenState::Attempting) if unsettled.contains(&item) => {
+            tracing::debug!(
+                case_id,
+                "an in-doubt comment has not settled yet; checked later"
+            );
+            return Ok(CaseResult::InDoubt);
+        }
         Some(SeenState::Attempting) => {
             // An earlier attempt's outcome is unknown: look before writing again.
             match soar.fetch_case_comments(case_id, None).await {
@@ -244,20 +309,20 @@ async fn process_case(
                         "an earlier in-doubt comment did not land; writing it"
                     );
                 }
-                Err(e) => {
-                    tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot check the case's comments");
-                    return failure_of(e);
+                Err(e) if e.is_not_found() => {
+                    // The case is gone: there is nothing left to comment on.
+                    tracing::info!(case_id, "the case of an in-doubt comment no longer exists");
+                    ctx.forget(SCOPE, &item).await?;
+                    return Ok(CaseResult::Gone);
                 }
+                Err(e) => return failure_of(case_id, "cannot check the case's comments", e),
             }
         }
         None => {}
     }
     let tickets = match soar.get_alerts_ticket_ids_by_case_id(case_id).await {
         Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot read the case's alerts");
-            return failure_of(e);
-        }
+        Err(e) => return failure_of(case_id, "cannot read the case's alerts", e),
     };
     let Some(ticket) = tickets.first() else {
         tracing::debug!(case_id, "case has no alerts; skipped");
@@ -278,19 +343,22 @@ async fn process_case(
         Err(e) => {
             // The platform refused or never received the write: it did not happen.
             ctx.forget(SCOPE, &item).await?;
-            tracing::warn!(case_id, error = %crate::job::error_chain(&e), "cannot add the comment");
-            failure_of(e)
+            failure_of(case_id, "cannot add the comment", e)
         }
     }
 }
 
 /// A platform error on one case fails that case, except refused credentials: those fail every
 /// case the same way, so the run stops at once with the reason instead of hammering the API.
-fn failure_of(e: SoarError) -> Result<CaseResult, JobError> {
+fn failure_of(case_id: u64, what: &str, e: SoarError) -> Result<CaseResult, JobError> {
     if e.is_auth() {
         return Err(JobError::context("SecOps SOAR refused the credentials", e));
     }
-    Ok(CaseResult::Failed)
+    let chain = crate::job::error_chain(&e).replace('\n', ": ");
+    tracing::warn!(case_id, what, error = %crate::job::error_chain(&e), "case failed");
+    Ok(CaseResult::Failed(format!(
+        "case {case_id}: {what}: {chain}"
+    )))
 }
 
 #[cfg(test)]

@@ -351,6 +351,9 @@ impl std::fmt::Debug for SimState {
 impl SimState {
     /// Generates the cases of `cfg` (for embedding with [`router`]; [`start`] does this itself).
     pub fn new(cfg: &SoarSimConfig) -> SimState {
+        // The simulated clock is `base + started.elapsed()`: both are taken together, before
+        // the (slow, for many cases) generation, so the clock does not lag the real one.
+        let started = Instant::now();
         let base = cfg
             .base_time_ms
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
@@ -368,7 +371,7 @@ impl SimState {
             app_key: cfg.app_key.clone(),
             seed: cfg.seed,
             base_time_ms: base,
-            started: Instant::now(),
+            started,
             latency_ms: AtomicU64::new(cfg.latency_ms),
             fault_rate: AtomicU64::new(cfg.fault_rate.clamp(0.0, 1.0).to_bits()),
             fault_seed: cfg.fault_seed,

@@ -5,4 +5,5 @@ mod example;
 mod exec;
 mod process;
 mod runtime;
+mod soar;
 mod support;

@@ -46,6 +46,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
 /// Captures this test's logs (JSON lines) for the lifetime of the guard. The subscriber is
 /// thread-local, so tests use the current-thread runtime (`#[tokio::test]`'s default).
 pub fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
+    // While only one dispatcher exists, tracing-core caches each callsite's interest from
+    // whichever thread reaches it first, for all threads: a test without a subscriber could
+    // then disable an event for a test that captures. A second dispatcher kept alive for the
+    // whole process keeps tracing-core on its general path (interest combined over live
+    // dispatchers), and the rebuild drops anything cached before it existed.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let buf = LogBuf::default();
     let sub = soarjobd::telemetry::subscriber(
         LogFormat::Json,
@@ -53,6 +60,7 @@ pub fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
         buf.clone(),
     );
     let guard = tracing::subscriber::set_default(sub);
+    tracing::callsite::rebuild_interest_cache();
     (buf, guard)
 }
 
