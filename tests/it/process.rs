@@ -257,3 +257,52 @@ fn check_passes_on_the_repository_jobs_and_config() {
     );
     assert!(stdout.contains(" 0 error(s)"), "{stdout}");
 }
+
+#[test]
+fn run_once_list_and_history_work_from_the_command_line() {
+    let app = TestApp::new();
+    app.write_job(
+        "hello",
+        "name: Hello\njob: exec\nschedule: {every: 10m}\nparameters:\n  - {name: Who, type: string, value: world}\ncommand: [/bin/sh, -c, 'read -r doc; echo \"::stats {\\\"greeted\\\": 1}\"']\n",
+    );
+    let out = soarjobd(app.dir.path(), &["run-once", "hello", "--param", "Who=you"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+    let out = soarjobd(app.dir.path(), &["run-once", "hello", "--param", "Nope=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = soarjobd(app.dir.path(), &["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "hello");
+    assert_eq!(list[0]["last_run"]["status"], "succeeded");
+    assert!(list[0]["last_success"].is_string(), "{list}");
+    assert!(list[0]["next"].is_string(), "{list}");
+
+    let out = soarjobd(app.dir.path(), &["history", "hello", "--json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["trigger"], "manual");
+    assert_eq!(runs[0]["stats"]["greeted"], 1);
+    let out = soarjobd(app.dir.path(), &["history", "hello"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("succeeded") && text.contains("manual"),
+        "{text}"
+    );
+}
