@@ -73,6 +73,13 @@ macro_rules! duration_from_started {
     };
 }
 
+/// The columns a claim inserts, in the order both claim paths bind them.
+macro_rules! claim_columns {
+    () => {
+        "(job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, message)"
+    };
+}
+
 /// Rows per multi-row claim INSERT: 8 parameters each stays far below SQLite's limit.
 const CLAIM_CHUNK: usize = 500;
 
@@ -93,14 +100,11 @@ async fn insert_one(
     run: &NewRun,
 ) -> StoreResult<Option<i64>> {
     let (started_at, finished_at, duration_ms) = claim_times(run);
-    Ok(sqlx::query_scalar(
-        "INSERT INTO job_runs \
-             (job_id, scheduled_at, \"trigger\", status, started_at, finished_at, \
-              duration_ms, message) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT DO NOTHING \
-         RETURNING id",
-    )
+    Ok(sqlx::query_scalar(concat!(
+        "INSERT INTO job_runs ",
+        claim_columns!(),
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id"
+    ))
     .bind(&run.job_id)
     .bind(millis(run.scheduled_at))
     .bind(run.trigger.as_str())
@@ -380,11 +384,11 @@ impl Store for SqliteStore {
             // A second copy of the same tick in one slice stays `None`: it is the same claim.
         }
         for chunk in batch.chunks(CLAIM_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO job_runs \
-                     (job_id, scheduled_at, \"trigger\", status, started_at, finished_at, \
-                      duration_ms, message) VALUES ",
-            );
+            let mut sql = String::from(concat!(
+                "INSERT INTO job_runs ",
+                claim_columns!(),
+                " VALUES "
+            ));
             for (n, _) in chunk.iter().enumerate() {
                 sql.push_str(if n == 0 {
                     "(?, ?, ?, ?, ?, ?, ?, ?)"
