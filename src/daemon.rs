@@ -34,6 +34,8 @@ pub enum DaemonError {
     Clients(String),
     #[error("cannot start the timer thread")]
     Timer(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM/SIGINT")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
@@ -96,6 +98,10 @@ impl DaemonBuilder {
 
     /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
     pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
+        // Listen for SIGTERM/SIGINT before anything else: once `daemon started` is logged a
+        // supervisor may stop us at any moment, and a signal that arrives before its handler
+        // is registered kills the process without a graceful shutdown.
+        let signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
         let store = store::open(&settings.database_url).await?;
         let interrupted = store.interrupt_running(Utc::now()).await?;
@@ -160,6 +166,7 @@ impl DaemonBuilder {
             reload_tx: tx,
             jobs_dir: settings.jobs_dir,
             registry,
+            signals,
         })
     }
 }
@@ -175,6 +182,7 @@ pub struct RunningDaemon {
     reload_tx: mpsc::Sender<crate::scheduler::Command>,
     jobs_dir: PathBuf,
     registry: Arc<Registry>,
+    signals: Signals,
 }
 
 impl RunningDaemon {
@@ -212,16 +220,17 @@ impl RunningDaemon {
 
     /// Waits for SIGTERM or SIGINT, then shuts down gracefully. A second signal during the
     /// grace period exits the process at once.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+    pub async fn run_until_signal(mut self) {
+        self.signals.recv().await;
         tracing::info!(
             grace_s = self.grace.as_secs(),
             "shutdown requested; waiting for running jobs"
         );
         // A second signal means "now": the process exits without waiting, and the next
         // start marks the runs it left as interrupted.
-        tokio::spawn(async {
-            wait_for_signal().await;
+        let mut signals = std::mem::replace(&mut self.signals, Signals::none());
+        tokio::spawn(async move {
+            signals.recv().await;
             tracing::warn!("second signal: exiting immediately");
             std::process::exit(crate::exit::FAILURE);
         });
@@ -252,19 +261,37 @@ impl RunningDaemon {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, registered once.
+struct Signals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            streams: Some((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            )),
+        })
+    }
+
+    /// A placeholder after the streams moved elsewhere; never resolves.
+    fn none() -> Signals {
+        Signals { streams: None }
+    }
+
+    async fn recv(&mut self) {
+        match self.streams.as_mut() {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -98,8 +98,13 @@ pub fn map_entity(e: &Entity) -> Option<(&'static str, String)> {
     }
     match e.entity_type.as_str() {
         entity_types::ADDRESS => Some(("Address", id.to_lowercase())),
+        // A host reported by its address is an Address in ThreatConnect, which refuses it
+        // as a Host.
+        entity_types::HOSTNAME if id.parse::<std::net::IpAddr>().is_ok() => {
+            Some(("Address", id.to_lowercase()))
+        }
         entity_types::HOSTNAME => Some(("Host", id.to_lowercase())),
-        "DestinationURL" | "URL" => Some(("URL", lower_scheme_and_host(id))),
+        "DestinationURL" | "URL" => Some(("URL", normalize_url(id))),
         "FILEHASH" => {
             let hex = id.chars().all(|c| c.is_ascii_hexdigit());
             match id.len() {
@@ -115,11 +120,11 @@ pub fn map_entity(e: &Entity) -> Option<(&'static str, String)> {
     }
 }
 
-/// `HTTPS://EVIL.EXAMPLE/Path` -> `https://evil.example/Path`.
-fn lower_scheme_and_host(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
+/// `HTTPS://EVIL.EXAMPLE/Path` -> `https://evil.example/Path`. SecOps often stores URLs
+/// without a scheme (`EVIL.EXAMPLE/LOGIN`), which ThreatConnect refuses as relative: those get
+/// `http://`.
+fn normalize_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let (host, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -178,7 +183,8 @@ impl Job for PushCaseIocs {
         let (mut mapped, mut skipped) = (0i64, 0i64);
         for case in &details {
             let Ok(case_id) = case.identifier.parse::<u64>() else {
-                skipped += 1;
+                tracing::warn!(identifier = %case.identifier, "case with a non-numeric id skipped");
+                ctx.stats().incr("cases_skipped");
                 continue;
             };
             // Only open cases: the filter asked for them, but a case can close in between.

@@ -7,3 +7,4 @@ mod process;
 mod runtime;
 mod soar;
 mod support;
+mod threatconnect;
