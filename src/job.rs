@@ -119,8 +119,8 @@ pub trait Job: JobSpec + Send + Sync + 'static {
     fn id(&self) -> &'static str;
 
     /// Performs one run. Long loops should watch [`JobContext::cancelled`]: on timeout,
-    /// `overlap: replace` or shutdown the token fires, and after a short grace the task is
-    /// aborted.
+    /// `overlap: replace` or shutdown the token fires, and after a short grace the run's future
+    /// is dropped.
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError>;
 }
 

@@ -4,9 +4,10 @@
 //! the only code that finishes it. Invariant: every claimed row is finished exactly once by
 //! this process, or, if the process dies first, marked `interrupted` by the next start.
 //!
-//! The job's future runs in its own spawned task so that a panic in it becomes a `JoinError`
-//! here (recorded as `failed` with the panic message) instead of unwinding through the
-//! scheduler, and so that a job that ignores its cancellation token can still be aborted.
+//! Each run is its own spawned task (the scheduler spawns it), and the job's future is polled
+//! inside `catch_unwind`: a panic becomes a `failed` run with the panic message instead of
+//! unwinding through the scheduler, and a job that ignores its cancellation token is dropped
+//! (abandoned at its next await point) after a grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use crate::definition::{JobDefinition, Parameters};
 use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
 use crate::store::{RunFinish, RunStatus, Store, Trigger};
 
-/// How long a job gets to return after its token fired, before its task is aborted. Longer
+/// How long a job gets to return after its token fired, before it is abandoned. Longer
 /// than `exec`'s SIGTERM-to-SIGKILL grace, so a script's process group is always reaped by the
 /// job itself.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(8);
