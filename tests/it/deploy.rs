@@ -32,6 +32,28 @@ fn every_path_the_dockerfile_copies_exists() {
 }
 
 #[test]
+fn the_dockerfile_dependency_layer_stubs_every_declared_bench() {
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    let docker = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let stub_line = docker
+        .lines()
+        .find(|l| l.contains("for b in"))
+        .expect("the Dockerfile stubs the benches");
+    let mut lines = manifest.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "[[bench]]" {
+            let name = lines.next().unwrap().split('"').nth(1).unwrap();
+            assert!(
+                stub_line
+                    .split_whitespace()
+                    .any(|w| w.trim_end_matches(';') == name),
+                "bench `{name}` is missing from the Dockerfile's stub loop"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_binary_runs_with_the_container_layout_and_stops_on_sigterm() {
     let root = tempfile::tempdir().unwrap();
     let etc = root.path().join("etc/soarjobd");
