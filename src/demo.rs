@@ -137,7 +137,6 @@ pub async fn sim(which: SimCmd) -> i32 {
                     return exit::FAILURE;
                 }
             };
-            tracing::info!(url = %handle.url(), cases, seed, "SOAR simulator listening");
             match handle.serve_until(shutdown_signal()).await {
                 Ok(()) => exit::SUCCESS,
                 Err(e) => {
@@ -170,7 +169,6 @@ pub async fn sim(which: SimCmd) -> i32 {
                     return exit::FAILURE;
                 }
             };
-            tracing::info!(url = %handle.api_url(), "ThreatConnect simulator listening");
             match handle.serve_until(shutdown_signal()).await {
                 Ok(()) => exit::SUCCESS,
                 Err(e) => {

@@ -35,8 +35,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The platform's cap on GetCasesIdByFilter results.
 const MAX_RESULTS_CAP: i64 = 10_000;
@@ -1555,21 +1553,19 @@ pub fn router(state: Arc<SimState>) -> Router {
 /// A running simulator.
 #[derive(Debug)]
 pub struct SimHandle {
-    addr: SocketAddr,
+    server: super::Server,
     state: Shared,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl SimHandle {
     /// The bound address (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://{addr}`: what `soar.url` should be set to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The state, for in-process tests.
@@ -1578,18 +1574,8 @@ impl SimHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to 5 s), and stops.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => {
-                self.task.abort();
-                Ok(())
-            }
-        }
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.shutdown().await
     }
 
     /// Serves until `signal` completes, then shuts down (for `soarjobd sim soar`).
@@ -1605,24 +1591,11 @@ impl SimHandle {
 /// Generates the cases and serves the simulator on `listen` (port 0 picks a free port).
 pub async fn start(cfg: SoarSimConfig, listen: SocketAddr) -> std::io::Result<SimHandle> {
     let state = Arc::new(SimState::new(&cfg));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
     let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = super::Server::start(app, listen).await?;
+    let addr = server.addr();
     tracing::info!(%addr, cases = cfg.cases, seed = cfg.seed, "SOAR simulator listening");
-    Ok(SimHandle {
-        addr,
-        state,
-        stop: Some(stop),
-        task,
-    })
+    Ok(SimHandle { server, state })
 }
 
 #[cfg(test)]

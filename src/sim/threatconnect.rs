@@ -41,8 +41,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How far the `Timestamp` header may be from the server clock.
 const TIMESTAMP_WINDOW_SECS: i64 = 300;
@@ -1539,26 +1537,24 @@ fn router(state: Shared) -> Router {
 /// A running simulator.
 #[derive(Debug)]
 pub struct TcSimHandle {
-    addr: SocketAddr,
+    server: super::Server,
     state: Shared,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl TcSimHandle {
     /// The bound address (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://{addr}`: the root (inspection routes live under `/_sim/`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// `http://{addr}/api`: what `threatconnect.url` should be set to.
     pub fn api_url(&self) -> String {
-        format!("http://{}{}", self.addr, self.state.api_prefix)
+        format!("http://{}{}", self.server.addr(), self.state.api_prefix)
     }
 
     /// The behaviour in effect.
@@ -1572,18 +1568,8 @@ impl TcSimHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to 5 s), and stops.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => {
-                self.task.abort();
-                Ok(())
-            }
-        }
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.shutdown().await
     }
 
     /// Serves until `signal` completes, then shuts down (for `soarjobd sim threatconnect`).
@@ -1599,24 +1585,11 @@ impl TcSimHandle {
 /// Serves the simulator on `listen` (port 0 picks a free port).
 pub async fn start(cfg: TcSimConfig, listen: SocketAddr) -> std::io::Result<TcSimHandle> {
     let state = Arc::new(SimState::new(&cfg));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
     let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = super::Server::start(app, listen).await?;
+    let addr = server.addr();
     tracing::info!(%addr, "ThreatConnect simulator listening");
-    Ok(TcSimHandle {
-        addr,
-        state,
-        stop: Some(stop),
-        task,
-    })
+    Ok(TcSimHandle { server, state })
 }
 
 #[cfg(test)]
