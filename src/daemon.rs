@@ -6,7 +6,6 @@
 //! `shutdown_grace` to finish on their own, and only then asked to stop, so a job in the
 //! middle of its work is not interrupted by a routine restart.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::definition::{self, LoadReport};
+use crate::definition;
 use crate::job::{Clients, Job, Registry, error_chain};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
@@ -147,7 +146,7 @@ impl DaemonBuilder {
             jobs_dir,
             registry.clone(),
             settings.reload_poll,
-            tx.clone(),
+            tx,
             shutdown.clone(),
         ));
         let pruner_task = tokio::spawn(prune_loop(
@@ -163,9 +162,6 @@ impl DaemonBuilder {
             store,
             grace: settings.shutdown_grace,
             tasks: vec![scheduler_task, watcher_task, pruner_task],
-            reload_tx: tx,
-            jobs_dir: settings.jobs_dir,
-            registry,
             signals,
         })
     }
@@ -179,9 +175,6 @@ pub struct RunningDaemon {
     store: Arc<dyn Store>,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
-    reload_tx: mpsc::Sender<crate::scheduler::Command>,
-    jobs_dir: PathBuf,
-    registry: Arc<Registry>,
     signals: Signals,
 }
 
@@ -193,24 +186,6 @@ impl RunningDaemon {
     /// The token that stops the daemon when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
-    }
-
-    /// Reloads the jobs folder now (what SIGHUP does).
-    pub async fn reload(&self) -> LoadReport {
-        let (d, r) = (self.jobs_dir.clone(), self.registry.clone());
-        let report = tokio::task::spawn_blocking(move || definition::load_dir(&d, r.as_ref()))
-            .await
-            .unwrap_or_default();
-        let summary = LoadReport {
-            jobs: Vec::new(),
-            errors: report.errors.clone(),
-            failed_files: report.failed_files.clone(),
-        };
-        let _ = self
-            .reload_tx
-            .send(crate::scheduler::Command::Reload(report))
-            .await;
-        summary
     }
 
     /// Number of runs in progress.

@@ -6,7 +6,6 @@
 //! job never starts with a parameter it cannot use. Password values are held as
 //! [`SecretString`] and never printed: not by `Debug`, not in errors, not in logs.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -555,11 +554,6 @@ pub fn is_email(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     let tld_ok = tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic());
     local_ok && host_ok && tld_ok
-}
-
-/// Resolved parameters keyed by display name, for places that want a map.
-pub fn by_name(params: &Parameters) -> BTreeMap<&str, &Parameter> {
-    params.iter().map(|p| (p.name.as_str(), p)).collect()
 }
 
 #[cfg(test)]
