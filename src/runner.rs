@@ -154,15 +154,15 @@ impl Runner {
         match status {
             RunStatus::Succeeded => tracing::info!(
                 status = status.as_str(), duration_ms, stats = %stats_value,
-                message = message.as_deref().unwrap_or(""), "run finished"
+                outcome = message.as_deref().unwrap_or(""), "run finished"
             ),
             RunStatus::Partial | RunStatus::Cancelled => tracing::warn!(
                 status = status.as_str(), duration_ms, stats = %stats_value,
-                message = message.as_deref().unwrap_or(""), "run finished"
+                outcome = message.as_deref().unwrap_or(""), "run finished"
             ),
             _ => tracing::error!(
                 status = status.as_str(), duration_ms, stats = %stats_value,
-                message = message.as_deref().unwrap_or(""),
+                outcome = message.as_deref().unwrap_or(""),
                 error = error.as_deref().unwrap_or(""), "run finished"
             ),
         }

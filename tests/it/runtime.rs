@@ -371,3 +371,32 @@ async fn a_stalled_runtime_delays_ticks_but_never_stops_a_job() {
         "the stall was not reported"
     );
 }
+
+#[tokio::test]
+async fn json_logs_keep_the_event_message_and_carry_the_run_span() {
+    let app = TestApp::new();
+    app.write_job("once", &sleep_job("Once", "{every: 1h}", 0, ""));
+    let (logs, _g) = capture_logs();
+    let d = app.builder().run_at_start(true).start().await.unwrap();
+    let store = d.store().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count(&runs(&store, "once").await, RunStatus::Succeeded) == 1
+        })
+        .await
+    );
+    d.shutdown().await;
+    let finished: Vec<serde_json::Value> = logs
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "run finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{}", logs.text());
+    let e = &finished[0];
+    // The outcome is its own field: a field named `message` would clash with the event's.
+    assert_eq!(e["outcome"], "slept");
+    assert_eq!(e["status"], "succeeded");
+    assert_eq!(e["span"]["job_id"], "once");
+    assert!(e["span"]["run_id"].as_i64().is_some(), "{e}");
+}
