@@ -727,9 +727,46 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Parses a transport duration from configuration: `500ms`, `30s`, `15m`, `1h`, or a bare
+/// number of seconds. Shared by the platform clients' config sections (timeouts, poll
+/// intervals); job schedules use the stricter [`crate::schedule::parse_duration`].
+pub fn parse_config_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30s, 500ms or 15m, got {s:?}"))?;
+    let per_unit = match unit.trim() {
+        "" | "s" => Duration::from_secs(1),
+        "ms" => Duration::from_millis(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    per_unit
+        .checked_mul(u32::try_from(n).map_err(|_| format!("duration {s:?} is too long"))?)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_durations() {
+        assert_eq!(parse_config_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_config_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_config_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_config_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_config_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(parse_config_duration("1d").is_err());
+        assert!(parse_config_duration("soon").is_err());
+        assert!(parse_config_duration("").is_err());
+    }
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -278,7 +278,7 @@ fn de_opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let parsed = match Scalar::deserialize(d)? {
         Scalar::U64(n) => Some(Duration::from_secs(n)),
-        Scalar::Str(s) => parse_duration(&s),
+        Scalar::Str(s) => crate::http::parse_config_duration(&s).ok(),
         _ => None,
     };
     match parsed {
@@ -286,22 +286,6 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         _ => Err(de::Error::custom(
             "expected a duration such as 30s, 500ms or 2m (or a whole number of seconds)",
         )),
-    }
-}
-
-/// `500ms`, `30s`, `2m`, `1h`, or bare seconds. Kept local and small so this module does not
-/// depend on the schedule grammar.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "" | "s" => Some(Duration::from_secs(n)),
-        "ms" => Some(Duration::from_millis(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
     }
 }
 
@@ -382,15 +366,5 @@ mod tests {
         );
         assert!(api_root("ftp://h").is_err());
         assert!(api_root("http://h/?k=v").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1d"), None);
-        assert_eq!(parse_duration(""), None);
     }
 }

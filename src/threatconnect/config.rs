@@ -302,31 +302,11 @@ fn flex_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
     use serde::de::Error;
     match Scalar::deserialize(d)? {
         Scalar::Int(n) => Ok(Duration::from_secs(n)),
-        Scalar::Text(s) => parse_duration(&s).map_err(D::Error::custom),
+        Scalar::Text(s) => crate::http::parse_config_duration(&s).map_err(D::Error::custom),
         _ => Err(D::Error::custom(
             "expected a duration such as 30s, 500ms, 15m or 1h",
         )),
     }
-}
-
-/// `500ms`, `30s`, `15m`, `1h`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration such as 30s or 15m, got {s:?}"))?;
-    let per_unit = match unit.trim() {
-        "" | "s" => Duration::from_secs(1),
-        "ms" => Duration::from_millis(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    per_unit
-        .checked_mul(u32::try_from(n).map_err(|_| format!("duration {s:?} is too long"))?)
-        .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -417,14 +397,5 @@ mod tests {
             missing.auth().unwrap_err(),
             ConfigError::ReadFile { .. }
         ));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }
