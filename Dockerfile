@@ -10,7 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
-    && for b in scheduler soar batch; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && for b in scheduler soar batch soak; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin soarjobd \
     && rm -rf src benches examples
 # 2. The real sources.
