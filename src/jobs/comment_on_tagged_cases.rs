@@ -167,8 +167,10 @@ struct Work<'a> {
     settle: chrono::Duration,
     /// When the runner stops this run (its `timeout`), on the monotonic clock.
     deadline: Instant,
-    /// Time a recheck may take once its item settled: one read and one write of up to
-    /// `soar.timeout` each, plus [`FINISH_MARGIN`].
+    /// Time a recheck may take once its item settled: a read of the comments, of the alerts
+    /// and a write, of up to `soar.timeout` each, plus [`FINISH_MARGIN`]. A recheck that still
+    /// overruns (a request retried many times) is cut by the run's timeout, which leaves its
+    /// item `attempting`: safe, only later.
     reserve: Duration,
 }
 
@@ -213,7 +215,7 @@ impl Job for CommentOnTaggedCases {
             comment: &comment,
             settle,
             deadline: Instant::now() + ctx.definition().timeout.saturating_sub(elapsed),
-            reserve: soar.request_timeout() * 2 + FINISH_MARGIN,
+            reserve: soar.request_timeout() * 3 + FINISH_MARGIN,
         };
 
         let since = ctx
@@ -658,5 +660,33 @@ mod tests {
         assert_ne!(k, item_key(43, "Triaged"));
         assert_eq!(parse_case_id(&k), Some(42));
         assert!(k.starts_with("case:42:comment:"));
+    }
+
+    #[test]
+    fn the_recheck_instant_is_rounded_up_to_the_second() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            whole_second_after(at("2026-12-01T20:30:59.001Z")),
+            "2026-12-01T20:31:00Z"
+        );
+        assert_eq!(
+            whole_second_after(at("2026-12-01T20:31:00Z")),
+            "2026-12-01T20:31:00Z"
+        );
+    }
+
+    #[test]
+    fn concurrency_is_capped_at_the_clients_limit() {
+        assert_eq!(effective_concurrency("unit-cap", 4, 8), 4);
+        assert_eq!(effective_concurrency("unit-cap", 8, 8), 8);
+        assert_eq!(effective_concurrency("unit-cap", 32, 8), 8);
+        // Warned once per job and setting.
+        assert!(
+            CAPPED_WARNED
+                .lock()
+                .unwrap()
+                .contains(&("unit-cap".to_string(), 32, 8))
+        );
+        assert_eq!(effective_concurrency("unit-cap", 32, 8), 8);
     }
 }
