@@ -643,8 +643,8 @@ fn solo_params() -> Params<'static> {
 }
 
 /// A simulator without random faults, one matching case, and an app whose requests time out
-/// after [`FAULT_TIMEOUT`] (slow replies take [`SLOW_MS`]).
-async fn solo_world() -> (SimHandle, TestApp, u64) {
+/// after `timeout` (slow replies take [`SLOW_MS`]).
+async fn solo_world(timeout: &str) -> (SimHandle, TestApp, u64) {
     let sim = start_sim(SoarSimConfig {
         cases: 20,
         slow_ms: SLOW_MS,
@@ -653,7 +653,7 @@ async fn solo_world() -> (SimHandle, TestApp, u64) {
     .await;
     let now = Utc::now().timestamp_millis();
     let solo = add_case(&sim, now, (&["Solo"], "Prod", true, 1, 1, 1));
-    let app = app_for(&sim, KEY, json!({ "timeout": FAULT_TIMEOUT }));
+    let app = app_for(&sim, KEY, json!({ "timeout": timeout }));
     (sim, app, solo)
 }
 
@@ -720,7 +720,7 @@ async fn with_twenty_percent_faults_back_to_back_runs_leave_every_case_with_one_
 /// time, reads the case, finds the comment and confirms it, without writing again.
 #[tokio::test]
 async fn a_write_that_times_out_but_lands_is_confirmed_within_the_same_run() {
-    let (sim, app, solo) = solo_world().await;
+    let (sim, app, solo) = solo_world(FAULT_TIMEOUT).await;
     app.write_job(JOB, &job_yaml_with(&solo_params(), "", "5m", 2));
     sim.state().slow_next("AddComment", 1);
     let run = run_job(&app).await;
@@ -745,7 +745,8 @@ async fn a_write_that_times_out_but_lands_is_confirmed_within_the_same_run() {
 /// so the run writes it again at once and succeeds.
 #[tokio::test]
 async fn writes_answered_with_errors_are_retried_within_the_same_run() {
-    let (sim, app, solo) = solo_world().await;
+    // A generous timeout: no write here may go unanswered, however loaded the machine.
+    let (sim, app, solo) = solo_world("30s").await;
     app.write_job(
         JOB,
         &job_yaml_with(&solo_params(), "", "5m", LONG_SETTLE_SECS),
@@ -776,7 +777,7 @@ async fn writes_answered_with_errors_are_retried_within_the_same_run() {
 /// confirms the comment that landed meanwhile, without writing it again.
 #[tokio::test]
 async fn an_in_doubt_write_the_run_cannot_wait_for_names_when_it_is_rechecked() {
-    let (sim, app, solo) = solo_world().await;
+    let (sim, app, solo) = solo_world(FAULT_TIMEOUT).await;
     // Settling takes 60 s; the run may take 10 s.
     app.write_job(JOB, &job_yaml_with(&solo_params(), "", "10s", 60));
     sim.state().slow_next("AddComment", 1);
@@ -832,7 +833,7 @@ async fn a_concurrency_above_soar_max_concurrency_is_warned_about_once() {
     let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let (logs, _guard) = capture_logs();
     tracing::callsite::rebuild_interest_cache();
-    let (sim, _, _) = solo_world().await;
+    let (sim, _, _) = solo_world(FAULT_TIMEOUT).await;
     let app = app_for(&sim, KEY, json!({ "max_concurrency": 2 }));
     let params = Params {
         concurrency: 32,
