@@ -35,10 +35,10 @@ pub enum WriteFate {
     /// Not applied: refused before processing (`429`, `4xx`) or never sent (a connection that
     /// failed). Sending it again cannot write twice.
     NotApplied,
-    /// Ended by the server's own error answer (`500`) after it received the request: its work
-    /// on the request is over, but the write may have been applied before the error (the
-    /// simulator applies such a write whole or not at all). Read the remote state now, then
-    /// write again only if the effect is absent.
+    /// Ended by the server's own error answer (`500`, or another 5xx that is not a gateway's)
+    /// after it received the request: its work on the request is over, but the write may have
+    /// been applied before the error (the simulator applies such a write whole or not at
+    /// all). Read the remote state now, then write again only if the effect is absent.
     Answered,
     /// No answer: a timeout or reset after sending, or a gateway's `502/503/504` for a server
     /// that may still be working on it. The write can still land later, so the remote state
@@ -102,6 +102,10 @@ impl SoarError {
                 Some(_) => WriteFate::Answered,
                 None => WriteFate::Unanswered,
             },
+            // Another 5xx of the server's own (501, 507...): the transport does not call it
+            // in doubt, but nothing promises the write was not applied before it; reading
+            // first costs one request.
+            SoarError::Http(HttpError::Server { .. }) => WriteFate::Answered,
             _ => WriteFate::NotApplied,
         }
     }

@@ -295,6 +295,10 @@ async fn add_comment_failures_say_whether_the_write_may_have_landed() {
     add(502, 1);
     let err = c.add_comment(1, None, "a").await.unwrap_err();
     assert_eq!(err.write_fate(), WriteFate::Unanswered, "{err:?}");
+    // Another 5xx of the server's own: read before writing again, as after a 500.
+    add(507, 1);
+    let err = c.add_comment(1, None, "s").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::Answered, "{err:?}");
     // Still 429 after the transport's retries: refused before processing, worth resending.
     add(429, 4);
     let err = c.add_comment(1, None, "b").await.unwrap_err();
