@@ -11,8 +11,9 @@
 //! * not applied (`429` after the transport's retries, a connection that never reached the
 //!   server): the item is forgotten and the write is sent again in the same run, a bounded
 //!   number of times ([`MAX_WRITES_PER_CASE`]);
-//! * answered `500` (or another non-gateway 5xx): the server is done with the request, but may have applied it first, so
-//!   the case's comments are read at once and the comment is written again only if absent;
+//! * answered `500` (or another non-gateway 5xx): the server is done with the request, but
+//!   may have applied it first, so the case's comments are read at once and the comment is
+//!   written again only if absent;
 //! * no answer (a timeout or reset after sending, a gateway's `502/503/504`): the server may
 //!   still apply it, so the case is only read once the write had `Recheck In Doubt After`
 //!   seconds to settle. The run waits for that itself when its `timeout` leaves room for the
