@@ -11,7 +11,8 @@
 //! * Never retried: a non-idempotent request whose outcome is unknown — a timeout or reset after
 //!   the request was sent, or a `500/502/503/504` answer. It fails with [`HttpError::InDoubt`] so
 //!   the caller can check the remote state before writing again; blindly resending a POST could
-//!   write twice.
+//!   write twice. A `500` is marked as the server's own answer (`answered`): the server is done
+//!   with the request, so its remote state can be read at once; the others may still land.
 //!
 //! Errors carry the method and the request *path* only: never the query string (some APIs put
 //! credentials there) and never headers. Secret header values are marked sensitive
@@ -179,6 +180,11 @@ pub enum HttpError {
         method: Method,
         path: String,
         reason: String,
+        /// The server's own error answer (`500`), if one ended the request: the server is done
+        /// with it, so its effect (or absence) can be read at once. `None` when no answer came
+        /// (a timeout or reset after sending) or a gateway answered for it (`502/503/504`): the
+        /// server may still be working on it, so the write can land later.
+        answered: Option<StatusCode>,
     },
     /// A 2xx answer whose body does not have the expected shape.
     #[error("{method} {path}: unexpected response at JSON path `{json_path}`: {reason}")]
@@ -228,6 +234,15 @@ impl HttpError {
     /// True for [`HttpError::InDoubt`]: the write may have landed.
     pub fn is_in_doubt(&self) -> bool {
         matches!(self, HttpError::InDoubt { .. })
+    }
+
+    /// For [`HttpError::InDoubt`]: the status of the server's own error answer that ended the
+    /// request (see `answered`); `None` for every other error and for writes with no answer.
+    pub fn in_doubt_answer(&self) -> Option<StatusCode> {
+        match self {
+            HttpError::InDoubt { answered, .. } => *answered,
+            _ => None,
+        }
     }
 }
 
@@ -606,6 +621,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
                 method,
                 path,
                 reason,
+                answered: None,
             },
             retry: false,
             retry_after: None,
@@ -662,11 +678,15 @@ fn status_failure(
             true,
         ),
         // A write answered 500 (or a gateway error) may have been applied before the failure.
+        // A 500 is the server's own answer: it is done with the request. A 502/503/504 usually
+        // comes from a gateway in front of it, which says nothing about whether the server
+        // behind is still working on the request, so it counts as no answer.
         500 | 502..=504 => fail(
             HttpError::InDoubt {
                 method,
                 path,
                 reason: format!("HTTP {status}: {}", excerpt(body)),
+                answered: (status == StatusCode::INTERNAL_SERVER_ERROR).then_some(status),
             },
             false,
         ),
@@ -913,6 +933,10 @@ mod tests {
         let req = Request::json(Method::POST, base.join("always/500").unwrap(), &[1]).unwrap();
         let err = client(|_| {}).send(req).await.unwrap_err();
         assert!(err.is_in_doubt(), "{err:?}");
+        assert_eq!(
+            err.in_doubt_answer(),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
         assert_eq!(c.count("always500"), 1);
         assert!(err.to_string().contains("POST /always/500"));
     }
@@ -926,6 +950,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_in_doubt(), "{err:?}");
+        // A gateway's answer is no answer from the server behind it.
+        assert_eq!(err.in_doubt_answer(), None);
         assert_eq!(c.count("always503"), 1);
         let req = Request::json(Method::POST, url, &1)
             .unwrap()
@@ -942,6 +968,7 @@ mod tests {
         let req = Request::json(Method::POST, base.join("slow").unwrap(), &1).unwrap();
         let err = cl.send(req).await.unwrap_err();
         assert!(err.is_in_doubt(), "{err:?}");
+        assert_eq!(err.in_doubt_answer(), None);
         assert_eq!(c.count("slow"), 1);
     }
 

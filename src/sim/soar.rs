@@ -312,6 +312,8 @@ struct Data {
     next_comment_id: u64,
     stats: SimStats,
     overrides: Vec<Override>,
+    /// Endpoints whose next calls get a slow fault, with how many calls are left.
+    slow_next: Vec<(String, u32)>,
 }
 
 #[derive(Debug)]
@@ -365,6 +367,7 @@ impl SimState {
                 next_comment_id: 1,
                 stats: SimStats::default(),
                 overrides: Vec::new(),
+                slow_next: Vec::new(),
             }),
             app_key: cfg.app_key.clone(),
             seed: cfg.seed,
@@ -444,6 +447,27 @@ impl SimState {
 
     pub fn clear_overrides(&self) {
         self.data().overrides.clear();
+    }
+
+    /// The next `times` calls of `endpoint` get a slow fault, whatever the fault rate: the
+    /// reply comes `slow_ms` late and a write still lands, even when the client gave up
+    /// (counted in `faults_slow`). A deterministic way to put one write in doubt.
+    pub fn slow_next(&self, endpoint: &str, times: u32) {
+        if times > 0 {
+            self.data().slow_next.push((endpoint.to_string(), times));
+        }
+    }
+
+    fn take_slow(&self, endpoint: &str) -> bool {
+        let mut d = self.data();
+        let Some(i) = d.slow_next.iter().position(|(e, _)| e == endpoint) else {
+            return false;
+        };
+        d.slow_next[i].1 -= 1;
+        if d.slow_next[i].1 == 0 {
+            d.slow_next.remove(i);
+        }
+        true
     }
 
     /// Adds or alters a case; returns its summary.
@@ -1404,7 +1428,12 @@ async fn gate(State(st): State<Shared>, req: Request, next: Next) -> Response {
         return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
 
-    match st.roll_fault() {
+    let fault = if st.take_slow(endpoint) {
+        Some(Fault::Slow)
+    } else {
+        st.roll_fault()
+    };
+    match fault {
         None => next.run(req).await,
         Some(Fault::TooMany) => {
             st.bump(|s| s.faults_429 += 1);

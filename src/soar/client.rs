@@ -100,6 +100,10 @@ fn bearer_header(token: &SecretString) -> Result<HeaderValue, SoarError> {
 
 struct Inner {
     http: HttpClient,
+    /// `soar.timeout`: the longest one request attempt may take.
+    request_timeout: std::time::Duration,
+    /// `soar.max_concurrency`: requests in flight through this client, all jobs together.
+    max_concurrency: usize,
     api: ApiFlavor,
     /// `{url}/api/` — legacy SDK controller and the comments endpoints.
     api_root: Url,
@@ -201,6 +205,8 @@ impl SoarClient {
         Ok(SoarClient {
             inner: Arc::new(Inner {
                 http,
+                request_timeout: cfg.timeout,
+                max_concurrency: cfg.max_concurrency,
                 api: cfg.api,
                 api_root,
                 op_base,
@@ -211,6 +217,17 @@ impl SoarClient {
 
     pub fn api(&self) -> ApiFlavor {
         self.inner.api
+    }
+
+    /// The longest one request attempt may take (`soar.timeout`).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.inner.request_timeout
+    }
+
+    /// The most requests in flight through this client, shared by every job
+    /// (`soar.max_concurrency`): a job handling more cases at once than this only queues.
+    pub fn max_concurrency(&self) -> usize {
+        self.inner.max_concurrency
     }
 
     /// The full URL of `ep` in this client's API flavor (spec §2).
@@ -262,7 +279,8 @@ impl SoarClient {
 
     /// AddComment. Not idempotent: a timeout after sending or a 5xx gives
     /// [`SoarError::is_in_doubt`], and the caller must read the case's comments before trying
-    /// again.
+    /// again; [`SoarError::write_fate`] says whether that read is conclusive at once (the
+    /// server answered `500`) or only after the write had time to settle (no answer).
     pub async fn add_comment(
         &self,
         case_id: u64,

@@ -269,12 +269,74 @@ async fn add_comment_answered_500_is_in_doubt_and_not_retried() {
     });
     let err = client(&h).add_comment(1, None, "once").await.unwrap_err();
     assert!(err.is_in_doubt(), "{err:?}");
+    // The server's own answer: what the case shows now is final.
+    assert_eq!(err.write_fate(), WriteFate::Answered);
     assert!(
         err.to_string()
             .contains("POST /api/external/v1/cases/comments")
     );
     assert_eq!(h.state().stats().requests["AddComment"], 1);
     assert_no_key(&err);
+}
+
+#[tokio::test]
+async fn add_comment_failures_say_whether_the_write_may_have_landed() {
+    let h = start(sim_cfg(3)).await;
+    let c = client(&h);
+    let add = |status: u16, times: u32| {
+        h.state().add_override(Override {
+            endpoint: "AddComment".into(),
+            status,
+            body: "{}".into(),
+            times: Some(times),
+        })
+    };
+    // A gateway's answer says nothing about the server behind it: no answer.
+    add(502, 1);
+    let err = c.add_comment(1, None, "a").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::Unanswered, "{err:?}");
+    // Another 5xx of the server's own: read before writing again, as after a 500.
+    add(507, 1);
+    let err = c.add_comment(1, None, "s").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::Answered, "{err:?}");
+    // Still 429 after the transport's retries: refused before processing, worth resending.
+    add(429, 4);
+    let err = c.add_comment(1, None, "b").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::NotApplied, "{err:?}");
+    assert!(err.is_transient(), "{err:?}");
+    // Refused as sent: not applied, and sending it again cannot help.
+    add(400, 1);
+    let err = c.add_comment(1, None, "c").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::NotApplied, "{err:?}");
+    assert!(!err.is_transient(), "{err:?}");
+    assert!(h.state().comments(None).is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_next_write_times_out_and_lands_anyway() {
+    let h = start(sim_cfg(3)).await;
+    h.state().set_slow_ms(300);
+    h.state().slow_next("AddComment", 1);
+    let c = client_with(&h, KEY, |c| c.timeout = Duration::from_millis(100));
+    let err = c.add_comment(2, None, "late").await.unwrap_err();
+    assert_eq!(err.write_fate(), WriteFate::Unanswered, "{err:?}");
+    assert_eq!(h.state().stats().faults_slow, 1);
+    // Only the next call was slow.
+    c.add_comment(3, None, "now").await.unwrap();
+    let landed = |case| {
+        h.state()
+            .comments(Some(case))
+            .iter()
+            .filter(|c| c.comment == "late")
+            .count()
+    };
+    for _ in 0..100 {
+        if landed(2) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(landed(2), 1, "the slow write never landed");
 }
 
 #[tokio::test]
@@ -298,6 +360,7 @@ async fn add_comment_timing_out_is_in_doubt_and_lands_later() {
         let after = h.state().stats();
         if after.faults_slow > before.faults_slow {
             assert!(err.is_in_doubt(), "{err:?}");
+            assert_eq!(err.write_fate(), WriteFate::Unanswered);
             assert!(err.to_string().contains("timed out"), "{err}");
             timed_out = true;
             break;

@@ -72,17 +72,22 @@ struct Params<'a> {
 }
 
 fn job_yaml(p: &Params, schedule: &str) -> String {
+    job_yaml_with(p, schedule, "5m", 1)
+}
+
+/// [`job_yaml`] with the run's `timeout` and `Recheck In Doubt After` (seconds).
+fn job_yaml_with(p: &Params, schedule: &str, timeout: &str, settle_secs: u32) -> String {
     let envs = p
         .environments
         .map(|e| format!("  - {{name: Environments, type: string, value: \"{e}\"}}\n"))
         .unwrap_or_default();
     format!(
-        "name: Tagged\njob: comment-on-tagged-cases\n{schedule}timeout: 5m\nparameters:\n\
+        "name: Tagged\njob: comment-on-tagged-cases\n{schedule}timeout: {timeout}\nparameters:\n\
          \x20 - {{name: Tags, type: string, value: \"{}\"}}\n\
          \x20 - {{name: Comment, type: string, value: \"{COMMENT}\"}}\n\
          \x20 - {{name: Max Hours Backwards, type: integer, value: {}}}\n\
          \x20 - {{name: Concurrency, type: integer, value: {}}}\n\
-         \x20 - {{name: Recheck In Doubt After, type: integer, value: 1}}\n{envs}",
+         \x20 - {{name: Recheck In Doubt After, type: integer, value: {settle_secs}}}\n{envs}",
         p.tags, p.hours, p.concurrency
     )
 }
@@ -509,9 +514,10 @@ fn assert_at_most_once(sim: &SimHandle, expected: &BTreeSet<u64>) {
 async fn faults_never_double_a_comment_nor_move_the_window_past_a_failed_case() {
     let (sim, app, to_comment) = faulty_world(150).await;
     let history = faulty_runs(&sim, &app, &to_comment, 3).await;
+    // Unanswered writes are rechecked inside the run (`rechecked`) or left in doubt.
     let in_doubt: i64 = history
         .iter()
-        .filter_map(|r| r.stats["in_doubt"].as_i64())
+        .filter_map(|r| Some(r.stats["in_doubt"].as_i64()? + r.stats["rechecked"].as_i64()?))
         .sum();
     assert!(in_doubt > 0, "no write was ever in doubt: {history:#?}");
     // Once the platform recovers, a run finishes the job and writes nothing twice. (Up to
@@ -576,11 +582,13 @@ async fn an_in_doubt_comment_on_a_deleted_case_does_not_block_the_window_forever
         hours: 24,
         concurrency: 1,
     };
-    app.write_job(JOB, &job_yaml(&params, ""));
-    // The comment's answer is a 500: in doubt.
+    // A 30 s timeout leaves no room to recheck inside the run (that needs three request
+    // timeouts of 30 s after the settle time), so the item stays in doubt for a later run.
+    app.write_job(JOB, &job_yaml_with(&params, "", "30s", 1));
+    // The comment's answer is a gateway's 502: no answer from the platform, in doubt.
     sim.state().add_override(Override {
         endpoint: "AddComment".into(),
-        status: 500,
+        status: 502,
         body: "{}".into(),
         times: Some(1),
     });
@@ -612,6 +620,238 @@ async fn an_in_doubt_comment_on_a_deleted_case_does_not_block_the_window_forever
     );
     let store = app.store().await;
     assert!(stored_timestamp(&store).await.is_some());
+    sim.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-doubt writes are finished inside the run (issue 8, item 10)
+// ---------------------------------------------------------------------------------------------
+
+/// Longer than a run takes to get through the faulty world's cases at Concurrency 1: a run
+/// that does not wait for its unanswered writes itself leaves them unsettled for the next,
+/// back-to-back run, and that one for the one after.
+const LONG_SETTLE_SECS: u32 = 10;
+
+/// The job's parameters for the one hand-made "Solo" case.
+fn solo_params() -> Params<'static> {
+    Params {
+        tags: "Solo",
+        environments: None,
+        hours: 24,
+        concurrency: 1,
+    }
+}
+
+/// A simulator without random faults, one matching case, and an app whose requests time out
+/// after `timeout` (slow replies take [`SLOW_MS`]).
+async fn solo_world(timeout: &str) -> (SimHandle, TestApp, u64) {
+    let sim = start_sim(SoarSimConfig {
+        cases: 20,
+        slow_ms: SLOW_MS,
+        ..SoarSimConfig::default()
+    })
+    .await;
+    let now = Utc::now().timestamp_millis();
+    let solo = add_case(&sim, now, (&["Solo"], "Prod", true, 1, 1, 1));
+    let app = app_for(&sim, KEY, json!({ "timeout": timeout }));
+    (sim, app, solo)
+}
+
+fn requests(sim: &SimHandle, endpoint: &str) -> u64 {
+    sim.state()
+        .stats()
+        .requests
+        .get(endpoint)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Issue 8, item 10: with 20% faults, three back-to-back runs left cases without their
+/// comment. A write answered `500` stayed in doubt until a later run, and a later run skipped
+/// every in-doubt item younger than `Recheck In Doubt After`, so runs in quick succession
+/// never got to them. Now a `500` is settled at once (read the case, write if absent) and a
+/// write with no answer is waited for inside the run.
+#[tokio::test]
+async fn with_twenty_percent_faults_back_to_back_runs_leave_every_case_with_one_comment() {
+    let (sim, app, to_comment) = faulty_world(230).await;
+    let params = Params {
+        tags: &sim::TAGS.join(","),
+        environments: None,
+        hours: 24,
+        concurrency: 1,
+    };
+    app.write_job(JOB, &job_yaml_with(&params, "", "5m", LONG_SETTLE_SECS));
+    let mut history: Vec<RunRecord> = Vec::new();
+    for _ in 0..3 {
+        let run = run_job(&app).await;
+        assert_at_most_once(&sim, &to_comment);
+        let done = run.status == RunStatus::Succeeded;
+        history.push(run);
+        if done {
+            break;
+        }
+    }
+    assert_exactly_once(&sim, &to_comment);
+    let last = history.last().unwrap();
+    assert_eq!(last.status, RunStatus::Succeeded, "{history:#?}");
+    let stats = sim.state().stats();
+    assert!(
+        stats.faults_500 + stats.faults_429 + stats.faults_slow > 10,
+        "too few faults to mean anything: {stats:?}"
+    );
+    let rechecked: i64 = history
+        .iter()
+        .filter_map(|r| r.stats["rechecked"].as_i64())
+        .sum();
+    assert!(
+        rechecked > 0,
+        "no write went unanswered, the test proves nothing: {history:#?}"
+    );
+    let store = app.store().await;
+    let attempting = store
+        .seen_list(JOB, "comments", SeenState::Attempting)
+        .await
+        .unwrap();
+    assert!(attempting.is_empty(), "items left in doubt: {attempting:?}");
+    sim.shutdown().await.unwrap();
+}
+
+/// A write times out on the client but the platform applies it: the run waits the settle
+/// time, reads the case, finds the comment and confirms it, without writing again.
+#[tokio::test]
+async fn a_write_that_times_out_but_lands_is_confirmed_within_the_same_run() {
+    let (sim, app, solo) = solo_world(FAULT_TIMEOUT).await;
+    app.write_job(JOB, &job_yaml_with(&solo_params(), "", "5m", 2));
+    sim.state().slow_next("AddComment", 1);
+    let run = run_job(&app).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    assert_eq!(stat(&run, "commented"), 1, "{run:?}");
+    assert_eq!(stat(&run, "in_doubt"), 0, "{run:?}");
+    assert_eq!(stat(&run, "rechecked"), 1, "{run:?}");
+    assert_eq!(sim.state().stats().faults_slow, 1);
+    assert_eq!(
+        requests(&sim, "AddComment"),
+        1,
+        "the comment was sent twice"
+    );
+    assert_exactly_once(&sim, &BTreeSet::from([solo]));
+    let store = app.store().await;
+    assert!(stored_timestamp(&store).await.is_some());
+    sim.shutdown().await.unwrap();
+}
+
+/// A write answered `500` (not applied: the override answers before the handler) and then
+/// refused with `429` beyond the transport's retries: both say the comment was not written,
+/// so the run writes it again at once and succeeds.
+#[tokio::test]
+async fn writes_answered_with_errors_are_retried_within_the_same_run() {
+    // A generous timeout: no write here may go unanswered, however loaded the machine.
+    let (sim, app, solo) = solo_world("30s").await;
+    app.write_job(
+        JOB,
+        &job_yaml_with(&solo_params(), "", "5m", LONG_SETTLE_SECS),
+    );
+    for (status, times) in [(500, 1), (429, 4)] {
+        sim.state().add_override(Override {
+            endpoint: "AddComment".into(),
+            status,
+            body: "{}".into(),
+            times: Some(times),
+        });
+    }
+    let run = run_job(&app).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    assert_eq!(stat(&run, "commented"), 1, "{run:?}");
+    assert_eq!(stat(&run, "in_doubt"), 0, "{run:?}");
+    assert_eq!(stat(&run, "rechecked"), 0, "{run:?}");
+    // 500; 429 four times (the transport's attempt and its three retries); the one that landed.
+    assert_eq!(requests(&sim, "AddComment"), 6);
+    // After the 500, and only then, the case was read before writing again.
+    assert_eq!(requests(&sim, "FetchCaseComments"), 1);
+    assert_exactly_once(&sim, &BTreeSet::from([solo]));
+    sim.shutdown().await.unwrap();
+}
+
+/// When the run's timeout leaves no room to wait for an unanswered write, the item stays in
+/// doubt and the outcome names the instant after which the next run rechecks it; that run
+/// confirms the comment that landed meanwhile, without writing it again.
+#[tokio::test]
+async fn an_in_doubt_write_the_run_cannot_wait_for_names_when_it_is_rechecked() {
+    let (sim, app, solo) = solo_world(FAULT_TIMEOUT).await;
+    // Settling takes 60 s; the run may take 10 s.
+    app.write_job(JOB, &job_yaml_with(&solo_params(), "", "10s", 60));
+    sim.state().slow_next("AddComment", 1);
+    let before = Utc::now();
+    let run = run_job(&app).await;
+    let after = Utc::now();
+    assert_eq!(run.status, RunStatus::Partial, "{run:?}");
+    assert_eq!(stat(&run, "in_doubt"), 1, "{run:?}");
+    assert_eq!(stat(&run, "rechecked"), 0, "{run:?}");
+    let message = run.message.clone().unwrap_or_default();
+    let marker = "1 in doubt: rechecked at the next run after ";
+    let at = message
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(at, _)| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .unwrap_or_else(|| panic!("the outcome does not say when: {message}"));
+    assert!(
+        at >= before + chrono::Duration::seconds(60) && at <= after + chrono::Duration::seconds(61),
+        "{at} is not 60 s after the write ({before} .. {after}): {message}"
+    );
+    let store = app.store().await;
+    assert_eq!(stored_timestamp(&store).await, None);
+
+    // The platform applied the write after the client gave up.
+    let st = sim.state().clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !st.comments(Some(solo)).is_empty()
+        })
+        .await
+    );
+    // A next run once it settled (here: no settle time) finds it and writes nothing.
+    app.write_job(JOB, &job_yaml_with(&solo_params(), "", "10s", 0));
+    let run = run_job(&app).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    assert_eq!(stat(&run, "already_commented"), 1, "{run:?}");
+    assert_eq!(stat(&run, "commented"), 0, "{run:?}");
+    assert_eq!(
+        requests(&sim, "AddComment"),
+        1,
+        "the comment was sent twice"
+    );
+    assert_exactly_once(&sim, &BTreeSet::from([solo]));
+    sim.shutdown().await.unwrap();
+}
+
+/// Issue 8, item 11: a job's `Concurrency` above `soar.max_concurrency` was capped without a
+/// word. The job's first run in a process warns, with the effective value; later runs do not
+/// repeat it.
+#[tokio::test]
+async fn a_concurrency_above_soar_max_concurrency_is_warned_about_once() {
+    // See `the_api_key_never_appears_in_logs_or_run_history` for why a second dispatcher.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let (logs, _guard) = capture_logs();
+    tracing::callsite::rebuild_interest_cache();
+    let (sim, _, _) = solo_world(FAULT_TIMEOUT).await;
+    let app = app_for(&sim, KEY, json!({ "max_concurrency": 2 }));
+    let params = Params {
+        concurrency: 32,
+        ..solo_params()
+    };
+    app.write_job(JOB, &job_yaml(&params, ""));
+    for _ in 0..2 {
+        let run = run_job(&app).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    }
+    let text = logs.text();
+    let warning = "Concurrency 32 is above soar.max_concurrency 2: the job handles 2 cases at once";
+    assert_eq!(
+        text.matches(warning).count(),
+        1,
+        "one warning for two runs: {text}"
+    );
+    assert!(text.contains("\"effective\":2"), "{text}");
     sim.shutdown().await.unwrap();
 }
 
