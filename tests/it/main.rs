@@ -6,5 +6,6 @@ mod exec;
 mod process;
 mod runtime;
 mod soar;
+mod store_faults;
 mod support;
 mod threatconnect;
