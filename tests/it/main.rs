@@ -3,6 +3,7 @@
 mod deploy;
 mod example;
 mod exec;
+mod overlap;
 mod process;
 mod runtime;
 mod soar;

@@ -7,8 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use chrono::Utc;
-use soarjobd::store::RunStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use soarjobd::job::{Clients, Registry};
+use soarjobd::runner::Runner;
+use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use soarjobd::store::{
+    Claim, NewRun, RunFinish, RunRecord, RunStatus, SeenEntry, SeenState, Store, StoreError,
+    StoreResult, Trigger,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::support::*;
 
@@ -147,4 +159,216 @@ async fn a_full_disk_stops_claims_and_scheduling_resumes_when_space_returns() {
     ticks.dedup();
     assert_eq!(ticks.len(), n, "a tick ran twice: {all:?}");
     drop(fs);
+}
+
+/// A store that fails every claim while `failing` is set, and otherwise is the real SQLite store.
+struct FlakyStore {
+    inner: std::sync::Arc<dyn Store>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FlakyStore {
+    fn check(&self) -> StoreResult<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(StoreError::Db(sqlx::Error::PoolTimedOut))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        self.check()?;
+        self.inner.claim_runs(runs).await
+    }
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        self.check()?;
+        self.inner.claim_runs_exclusive(runs, exclusive).await
+    }
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        self.inner.mark_started(runs).await
+    }
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        self.inner.finish_run(run_id, finish).await
+    }
+    async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
+        self.inner.unclaim(run_id).await
+    }
+    async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
+        self.inner.interrupt_running(now).await
+    }
+    async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        self.inner.last_scheduled_at(job_id).await
+    }
+    async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
+        self.inner.run(run_id).await
+    }
+    async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        self.inner.history(job_id, limit).await
+    }
+    async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        self.inner.last_runs().await
+    }
+    async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.prune(keep_runs, older_than).await
+    }
+    async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
+        self.inner.get_timestamp(job_id, key).await
+    }
+    async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()> {
+        self.inner.set_timestamp(job_id, key, unix_ms).await
+    }
+    async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        self.inner.all_timestamps().await
+    }
+    async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.inner.context_get(job_id, key).await
+    }
+    async fn context_set(
+        &self,
+        job_id: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<()> {
+        self.inner.context_set(job_id, key, value).await
+    }
+    async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool> {
+        self.inner.context_delete(job_id, key).await
+    }
+    async fn context_all(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+        self.inner.context_all(job_id).await
+    }
+    async fn seen_get(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+    ) -> StoreResult<Option<SeenEntry>> {
+        self.inner.seen_get(job_id, scope, item).await
+    }
+    async fn seen_mark(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+        state: SeenState,
+        run_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner
+            .seen_mark(job_id, scope, item, state, run_id, now)
+            .await
+    }
+    async fn seen_list(
+        &self,
+        job_id: &str,
+        scope: &str,
+        state: SeenState,
+    ) -> StoreResult<Vec<SeenEntry>> {
+        self.inner.seen_list(job_id, scope, state).await
+    }
+    async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
+        self.inner.seen_remove(job_id, scope, item).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A store that fails N claims and then works: the scheduler logs the failure once, the
+/// recovery once, counts the lost ticks, makes the `misfire: run_once` catch-up for them, and
+/// runs on schedule again. Driven through the scheduler itself, with the real SQLite store
+/// behind the wrapper.
+#[tokio::test]
+async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
+    let app = TestApp::new();
+    app.write_job("flaky", &sleep_job("Flaky", "{every: 1s}", 0, ""));
+    let inner = app.store().await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let failures = Arc::new(AtomicU64::new(0));
+    let store: Arc<dyn Store> = Arc::new(FlakyStore {
+        inner: inner.clone(),
+        failing: failing.clone(),
+        failures: failures.clone(),
+    });
+    let mut registry = Registry::with_builtins();
+    registry.register(Sleep::default());
+    let registry = Arc::new(registry);
+    let report = soarjobd::definition::load_dir(app.jobs_dir(), registry.as_ref());
+    assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
+    let runner = Runner::new(store.clone(), registry, Clients::default());
+    let tracker = TaskTracker::new();
+    let scheduler = Scheduler::new(runner, RunningRuns::default(), tracker.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let (logs, _g) = capture_logs();
+    let task =
+        tokio::spawn(scheduler.run(report, SchedulerOptions::default(), rx, shutdown.clone()));
+
+    // Three failed claims (three ticks lost), then the store works again.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            failures.load(Ordering::SeqCst) >= 3
+        })
+        .await
+    );
+    failing.store(false, Ordering::SeqCst);
+    let back = Utc::now();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let runs = runs(&inner, "flaky").await;
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Succeeded && r.trigger == Trigger::Schedule)
+                .any(|r| r.started_at > back)
+        })
+        .await,
+        "no scheduled run after the store recovered: {}",
+        logs.text()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    tracker.close();
+    tracker.wait().await;
+
+    let text = logs.text();
+    assert_eq!(
+        text.matches("\"message\":\"store failing\"").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("\"message\":\"store recovered\"").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("\"reason\":\"the state store was failing\""),
+        "lost ticks are reported: {text}"
+    );
+    // `misfire: run_once` (the default): one catch-up run for the lost ticks, at the latest
+    // lost tick, and no tick twice.
+    let all = runs(&inner, "flaky").await;
+    assert_eq!(
+        all.iter().filter(|r| r.trigger == Trigger::CatchUp).count(),
+        1,
+        "{all:?}"
+    );
+    let mut ticks: Vec<_> = all.iter().map(|r| r.scheduled_at).collect();
+    let n = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick was claimed twice: {all:?}");
+    inner.close().await;
 }
