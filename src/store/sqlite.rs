@@ -97,6 +97,10 @@ macro_rules! claim_row {
     };
 }
 
+/// The most run ends kept for a retry while the database fails; beyond it the oldest is
+/// dropped (its row is marked `interrupted` at the next start).
+const MAX_UNRECORDED: usize = 10_000;
+
 /// Rows per multi-row claim INSERT: 12 parameters each stays far below SQLite's limit.
 const CLAIM_CHUNK: usize = 500;
 
@@ -236,6 +240,8 @@ pub struct SqliteStore {
     /// Who this store is, written into every row it claims; registered as open until the
     /// store is closed or its last clone dropped.
     owner: Arc<OwnerGuard>,
+    /// Run ends that could not be written (see [`SqliteStore::retry_unrecorded`]).
+    unrecorded: Arc<std::sync::Mutex<Vec<(i64, RunFinish)>>>,
 }
 
 impl SqliteStore {
@@ -273,6 +279,7 @@ impl SqliteStore {
             pool,
             write_gate: Arc::new(Mutex::new(())),
             owner: Arc::new(OwnerGuard::new()),
+            unrecorded: Arc::default(),
         })
     }
 
@@ -722,58 +729,9 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
-        let none = vec![false; runs.len()];
-        let claims = self.claim_runs_exclusive(runs, &none).await?;
-        Ok(claims
-            .into_iter()
-            .map(|c| match c {
-                Claim::Claimed(id) => Some(id),
-                Claim::Taken | Claim::Busy { .. } => None,
-            })
-            .collect())
-    }
-
-    async fn claim_runs_exclusive(
-        &self,
-        runs: &[NewRun],
-        exclusive: &[bool],
-    ) -> StoreResult<Vec<Claim>> {
-        if runs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = WriteTx::begin(self).await?;
-        let body = self.claim_in(tx.conn(), runs, exclusive).await;
-        tx.finish(body).await
-    }
-
-    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
-        if runs.is_empty() {
-            return Ok(());
-        }
-        let mut tx = WriteTx::begin(self).await?;
-        let body = async {
-            for (id, at) in runs {
-                sqlx::query(
-                    "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
-                )
-                .bind(millis(*at))
-                .bind(id)
-                .execute(tx.conn())
-                .await?;
-            }
-            Ok(())
-        }
-        .await;
-        tx.finish(body).await
-    }
-
-    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
-    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
-    /// looks finished and running at once.
-    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+impl SqliteStore {
+    /// One attempt at [`Store::finish_run`].
+    async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
         if !finish.status.is_final() {
             return Err(StoreError::Corrupt {
                 column: "status",
@@ -815,6 +773,94 @@ impl Store for SqliteStore {
         }
     }
 
+    /// Records the ends of runs whose finish failed on a database error (a full disk): the
+    /// row would otherwise stay `running`, owned by this live process, until the next start,
+    /// and across processes `overlap: skip` would refuse the job for that long. Those that
+    /// fail again stay queued.
+    async fn retry_unrecorded(&self) {
+        let queued =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (run_id, finish) in queued {
+            match self.finish_run(run_id, &finish).await {
+                Ok(_) => tracing::info!(
+                    run_id,
+                    status = finish.status.as_str(),
+                    "run end recorded after the store recovered"
+                ),
+                Err(StoreError::Db(_)) => {}
+                Err(e) => tracing::warn!(run_id, error = %e, "cannot record the end of a run"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        let none = vec![false; runs.len()];
+        let claims = self.claim_runs_exclusive(runs, &none).await?;
+        Ok(claims
+            .into_iter()
+            .map(|c| match c {
+                Claim::Claimed(id) => Some(id),
+                Claim::Taken | Claim::Busy { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = self.claim_in(tx.conn(), runs, exclusive).await;
+        let claims = tx.finish(body).await?;
+        self.retry_unrecorded().await;
+        Ok(claims)
+    }
+
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            for (id, at) in runs {
+                sqlx::query(
+                    "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
+                )
+                .bind(millis(*at))
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        tx.finish(body).await
+    }
+
+    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
+    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
+    /// looks finished and running at once. A finish that fails on a database error is also
+    /// kept and retried after the next successful claim, at each sweep and at close (see
+    /// [`SqliteStore::retry_unrecorded`]); the error is still returned, so the runner logs it.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        let result = self.finish_once(run_id, finish).await;
+        if let Err(StoreError::Db(_)) = &result {
+            let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+            if unrecorded.len() >= MAX_UNRECORDED {
+                unrecorded.remove(0);
+            }
+            unrecorded.push((run_id, finish.clone()));
+        }
+        result
+    }
+
     async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
         let _gate = self.write_lock().await;
         let done = sqlx::query("DELETE FROM job_runs WHERE id = ? AND status = 'running'")
@@ -825,6 +871,7 @@ impl Store for SqliteStore {
     }
 
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
+        self.retry_unrecorded().await;
         let mut tx = WriteTx::begin(self).await?;
         let body = async {
             let (dead, _live) = running_rows(tx.conn(), self.owner.owner(), None).await?;
@@ -1088,6 +1135,7 @@ impl Store for SqliteStore {
     /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
     /// the WAL stays valid and the next writer checkpoints it.
     async fn close(&self) {
+        self.retry_unrecorded().await;
         let _gate = self.write_lock().await;
         match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&self.pool)

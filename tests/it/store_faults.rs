@@ -91,6 +91,11 @@ async fn a_full_disk_stops_claims_and_scheduling_resumes_when_space_returns() {
     let fs = Tmpfs::mount(&app.path("db"), "4m");
     app.settings.database_url = format!("sqlite:{}", fs.path.join("state.db").display());
     app.write_job("tick", &sleep_job("Tick", "{every: 1s}", 0, ""));
+    // Runs of `long` are in progress when the disk fills, and end while it is full.
+    app.write_job(
+        "long",
+        &sleep_job("Long", "{every: 1s}", 1_500, "overlap: allow\n"),
+    );
     let (logs, _g) = capture_logs();
     let d = app.start().await;
     let store = d.store().clone();
@@ -140,6 +145,27 @@ async fn a_full_disk_stops_claims_and_scheduling_resumes_when_space_returns() {
         "no recovery was logged: {}",
         logs.text()
     );
+    // A run whose end could not be written while the disk was full is recorded once the store
+    // works again: it does not stay `running` (and block `overlap: skip` across processes)
+    // until the next start.
+    let filled_until = freed - chrono::Duration::seconds(2);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !runs(&store, "long")
+                .await
+                .iter()
+                .any(|r| r.status == RunStatus::Running && r.started_at < filled_until)
+        })
+        .await,
+        "a run that ended during the outage is still `running`: {:?}",
+        runs(&store, "long").await
+    );
+    assert!(
+        logs.text()
+            .contains("run end recorded after the store recovered"),
+        "no run ended during the outage, the test proves nothing: {}",
+        logs.text()
+    );
     // The failure is logged once at error level when it starts, not once per tick.
     let failing = text.matches("\"message\":\"store failing\"").count();
     assert_eq!(failing, 1, "{text}");
@@ -149,6 +175,8 @@ async fn a_full_disk_stops_claims_and_scheduling_resumes_when_space_returns() {
     let store = app.store().await;
     let all = runs(&store, "tick").await;
     assert_eq!(count(&all, RunStatus::Running), 0, "{all:?}");
+    let long = runs(&store, "long").await;
+    assert_eq!(count(&long, RunStatus::Running), 0, "{long:?}");
     let mut ticks: Vec<_> = all
         .iter()
         .filter(|r| r.status != RunStatus::Skipped)
