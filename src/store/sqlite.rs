@@ -251,6 +251,14 @@ impl SqliteStore {
     /// A new database file is created with mode 0600, and missing parent directories with 0700;
     /// an existing file keeps its permissions.
     pub async fn open(url_or_path: &str) -> StoreResult<SqliteStore> {
+        Self::open_with(url_or_path, |o| o).await
+    }
+
+    /// [`SqliteStore::open`] with changed connection options (tests: a size limit).
+    async fn open_with(
+        url_or_path: &str,
+        adjust: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+    ) -> StoreResult<SqliteStore> {
         let path = database_path(url_or_path)?;
         let open_error = |source| StoreError::Open {
             url: url_or_path.to_owned(),
@@ -265,6 +273,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let options = adjust(options);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -1571,6 +1580,92 @@ mod tests {
         assert!(matches!(claims[0], Claim::Claimed(_)), "{claims:?}");
         let row = daemon.run(manual).await.unwrap().unwrap();
         assert_eq!(row.status, RunStatus::Interrupted);
+    }
+
+    /// A size-limited database (`PRAGMA max_page_count` on every connection, no root needed):
+    /// while it is full every claim fails, and once space is freed every connection of the
+    /// pool claims again; none was left with a transaction open.
+    #[tokio::test]
+    async fn a_full_database_recovers_on_every_connection_when_space_is_freed() {
+        let (_dir, path, store) = temp_store().await;
+        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
+            .execute(store.pool())
+            .await
+            .expect("filler table");
+        claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(store.pool())
+            .await
+            .expect("page count");
+        store.close().await;
+        let limit = pages + 40;
+        let store = SqliteStore::open_with(path.to_str().expect("utf-8"), |o| {
+            o.pragma("max_page_count", limit.to_string())
+        })
+        .await
+        .expect("open limited");
+
+        // Fill it (from several connections: the writes go through the pool).
+        let blob = vec![7u8; 16 * 1024];
+        let mut full = None;
+        for _ in 0..1_000 {
+            let r = sqlx::query("INSERT INTO filler (b) VALUES (?)")
+                .bind(&blob)
+                .execute(store.pool())
+                .await;
+            if let Err(e) = r {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+        let full = full.expect("the database never filled up");
+        assert!(full.contains("full"), "{full}");
+        // Claims are bigger than what is left: each one fails, on every connection in turn.
+        let big = "x".repeat(64 * 1024);
+        for i in 0..(2 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 1_000 * (i + 1), Trigger::Schedule)
+            };
+            let err = store
+                .claim_runs(&[run])
+                .await
+                .expect_err("the disk is full");
+            assert!(error_text(&err).contains("full"), "{}", error_text(&err));
+        }
+
+        sqlx::query("DELETE FROM filler")
+            .execute(store.pool())
+            .await
+            .expect("free space");
+        for i in 0..(3 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 100_000 + i, Trigger::Schedule)
+            };
+            let ids = store
+                .claim_runs(&[run])
+                .await
+                .unwrap_or_else(|e| panic!("claim {i} after recovery: {}", error_text(&e)));
+            assert!(ids[0].is_some());
+            // Deleted again so the next claim has room too.
+            sqlx::query("UPDATE job_runs SET message = NULL")
+                .execute(store.pool())
+                .await
+                .expect("shrink");
+        }
+        store.close().await;
+    }
+
+    fn error_text(e: &StoreError) -> String {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
     }
 
     #[tokio::test]

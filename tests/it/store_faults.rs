@@ -400,3 +400,106 @@ async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
     assert_eq!(ticks.len(), n, "a tick was claimed twice: {all:?}");
     inner.close().await;
 }
+
+/// The disk-full stall without root, with the real binary: the daemon's file-size limit
+/// (`RLIMIT_FSIZE`, lowered from outside with `prlimit`) stops the WAL from growing, so
+/// COMMIT fails (EFBIG: SQLite's "disk I/O error") and SQLite rolls the transaction back by
+/// itself, exactly as on a full disk; raising the limit again is the disk being freed.
+#[tokio::test]
+async fn a_file_size_limit_on_the_real_daemon_stalls_nothing_once_lifted() {
+    use std::os::unix::process::CommandExt;
+    let app = TestApp::new();
+    app.write_job(
+        "tick",
+        "name: Tick\njob: exec\nschedule: {every: 1s}\ncommand: [/bin/true]\n",
+    );
+    let log_path = app.path("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soarjobd"));
+    cmd.args(["run", "--log-format", "json"])
+        .current_dir(app.dir.path())
+        .env_remove("RUST_LOG")
+        .env("SOARJOBD__JOBS_DIR", app.jobs_dir())
+        .env("SOARJOBD__DATABASE_URL", &app.settings.database_url)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec. An ignored SIGXFSZ survives
+    // exec, so a write beyond the limit fails with EFBIG instead of killing the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let set_limit = |soft: libc::rlim_t| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit on our own child with a valid struct.
+        let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let store = app.store().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            count(&runs(&store, "tick").await, RunStatus::Succeeded) >= 2
+        })
+        .await,
+        "{}",
+        text()
+    );
+
+    let wal = PathBuf::from(format!("{}-wal", app.path("state.db").display()));
+    let size = std::fs::metadata(&wal).unwrap().len();
+    set_limit(size as libc::rlim_t);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            text().contains("disk I/O error")
+        })
+        .await,
+        "the limit caused no store error: {}",
+        text()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    set_limit(libc::RLIM_INFINITY);
+    let freed = Utc::now();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            runs(&store, "tick")
+                .await
+                .iter()
+                .any(|r| r.status == RunStatus::Succeeded && r.started_at > freed)
+        })
+        .await,
+        "scheduling did not resume after the limit was lifted: {}",
+        text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            text().contains("\"message\":\"store recovered\"")
+        })
+        .await,
+        "{}",
+        text()
+    );
+    assert!(!text().contains("non-zero transaction depth"), "{}", text());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", text());
+    assert_eq!(count(&runs(&store, "tick").await, RunStatus::Running), 0);
+}
