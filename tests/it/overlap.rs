@@ -158,6 +158,7 @@ async fn run_once_and_the_daemon_apply_overlap_skip_to_each_other() {
     let manual_marker = app.path("manual-started");
     let daemon_marker = app.path("daemon-started");
     let allow_marker = app.path("allow-started");
+    let replace_marker = app.path("replace-started");
     // `shared` runs every second when the daemon runs it; the manual run below holds it.
     app.write_job(
         "shared",
@@ -170,6 +171,10 @@ async fn run_once_and_the_daemon_apply_overlap_skip_to_each_other() {
     app.write_job(
         "both",
         &marked_job("Both", "{every: 1s}", "allow", &allow_marker, 4.0),
+    );
+    app.write_job(
+        "newest",
+        &marked_job("Newest", "{every: 1s}", "replace", &replace_marker, 4.0),
     );
 
     // 1. A manual run starts before the daemon: the daemon's startup must not mark it
@@ -195,6 +200,16 @@ async fn run_once_and_the_daemon_apply_overlap_skip_to_each_other() {
     assert!(
         stderr(&refused).contains("job `busy` is already running: run ")
             && stderr(&refused).contains(&format!("soarjobd pid {}", daemon.id())),
+        "{}",
+        stderr(&refused)
+    );
+
+    // `overlap: replace` cannot cancel another process's run: run-once refuses as for skip.
+    assert!(exists(&replace_marker).await);
+    let refused = output(app.dir.path(), &["run-once", "newest"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("replace, which cannot cancel a run of another process"),
         "{}",
         stderr(&refused)
     );
