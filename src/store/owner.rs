@@ -1,27 +1,34 @@
 //! Who owns a `running` row, and whether that owner still lives.
 //!
-//! Every run row records the process that claimed it: pid, host, the process's start token
-//! (boot id and start time, so a recycled pid is not mistaken for the owner) and a nonce per
-//! opened store (so that, inside one process, a store that was closed — a daemon that was
-//! stopped and started again in-process — counts as gone). A `running` row is *live* while its
-//! owner is; the overlap check across processes looks only at live rows, and only rows whose
-//! owner is dead are marked `interrupted` (at daemon start, periodically, and when a claim
-//! meets them).
+//! Every opened store (a daemon's, a `run-once`'s) is an *owner*: it gets a random nonce,
+//! writes it with its pid and host into every run row it claims, and holds an exclusive
+//! `flock` on the file `<database>.owners/<nonce>` for as long as it is open. A `running` row
+//! is *live* while that lock is held. Locks belong to open file descriptions, so the kernel
+//! drops them when the process ends in any way (`kill -9` included), and they work where
+//! pids do not: across containers sharing the database volume (separate pid namespaces,
+//! per-container host names), after a reboot, with recycled pids. Inside one process a store
+//! that was closed (or dropped) counts as gone even though the process lives on.
+//!
+//! The overlap check across processes looks only at live rows; only rows whose owner is dead
+//! are marked `interrupted` (at daemon start, periodically, and when a claim meets them).
 
 use std::collections::HashSet;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 
-/// The process (and store instance) that claimed a run row.
+/// The store instance (and its process) that claimed a run row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunOwner {
+    /// For people: which process it was.
     pub pid: i64,
     pub host: String,
-    /// `<boot id>:<start time in clock ticks>` on Linux; `None` where it cannot be read.
-    #[serde(skip)]
-    pub start: Option<String>,
-    /// One per opened store.
+    /// The owner's identity: the name of its lock file. 32 lowercase hex digits.
     #[serde(skip)]
     pub nonce: String,
 }
@@ -31,8 +38,8 @@ pub struct RunOwner {
 pub enum Liveness {
     Alive,
     Dead,
-    /// Another host: a pid there cannot be checked from here. Treated as alive, so a run is
-    /// never declared dead by a process that cannot know.
+    /// Its lock file could not be examined (an I/O error other than "not found"). Treated as
+    /// alive, so a run is never declared dead by a process that cannot know.
     Unknown,
 }
 
@@ -42,44 +49,87 @@ fn open_nonces() -> &'static Mutex<HashSet<String>> {
     OPEN.get_or_init(Default::default)
 }
 
-/// Registers a store's owner identity while it is open; dropping (or [`OwnerGuard::release`])
-/// makes its rows count as dead.
+/// The folder of owner lock files of the database at `database`.
+pub fn owners_dir(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".owners");
+    PathBuf::from(name)
+}
+
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// An open store's owner identity and the lock that proves it alive. Dropping it (or
+/// [`OwnerGuard::release`]) makes the store's rows count as dead.
 #[derive(Debug)]
 pub struct OwnerGuard {
     owner: RunOwner,
+    dir: PathBuf,
+    lock: Mutex<Option<File>>,
 }
 
 impl OwnerGuard {
-    pub fn new() -> OwnerGuard {
+    /// Creates and locks `<dir>/<nonce>` (the folder with mode 0700 if missing).
+    pub fn new(dir: &Path) -> std::io::Result<OwnerGuard> {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let owner = RunOwner {
             pid: i64::from(std::process::id()),
             host: this_host().to_owned(),
-            start: this_start().clone(),
             nonce: uuid::Uuid::new_v4().simple().to_string(),
         };
+        // Locked under a temporary name and renamed into place, so that no other process
+        // can ever see the final name unlocked (and take its owner for dead).
+        let tmp = dir.join(format!(".{}.tmp", owner.nonce));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let locked = flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+            .and_then(|_| writeln!(file, "{} {}", owner.pid, owner.host))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(&owner.nonce)));
+        if let Err(e) = locked {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         open_nonces()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(owner.nonce.clone());
-        OwnerGuard { owner }
+        Ok(OwnerGuard {
+            owner,
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(Some(file)),
+        })
     }
 
     pub fn owner(&self) -> &RunOwner {
         &self.owner
     }
 
-    /// Marks the store closed: its `running` rows are no longer live.
+    /// The folder of lock files this owner's checks look in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Marks the store closed: its `running` rows are no longer live. Idempotent.
     pub fn release(&self) {
         open_nonces()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.owner.nonce);
-    }
-}
-
-impl Default for OwnerGuard {
-    fn default() -> Self {
-        Self::new()
+        if let Some(file) = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Removed before the lock is dropped: a checker that opened it just before sees
+            // it unlocked right after, which is the truth.
+            let _ = std::fs::remove_file(self.dir.join(&self.owner.nonce));
+            drop(file);
+        }
     }
 }
 
@@ -90,45 +140,39 @@ impl Drop for OwnerGuard {
 }
 
 impl RunOwner {
-    /// Whether the process that claimed the row still runs (and, for this very process,
-    /// whether the store that claimed it is still open).
-    pub fn liveness(&self) -> Liveness {
-        if self.host != this_host() {
-            return Liveness::Unknown;
+    /// Whether the store that claimed the row is still open somewhere. `dir` is the owners
+    /// folder of the database the row is in.
+    pub fn liveness(&self, dir: &Path) -> Liveness {
+        if open_nonces()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.nonce)
+        {
+            return Liveness::Alive;
         }
-        let me = i64::from(std::process::id());
-        if self.pid == me && self.start == *this_start() {
-            let open = open_nonces()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&self.nonce);
-            return if open {
-                Liveness::Alive
-            } else {
-                Liveness::Dead
-            };
-        }
-        let Ok(pid) = i32::try_from(self.pid) else {
+        // The nonce comes from the database: never let it name another path.
+        let valid = self.nonce.len() == 32
+            && self
+                .nonce
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
             return Liveness::Dead;
+        }
+        let path = dir.join(&self.nonce);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Liveness::Dead,
+            Err(_) => return Liveness::Unknown,
         };
-        if pid <= 0 {
-            return Liveness::Dead;
-        }
-        match (&self.start, process_start(pid)) {
-            // A zombie or a missing /proc entry is a dead process; a different start token
-            // is a recycled pid.
-            (Some(recorded), Ok(Some(now))) if *recorded == now => Liveness::Alive,
-            (Some(_), Ok(_)) => Liveness::Dead,
-            // No start token recorded or no /proc: signal 0 tells whether the pid exists.
-            _ => {
-                // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
-                let r = unsafe { libc::kill(pid, 0) };
-                if r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-                    Liveness::Alive
-                } else {
-                    Liveness::Dead
-                }
+        match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+            // Nobody holds it: the owner is gone without cleaning up (killed). Tidy up.
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                Liveness::Dead
             }
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Liveness::Alive,
+            Err(_) => Liveness::Unknown,
         }
     }
 }
@@ -148,90 +192,49 @@ pub fn this_host() -> &'static str {
     })
 }
 
-fn this_start() -> &'static Option<String> {
-    static START: OnceLock<Option<String>> = OnceLock::new();
-    START.get_or_init(|| {
-        process_start(i32::try_from(std::process::id()).unwrap_or(0))
-            .ok()
-            .flatten()
-    })
-}
-
-/// `<boot id>:<start time>` of a running process. `Ok(None)`: no such process, or a zombie.
-/// `Err`: `/proc` is not available here.
-fn process_start(pid: i32) -> std::io::Result<Option<String>> {
-    static BOOT: OnceLock<Option<String>> = OnceLock::new();
-    let boot = BOOT
-        .get_or_init(|| {
-            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
-        .as_deref()
-        .ok_or_else(|| std::io::Error::other("no boot id"))?;
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is the state (field 3); the start time is field 22, i.e. fields[19].
-    match (fields.first(), fields.get(19)) {
-        (Some(&("Z" | "X" | "x")), _) => Ok(None),
-        (Some(_), Some(start)) => Ok(Some(format!("{boot}:{start}"))),
-        _ => Err(std::io::Error::other("unexpected /proc/PID/stat format")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn this_process_and_its_open_stores_are_alive_and_closed_ones_dead() {
-        let guard = OwnerGuard::new();
-        assert_eq!(guard.owner().liveness(), Liveness::Alive);
+    fn an_open_owner_is_alive_and_a_released_one_dead_without_leftovers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("db.owners");
+        let guard = OwnerGuard::new(&dir).expect("owner");
         let owner = guard.owner().clone();
+        assert_eq!(owner.liveness(&dir), Liveness::Alive);
+        assert!(dir.join(&owner.nonce).exists());
         drop(guard);
-        assert_eq!(owner.liveness(), Liveness::Dead);
+        assert_eq!(owner.liveness(&dir), Liveness::Dead);
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
     }
 
     #[test]
-    fn other_processes_are_checked_by_pid_and_start_time() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = child.id() as i32;
-        let start = process_start(pid).expect("proc").expect("running");
+    fn a_lock_held_elsewhere_is_alive_and_an_abandoned_file_dead() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("db.owners");
+        std::fs::create_dir_all(&dir).expect("dir");
         let owner = RunOwner {
-            pid: i64::from(pid),
-            host: this_host().to_owned(),
-            start: Some(start.clone()),
-            nonce: "x".into(),
+            pid: 1,
+            host: "elsewhere".into(),
+            nonce: "0123456789abcdef0123456789abcdef".into(),
         };
-        assert_eq!(owner.liveness(), Liveness::Alive);
-        // The same pid with another start time is a recycled pid: not the owner.
-        let recycled = RunOwner {
-            start: Some(format!("{start}0")),
-            ..owner.clone()
-        };
-        assert_eq!(recycled.liveness(), Liveness::Dead);
-        child.kill().expect("kill");
-        // A zombie (killed, not yet reaped) is dead too.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while owner.liveness() != Liveness::Dead && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(owner.liveness(), Liveness::Dead);
-        child.wait().expect("reap");
-        assert_eq!(owner.liveness(), Liveness::Dead);
-        let elsewhere = RunOwner {
-            host: format!("{}-elsewhere", this_host()),
+        // Another process's lock (a separate open file description behaves the same).
+        let held = File::create(dir.join(&owner.nonce)).expect("create");
+        flock(&held, libc::LOCK_EX).expect("lock");
+        assert_eq!(owner.liveness(&dir), Liveness::Alive);
+        // Its process died without removing the file (kill -9): the lock went with it.
+        drop(held);
+        assert_eq!(owner.liveness(&dir), Liveness::Dead);
+        assert!(
+            !dir.join(&owner.nonce).exists(),
+            "the stale file is removed"
+        );
+        // A nonce that is not one of ours never names another path.
+        let evil = RunOwner {
+            nonce: "../../etc/passwd".into(),
             ..owner
         };
-        assert_eq!(elsewhere.liveness(), Liveness::Unknown);
+        assert_eq!(evil.liveness(&dir), Liveness::Dead);
     }
 }

@@ -32,7 +32,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::owner::{Liveness, OwnerGuard};
+use super::owner::{Liveness, OwnerGuard, owners_dir};
 use super::{
     Claim, NewRun, RunFinish, RunHolder, RunOwner, RunRecord, RunStatus, SeenEntry, SeenState,
     Store, StoreError, StoreResult, Trigger,
@@ -70,7 +70,7 @@ fn busy_message(holder: &RunHolder) -> String {
 macro_rules! run_columns {
     () => {
         "id, job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, \
-         message, error, stats, owner_pid, owner_host, owner_start, owner_nonce"
+         message, error, stats, owner_pid, owner_host, owner_nonce"
     };
 }
 
@@ -86,14 +86,14 @@ macro_rules! duration_from_started {
 macro_rules! claim_columns {
     () => {
         "(job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, message, \
-          owner_pid, owner_host, owner_start, owner_nonce)"
+          owner_pid, owner_host, owner_nonce)"
     };
 }
 
 /// The placeholders of one claimed row.
 macro_rules! claim_row {
     () => {
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     };
 }
 
@@ -101,7 +101,7 @@ macro_rules! claim_row {
 /// dropped (its row is marked `interrupted` at the next start).
 const MAX_UNRECORDED: usize = 10_000;
 
-/// Rows per multi-row claim INSERT: 12 parameters each stays far below SQLite's limit.
+/// Rows per multi-row claim INSERT: 11 parameters each stays far below SQLite's limit.
 const CLAIM_CHUNK: usize = 500;
 
 /// `(started_at, finished_at, duration_ms)` of a row being claimed. A row that is final on
@@ -139,7 +139,6 @@ async fn insert_one(
     .bind(run.message.as_deref())
     .bind(owner.pid)
     .bind(&owner.host)
-    .bind(owner.start.as_deref())
     .bind(&owner.nonce)
     .fetch_optional(&mut *tx)
     .await?)
@@ -284,10 +283,17 @@ impl SqliteStore {
             pool.close().await;
             return Err(e);
         }
+        let owner = match OwnerGuard::new(&owners_dir(&path)) {
+            Ok(o) => o,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(sqlx::Error::Io(e)));
+            }
+        };
         Ok(SqliteStore {
             pool,
             write_gate: Arc::new(Mutex::new(())),
-            owner: Arc::new(OwnerGuard::new()),
+            owner: Arc::new(owner),
             unrecorded: Arc::default(),
         })
     }
@@ -474,7 +480,6 @@ fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
         (Some(pid), Some(host)) => Some(RunOwner {
             pid,
             host,
-            start: row.try_get("owner_start")?,
             nonce: row
                 .try_get::<Option<String>, _>("owner_nonce")?
                 .unwrap_or_default(),
@@ -483,10 +488,11 @@ fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
     })
 }
 
-/// Whether a `running` row's owner is alive; rows from before owners were recorded count as
-/// dead (every `running` row found at startup did, before).
-fn row_is_live(owner: Option<&RunOwner>) -> bool {
-    owner.is_some_and(|o| o.liveness() != Liveness::Dead)
+/// Whether a `running` row's owner is alive (`dir`: the database's owners folder); rows from
+/// before owners were recorded count as dead (every `running` row found at startup did,
+/// before).
+fn row_is_live(owner: Option<&RunOwner>, dir: &Path) -> bool {
+    owner.is_some_and(|o| o.liveness(dir) != Liveness::Dead)
 }
 
 fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
@@ -563,7 +569,6 @@ async fn insert_runs(
                 .bind(run.message.as_deref())
                 .bind(owner.pid)
                 .bind(owner.host.as_str())
-                .bind(owner.start.as_deref())
                 .bind(owner.nonce.as_str());
         }
         for row in q.fetch_all(&mut *conn).await? {
@@ -615,12 +620,12 @@ async fn interrupt_ids(
 /// `jobs` selects (all jobs for `None`). Rows of `me` are neither.
 async fn running_rows(
     conn: &mut SqliteConnection,
-    me: &RunOwner,
+    me: &OwnerGuard,
     jobs: Option<&HashSet<&str>>,
 ) -> StoreResult<(Vec<i64>, Vec<(String, RunHolder)>)> {
     // The partial index on status makes this a scan of the few running rows only.
     let rows = sqlx::query(
-        "SELECT id, job_id, \"trigger\", owner_pid, owner_host, owner_start, owner_nonce \
+        "SELECT id, job_id, \"trigger\", owner_pid, owner_host, owner_nonce \
          FROM job_runs WHERE status = 'running' ORDER BY id",
     )
     .fetch_all(&mut *conn)
@@ -632,11 +637,11 @@ async fn running_rows(
             continue;
         }
         let owner = owner_from_row(row)?;
-        if owner.as_ref().is_some_and(|o| o.nonce == me.nonce) {
+        if owner.as_ref().is_some_and(|o| o.nonce == me.owner().nonce) {
             continue;
         }
         let id: i64 = row.try_get("id")?;
-        if row_is_live(owner.as_ref()) {
+        if row_is_live(owner.as_ref(), me.dir()) {
             let trigger: String = row.try_get("trigger")?;
             let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
                 column: "trigger",
@@ -665,7 +670,7 @@ impl SqliteStore {
         runs: &[NewRun],
         exclusive: &[bool],
     ) -> StoreResult<Vec<Claim>> {
-        let me = self.owner.owner();
+        let me = &*self.owner;
         let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
         // The overlap check across processes, atomic with the inserts: this transaction holds
         // SQLite's write lock, so no other process can claim or finish a run of these jobs
@@ -717,7 +722,7 @@ impl SqliteStore {
             }
         }
         let rows: Vec<Cow<'_, NewRun>> = plan.iter().map(|(_, r)| r.clone()).collect();
-        let ids = insert_runs(conn, &rows, me).await?;
+        let ids = insert_runs(conn, &rows, me.owner()).await?;
         let mut claims: Vec<Claim> = busy
             .iter()
             .map(|b| match b {
@@ -883,7 +888,7 @@ impl Store for SqliteStore {
         self.retry_unrecorded().await;
         let mut tx = WriteTx::begin(self).await?;
         let body = async {
-            let (dead, _live) = running_rows(tx.conn(), self.owner.owner(), None).await?;
+            let (dead, _live) = running_rows(tx.conn(), &self.owner, None).await?;
             interrupt_ids(tx.conn(), &dead, now).await
         }
         .await;
