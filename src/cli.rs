@@ -196,7 +196,14 @@ async fn run(settings: Settings) -> i32 {
         }
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
-            exit::FAILURE
+            match e {
+                // A second daemon on one database is a usage error: say who holds it.
+                crate::daemon::DaemonError::Lock(crate::store::LockError::InUse { .. }) => {
+                    eprintln!("error: {e}");
+                    exit::USAGE
+                }
+                _ => exit::FAILURE,
+            }
         }
     }
 }

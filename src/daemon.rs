@@ -20,15 +20,21 @@ use crate::definition;
 use crate::job::{Clients, Job, Registry, error_chain};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, DaemonLock, LockError, Store, StoreError};
 
 /// How often old runs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often `running` rows of dead processes (a `run-once` killed with SIGKILL) are marked
+/// `interrupted`. A claim of the same job finds them sooner.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot open the state store")]
     Store(#[from] StoreError),
+    /// Another daemon uses the database (or its lock file cannot be taken).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("invalid API client configuration: {0}")]
     Clients(String),
     #[error("cannot start the timer thread")]
@@ -103,6 +109,17 @@ impl DaemonBuilder {
         let signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
         let store = store::open(&settings.database_url).await?;
+        // One daemon per database file, before anything is changed in it: a second daemon
+        // would mark the first one's live runs interrupted and run its ticks. `list`,
+        // `history` and `run-once` do not take this lock.
+        let lock = match store::lock_daemon(&settings.database_url) {
+            Ok(l) => l,
+            Err(e) => {
+                store.close().await;
+                return Err(e.into());
+            }
+        };
+        // Only rows whose process is gone: a `run-once` running next to us keeps its run.
         let interrupted = store.interrupt_running(Utc::now()).await?;
         for r in &interrupted {
             tracing::warn!(
@@ -155,14 +172,16 @@ impl DaemonBuilder {
             settings.history.keep_days,
             shutdown.clone(),
         ));
+        let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
         Ok(RunningDaemon {
             shutdown,
             tracker,
             running,
             store,
             grace: settings.shutdown_grace,
-            tasks: vec![scheduler_task, watcher_task, pruner_task],
+            tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
             signals,
+            _lock: lock,
         })
     }
 }
@@ -176,6 +195,8 @@ pub struct RunningDaemon {
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
+    /// Held until the daemon is dropped (after the store is closed at shutdown).
+    _lock: DaemonLock,
 }
 
 impl RunningDaemon {
@@ -288,6 +309,32 @@ async fn prune_loop(
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, keep_runs, keep_days, "old runs pruned"),
             Err(e) => tracing::error!(error = %error_chain(&e), "cannot prune old runs"),
+        }
+    }
+}
+
+/// Marks `running` rows of dead processes `interrupted` every [`SWEEP_EVERY`] (the startup
+/// sweep is done in `start`).
+async fn sweep_loop(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(SWEEP_EVERY);
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        match store.interrupt_running(Utc::now()).await {
+            Ok(runs) => {
+                for r in runs {
+                    tracing::warn!(
+                        job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                        "run interrupted: the process running it is gone"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot look for runs of dead processes")
+            }
         }
     }
 }

@@ -10,10 +10,11 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::definition;
+use crate::definition::Overlap;
 use crate::exit;
 use crate::job::{Registry, error_chain};
 use crate::runner::{RunControl, RunRequest, Runner};
-use crate::store::{self, NewRun, RunRecord, RunStatus, Store, Trigger};
+use crate::store::{self, Claim, NewRun, RunRecord, RunStatus, Store, Trigger};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -125,21 +126,39 @@ pub async fn list(settings: &Settings, json_out: bool) -> i32 {
     exit::SUCCESS
 }
 
-/// `soarjobd history`.
+/// `soarjobd history`. A job that has runs shows them even if its file was removed since; a
+/// job with neither a file nor runs is a usage error (exit 2), most likely a typo.
 pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bool) -> i32 {
     let store = match open_store(settings).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let runs = store.history(job_id, limit).await;
+    // One row is enough to know whether the job has history at all (`--limit 0` too).
+    let runs = store.history(job_id, limit.max(1)).await;
     store.close().await;
-    let runs = match runs {
+    let mut runs = match runs {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             return exit::FAILURE;
         }
     };
+    if runs.is_empty() {
+        let known = known_jobs(settings);
+        if !known.iter().any(|id| id == job_id) {
+            let list = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            eprintln!(
+                "error: no job `{job_id}` in {} and no runs recorded for it (known jobs: {list})",
+                settings.jobs_dir.display()
+            );
+            return exit::USAGE;
+        }
+    }
+    runs.truncate(limit as usize);
     let mut out = std::io::stdout().lock();
     if json_out {
         let _ = writeln!(
@@ -182,6 +201,26 @@ pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bo
         );
     }
     exit::SUCCESS
+}
+
+/// The ids of every job file in the jobs folder, valid or not (a file with errors still names
+/// a job the user may ask about), sorted.
+fn known_jobs(settings: &Settings) -> Vec<String> {
+    let report = definition::load_dir(&settings.jobs_dir, &Registry::with_builtins());
+    let mut ids: Vec<String> = report
+        .jobs
+        .iter()
+        .map(|d| d.id.clone())
+        .chain(report.errors.iter().filter_map(|e| {
+            e.file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_owned)
+        }))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// `soarjobd run-once`.
@@ -247,15 +286,35 @@ pub async fn run_once_with(
         started_at: now,
         message: None,
     };
-    let run_id = match store.claim_runs(&[claim]).await {
-        Ok(ids) => match ids.first().copied().flatten() {
-            Some(id) => id,
-            None => {
-                eprintln!("error: the run could not be recorded");
-                return exit::FAILURE;
-            }
-        },
+    // The same claim as the daemon's, with the same overlap rule across processes: with
+    // `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim is
+    // refused while the daemon or another run-once has a live run of the job, atomically with
+    // the insert. The daemon then records its ticks as skipped while this run is live.
+    let exclusive = def.overlap != Overlap::Allow;
+    let claimed = store.claim_runs_exclusive(&[claim], &[exclusive]).await;
+    let run_id = match claimed.map(|c| c.into_iter().next()) {
+        Ok(Some(Claim::Claimed(id))) => id,
+        Ok(Some(Claim::Busy { holder, .. })) => {
+            store.close().await;
+            eprintln!(
+                "error: job `{}` is already running: {holder}; its overlap policy ({}) forbids a \
+                 second run at the same time. Try again when it has finished.",
+                def.id,
+                match def.overlap {
+                    Overlap::Skip => "skip",
+                    Overlap::Replace => "replace, which cannot cancel a run of another process",
+                    Overlap::Allow => "allow",
+                }
+            );
+            return exit::FAILURE;
+        }
+        Ok(_) => {
+            store.close().await;
+            eprintln!("error: the run could not be recorded");
+            return exit::FAILURE;
+        }
         Err(e) => {
+            store.close().await;
             eprintln!("error: {}", error_chain(&e));
             return exit::FAILURE;
         }

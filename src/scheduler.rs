@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
 use crate::runner::{RunControl, RunRequest, Runner, StopReason};
-use crate::store::{NewRun, RunFinish, RunStatus, Trigger};
+use crate::store::{Claim, NewRun, RunFinish, RunStatus, Trigger};
 use crate::timer::PreciseTimer;
 
 /// The longest the loop sleeps before looking at the wall clock again.
@@ -40,6 +40,17 @@ const MISSED_CAP: u64 = 1_000_000;
 /// at the tick itself, so a thousand jobs due at the same second all start within a few
 /// milliseconds of it. A crash inside this window leaves the row to be marked `interrupted`.
 pub const CLAIM_AHEAD: Duration = Duration::from_millis(250);
+/// A run that fires this much later than the start its claim recorded (the runtime stalled,
+/// or the process was stopped with SIGSTOP, between claim and fire) gets its real start
+/// written before it is spawned. Below it the claimed start stands: that spares a write per
+/// run, and `history` shows seconds.
+pub const START_SLACK: Duration = Duration::from_millis(100);
+/// While the store fails, a failing claim is logged at most this often (the first failure is
+/// logged at once, at `error`).
+pub const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// While the store fails and ticks wait for a catch-up, the claim is retried this often, so
+/// that recovery does not wait for the next tick of some job (which may be a day away).
+pub const STORE_RETRY: Duration = Duration::from_secs(2);
 
 /// Messages to the scheduler task.
 pub enum Command {
@@ -146,6 +157,20 @@ struct Claimed {
     job_id: String,
     tick: DateTime<Utc>,
     trigger: Trigger,
+    /// The start the claim recorded.
+    claimed_start: DateTime<Utc>,
+}
+
+/// The store failed to claim ticks and has not worked since. Those ticks did not run (a tick
+/// runs only once its claim is committed, so nothing can run twice); they are counted per job,
+/// logged as missed when the store recovers, and `misfire: run_once` jobs get one catch-up run
+/// for them then, exactly as for ticks missed while the daemon was down.
+struct Outage {
+    since: DateTime<Utc>,
+    failures: u64,
+    last_logged: std::time::Instant,
+    /// Per job: the latest tick whose claim failed, and how many failed.
+    lost: HashMap<String, (DateTime<Utc>, u64)>,
 }
 
 struct Slot {
@@ -166,6 +191,8 @@ pub struct Scheduler {
     tracker: TaskTracker,
     /// Files whose last load failed, with the error text last logged (to log changes only).
     broken: HashMap<PathBuf, String>,
+    /// Set while claims fail (see [`Outage`]).
+    outage: Option<Outage>,
 }
 
 impl Scheduler {
@@ -185,6 +212,7 @@ impl Scheduler {
             running,
             tracker,
             broken: HashMap::new(),
+            outage: None,
         })
     }
 
@@ -222,10 +250,10 @@ impl Scheduler {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
             });
             let fire_at = self.pending.peek().map(|Reverse(c)| c.fire_at);
-            let wake = match (claim_at, fire_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let retry_at = self
+                .catch_up_waiting()
+                .then(|| now + chrono::Duration::from_std(STORE_RETRY).unwrap_or_default());
+            let wake = [claim_at, fire_at, retry_at].into_iter().flatten().min();
             let sleep_for = wake
                 .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
@@ -411,14 +439,111 @@ impl Scheduler {
                 fire_at: Some(e.fire_at),
             });
         }
-        if !due.is_empty() {
+        if !due.is_empty() || self.catch_up_waiting() {
             self.claim(due).await;
         }
     }
 
+    /// True while the store fails and a lost tick waits for its catch-up run.
+    fn catch_up_waiting(&self) -> bool {
+        self.outage.as_ref().is_some_and(|o| {
+            o.lost.keys().any(|id| {
+                self.slots
+                    .get(id)
+                    .is_some_and(|s| s.def.enabled && s.def.misfire == Misfire::RunOnce)
+            })
+        })
+    }
+
+    /// The catch-up runs for ticks lost while the store failed (`misfire: run_once` jobs
+    /// that are still loaded and enabled), one per job, at its latest lost tick. They share the
+    /// claim key of that tick, so a claim that did commit after all is not run twice.
+    fn lost_catch_ups(&self) -> Vec<Due> {
+        let Some(outage) = &self.outage else {
+            return Vec::new();
+        };
+        outage
+            .lost
+            .iter()
+            .filter_map(|(id, (tick, _))| {
+                let slot = self.slots.get(id)?;
+                (slot.def.enabled && slot.def.misfire == Misfire::RunOnce)
+                    .then(|| Due::now(slot.def.clone(), *tick, Trigger::CatchUp))
+            })
+            .collect()
+    }
+
+    /// A claim failed: nothing of it runs. Logs the first failure at `error`, then at most
+    /// every [`STORE_FAILURE_LOG_EVERY`], and counts the lost ticks.
+    fn claim_failed(&mut self, due: &[Due], error: &crate::store::StoreError) {
+        let now = Utc::now();
+        let first = self.outage.is_none();
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: now,
+            failures: 0,
+            last_logged: std::time::Instant::now(),
+            lost: HashMap::new(),
+        });
+        outage.failures += 1;
+        for d in due.iter().filter(|d| d.trigger != Trigger::CatchUp) {
+            let lost = outage.lost.entry(d.def.id.clone()).or_insert((d.tick, 0));
+            lost.0 = lost.0.max(d.tick);
+            lost.1 += 1;
+        }
+        if first {
+            // One line when it starts; the scheduler goes on trying at every tick.
+            tracing::error!(
+                error = %error_chain(error),
+                ticks = due.len(),
+                effect = "ticks are not claimed, so they do not run, until the store works again",
+                "store failing"
+            );
+        } else if outage.last_logged.elapsed() >= STORE_FAILURE_LOG_EVERY {
+            outage.last_logged = std::time::Instant::now();
+            let ticks_lost: u64 = outage.lost.values().map(|l| l.1).sum();
+            tracing::warn!(
+                error = %error_chain(error),
+                failing_since = %outage.since.to_rfc3339(),
+                failures = outage.failures,
+                ticks_lost,
+                "store still failing"
+            );
+        }
+    }
+
+    /// A claim succeeded after failures: logs the recovery and the ticks lost per job.
+    fn store_recovered(&mut self) {
+        let Some(outage) = self.outage.take() else {
+            return;
+        };
+        let failed_for_ms = (Utc::now() - outage.since).num_milliseconds();
+        let ticks_missed: u64 = outage.lost.values().map(|l| l.1).sum();
+        tracing::info!(
+            failed_for_ms,
+            failures = outage.failures,
+            ticks_missed,
+            "store recovered"
+        );
+        for (job_id, (last_tick, missed)) in &outage.lost {
+            let run_once = self
+                .slots
+                .get(job_id)
+                .is_some_and(|s| s.def.enabled && s.def.misfire == Misfire::RunOnce);
+            tracing::warn!(
+                job_id = %job_id,
+                missed,
+                last_tick = %last_tick.to_rfc3339(),
+                reason = "the state store was failing",
+                action = if run_once { "one catch-up run now" } else { "waiting for the next tick" },
+                "ticks missed"
+            );
+        }
+    }
+
     /// Claims ticks (one transaction) and queues the claimed ones to fire at their instant
-    /// (`None`: now).
-    async fn claim(&mut self, due: Vec<Due>) {
+    /// (`None`: now). Catch-ups for ticks lost while the store failed go in the same claim.
+    async fn claim(&mut self, mut due: Vec<Due>) {
+        due.extend(self.lost_catch_ups());
         if due.is_empty() {
             return;
         }
@@ -434,35 +559,52 @@ impl Scheduler {
                 message: None,
             })
             .collect();
-        let ids = match self.runner.store().claim_runs(&claims).await {
-            Ok(ids) => ids,
+        // Overlap across processes (a `run-once` of the same job) is decided by the store,
+        // atomically with the insert; overlap with this daemon's own runs is decided when
+        // the tick fires, because a run may end between claim and fire.
+        let exclusive: Vec<bool> = due
+            .iter()
+            .map(|d| d.def.overlap != Overlap::Allow)
+            .collect();
+        let results = match self
+            .runner
+            .store()
+            .claim_runs_exclusive(&claims, &exclusive)
+            .await
+        {
+            Ok(r) => r,
             Err(e) => {
-                // Without a claim nothing may run (it could run twice); the next tick retries.
-                tracing::error!(error = %error_chain(&e), ticks = claims.len(), "cannot claim ticks");
+                // Without a claim nothing may run (it could run twice).
+                self.claim_failed(&due, &e);
                 return;
             }
         };
-        for (
-            Due {
-                def,
-                tick,
-                trigger,
-                fire_at,
-            },
-            id,
-        ) in due.into_iter().zip(ids)
-        {
-            match id {
-                Some(run_id) => self.pending.push(Reverse(Claimed {
-                    fire_at: fire_at.unwrap_or(now),
+        self.store_recovered();
+        for ((d, claim), result) in due.into_iter().zip(claims).zip(results) {
+            match result {
+                Claim::Claimed(run_id) => self.pending.push(Reverse(Claimed {
+                    fire_at: d.fire_at.unwrap_or(now),
                     run_id,
-                    job_id: def.id.clone(),
-                    tick,
-                    trigger,
+                    job_id: d.def.id.clone(),
+                    tick: d.tick,
+                    trigger: d.trigger,
+                    claimed_start: claim.started_at,
                 })),
-                None => {
-                    tracing::debug!(job_id = %def.id, tick = %tick.to_rfc3339(), "tick already claimed")
+                Claim::Taken => {
+                    tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed")
                 }
+                Claim::Busy {
+                    skipped_run,
+                    holder,
+                } => tracing::warn!(
+                    job_id = %d.def.id,
+                    run_id = skipped_run,
+                    scheduled_at = %d.tick.to_rfc3339(),
+                    reason = "another process is running the job",
+                    holder = %holder,
+                    overlap = ?d.def.overlap,
+                    "run skipped"
+                ),
             }
         }
     }
@@ -470,7 +612,7 @@ impl Scheduler {
     /// Starts every claimed run whose instant has come, applying the overlap policy.
     async fn fire_pending(&mut self) {
         let now = Utc::now();
-
+        let mut firing = Vec::new();
         while let Some(Reverse(c)) = self.pending.peek() {
             if c.fire_at > now {
                 break;
@@ -478,6 +620,25 @@ impl Scheduler {
             let Some(Reverse(c)) = self.pending.pop() else {
                 break;
             };
+            firing.push(c);
+        }
+        // Claims record a nominal start (the tick's instant); a run fired well after it (the
+        // process was stopped or starved in between) gets its real start recorded first, before
+        // it is spawned, so the row never shows a start the run did not have. One write for
+        // all of them, and none in the normal case.
+        let slack = chrono::Duration::from_std(START_SLACK).unwrap_or_default();
+        let late: Vec<(i64, DateTime<Utc>)> = firing
+            .iter()
+            .filter(|c| now - c.claimed_start > slack)
+            .map(|c| (c.run_id, now))
+            .collect();
+        if !late.is_empty()
+            && let Err(e) = self.runner.store().mark_started(&late).await
+        {
+            tracing::warn!(error = %error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
+        }
+
+        for c in firing {
             // The job may have changed since the claim: run the current definition, or record
             // why the tick did not run.
             let def = match self.slots.get(&c.job_id) {

@@ -6,7 +6,12 @@
 //! [`Store::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
 //! another process (or an earlier life of this one) already took the tick.
 
+pub mod lock;
+pub mod owner;
 pub mod sqlite;
+
+pub use lock::{DaemonLock, LockError};
+pub use owner::RunOwner;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -137,6 +142,43 @@ pub struct RunRecord {
     pub message: Option<String>,
     pub error: Option<String>,
     pub stats: serde_json::Value,
+    /// The process that claimed the row (`None` for rows written before owners were recorded).
+    pub owner: Option<RunOwner>,
+}
+
+/// The answer to one claim of [`Store::claim_runs_exclusive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The row was inserted with this id: the run may start.
+    Claimed(i64),
+    /// The tick was claimed before (by this process, an earlier life of it, or another
+    /// process): it must not run again.
+    Taken,
+    /// The claim was exclusive and another live process has a `running` row of the job, so
+    /// the run does not start. A scheduled or catch-up tick is recorded as a `skipped` row
+    /// (`skipped_run`, `None` if that tick was already taken); a manual run records nothing.
+    Busy {
+        skipped_run: Option<i64>,
+        holder: RunHolder,
+    },
+}
+
+/// The live run of another process that made an exclusive claim [`Claim::Busy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunHolder {
+    pub run_id: i64,
+    pub trigger: Trigger,
+    pub owner: Option<RunOwner>,
+}
+
+impl std::fmt::Display for RunHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} ({}", self.run_id, self.trigger.as_str())?;
+        if let Some(o) = &self.owner {
+            write!(f, ", soarjobd pid {} on host {}", o.pid, o.host)?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// The state of one item in a job's seen-set.
@@ -208,6 +250,36 @@ pub trait Store: Send + Sync + 'static {
     /// already exists (the tick was claimed before and must not run again).
     async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>>;
 
+    /// [`Store::claim_runs`] with the overlap check across processes, in the same
+    /// transaction: a run with `exclusive[i]` set (its job's overlap is not `allow`) does not
+    /// start while another *live* process (a daemon or a `run-once`) has a `running` row of
+    /// the same job; see [`Claim::Busy`]. Rows of this store's own process are not looked at
+    /// (the scheduler applies overlap to its own runs when they fire), and `running` rows of
+    /// the job whose process is dead are marked `interrupted` on the way.
+    ///
+    /// The default implementation has no cross-process check: it claims like `claim_runs`.
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        let _ = exclusive;
+        Ok(self
+            .claim_runs(runs)
+            .await?
+            .into_iter()
+            .map(|id| id.map_or(Claim::Taken, Claim::Claimed))
+            .collect())
+    }
+
+    /// Sets the real start time of runs that were claimed ahead with their nominal start and
+    /// started noticeably later (after a stall or SIGSTOP). Only rows still `running` change.
+    /// The default implementation keeps the claimed start.
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        let _ = runs;
+        Ok(())
+    }
+
     /// Records how a run ended. Only a row still `running` is changed; finishing a row twice
     /// is a no-op that returns `false`.
     async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool>;
@@ -217,9 +289,12 @@ pub trait Store: Send + Sync + 'static {
     /// instant. Returns whether a row was deleted.
     async fn unclaim(&self, run_id: i64) -> StoreResult<bool>;
 
-    /// Marks every row still `running` as `interrupted` (finished now, message explaining that
-    /// the daemon stopped while the run was in progress). Called once at startup, before the
-    /// scheduler starts. Returns the rows that were changed.
+    /// Marks every row still `running` whose owner process is gone as `interrupted` (finished
+    /// now, or at its start if that is later, with a message explaining that its process
+    /// stopped while the run was in progress). Rows of live processes (another daemon's, a
+    /// `run-once` next to this daemon, this store's own) are left alone; rows of another host
+    /// cannot be checked and are left alone too. Called at startup, before the scheduler
+    /// starts, and periodically by the daemon. Returns the rows that were changed.
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>>;
 
     /// The newest `scheduled_at` among the job's `schedule` and `catch_up` rows, if any.
@@ -288,6 +363,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and closes the database (checkpointing the SQLite WAL).
     async fn close(&self);
+}
+
+/// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL.
+pub fn lock_daemon(url: &str) -> Result<DaemonLock, LockError> {
+    let path = sqlite::database_path(url).map_err(|e| LockError::Io {
+        path: url.into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    DaemonLock::acquire(&path)
 }
 
 /// Opens the store a database URL names (`sqlite:PATH`; PostgreSQL comes later).

@@ -12,7 +12,8 @@
 //! The SQL sticks to forms PostgreSQL accepts too (`ON CONFLICT`, `RETURNING`, window functions,
 //! quoted `"trigger"` / `"key"` / `"value"`), so the later backend is a transliteration.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -22,17 +23,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
+use sqlx::{Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::owner::{Liveness, OwnerGuard, owners_dir};
 use super::{
-    NewRun, RunFinish, RunRecord, RunStatus, SeenEntry, SeenState, Store, StoreError, StoreResult,
-    Trigger,
+    Claim, NewRun, RunFinish, RunHolder, RunOwner, RunRecord, RunStatus, SeenEntry, SeenState,
+    Store, StoreError, StoreResult, Trigger,
 };
 
 /// The migrations in `migrations/`, embedded at compile time.
@@ -54,14 +57,20 @@ const MIGRATE_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// gate is delayed by well under a millisecond.
 const PRUNE_BATCH: usize = 100;
 
-/// The message of a run found `running` at startup.
-const INTERRUPTED_MESSAGE: &str = "the daemon stopped while this run was in progress";
+/// The message of a `running` row whose process is gone.
+const INTERRUPTED_MESSAGE: &str =
+    "the process running it (daemon or run-once) stopped while this run was in progress";
+
+/// Message of a tick not run because another process runs the job (`{}`: the holder).
+fn busy_message(holder: &RunHolder) -> String {
+    format!("another process is running this job: {holder}")
+}
 
 /// The columns of `job_runs` in the order [`run_from_row`] reads them by name.
 macro_rules! run_columns {
     () => {
         "id, job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, \
-         message, error, stats"
+         message, error, stats, owner_pid, owner_host, owner_nonce"
     };
 }
 
@@ -76,11 +85,23 @@ macro_rules! duration_from_started {
 /// The columns a claim inserts, in the order both claim paths bind them.
 macro_rules! claim_columns {
     () => {
-        "(job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, message)"
+        "(job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, message, \
+          owner_pid, owner_host, owner_nonce)"
     };
 }
 
-/// Rows per multi-row claim INSERT: 8 parameters each stays far below SQLite's limit.
+/// The placeholders of one claimed row.
+macro_rules! claim_row {
+    () => {
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
+/// The most run ends kept for a retry while the database fails; beyond it the oldest is
+/// dropped (its row is marked `interrupted` at the next start).
+const MAX_UNRECORDED: usize = 10_000;
+
+/// Rows per multi-row claim INSERT: 11 parameters each stays far below SQLite's limit.
 const CLAIM_CHUNK: usize = 500;
 
 /// `(started_at, finished_at, duration_ms)` of a row being claimed. A row that is final on
@@ -96,14 +117,17 @@ fn claim_times(run: &NewRun) -> (i64, Option<i64>, Option<i64>) {
 
 /// Claims one run (manual runs, which are not unique by instant).
 async fn insert_one(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut SqliteConnection,
     run: &NewRun,
+    owner: &RunOwner,
 ) -> StoreResult<Option<i64>> {
     let (started_at, finished_at, duration_ms) = claim_times(run);
     Ok(sqlx::query_scalar(concat!(
         "INSERT INTO job_runs ",
         claim_columns!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id"
+        " VALUES ",
+        claim_row!(),
+        " ON CONFLICT DO NOTHING RETURNING id"
     ))
     .bind(&run.job_id)
     .bind(millis(run.scheduled_at))
@@ -113,8 +137,97 @@ async fn insert_one(
     .bind(finished_at)
     .bind(duration_ms)
     .bind(run.message.as_deref())
-    .fetch_optional(&mut **tx)
+    .bind(owner.pid)
+    .bind(&owner.host)
+    .bind(&owner.nonce)
+    .fetch_optional(&mut *tx)
     .await?)
+}
+
+/// One write transaction (`BEGIN IMMEDIATE` ... `COMMIT`) on a pooled connection, holding the
+/// write gate for its whole life.
+///
+/// Invariant: a connection goes back to the pool only after a COMMIT that succeeded. On any
+/// other path (BEGIN, a statement or COMMIT failed, or the future was dropped half-way) the
+/// connection is closed instead, and closing a SQLite connection rolls back whatever it had
+/// open. sqlx's own `Transaction` cannot give this guarantee: when SQLite has already rolled
+/// the transaction back by itself (it does so on SQLITE_FULL and SQLITE_IOERR at COMMIT), the
+/// ROLLBACK that `Transaction` queues on drop fails, sqlx's transaction depth stays at 1, and
+/// the connection returns to the pool looking healthy; every later `begin_with` on it then
+/// fails with "attempted to call begin_with at non-zero transaction depth", forever. That is
+/// how a few seconds of full disk used to stop all scheduling.
+struct WriteTx<'a> {
+    conn: PoolConnection<Sqlite>,
+    committed: bool,
+    _gate: MutexGuard<'a, ()>,
+}
+
+impl<'a> WriteTx<'a> {
+    async fn begin(store: &'a SqliteStore) -> StoreResult<WriteTx<'a>> {
+        let gate = store.write_lock().await;
+        let conn = store.pool.acquire().await?;
+        let mut tx = WriteTx {
+            conn,
+            committed: false,
+            _gate: gate,
+        };
+        // IMMEDIATE takes the write lock up front, so a writer in another process makes this
+        // wait (busy timeout) instead of failing half-way through the transaction. Issued as a
+        // plain statement: sqlx's transaction bookkeeping is what went wrong (see above).
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *tx.conn)
+            .await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// Commits; on failure the connection is rolled back and closed (never reused).
+    async fn commit(mut self) -> StoreResult<()> {
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Gives up: rolls back while still holding the write gate (so the file lock is free for
+    /// the next writer at once), and closes the connection on drop. The ROLLBACK's own error
+    /// ("no transaction is active" after SQLite rolled back by itself) does not matter: the
+    /// connection is closed either way.
+    async fn abort(mut self) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+        self.committed = false;
+    }
+
+    /// Runs `body` and commits, or aborts when `body` fails.
+    async fn finish<T>(self, body: StoreResult<T>) -> StoreResult<T> {
+        match body {
+            Ok(v) => {
+                self.commit().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// [`Store`] on a SQLite file.
@@ -123,6 +236,11 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Serialises this process's write transactions (see the module docs).
     write_gate: Arc<Mutex<()>>,
+    /// Who this store is, written into every row it claims; registered as open until the
+    /// store is closed or its last clone dropped.
+    owner: Arc<OwnerGuard>,
+    /// Run ends that could not be written (see [`SqliteStore::retry_unrecorded`]).
+    unrecorded: Arc<std::sync::Mutex<Vec<(i64, RunFinish)>>>,
 }
 
 impl SqliteStore {
@@ -132,6 +250,14 @@ impl SqliteStore {
     /// A new database file is created with mode 0600, and missing parent directories with 0700;
     /// an existing file keeps its permissions.
     pub async fn open(url_or_path: &str) -> StoreResult<SqliteStore> {
+        Self::open_with(url_or_path, |o| o).await
+    }
+
+    /// [`SqliteStore::open`] with changed connection options (tests: a size limit).
+    async fn open_with(
+        url_or_path: &str,
+        adjust: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+    ) -> StoreResult<SqliteStore> {
         let path = database_path(url_or_path)?;
         let open_error = |source| StoreError::Open {
             url: url_or_path.to_owned(),
@@ -146,6 +272,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let options = adjust(options);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -156,9 +283,18 @@ impl SqliteStore {
             pool.close().await;
             return Err(e);
         }
+        let owner = match OwnerGuard::new(&owners_dir(&path)) {
+            Ok(o) => o,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(sqlx::Error::Io(e)));
+            }
+        };
         Ok(SqliteStore {
             pool,
             write_gate: Arc::new(Mutex::new(())),
+            owner: Arc::new(owner),
+            unrecorded: Arc::default(),
         })
     }
 
@@ -193,18 +329,20 @@ impl SqliteStore {
     /// Deletes one batch of runs in one short write transaction. The status guard repeats the
     /// candidate rule, so a row is never deleted while running even in theory.
     async fn delete_runs(&self, ids: &[i64]) -> StoreResult<u64> {
-        let _gate = self.write_lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut deleted = 0;
-        for id in ids {
-            deleted += sqlx::query("DELETE FROM job_runs WHERE id = ? AND status <> 'running'")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            let mut deleted = 0;
+            for id in ids {
+                deleted += sqlx::query("DELETE FROM job_runs WHERE id = ? AND status <> 'running'")
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?
+                    .rows_affected();
+            }
+            Ok(deleted)
         }
-        tx.commit().await?;
-        Ok(deleted)
+        .await;
+        tx.finish(body).await
     }
 }
 
@@ -227,7 +365,7 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 }
 
 /// The file path named by a `sqlite:` URL or a bare path.
-fn database_path(url_or_path: &str) -> StoreResult<PathBuf> {
+pub fn database_path(url_or_path: &str) -> StoreResult<PathBuf> {
     let unsupported = || StoreError::UnsupportedUrl(url_or_path.to_owned());
     let path = match url_or_path
         .strip_prefix("sqlite://")
@@ -331,7 +469,30 @@ fn run_from_row(row: &SqliteRow) -> StoreResult<RunRecord> {
         message: row.try_get("message")?,
         error: row.try_get("error")?,
         stats: parse_json("stats", row.try_get("stats")?)?,
+        owner: owner_from_row(row)?,
     })
+}
+
+fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
+    let pid: Option<i64> = row.try_get("owner_pid")?;
+    let host: Option<String> = row.try_get("owner_host")?;
+    Ok(match (pid, host) {
+        (Some(pid), Some(host)) => Some(RunOwner {
+            pid,
+            host,
+            nonce: row
+                .try_get::<Option<String>, _>("owner_nonce")?
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    })
+}
+
+/// Whether a `running` row's owner is alive (`dir`: the database's owners folder); rows from
+/// before owners were recorded count as dead (every `running` row found at startup did,
+/// before).
+fn row_is_live(owner: Option<&RunOwner>, dir: &Path) -> bool {
+    owner.is_some_and(|o| o.liveness(dir) != Liveness::Dead)
 }
 
 fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
@@ -352,83 +513,239 @@ fn runs_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<RunRecord>> {
     rows.iter().map(run_from_row).collect()
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
-        if runs.is_empty() {
-            return Ok(Vec::new());
+/// Inserts claimed rows, returning each one's id or `None` when its tick was already taken.
+async fn insert_runs(
+    conn: &mut SqliteConnection,
+    runs: &[Cow<'_, NewRun>],
+    owner: &RunOwner,
+) -> StoreResult<Vec<Option<i64>>> {
+    let mut ids: Vec<Option<i64>> = vec![None; runs.len()];
+    // Scheduled and catch-up ticks go in as multi-row INSERTs: a thousand ticks due at the
+    // same instant cost a few statements instead of a thousand round trips to SQLite's
+    // worker thread, which is what keeps tick lateness in the low milliseconds. Manual runs
+    // are not unique by (job, instant), so they cannot be matched back from RETURNING and
+    // are inserted one by one.
+    let mut keyed: HashMap<(&str, i64), usize> = HashMap::new();
+    let mut batch: Vec<usize> = Vec::new();
+    // Ids follow the slice's order, so a slice with a manual run goes row by row.
+    let row_by_row = runs.iter().any(|r| r.trigger == Trigger::Manual);
+    for (i, run) in runs.iter().enumerate() {
+        if row_by_row {
+            ids[i] = insert_one(conn, run, owner).await?;
+        } else if let std::collections::hash_map::Entry::Vacant(slot) =
+            keyed.entry((run.job_id.as_str(), millis(run.scheduled_at)))
+        {
+            slot.insert(i);
+            batch.push(i);
         }
-        let _gate = self.write_lock().await;
-        // IMMEDIATE takes the write lock up front, so a writer in another process makes this
-        // wait (busy timeout) instead of failing half-way through the slice.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut ids: Vec<Option<i64>> = vec![None; runs.len()];
-        // Scheduled and catch-up ticks go in as multi-row INSERTs: a thousand ticks due at the
-        // same instant cost a few statements instead of a thousand round trips to SQLite's
-        // worker thread, which is what keeps tick lateness in the low milliseconds. Manual runs
-        // are not unique by (job, instant), so they cannot be matched back from RETURNING and
-        // are inserted one by one.
-        let mut keyed: HashMap<(&str, i64), usize> = HashMap::new();
-        let mut batch: Vec<usize> = Vec::new();
-        // Ids follow the slice's order, so a slice with a manual run goes row by row.
-        let row_by_row = runs.iter().any(|r| r.trigger == Trigger::Manual);
-        for (i, run) in runs.iter().enumerate() {
-            if row_by_row {
-                ids[i] = insert_one(&mut tx, run).await?;
-            } else if let std::collections::hash_map::Entry::Vacant(slot) =
-                keyed.entry((run.job_id.as_str(), millis(run.scheduled_at)))
-            {
-                slot.insert(i);
-                batch.push(i);
-            }
-            // A second copy of the same tick in one slice stays `None`: it is the same claim.
-        }
-        for chunk in batch.chunks(CLAIM_CHUNK) {
-            let mut sql = String::from(concat!(
-                "INSERT INTO job_runs ",
-                claim_columns!(),
-                " VALUES "
-            ));
-            for (n, _) in chunk.iter().enumerate() {
-                sql.push_str(if n == 0 {
-                    "(?, ?, ?, ?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?, ?, ?, ?)"
-                });
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at");
-            // Only placeholders are built dynamically; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for &i in chunk {
-                let run = &runs[i];
-                let (started_at, finished_at, duration_ms) = claim_times(run);
-                q = q
-                    .bind(&run.job_id)
-                    .bind(millis(run.scheduled_at))
-                    .bind(run.trigger.as_str())
-                    .bind(run.status.as_str())
-                    .bind(started_at)
-                    .bind(finished_at)
-                    .bind(duration_ms)
-                    .bind(run.message.as_deref());
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                let id: i64 = row.try_get("id")?;
-                let job_id: String = row.try_get("job_id")?;
-                let at: i64 = row.try_get("scheduled_at")?;
-                if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
-                    ids[i] = Some(id);
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(ids)
+        // A second copy of the same tick in one slice stays `None`: it is the same claim.
     }
+    for chunk in batch.chunks(CLAIM_CHUNK) {
+        let mut sql = String::from(concat!(
+            "INSERT INTO job_runs ",
+            claim_columns!(),
+            " VALUES "
+        ));
+        for (n, _) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(claim_row!());
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at");
+        // Only placeholders are built dynamically; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &i in chunk {
+            let run = &runs[i];
+            let (started_at, finished_at, duration_ms) = claim_times(run);
+            q = q
+                .bind(run.job_id.as_str())
+                .bind(millis(run.scheduled_at))
+                .bind(run.trigger.as_str())
+                .bind(run.status.as_str())
+                .bind(started_at)
+                .bind(finished_at)
+                .bind(duration_ms)
+                .bind(run.message.as_deref())
+                .bind(owner.pid)
+                .bind(owner.host.as_str())
+                .bind(owner.nonce.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let id: i64 = row.try_get("id")?;
+            let job_id: String = row.try_get("job_id")?;
+            let at: i64 = row.try_get("scheduled_at")?;
+            if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
+                ids[i] = Some(id);
+            }
+        }
+    }
+    Ok(ids)
+}
 
-    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
-    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
-    /// looks finished and running at once.
-    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+/// Marks rows `interrupted` (only those still `running`), finished at `now` or at their start
+/// if that is later (a tick claimed ahead of its instant), and returns them.
+async fn interrupt_ids(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<RunRecord>> {
+    let now = millis(now);
+    let mut runs = Vec::new();
+    for id in ids {
+        let row = sqlx::query(concat!(
+            "UPDATE job_runs SET status = 'interrupted', \
+             finished_at = CASE WHEN started_at > ? THEN started_at ELSE ? END, \
+             duration_ms = ",
+            duration_from_started!(),
+            ", message = ? WHERE id = ? AND status = 'running' RETURNING ",
+            run_columns!()
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(INTERRUPTED_MESSAGE)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            runs.push(run_from_row(&row)?);
+        }
+    }
+    Ok(runs)
+}
+
+/// The `running` rows whose owner is dead, and the live ones of other owners, of the jobs
+/// `jobs` selects (all jobs for `None`). Rows of `me` are neither.
+async fn running_rows(
+    conn: &mut SqliteConnection,
+    me: &OwnerGuard,
+    jobs: Option<&HashSet<&str>>,
+) -> StoreResult<(Vec<i64>, Vec<(String, RunHolder)>)> {
+    // The partial index on status makes this a scan of the few running rows only.
+    let rows = sqlx::query(
+        "SELECT id, job_id, \"trigger\", owner_pid, owner_host, owner_nonce \
+         FROM job_runs WHERE status = 'running' ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut dead, mut live) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let job_id: String = row.try_get("job_id")?;
+        if jobs.is_some_and(|j| !j.contains(job_id.as_str())) {
+            continue;
+        }
+        let owner = owner_from_row(row)?;
+        if owner.as_ref().is_some_and(|o| o.nonce == me.owner().nonce) {
+            continue;
+        }
+        let id: i64 = row.try_get("id")?;
+        if row_is_live(owner.as_ref(), me.dir()) {
+            let trigger: String = row.try_get("trigger")?;
+            let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
+                column: "trigger",
+                value: trigger,
+            })?;
+            live.push((
+                job_id,
+                RunHolder {
+                    run_id: id,
+                    trigger,
+                    owner,
+                },
+            ));
+        } else {
+            dead.push(id);
+        }
+    }
+    Ok((dead, live))
+}
+
+impl SqliteStore {
+    /// The body of a claim, inside its write transaction.
+    async fn claim_in(
+        &self,
+        conn: &mut SqliteConnection,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        let me = &*self.owner;
+        let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
+        // The overlap check across processes, atomic with the inserts: this transaction holds
+        // SQLite's write lock, so no other process can claim or finish a run of these jobs
+        // between the check and the insert.
+        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        let jobs: HashSet<&str> = runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_exclusive(*i))
+            .map(|(_, r)| r.job_id.as_str())
+            .collect();
+        if !jobs.is_empty() {
+            let (dead, live) = running_rows(conn, me, Some(&jobs)).await?;
+            for r in interrupt_ids(conn, &dead, Utc::now()).await? {
+                tracing::warn!(
+                    job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                    "run interrupted: the process running it is gone"
+                );
+            }
+            for (job_id, holder) in live {
+                holders.entry(job_id).or_insert(holder);
+            }
+        }
+        let mut plan: Vec<(usize, Cow<'_, NewRun>)> = Vec::with_capacity(runs.len());
+        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        for (i, run) in runs.iter().enumerate() {
+            let holder = if is_exclusive(i) {
+                holders.get(&run.job_id)
+            } else {
+                None
+            };
+            match holder {
+                // A manual run that may not start records nothing: its caller is told.
+                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
+                // A tick that may not start is recorded, as an overlap skip inside the
+                // daemon is.
+                Some(h) => {
+                    busy[i] = Some(h);
+                    plan.push((
+                        i,
+                        Cow::Owned(NewRun {
+                            status: RunStatus::Skipped,
+                            message: Some(busy_message(h)),
+                            ..run.clone()
+                        }),
+                    ));
+                }
+                None => plan.push((i, Cow::Borrowed(run))),
+            }
+        }
+        let rows: Vec<Cow<'_, NewRun>> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let ids = insert_runs(conn, &rows, me.owner()).await?;
+        let mut claims: Vec<Claim> = busy
+            .iter()
+            .map(|b| match b {
+                Some(h) => Claim::Busy {
+                    skipped_run: None,
+                    holder: (*h).clone(),
+                },
+                None => Claim::Taken,
+            })
+            .collect();
+        for ((i, _), id) in plan.iter().zip(ids) {
+            match &mut claims[*i] {
+                Claim::Busy { skipped_run, .. } => *skipped_run = id,
+                c => *c = id.map_or(Claim::Taken, Claim::Claimed),
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl SqliteStore {
+    /// One attempt at [`Store::finish_run`].
+    async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
         if !finish.status.is_final() {
             return Err(StoreError::Corrupt {
                 column: "status",
@@ -470,6 +787,94 @@ impl Store for SqliteStore {
         }
     }
 
+    /// Records the ends of runs whose finish failed on a database error (a full disk): the
+    /// row would otherwise stay `running`, owned by this live process, until the next start,
+    /// and across processes `overlap: skip` would refuse the job for that long. Those that
+    /// fail again stay queued.
+    async fn retry_unrecorded(&self) {
+        let queued =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (run_id, finish) in queued {
+            match self.finish_run(run_id, &finish).await {
+                Ok(_) => tracing::info!(
+                    run_id,
+                    status = finish.status.as_str(),
+                    "run end recorded after the store recovered"
+                ),
+                Err(StoreError::Db(_)) => {}
+                Err(e) => tracing::warn!(run_id, error = %e, "cannot record the end of a run"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        let none = vec![false; runs.len()];
+        let claims = self.claim_runs_exclusive(runs, &none).await?;
+        Ok(claims
+            .into_iter()
+            .map(|c| match c {
+                Claim::Claimed(id) => Some(id),
+                Claim::Taken | Claim::Busy { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = self.claim_in(tx.conn(), runs, exclusive).await;
+        let claims = tx.finish(body).await?;
+        self.retry_unrecorded().await;
+        Ok(claims)
+    }
+
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            for (id, at) in runs {
+                sqlx::query(
+                    "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
+                )
+                .bind(millis(*at))
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        tx.finish(body).await
+    }
+
+    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
+    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
+    /// looks finished and running at once. A finish that fails on a database error is also
+    /// kept and retried after the next successful claim, at each sweep and at close (see
+    /// [`SqliteStore::retry_unrecorded`]); the error is still returned, so the runner logs it.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        let result = self.finish_once(run_id, finish).await;
+        if let Err(StoreError::Db(_)) = &result {
+            let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+            if unrecorded.len() >= MAX_UNRECORDED {
+                unrecorded.remove(0);
+            }
+            unrecorded.push((run_id, finish.clone()));
+        }
+        result
+    }
+
     async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
         let _gate = self.write_lock().await;
         let done = sqlx::query("DELETE FROM job_runs WHERE id = ? AND status = 'running'")
@@ -480,24 +885,14 @@ impl Store for SqliteStore {
     }
 
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
-        let now = millis(now);
-        let rows = {
-            let _gate = self.write_lock().await;
-            sqlx::query(concat!(
-                "UPDATE job_runs SET status = 'interrupted', finished_at = ?, duration_ms = ",
-                duration_from_started!(),
-                ", message = ? WHERE status = 'running' RETURNING ",
-                run_columns!()
-            ))
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .bind(INTERRUPTED_MESSAGE)
-            .fetch_all(&self.pool)
-            .await?
-        };
-        let mut runs = runs_from_rows(&rows)?;
-        // RETURNING has no defined order.
+        self.retry_unrecorded().await;
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            let (dead, _live) = running_rows(tx.conn(), &self.owner, None).await?;
+            interrupt_ids(tx.conn(), &dead, now).await
+        }
+        .await;
+        let mut runs = tx.finish(body).await?;
         runs.sort_by_key(|r| r.id);
         Ok(runs)
     }
@@ -754,6 +1149,7 @@ impl Store for SqliteStore {
     /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
     /// the WAL stays valid and the next writer checkpoints it.
     async fn close(&self) {
+        self.retry_unrecorded().await;
         let _gate = self.write_lock().await;
         match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&self.pool)
@@ -767,6 +1163,8 @@ impl Store for SqliteStore {
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint at close failed"),
         }
         self.pool.close().await;
+        // From now on this store's `running` rows (if any were left) count as dead.
+        self.owner.release();
     }
 }
 
@@ -1001,16 +1399,21 @@ mod tests {
 
     #[tokio::test]
     async fn interrupt_running_finishes_only_running_rows() {
-        let (_dir, _path, store) = temp_store().await;
-        let a = claim_one(&store, new_run("job-a", 1_000, Trigger::Schedule)).await;
-        let b = claim_one(&store, new_run("job-b", 2_000, Trigger::Manual)).await;
-        let c = claim_one(&store, new_run("job-c", 3_000, Trigger::Schedule)).await;
+        let (_dir, path, earlier) = temp_store().await;
+        // The rows of an earlier life of the daemon, which is gone (closed) now.
+        let a = claim_one(&earlier, new_run("job-a", 1_000, Trigger::Schedule)).await;
+        let b = claim_one(&earlier, new_run("job-b", 2_000, Trigger::Manual)).await;
+        let c = claim_one(&earlier, new_run("job-c", 3_000, Trigger::Schedule)).await;
         assert!(
-            store
+            earlier
                 .finish_run(c, &finish(RunStatus::Succeeded, 3_500))
                 .await
                 .expect("finish")
         );
+        earlier.close().await;
+        let store = SqliteStore::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("reopen");
 
         let interrupted = store
             .interrupt_running(at(10_003))
@@ -1040,6 +1443,256 @@ mod tests {
                 .await
                 .expect("finish")
         );
+    }
+
+    #[tokio::test]
+    async fn interrupt_running_spares_live_owners_and_never_finishes_before_the_start() {
+        let (_dir, path, daemon) = temp_store().await;
+        let url = path.to_str().expect("utf-8").to_owned();
+        // A run-once next to the daemon: its store is open, so its row is live.
+        let cli = SqliteStore::open(&url).await.expect("open");
+        let live = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
+        // A store that claimed a tick ahead of its instant and died.
+        let dead_store = SqliteStore::open(&url).await.expect("open");
+        let ahead = claim_one(
+            &dead_store,
+            NewRun {
+                started_at: at(50_000),
+                ..new_run("job-b", 50_000, Trigger::Schedule)
+            },
+        )
+        .await;
+        dead_store.close().await;
+        // A row written before owners were recorded.
+        let legacy = claim_one(&daemon, new_run("job-c", 2_000, Trigger::Schedule)).await;
+        sqlx::query("UPDATE job_runs SET owner_pid = NULL, owner_host = NULL WHERE id = ?")
+            .bind(legacy)
+            .execute(daemon.pool())
+            .await
+            .expect("clear owner");
+        // The daemon's own running row is live too.
+        let own = claim_one(&daemon, new_run("job-d", 3_000, Trigger::Schedule)).await;
+
+        let interrupted = daemon.interrupt_running(at(10_000)).await.expect("sweep");
+        let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [ahead, legacy]);
+        assert_eq!(
+            interrupted[0].finished_at,
+            Some(at(50_000)),
+            "not before its start"
+        );
+        assert_eq!(interrupted[0].duration_ms, Some(0));
+        for id in [live, own] {
+            let r = daemon.run(id).await.expect("run").expect("exists");
+            assert_eq!(r.status, RunStatus::Running);
+        }
+        let owner = daemon
+            .run(live)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .expect("owner");
+        assert_eq!(owner.pid, i64::from(std::process::id()));
+        // Once the run-once process is gone, its row is found dead.
+        cli.close().await;
+        let ids: Vec<i64> = daemon
+            .interrupt_running(at(11_000))
+            .await
+            .expect("sweep")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [live]);
+    }
+
+    #[tokio::test]
+    async fn exclusive_claims_respect_live_runs_of_other_processes() {
+        let (_dir, path, daemon) = temp_store().await;
+        let cli = SqliteStore::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        let manual = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
+
+        let claims = daemon
+            .claim_runs_exclusive(
+                &[
+                    new_run("job-a", 2_000, Trigger::Schedule),
+                    new_run("job-a", 2_000, Trigger::Manual),
+                    new_run("job-b", 2_000, Trigger::Schedule),
+                    new_run("job-a", 3_000, Trigger::Schedule),
+                ],
+                &[true, true, true, false],
+            )
+            .await
+            .expect("claim");
+        let Claim::Busy {
+            skipped_run: Some(skipped),
+            holder,
+        } = &claims[0]
+        else {
+            panic!("{claims:?}");
+        };
+        assert_eq!(holder.run_id, manual);
+        assert_eq!(holder.trigger, Trigger::Manual);
+        let row = daemon.run(*skipped).await.unwrap().unwrap();
+        assert_eq!(row.status, RunStatus::Skipped);
+        assert!(
+            row.message
+                .as_deref()
+                .unwrap()
+                .contains(&format!("run {manual} (manual, soarjobd pid")),
+            "{row:?}"
+        );
+        assert!(
+            matches!(&claims[1], Claim::Busy { skipped_run: None, holder } if holder.run_id == manual),
+            "a refused manual run records nothing: {claims:?}"
+        );
+        assert!(matches!(claims[2], Claim::Claimed(_)), "another job");
+        assert!(matches!(claims[3], Claim::Claimed(_)), "overlap: allow");
+        assert_eq!(daemon.history("job-a", 10).await.unwrap().len(), 3);
+
+        // The other direction: the daemon's claimed tick makes a manual exclusive claim busy,
+        // and the claimer's own rows never do.
+        let Claim::Claimed(tick) = daemon
+            .claim_runs_exclusive(&[new_run("job-c", 5_000, Trigger::Schedule)], &[true])
+            .await
+            .unwrap()[0]
+        else {
+            panic!("claim");
+        };
+        let again = daemon
+            .claim_runs_exclusive(&[new_run("job-c", 6_000, Trigger::Schedule)], &[true])
+            .await
+            .unwrap();
+        assert!(matches!(again[0], Claim::Claimed(_)), "own rows: {again:?}");
+        let refused = cli
+            .claim_runs_exclusive(&[new_run("job-c", 5_500, Trigger::Manual)], &[true])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused[0], Claim::Busy { holder, .. } if holder.run_id == tick),
+            "{refused:?}"
+        );
+
+        // When the manual run's process is gone, the claim finds its row dead, marks it
+        // interrupted and goes ahead.
+        cli.close().await;
+        let claims = daemon
+            .claim_runs_exclusive(&[new_run("job-a", 7_000, Trigger::Schedule)], &[true])
+            .await
+            .unwrap();
+        assert!(matches!(claims[0], Claim::Claimed(_)), "{claims:?}");
+        let row = daemon.run(manual).await.unwrap().unwrap();
+        assert_eq!(row.status, RunStatus::Interrupted);
+    }
+
+    /// A size-limited database (`PRAGMA max_page_count` on every connection, no root needed):
+    /// while it is full every claim fails, and once space is freed every connection of the
+    /// pool claims again; none was left with a transaction open.
+    #[tokio::test]
+    async fn a_full_database_recovers_on_every_connection_when_space_is_freed() {
+        let (_dir, path, store) = temp_store().await;
+        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
+            .execute(store.pool())
+            .await
+            .expect("filler table");
+        claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(store.pool())
+            .await
+            .expect("page count");
+        store.close().await;
+        let limit = pages + 40;
+        let store = SqliteStore::open_with(path.to_str().expect("utf-8"), |o| {
+            o.pragma("max_page_count", limit.to_string())
+        })
+        .await
+        .expect("open limited");
+
+        // Fill it (from several connections: the writes go through the pool).
+        let blob = vec![7u8; 16 * 1024];
+        let mut full = None;
+        for _ in 0..1_000 {
+            let r = sqlx::query("INSERT INTO filler (b) VALUES (?)")
+                .bind(&blob)
+                .execute(store.pool())
+                .await;
+            if let Err(e) = r {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+        let full = full.expect("the database never filled up");
+        assert!(full.contains("full"), "{full}");
+        // Claims are bigger than what is left: each one fails, on every connection in turn.
+        let big = "x".repeat(64 * 1024);
+        for i in 0..(2 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 1_000 * (i + 1), Trigger::Schedule)
+            };
+            let err = store
+                .claim_runs(&[run])
+                .await
+                .expect_err("the disk is full");
+            assert!(error_text(&err).contains("full"), "{}", error_text(&err));
+        }
+
+        sqlx::query("DELETE FROM filler")
+            .execute(store.pool())
+            .await
+            .expect("free space");
+        for i in 0..(3 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 100_000 + i, Trigger::Schedule)
+            };
+            let ids = store
+                .claim_runs(&[run])
+                .await
+                .unwrap_or_else(|e| panic!("claim {i} after recovery: {}", error_text(&e)));
+            assert!(ids[0].is_some());
+            // Deleted again so the next claim has room too.
+            sqlx::query("UPDATE job_runs SET message = NULL")
+                .execute(store.pool())
+                .await
+                .expect("shrink");
+        }
+        store.close().await;
+    }
+
+    fn error_text(e: &StoreError) -> String {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn mark_started_moves_only_running_rows() {
+        let (_dir, _path, store) = temp_store().await;
+        let a = claim_one(&store, new_run("job-a", 1_000, Trigger::Schedule)).await;
+        let b = claim_one(&store, new_run("job-b", 1_000, Trigger::Schedule)).await;
+        store
+            .finish_run(b, &finish(RunStatus::Succeeded, 1_500))
+            .await
+            .unwrap();
+        store
+            .mark_started(&[(a, at(6_000)), (b, at(6_000))])
+            .await
+            .unwrap();
+        assert_eq!(store.run(a).await.unwrap().unwrap().started_at, at(6_000));
+        assert_eq!(store.run(b).await.unwrap().unwrap().started_at, at(1_003));
+        store
+            .finish_run(a, &finish(RunStatus::Succeeded, 6_250))
+            .await
+            .unwrap();
+        assert_eq!(store.run(a).await.unwrap().unwrap().duration_ms, Some(250));
     }
 
     #[tokio::test]

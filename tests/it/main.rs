@@ -3,8 +3,10 @@
 mod deploy;
 mod example;
 mod exec;
+mod overlap;
 mod process;
 mod runtime;
 mod soar;
+mod store_faults;
 mod support;
 mod threatconnect;
