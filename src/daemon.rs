@@ -103,6 +103,9 @@ impl DaemonBuilder {
         let signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
         let store = store::open(&settings.database_url).await?;
+        // Kill what crashed runs left running before their rows are marked interrupted, so a
+        // new run never meets an old copy of itself.
+        crate::containment::recover(store.as_ref()).await;
         let interrupted = store.interrupt_running(Utc::now()).await?;
         for r in &interrupted {
             tracing::warn!(

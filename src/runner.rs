@@ -18,8 +18,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use secrecy::ExposeSecret;
+
+use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::redact::Redactor;
 use crate::store::{RunFinish, RunStatus, Store, Trigger};
 
 /// How long a job gets to return after its token fired, before it is abandoned. Longer
@@ -130,12 +134,24 @@ impl Runner {
         let started = tokio::time::Instant::now();
         let started_at = Utc::now();
         let stats = Stats::default();
-        let (status, message, error) = self
-            .drive(&req, started_at, stats.clone(), span.clone())
+        let redactor = self.redactor(&req);
+        let (status, mut message, mut error) = self
+            .drive(
+                &req,
+                started_at,
+                stats.clone(),
+                redactor.clone(),
+                span.clone(),
+            )
             .instrument(span.clone())
             .await;
         let finished_at = Utc::now();
-        let stats_value = stats.snapshot();
+        let mut stats_value = stats.snapshot();
+        // Whatever the job reports may quote a secret it was given (a script's stderr in the
+        // message, an error body, a stats string): redact before anything is stored or logged.
+        redactor.redact_opt(&mut message);
+        redactor.redact_opt(&mut error);
+        redactor.redact_json(&mut stats_value);
         let finish = RunFinish {
             status,
             finished_at,
@@ -176,11 +192,23 @@ impl Runner {
         }
     }
 
+    /// The run's redactor: its password parameters and the platform credentials.
+    fn redactor(&self, req: &RunRequest) -> Redactor {
+        let params = req.params.as_ref().unwrap_or(&req.definition.parameters);
+        let passwords = params.iter().filter_map(|p| match &p.value {
+            ParamValue::Secret(s) => Some(s.expose_secret()),
+            _ => None,
+        });
+        let platform = self.clients.secrets.iter().map(|s| s.expose_secret());
+        Redactor::new(passwords.chain(platform))
+    }
+
     async fn drive(
         &self,
         req: &RunRequest,
         started_at: DateTime<Utc>,
         stats: Stats,
+        redactor: Redactor,
         span: tracing::Span,
     ) -> (RunStatus, Option<String>, Option<String>) {
         let def = &req.definition;
@@ -203,6 +231,7 @@ impl Runner {
             stats,
             clients: self.clients.clone(),
             span: span.clone(),
+            redactor,
         };
         // The job's future is polled right here, inside the run's own task (the scheduler
         // spawned it), rather than in a second spawned task: a thousand runs due at once then
