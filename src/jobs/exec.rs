@@ -11,8 +11,8 @@
 //!
 //! stdout and stderr lines become log events in the run's span, after the run's secrets are
 //! redacted and control characters escaped. A line is cut at [`LINE_MAX`] bytes (marked
-//! `… [cut N bytes]`) and a run logs at most [`RUN_OUTPUT_MAX`] bytes of output, then one
-//! summary event; the pipes are always drained, so a chatty program is never blocked. Two
+//! `… [cut N bytes]`) and a run logs at most [`RUN_OUTPUT_MAX`] bytes or [`RUN_LINES_MAX`]
+//! lines of output, then one summary event at the end; the pipes are always drained, so a chatty program is never blocked. Two
 //! stdout line forms are commands rather than output: `::stats {"name": 1}` merges counters
 //! into the run's stats and `::context {"key": value}` writes keys of the job's context (such
 //! lines may be up to [`COMMAND_LINE_MAX`] bytes). A `::context` line that cannot be applied
@@ -54,9 +54,11 @@ const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
 pub const LINE_MAX: usize = 16 * 1024;
 /// A `::stats` / `::context` line may be this long (it must be read whole to be parsed).
 pub const COMMAND_LINE_MAX: usize = 1024 * 1024;
-/// A run logs at most this many bytes of its program's output (both streams together); the
-/// rest is counted and summarised in one event at the end.
+/// A run logs at most this many bytes of its program's output (both streams together)...
 pub const RUN_OUTPUT_MAX: usize = 1024 * 1024;
+/// ...and at most this many lines (each is an event: tiny lines cost more than their bytes);
+/// the rest is counted and summarised in one event at the end.
+pub const RUN_LINES_MAX: usize = 10_000;
 /// Read buffer per pipe.
 const READ_BUF: usize = 64 * 1024;
 
@@ -586,6 +588,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 struct Output {
     redactor: Redactor,
     logged: AtomicUsize,
+    logged_lines: AtomicUsize,
     dropped_lines: AtomicU64,
     dropped_bytes: AtomicU64,
     over: AtomicBool,
@@ -598,6 +601,7 @@ impl Output {
         Output {
             redactor,
             logged: AtomicUsize::new(0),
+            logged_lines: AtomicUsize::new(0),
             dropped_lines: AtomicU64::new(0),
             dropped_bytes: AtomicU64::new(0),
             over: AtomicBool::new(false),
@@ -634,13 +638,15 @@ impl Output {
     /// Logs a line unless the run's output budget is spent.
     fn log(&self, stream: &'static str, text: &str) {
         let before = self.logged.fetch_add(text.len(), Ordering::Relaxed);
-        if before < RUN_OUTPUT_MAX {
+        let lines_before = self.logged_lines.fetch_add(1, Ordering::Relaxed);
+        if before < RUN_OUTPUT_MAX && lines_before < RUN_LINES_MAX {
             tracing::info!(stream, line = %text, "process output");
             return;
         }
         if !self.over.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 limit_bytes = RUN_OUTPUT_MAX,
+                limit_lines = RUN_LINES_MAX,
                 "process output limit reached; the rest of this run's output is not logged"
             );
         }
@@ -657,6 +663,7 @@ impl Output {
                 lines,
                 bytes = self.dropped_bytes.load(Ordering::Relaxed),
                 limit_bytes = RUN_OUTPUT_MAX,
+                limit_lines = RUN_LINES_MAX,
                 "process output not logged (over the run's limit)"
             );
         }
@@ -752,6 +759,25 @@ mod tests {
             text.contains("[redacted] … [cut 100 bytes]"),
             "{}",
             &text[text.len() - 60..]
+        );
+    }
+
+    #[test]
+    fn a_run_logs_at_most_its_byte_budget() {
+        let out = Output::new(Redactor::default());
+        let line = "y".repeat(1000);
+        for _ in 0..2000 {
+            out.log("stdout", &line);
+        }
+        // A line is logged while the bytes before it are under the limit.
+        let logged = RUN_OUTPUT_MAX.div_ceil(1000);
+        assert_eq!(
+            out.dropped_lines.load(Ordering::Relaxed),
+            (2000 - logged) as u64
+        );
+        assert_eq!(
+            out.dropped_bytes.load(Ordering::Relaxed),
+            (2000 - logged) as u64 * 1000
         );
     }
 
