@@ -8,8 +8,13 @@
 //! inside `catch_unwind`: a panic becomes a `failed` run with the panic message instead of
 //! unwinding through the scheduler, and a job that ignores its cancellation token is dropped
 //! (abandoned at its next await point) after a grace period.
+//!
+//! Before a run's message, error and stats are stored or logged, the run's secrets (password
+//! parameters, platform credentials) are redacted from them (see [`crate::redact`]); the same
+//! redactor is handed to the job (`JobContext::redactor`) for what it logs itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -105,6 +110,10 @@ pub struct Runner {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clients: Clients,
+    /// Each job's redactor, built once per loaded definition (compiling it for every run
+    /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
+    /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
+    redactors: Arc<std::sync::Mutex<HashMap<String, (Weak<JobDefinition>, Redactor)>>>,
 }
 
 impl Runner {
@@ -113,6 +122,7 @@ impl Runner {
             store,
             registry,
             clients,
+            redactors: Arc::default(),
         }
     }
 
@@ -194,13 +204,27 @@ impl Runner {
 
     /// The run's redactor: its password parameters and the platform credentials.
     fn redactor(&self, req: &RunRequest) -> Redactor {
-        let params = req.params.as_ref().unwrap_or(&req.definition.parameters);
-        let passwords = params.iter().filter_map(|p| match &p.value {
-            ParamValue::Secret(s) => Some(s.expose_secret()),
-            _ => None,
-        });
-        let platform = self.clients.secrets.iter().map(|s| s.expose_secret());
-        Redactor::new(passwords.chain(platform))
+        let build = |params: &Parameters| {
+            let passwords = params.iter().filter_map(|p| match &p.value {
+                ParamValue::Secret(s) => Some(s.expose_secret()),
+                _ => None,
+            });
+            let platform = self.clients.secrets.iter().map(|s| s.expose_secret());
+            Redactor::new(passwords.chain(platform))
+        };
+        if let Some(overrides) = &req.params {
+            return build(overrides);
+        }
+        let def = &req.definition;
+        let mut cache = self.redactors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((weak, r)) = cache.get(&def.id)
+            && std::ptr::eq(weak.as_ptr(), Arc::as_ptr(def))
+        {
+            return r.clone();
+        }
+        let r = build(&def.parameters);
+        cache.insert(def.id.clone(), (Arc::downgrade(def), r.clone()));
+        r
     }
 
     async fn drive(

@@ -157,3 +157,52 @@ async fn the_in_process_runner_redacts_the_message_and_the_output_events() {
         Some("exit status 1: auth failed key=[redacted] short=abc")
     );
 }
+
+/// Through the daemon (whose runner caches a redactor per loaded definition): every run is
+/// redacted, and after the job file changes its password, the new one is.
+#[tokio::test]
+async fn scheduled_runs_redact_the_current_password_after_a_reload() {
+    use soarjobd::store::RunStatus;
+    use std::time::Duration;
+    let app = TestApp::new();
+    let job = |password: &str, version: &str| {
+        format!(
+            "name: Leaky\njob: exec\nschedule: {{every: 1s}}\nparameters:\n  - {{name: Key, type: password, value: {password}}}\n  - {{name: Version, type: string, value: {version}}}\ncommand: [/bin/sh, -c, 'read -r doc; echo \"$doc\" >&2; exit 1']\n"
+        )
+    };
+    app.write_job("leaky", &job("first-password-123", "v1"));
+    let (logs, _g) = capture_logs();
+    let daemon = app.start().await;
+    let store = daemon.store().clone();
+    // A failed run whose message (the stdin document) names this version.
+    let finished_with = |version: &'static str, n: usize| {
+        let store = store.clone();
+        async move {
+            store
+                .history("leaky", 100)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| {
+                    r.status == RunStatus::Failed
+                        && r.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains(&format!("\"Version\":\"{version}\"")))
+                })
+                .count()
+                >= n
+        }
+    };
+    assert!(eventually(Duration::from_secs(20), || finished_with("v1", 2)).await);
+    app.write_job("leaky", &job("second-password-456", "v2"));
+    assert!(eventually(Duration::from_secs(20), || finished_with("v2", 2)).await);
+    daemon.shutdown().await;
+    let text = logs.text();
+    let store = app.store().await;
+    let rows = format!("{:?}", store.history("leaky", 100).await.unwrap());
+    for secret in ["first-password-123", "second-password-456"] {
+        assert!(!text.contains(secret), "{secret} leaked into the logs");
+        assert!(!rows.contains(secret), "{secret} leaked into the runs");
+    }
+    assert!(rows.contains("\\\"Key\\\":\\\"[redacted]\\\""), "{rows}");
+}
