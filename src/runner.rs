@@ -113,8 +113,11 @@ pub struct Runner {
     /// Each job's redactor, built once per loaded definition (compiling it for every run
     /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
     /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
-    redactors: Arc<std::sync::Mutex<HashMap<String, (Weak<JobDefinition>, Redactor)>>>,
+    redactors: Arc<std::sync::Mutex<RedactorCache>>,
 }
+
+/// Job id -> (the definition the redactor was built for, the redactor).
+type RedactorCache = HashMap<String, (Weak<JobDefinition>, Redactor)>;
 
 impl Runner {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, clients: Clients) -> Runner {
