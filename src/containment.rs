@@ -199,7 +199,10 @@ pub(crate) fn select_ours(
                     return true;
                 }
             }
-            p.pid != std::process::id() as i32 && env(p.pid) == Some(true)
+            // A process that started before the leader cannot be the run's: skip reading its
+            // environment (most of the process table, at the end of every run).
+            let young = marks.leader_start_ticks.is_none_or(|t| p.start_ticks >= t);
+            young && p.pid != std::process::id() as i32 && env(p.pid) == Some(true)
         })
         .map(|p| p.pid)
         .collect()
@@ -600,16 +603,22 @@ impl RunContainment {
             leader_start_ticks: self.leader_start_ticks,
             trust_group: true,
         };
+        let span = tracing::Span::current();
         move || {
-            let mut left = false;
-            if let Some(cg) = &cgroup {
-                left |= !cg.kill_all();
-            }
-            let (killed, survivors) = kill_marked(&marks);
-            left |= survivors;
-            if let Some(cg) = &cgroup {
-                cg.remove();
-            }
+            let _span = span.enter();
+            // With a cgroup, every descendant is in it (leaving it takes write access to an
+            // ancestor cgroup): no need to scan the process table.
+            let (left, killed) = match &cgroup {
+                Some(cg) => {
+                    let left = !cg.kill_all();
+                    cg.remove();
+                    (left, 0)
+                }
+                None => {
+                    let (killed, survivors) = kill_marked(&marks);
+                    (survivors, killed)
+                }
+            };
             if left {
                 tracing::error!("some processes of the run could not be killed");
             } else if killed > 0 {
@@ -838,6 +847,9 @@ mod tests {
         z.state = 'Z';
         assert!(select_ours(&after_crash, &[z], env).is_empty());
         assert!(select_ours(&after_crash, &[stat(31, 1, 1)], |_| None).is_empty());
+        // A process older than the run's leader is not read at all (and not the run's).
+        let older = stat(32, 77, 499);
+        assert!(select_ours(&after_crash, &[older], |_| panic!("environment read")).is_empty());
     }
 
     fn row() -> RunProcess {
@@ -967,13 +979,13 @@ mod tests {
             panic!("no exec");
         };
         let s = wait_stat(stranger.id());
-        let o = wait_stat(ours.id());
+        wait_stat(ours.id());
         let mut r = row();
         r.token = "the-token".into();
-        // The stranger's group and start time (as if the pgid had been reused) are recorded,
-        // but the start time differs by one tick, and the token is not its.
+        // The stranger's group is recorded as the run's, with a leader start time one tick
+        // off (as if the pgid had been reused since), and the token is not the stranger's.
         r.pgid = Some(s.pid);
-        r.leader_start_ticks = Some(s.start_ticks + 1);
+        r.leader_start_ticks = Some(s.start_ticks - 1);
         let (killed, survivors) = kill_leftovers(&r);
         assert_eq!((killed, survivors), (1, false));
         // Ours is dead (reap it: it is this test's child).
@@ -983,7 +995,6 @@ mod tests {
             stranger.try_wait().unwrap().is_none(),
             "an unrelated process was killed"
         );
-        let _ = o;
         let _ = stranger.kill();
         let _ = stranger.wait();
     }
