@@ -732,6 +732,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn invalid_utf8_is_replaced_and_reading_goes_on() {
+        // Before, a line that was not UTF-8 ended the reading (and the pipe was no longer
+        // drained, so a chatty program blocked).
+        let lines = lines_of(b"ok\n\xff\xfebinary\nafter\n".to_vec(), Redactor::default()).await;
+        let texts: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+        assert_eq!(texts, ["ok", "\u{fffd}\u{fffd}binary", "after"]);
+    }
+
+    #[tokio::test]
     async fn command_lines_are_kept_whole_up_to_their_limit() {
         let value = "v".repeat(100 * 1024);
         let input = format!("::context {{\"k\": \"{value}\"}}\n").into_bytes();
