@@ -361,6 +361,11 @@ fn detect_cgroup_parent() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// Set when a program could not enter its run's cgroup (creating one is allowed, moving a
+/// process into it is not): later runs do not try again, so the warning is logged once.
+static CGROUP_ENTRY_FAILED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// One run's cgroup directory.
 #[derive(Debug)]
 struct RunCgroup {
@@ -457,7 +462,8 @@ impl RunContainment {
     /// Prepares containment for run `run_id`: a token and, where possible, a cgroup.
     pub fn prepare(run_id: i64, store: Arc<dyn Store>) -> RunContainment {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let cgroup = cgroup_parent().and_then(|parent| {
+        let usable = !CGROUP_ENTRY_FAILED.load(std::sync::atomic::Ordering::Relaxed);
+        let cgroup = cgroup_parent().filter(|_| usable).and_then(|parent| {
             RunCgroup::create(parent, run_id, &token)
                 .map_err(|e| {
                     tracing::warn!(
@@ -547,9 +553,10 @@ impl RunContainment {
             if read_stat(pid).is_some_and(|s| !s.is_dead()) {
                 tracing::warn!(
                     cgroup = %cg.dir.display(),
-                    "the program could not enter the run's cgroup; containing it by process \
-                     group and token"
+                    "the program could not enter the run's cgroup; this and later runs are \
+                     contained by process group and token only"
                 );
+                CGROUP_ENTRY_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
                 cg.remove();
                 self.cgroup = None;
             }
