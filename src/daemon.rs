@@ -119,6 +119,9 @@ impl DaemonBuilder {
                 return Err(e.into());
             }
         };
+        // Kill what crashed runs left running before their rows are marked interrupted, so a
+        // new run never meets an old copy of itself.
+        crate::containment::recover(store.as_ref()).await;
         // Only rows whose process is gone: a `run-once` running next to us keeps its run.
         let interrupted = store.interrupt_running(Utc::now()).await?;
         for r in &interrupted {

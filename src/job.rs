@@ -129,6 +129,21 @@ pub trait Job: JobSpec + Send + Sync + 'static {
 pub struct Clients {
     pub soar: Option<crate::soar::SoarClient>,
     pub threatconnect: Option<crate::threatconnect::ThreatConnectClient>,
+    /// The platform credentials behind the clients, only so that every run redacts them from
+    /// what it logs or stores (see [`crate::redact`]). Set by `jobs::build_clients`.
+    pub(crate) secrets: Arc<Vec<secrecy::SecretString>>,
+}
+
+impl Clients {
+    /// Adds secrets every run redacts from its output (e.g. the credentials of clients built
+    /// by hand for [`crate::daemon::DaemonBuilder::clients`]).
+    pub fn with_redacted_secrets(
+        mut self,
+        secrets: impl IntoIterator<Item = secrecy::SecretString>,
+    ) -> Clients {
+        Arc::make_mut(&mut self.secrets).extend(secrets);
+        self
+    }
 }
 
 /// Counters a job reports; recorded in the run's history row and in `run finished`.
@@ -181,6 +196,8 @@ pub struct JobContext {
     pub(crate) stats: Stats,
     pub(crate) clients: Clients,
     pub(crate) span: tracing::Span,
+    /// Redacts the run's secrets (its password parameters and the platform credentials).
+    pub(crate) redactor: crate::redact::Redactor,
 }
 
 impl JobContext {
@@ -223,6 +240,13 @@ impl JobContext {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Redacts this run's secrets (password parameters, platform credentials) from text: apply
+    /// it to anything from outside (a script's output, a server's error body) before logging
+    /// or storing it. The runner applies it to the run's message, error and stats as well.
+    pub fn redactor(&self) -> &crate::redact::Redactor {
+        &self.redactor
     }
 
     pub fn cancellation(&self) -> &CancellationToken {

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod containment;
 pub mod daemon;
 pub mod definition;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod inspect;
 pub mod job;
 pub mod jobs;
+pub mod redact;
 pub mod runner;
 pub mod schedule;
 pub mod scheduler;

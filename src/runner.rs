@@ -8,8 +8,13 @@
 //! inside `catch_unwind`: a panic becomes a `failed` run with the panic message instead of
 //! unwinding through the scheduler, and a job that ignores its cancellation token is dropped
 //! (abandoned at its next await point) after a grace period.
+//!
+//! Before a run's message, error and stats are stored or logged, the run's secrets (password
+//! parameters, platform credentials) are redacted from them (see [`crate::redact`]); the same
+//! redactor is handed to the job (`JobContext::redactor`) for what it logs itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,8 +23,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use secrecy::ExposeSecret;
+
+use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::redact::Redactor;
 use crate::store::{RunFinish, RunStatus, Store, Trigger};
 
 /// How long a job gets to return after its token fired, before it is abandoned. Longer
@@ -101,7 +110,14 @@ pub struct Runner {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clients: Clients,
+    /// Each job's redactor, built once per loaded definition (compiling it for every run
+    /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
+    /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
+    redactors: Arc<std::sync::Mutex<RedactorCache>>,
 }
+
+/// Job id -> (the definition the redactor was built for, the redactor).
+type RedactorCache = HashMap<String, (Weak<JobDefinition>, Redactor)>;
 
 impl Runner {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, clients: Clients) -> Runner {
@@ -109,6 +125,7 @@ impl Runner {
             store,
             registry,
             clients,
+            redactors: Arc::default(),
         }
     }
 
@@ -130,12 +147,24 @@ impl Runner {
         let started = tokio::time::Instant::now();
         let started_at = Utc::now();
         let stats = Stats::default();
-        let (status, message, error) = self
-            .drive(&req, started_at, stats.clone(), span.clone())
+        let redactor = self.redactor(&req);
+        let (status, mut message, mut error) = self
+            .drive(
+                &req,
+                started_at,
+                stats.clone(),
+                redactor.clone(),
+                span.clone(),
+            )
             .instrument(span.clone())
             .await;
         let finished_at = Utc::now();
-        let stats_value = stats.snapshot();
+        let mut stats_value = stats.snapshot();
+        // Whatever the job reports may quote a secret it was given (a script's stderr in the
+        // message, an error body, a stats string): redact before anything is stored or logged.
+        redactor.redact_opt(&mut message);
+        redactor.redact_opt(&mut error);
+        redactor.redact_json(&mut stats_value);
         let finish = RunFinish {
             status,
             finished_at,
@@ -176,11 +205,37 @@ impl Runner {
         }
     }
 
+    /// The run's redactor: its password parameters and the platform credentials.
+    fn redactor(&self, req: &RunRequest) -> Redactor {
+        let build = |params: &Parameters| {
+            let passwords = params.iter().filter_map(|p| match &p.value {
+                ParamValue::Secret(s) => Some(s.expose_secret()),
+                _ => None,
+            });
+            let platform = self.clients.secrets.iter().map(|s| s.expose_secret());
+            Redactor::new(passwords.chain(platform))
+        };
+        if let Some(overrides) = &req.params {
+            return build(overrides);
+        }
+        let def = &req.definition;
+        let mut cache = self.redactors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((weak, r)) = cache.get(&def.id)
+            && std::ptr::eq(weak.as_ptr(), Arc::as_ptr(def))
+        {
+            return r.clone();
+        }
+        let r = build(&def.parameters);
+        cache.insert(def.id.clone(), (Arc::downgrade(def), r.clone()));
+        r
+    }
+
     async fn drive(
         &self,
         req: &RunRequest,
         started_at: DateTime<Utc>,
         stats: Stats,
+        redactor: Redactor,
         span: tracing::Span,
     ) -> (RunStatus, Option<String>, Option<String>) {
         let def = &req.definition;
@@ -203,6 +258,7 @@ impl Runner {
             stats,
             clients: self.clients.clone(),
             span: span.clone(),
+            redactor,
         };
         // The job's future is polled right here, inside the run's own task (the scheduler
         // spawned it), rather than in a second spawned task: a thousand runs due at once then

@@ -3,6 +3,13 @@
 //! `RUST_LOG` wins over the configured level, so an operator can turn up one module without
 //! editing the config. Event messages and field names (`job_id`, `run_id`, `error`) are part
 //! of the user interface: shippers match on them, so they change only deliberately.
+//!
+//! Text from outside (a script's output, a server's error) may carry terminal control
+//! sequences. `exec` escapes its output lines itself (so the JSON and the stored message are
+//! clean too); the pretty format additionally passes every record through [`Escaping`], which
+//! escapes the control characters left (carriage return, ESC, other C0 and C1 controls), so
+//! nothing in a log line can move the cursor, recolour or overwrite a terminal. The JSON
+//! format needs no such step: JSON strings escape control characters.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -29,18 +36,74 @@ where
 {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
         .with_target(false);
     match format {
         LogFormat::Json => Box::new(
             builder
+                .with_writer(writer)
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(false)
                 .finish(),
         ),
-        LogFormat::Pretty => Box::new(builder.with_ansi(false).finish()),
+        LogFormat::Pretty => Box::new(
+            builder
+                .with_ansi(false)
+                .with_writer(Escaping(writer))
+                .finish(),
+        ),
+    }
+}
+
+/// A writer that escapes control characters in what it writes, except the newline that ends
+/// (or separates lines of) a record and tab: `\r` and C0/DEL bytes become `\xNN`, C1 controls
+/// (U+0080..U+009F, `\xc2\x80`..`\xc2\x9f` in UTF-8) become `\u{NN}`. It works on bytes, so
+/// a record split across writes cannot be corrupted (a C1 control split across two writes is
+/// the only thing it would miss; the formatter writes a record in one call).
+pub struct Escaping<W>(pub W);
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Escaping<W> {
+    type Writer = Escaping<W::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        Escaping(self.0.make_writer())
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        Escaping(self.0.make_writer_for(meta))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let clean = |b: u8| b >= 0x20 && b != 0x7f && b != 0xc2 || b == b'\n' || b == b'\t';
+        if buf.iter().all(|b| clean(*b)) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            if b == 0xc2 && buf.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)) {
+                out.extend_from_slice(format!("\\u{{{:x}}}", buf[i + 1]).as_bytes());
+                i += 2;
+                continue;
+            }
+            if clean(b) || b == 0xc2 {
+                out.push(b);
+            } else if b == b'\r' {
+                out.extend_from_slice(b"\\r");
+            } else {
+                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            }
+            i += 1;
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -49,4 +112,51 @@ where
 pub fn init(format: LogFormat, level: &str) {
     let sub = subscriber(format, filter(level), std::io::stderr);
     let _ = tracing::subscriber::set_global_default(sub);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn the_pretty_format_escapes_control_characters_from_any_field() {
+        let buf = Buf::default();
+        let sub = subscriber(LogFormat::Pretty, EnvFilter::new("info"), buf.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(
+                error = %"server said: 50%\rdone \x1b[31mred\x1b[0m \u{9b}2J é\tok\ncaused by: x",
+                "request failed"
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                "server said: 50%\\rdone \\x1b[31mred\\x1b[0m \\u{9b}2J é\tok\ncaused by: x"
+            ),
+            "{text}"
+        );
+        assert!(!text.bytes().any(|b| b == 0x1b || b == b'\r'), "{text:?}");
+        assert!(text.ends_with('\n'));
+    }
 }

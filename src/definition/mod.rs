@@ -148,6 +148,16 @@ pub trait JobSpec: Send + Sync {
     ) -> Vec<FieldError> {
         Vec::new()
     }
+    /// [`JobSpec::validate`] with the job file's path, for checks of paths relative to it
+    /// (the loader calls this one; by default it calls `validate`).
+    fn validate_file(
+        &self,
+        _file: &Path,
+        params: &Parameters,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<FieldError> {
+        self.validate(params, extra)
+    }
 }
 
 /// The set of known implementations, as the loader sees it.
@@ -523,7 +533,7 @@ impl Cx {
                 }
             }
             if let Some(p) = &parameters {
-                for fe in s.validate(p, &extra) {
+                for fe in s.validate_file(path, p, &extra) {
                     let path = self.param_path(map, &fe.path);
                     self.val_err(&path, fe.message);
                 }

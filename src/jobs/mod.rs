@@ -29,7 +29,30 @@ pub fn build_clients(settings: &Settings) -> Result<Clients, String> {
         clients.threatconnect =
             Some(crate::threatconnect::ThreatConnectClient::new(&cfg).map_err(|e| e.to_string())?);
     }
-    Ok(clients)
+    Ok(clients.with_redacted_secrets(platform_secrets(settings)))
+}
+
+/// The platform credentials in the settings (inline values and the current contents of their
+/// files), so that runs redact them from their output. A file that cannot be read is skipped
+/// here: building its client reports it.
+fn platform_secrets(settings: &Settings) -> Vec<secrecy::SecretString> {
+    let mut out = Vec::new();
+    for (section, keys) in [
+        (&settings.soar, ["app_key", "bearer_token"]),
+        (&settings.threatconnect, ["secret_key", "token"]),
+    ] {
+        for key in keys {
+            if let Some(v) = section.get(key).and_then(|v| v.as_str()) {
+                out.push(secrecy::SecretString::from(v.trim().to_string()));
+            }
+            let file = section.get(format!("{key}_file")).and_then(|v| v.as_str());
+            if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+                out.push(secrecy::SecretString::from(text.trim().to_string()));
+            }
+        }
+    }
+    out.retain(|s| !secrecy::ExposeSecret::expose_secret(s).is_empty());
+    out
 }
 
 fn has_url(section: &serde_json::Value) -> bool {

@@ -220,6 +220,29 @@ pub struct SeenEntry {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Where the processes of a run in progress are (one row of `run_processes`); see
+/// `crate::containment`. Nothing in it is secret: the token only identifies the run's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunProcess {
+    pub run_id: i64,
+    /// The host name of the machine the processes run on.
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id` of that machine's current boot.
+    pub boot_id: String,
+    /// The daemon or `run-once` process that started the run, and its start time (clock ticks
+    /// since boot, `/proc/<pid>/stat` field 22): together they identify it across pid reuse.
+    pub owner_pid: i32,
+    pub owner_start_ticks: u64,
+    /// The run's process group (its leader's pid), once the program started.
+    pub pgid: Option<i32>,
+    pub leader_start_ticks: Option<u64>,
+    /// The value of `SOARJOBD_RUN_TOKEN` in the program's environment.
+    pub token: String,
+    /// The run's own cgroup v2 directory, if one was created.
+    pub cgroup: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {url}")]
@@ -363,6 +386,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and closes the database (checkpointing the SQLite WAL).
     async fn close(&self);
+
+    // --- The processes of runs in progress (process containment, `exec`). ---
+
+    /// Records (or updates: it is keyed by `run_id`) where a run's processes are, so that a
+    /// later start can kill what is left of them if the owner dies. `run_id` must name an
+    /// existing run.
+    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()>;
+
+    /// Every recorded run process, by run id.
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>>;
+
+    /// Forgets a run's processes (they are all gone). Returns whether a row was deleted.
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool>;
 }
 
 /// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL.

@@ -34,8 +34,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::owner::{Liveness, OwnerGuard, owners_dir};
 use super::{
-    Claim, NewRun, RunFinish, RunHolder, RunOwner, RunRecord, RunStatus, SeenEntry, SeenState,
-    Store, StoreError, StoreResult, Trigger,
+    Claim, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus, SeenEntry,
+    SeenState, Store, StoreError, StoreResult, Trigger,
 };
 
 /// The migrations in `migrations/`, embedded at compile time.
@@ -1166,6 +1166,82 @@ impl Store for SqliteStore {
         // From now on this store's `running` rows (if any were left) count as dead.
         self.owner.release();
     }
+
+    // --- The processes of runs in progress (process containment). ---
+
+    async fn record_run_process(&self, p: &RunProcess) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO run_processes (run_id, host, boot_id, owner_pid, owner_start_ticks, \
+                                        pgid, leader_start_ticks, token, cgroup, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, \
+                 boot_id = excluded.boot_id, owner_pid = excluded.owner_pid, \
+                 owner_start_ticks = excluded.owner_start_ticks, pgid = excluded.pgid, \
+                 leader_start_ticks = excluded.leader_start_ticks, token = excluded.token, \
+                 cgroup = excluded.cgroup, recorded_at = excluded.recorded_at",
+        )
+        .bind(p.run_id)
+        .bind(&p.host)
+        .bind(&p.boot_id)
+        .bind(p.owner_pid)
+        .bind(ticks_to_db(p.owner_start_ticks))
+        .bind(p.pgid)
+        .bind(p.leader_start_ticks.map(ticks_to_db))
+        .bind(&p.token)
+        .bind(p.cgroup.as_deref())
+        .bind(millis(p.recorded_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        let rows = sqlx::query(
+            "SELECT run_id, host, boot_id, owner_pid, owner_start_ticks, pgid, \
+                    leader_start_ticks, token, cgroup, recorded_at \
+             FROM run_processes ORDER BY run_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunProcess {
+                    run_id: row.try_get("run_id")?,
+                    host: row.try_get("host")?,
+                    boot_id: row.try_get("boot_id")?,
+                    owner_pid: row.try_get("owner_pid")?,
+                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks")?),
+                    pgid: row.try_get("pgid")?,
+                    leader_start_ticks: row
+                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .map(ticks_from_db),
+                    token: row.try_get("token")?,
+                    cgroup: row.try_get("cgroup")?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+}
+
+/// Clock-tick counts fit in an `i64` for ~10^9 years of uptime; saturate rather than wrap.
+fn ticks_to_db(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn ticks_from_db(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -2175,5 +2251,36 @@ mod tests {
             .await
             .unwrap();
         assert!(again[0].is_some());
+    }
+
+    #[tokio::test]
+    async fn run_processes_are_recorded_updated_listed_and_forgotten() {
+        let (_dir, _path, store) = temp_store().await;
+        let run_id = claim_one(&store, new_run("a", 1_000, Trigger::Manual)).await;
+        let mut p = RunProcess {
+            run_id,
+            host: "h1".into(),
+            boot_id: "b1".into(),
+            owner_pid: 42,
+            owner_start_ticks: u64::from(u32::MAX) + 7,
+            pgid: None,
+            leader_start_ticks: None,
+            token: "tok".into(),
+            cgroup: Some("/sys/fs/cgroup/x".into()),
+            recorded_at: at(5_000),
+        };
+        store.record_run_process(&p).await.unwrap();
+        assert_eq!(store.run_processes().await.unwrap(), [p.clone()]);
+        // The second write (after the spawn) fills in the group.
+        p.pgid = Some(4242);
+        p.leader_start_ticks = Some(99);
+        store.record_run_process(&p).await.unwrap();
+        assert_eq!(store.run_processes().await.unwrap(), [p.clone()]);
+        assert!(store.forget_run_process(run_id).await.unwrap());
+        assert!(!store.forget_run_process(run_id).await.unwrap());
+        assert!(store.run_processes().await.unwrap().is_empty());
+        // Only existing runs can have processes.
+        p.run_id = run_id + 100;
+        assert!(store.record_run_process(&p).await.is_err());
     }
 }

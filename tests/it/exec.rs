@@ -140,29 +140,73 @@ async fn a_timeout_kills_the_whole_process_group() {
 }
 
 #[tokio::test]
-async fn a_missing_program_fails_with_a_clear_message() {
+async fn a_program_that_cannot_start_fails_with_a_clear_message() {
     let app = TestApp::new();
+    // The program exists (so `check` accepts it) but its interpreter does not: exec fails.
+    let prog = app.path("prog");
+    std::fs::write(&prog, "#!/nonexistent/interpreter\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     app.write_job(
         "nope",
-        "name: N\njob: exec\ncommand: [\"/nonexistent/program\"]\n",
+        &format!(
+            "name: N\njob: exec\ncommand: [{:?}]\n",
+            prog.display().to_string()
+        ),
     );
     assert_eq!(run_once(&app, "nope", &[]).await, 1);
     let store = app.store().await;
     let r = &runs(&store, "nope").await[0];
     assert_eq!(r.status, RunStatus::Failed);
+    let error = r.error.as_deref().unwrap();
     assert!(
-        r.error
-            .as_deref()
-            .unwrap()
-            .contains("cannot start `/nonexistent/program`"),
-        "{:?}",
-        r.error
+        error.contains(&format!("cannot start `{}`", prog.display())),
+        "{error}"
+    );
+    assert!(error.contains("caused by:"), "{error}");
+    // Nothing of the run is left recorded.
+    assert!(store.run_processes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_program_or_working_dir_is_a_located_load_error() {
+    let app = TestApp::new();
+    app.write_job(
+        "nope",
+        "name: N\njob: exec\nworking_dir: no-such-dir\ncommand: [\"/nonexistent/program\"]\n",
+    );
+    app.write_job(
+        "nopath",
+        "name: P\njob: exec\ncommand:\n  - no-such-program-xyz\n  - arg\n",
+    );
+    let registry = Registry::with_builtins();
+    let report = soarjobd::definition::load_dir(app.jobs_dir(), &registry);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    let jobs = app.jobs_dir().display().to_string();
+    assert!(
+        errors.contains(&format!(
+            "{jobs}/nope.yaml:3:14: working_dir `no-such-dir` does not exist ({jobs}/no-such-dir: No such file or directory (os error 2))"
+        )),
+        "{errors:#?}"
     );
     assert!(
-        r.error.as_deref().unwrap().contains("caused by:"),
-        "{:?}",
-        r.error
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{jobs}/nope.yaml:4:1"))
+                && e.contains("program `/nonexistent/program` does not exist")),
+        "{errors:#?}"
     );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{jobs}/nopath.yaml:4:3"))
+                && e.contains("program `no-such-program-xyz` is not found in PATH")),
+        "{errors:#?}"
+    );
+    // And `run-once` refuses the job instead of failing a run.
+    assert_eq!(run_once(&app, "nope", &[]).await, 2);
 }
 
 /// True if `pid` is a live process (a zombie waiting for its reaper counts as dead).

@@ -16,8 +16,8 @@ use soarjobd::job::{Clients, Registry};
 use soarjobd::runner::Runner;
 use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use soarjobd::store::{
-    Claim, NewRun, RunFinish, RunRecord, RunStatus, SeenEntry, SeenState, Store, StoreError,
-    StoreResult, Trigger,
+    Claim, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, SeenEntry, SeenState, Store,
+    StoreError, StoreResult, Trigger,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -309,6 +309,15 @@ impl Store for FlakyStore {
     }
     async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
         self.inner.seen_remove(job_id, scope, item).await
+    }
+    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()> {
+        self.inner.record_run_process(process).await
+    }
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        self.inner.run_processes().await
+    }
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        self.inner.forget_run_process(run_id).await
     }
     async fn close(&self) {
         self.inner.close().await
