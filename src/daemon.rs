@@ -121,12 +121,14 @@ impl DaemonBuilder {
         let running = RunningRuns::default();
 
         let jobs_dir = settings.jobs_dir.clone();
+        let load_options = settings.load_options();
         let initial = {
-            let (d, r) = (jobs_dir.clone(), registry.clone());
-            tokio::task::spawn_blocking(move || definition::load_dir(&d, r.as_ref()))
+            let (d, r, o) = (jobs_dir.clone(), registry.clone(), load_options.clone());
+            tokio::task::spawn_blocking(move || definition::load_dir_with(&d, r.as_ref(), &o))
                 .await
                 .unwrap_or_default()
         };
+        let baseline = crate::watch::Snapshot::of(&initial);
         tracing::info!(
             jobs_dir = %jobs_dir.display(),
             database = %redact_url(&settings.database_url),
@@ -146,6 +148,8 @@ impl DaemonBuilder {
             jobs_dir,
             registry.clone(),
             settings.reload_poll,
+            load_options,
+            baseline,
             tx,
             shutdown.clone(),
         ));
