@@ -3,7 +3,9 @@
 mod deploy;
 mod example;
 mod exec;
+mod limits;
 mod process;
+mod reload;
 mod runtime;
 mod soar;
 mod support;
