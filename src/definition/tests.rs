@@ -2,7 +2,7 @@ use super::*;
 
 /// A catalog with one implementation that declares parameters and an extra key, so the loader
 /// is tested without any concrete job.
-struct TestCatalog;
+pub(super) struct TestCatalog;
 
 struct Echo;
 
