@@ -183,3 +183,27 @@ proptest! {
         }
     }
 }
+
+/// Mostly openers, with the characters that change how they are read.
+fn bracket_heavy() -> impl Strategy<Value = String> {
+    let t = prop::sample::select(
+        &[
+            "[", "[", "[", "[", "{", "{a: ", "a: ", "- ", "? ", "'", "\"", "\\", " #", "#", "\n",
+            "  ", ", ", "]", "}", "|\n", ">\n", "x", "&a ", "!t ", ":", "\t",
+        ][..],
+    );
+    prop::collection::vec(t, 0..600).prop_map(|t| t.concat())
+}
+
+proptest! {
+    #[test]
+    fn the_prescan_never_underestimates_depth_of_bracket_soup(text in bracket_heavy()) {
+        if limits::prescan(&text).is_ok()
+            && let Ok(v) = yaml_serde::from_str::<Yaml>(&text)
+        {
+            prop_assert!(depth(&v) <= limits::MAX_DEPTH, "depth {} passed the prescan:\n{text:?}", depth(&v));
+        }
+        let result = load_str(Path::new("jobs/fuzz.yaml"), &text, &TestCatalog);
+        check_located(&text, &result);
+    }
+}

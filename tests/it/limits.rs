@@ -110,19 +110,21 @@ async fn the_daemon_runs_the_other_jobs_beside_a_nested_file_and_stops_on_sigter
     assert!(eventually(Duration::from_secs(20), || async { marker.exists() }).await);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut code = None;
+    let code = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
         if let Some(s) = child.try_wait().unwrap() {
-            code = s.code();
-            break;
+            return s.code();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if code.is_none() {
-        let _ = child.kill();
-    }
-    assert_eq!(code, Some(0));
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 #[test]
