@@ -216,6 +216,7 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
                 "jobs folder changed"
             }
         };
+        let before = identity(&dir);
         let (d, c, o) = (dir.clone(), catalog.clone(), options.clone());
         let load = tokio::task::spawn_blocking(move || {
             definition::load_dir_with(&d, c.as_ref(), o.as_ref())
@@ -231,6 +232,12 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
                 }
             },
         };
+        if !report.folder_unreadable && identity(&dir) != before {
+            // The folder was replaced or removed while it was read: the listing may be of a
+            // folder being emptied. The folder check (which still knows the old identity)
+            // reloads the one that is there now.
+            continue;
+        }
         if report.folder_unreadable {
             // Not an empty folder: keep every job as it is and say so once.
             if !vanished {
