@@ -396,10 +396,11 @@ fn read_job_file(path: &Path) -> Result<String, LoadError> {
         }
     };
     if bytes.len() as u64 > max {
-        let e = limits::too_large(limits::pos_of(
-            valid,
-            valid.len().min(limits::MAX_FILE_BYTES),
-        ));
+        let mut at = valid.len().min(limits::MAX_FILE_BYTES);
+        while !valid.is_char_boundary(at) {
+            at -= 1;
+        }
+        let e = limits::too_large(limits::pos_of(valid, at));
         return Err(located(e.pos, e.message));
     }
     Ok(valid.to_string())

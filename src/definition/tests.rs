@@ -438,6 +438,22 @@ fn binary_garbage_and_duplicate_keys_are_located() {
 }
 
 #[test]
+fn the_size_limit_is_located_even_inside_a_multibyte_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.yaml");
+    // `é` is two bytes: byte 1 MiB falls in the middle of one.
+    let text = format!("name: X\nd: a{}\n", "é".repeat(limits::MAX_FILE_BYTES / 2));
+    std::fs::write(&path, &text).unwrap();
+    let e = load_file(&path, &TestCatalog).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("larger than 1024 KiB"), "{}", e[0]);
+    assert_eq!(e[0].line, 2, "{}", e[0]);
+    // The same text given directly is held to the same limit.
+    let e = load_str(&path, &text, &TestCatalog).unwrap_err();
+    assert!(e[0].message.contains("larger than 1024 KiB"), "{}", e[0]);
+}
+
+#[test]
 fn odd_folder_entries_are_reported_not_skipped() {
     use std::os::unix::ffi::OsStrExt;
     let dir = tempfile::tempdir().unwrap();
