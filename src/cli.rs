@@ -199,6 +199,10 @@ async fn run(settings: Settings) -> i32 {
             d.run_until_signal().await;
             exit::SUCCESS
         }
+        Err(crate::daemon::DaemonError::StoppedDuringStart) => {
+            tracing::info!("shutdown requested during startup; daemon stopped");
+            exit::SUCCESS
+        }
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
             exit::FAILURE

@@ -35,6 +35,8 @@ pub enum DaemonError {
     Timer(#[source] std::io::Error),
     #[error("cannot listen for SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
+    #[error("stopped by SIGTERM/SIGINT while loading the jobs folder")]
+    StoppedDuringStart,
 }
 
 /// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
@@ -100,7 +102,7 @@ impl DaemonBuilder {
         // Listen for SIGTERM/SIGINT before anything else: once `daemon started` is logged a
         // supervisor may stop us at any moment, and a signal that arrives before its handler
         // is registered kills the process without a graceful shutdown.
-        let signals = Signals::new().map_err(DaemonError::Signals)?;
+        let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
         let store = store::open(&settings.database_url).await?;
         let interrupted = store.interrupt_running(Utc::now()).await?;
@@ -124,9 +126,17 @@ impl DaemonBuilder {
         let load_options = settings.load_options();
         let initial = {
             let (d, r, o) = (jobs_dir.clone(), registry.clone(), load_options.clone());
-            tokio::task::spawn_blocking(move || definition::load_dir_with(&d, r.as_ref(), &o))
-                .await
-                .unwrap_or_default()
+            let load =
+                tokio::task::spawn_blocking(move || definition::load_dir_with(&d, r.as_ref(), &o));
+            // The load is bounded by the job-file limits, but not a read that hangs (a dead
+            // NFS server): a signal must not wait for it. Nothing has run yet.
+            tokio::select! {
+                r = load => r.unwrap_or_default(),
+                _ = signals.recv() => {
+                    store.close().await;
+                    return Err(DaemonError::StoppedDuringStart);
+                }
+            }
         };
         let baseline = crate::watch::Snapshot::of(&initial);
         tracing::info!(
