@@ -207,3 +207,50 @@ proptest! {
         check_located(&text, &result);
     }
 }
+
+proptest! {
+    /// Any Unicode text, including what the token lists do not think of.
+    #[test]
+    fn any_text_gives_jobs_or_located_errors(text in any::<String>()) {
+        let result = load_str(Path::new("jobs/fuzz.yaml"), &text, &TestCatalog);
+        check_located(&text, &result);
+        let _ = located::Positions::scan(&text);
+    }
+
+    /// Valid job files with arbitrary parameter values and keys still load or fail located.
+    #[test]
+    fn mutated_job_files_give_jobs_or_located_errors(
+        value in "[ -~é\\t]{0,40}",
+        key in "[a-z_]{1,12}",
+        at in 0usize..200,
+    ) {
+        let base = "name: X\njob: echo\nschedule:\n  every: 1m\nparameters:\n  - name: Tags\n    type: csv\n    value: a\n  - {name: N, type: integer, value: 3}\ncommand: [/bin/echo]\n";
+        let at = (0..=at.min(base.len())).rev().find(|i| base.is_char_boundary(*i)).unwrap_or(0);
+        let text = format!("{}{key}: {value}\n{}", &base[..at], &base[at..]);
+        let result = load_str(Path::new("jobs/fuzz.yaml"), &text, &TestCatalog);
+        check_located(&text, &result);
+    }
+}
+
+/// Found by `any_text_gives_jobs_or_located_errors`: the parser counts U+2028 (and `\r`,
+/// U+0085, U+2029) as line breaks, so its "line 3" was past the end of a one-line file.
+/// Positions are now recomputed from the byte offset, with lines ending at `\n`.
+#[test]
+fn unicode_line_separators_do_not_shift_locations() {
+    for text in [
+        "A:\u{2028}\u{10837}",
+        "a: 1\rb: [\n",
+        "x: \u{85}y: [\u{2029}\n",
+    ] {
+        let result = load_str(Path::new("jobs/fuzz.yaml"), text, &TestCatalog);
+        check_located(text, &result);
+    }
+    let e = load_str(
+        Path::new("jobs/x.yaml"),
+        "name: X\r\njob: [\n",
+        &TestCatalog,
+    )
+    .unwrap_err();
+    assert_eq!(e[0].line, 3, "{}", e[0]);
+    assert!(!e[0].message.contains(" at line "), "{}", e[0]);
+}

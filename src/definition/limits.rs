@@ -65,6 +65,22 @@ fn too_many(pos: Pos) -> LimitError {
     }
 }
 
+/// The position of byte `offset` of `text`, clamped to the text and to a character start.
+pub(crate) fn pos_at_byte(text: &str, offset: usize) -> Pos {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    pos_of(text, at)
+}
+
+/// A parser location in this module's terms. The parser counts lines its own way (YAML 1.1
+/// also breaks lines at `\r`, U+0085, U+2028 and U+2029), so the position is recomputed from
+/// its byte offset: lines end at `\n`, as in editors and in [`super::located`].
+pub(crate) fn yaml_pos(text: &str, loc: &yaml_serde::Location) -> Pos {
+    pos_at_byte(text, loc.index())
+}
+
 /// The 1-based position of byte `offset` of `text` (which must be a char boundary or the end).
 pub(crate) fn pos_of(text: &str, offset: usize) -> Pos {
     let before = &text[..offset];
@@ -368,10 +384,7 @@ pub fn count_nodes(text: &str) -> Result<(), (Option<Pos>, String)> {
     match seed.deserialize(de) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let pos = e.location().map(|l| Pos {
-                line: l.line(),
-                column: l.column(),
-            });
+            let pos = e.location().map(|l| yaml_pos(text, &l));
             match exceeded.get() {
                 Some("depth") => Err((pos, too_deep(Pos { line: 0, column: 0 }).message)),
                 Some(_) => Err((pos, too_many(Pos { line: 0, column: 0 }).message)),

@@ -484,21 +484,12 @@ fn yaml_error(path: &Path, source: &str, pos: &Positions, e: &yaml_serde::Error)
     // Reader errors (control characters, bad encodings) carry a byte offset, not a mark
     let offset = text.rfind(" at position ").and_then(|i| {
         let n: usize = text[i + 13..].trim().parse().ok()?;
-        let mut n = n.min(source.len());
-        while !source.is_char_boundary(n) {
-            n -= 1;
-        }
         Some((i, n))
     });
     // (and a mark of 1:1 that means nothing), so the offset wins.
     let at = offset
-        .map(|(_, n)| limits::pos_of(source, n))
-        .or_else(|| {
-            e.location().map(|l| Pos {
-                line: l.line(),
-                column: l.column(),
-            })
-        })
+        .map(|(_, n)| limits::pos_at_byte(source, n))
+        .or_else(|| e.location().map(|l| limits::yaml_pos(source, &l)))
         .unwrap_or(Pos { line: 1, column: 1 });
     if text.contains("duplicate entry")
         && let Some(d) = pos.duplicates().iter().find(|d| d.second.line >= at.line)
@@ -513,10 +504,11 @@ fn yaml_error(path: &Path, source: &str, pos: &Positions, e: &yaml_serde::Error)
             ),
         };
     }
-    // The parser appends its own " at line L column C"; the location is ours to print.
-    let message = match (text.rfind(" at line "), offset) {
-        (Some(i), _) | (None, Some((i, _))) => &text[..i],
-        (None, None) => &text[..],
+    // The parser writes its own " at line L column C" (counted its way) or " at position
+    // N"; the location is ours to print.
+    let message = match offset {
+        Some((i, _)) => text[..i].to_string(),
+        None => strip_location(&text),
     };
     LoadError {
         file: path.to_path_buf(),
@@ -524,6 +516,21 @@ fn yaml_error(path: &Path, source: &str, pos: &Positions, e: &yaml_serde::Error)
         column: at.column,
         message: format!("invalid YAML: {message}"),
     }
+}
+
+/// `msg at line 3 column 1, while scanning` -> `msg, while scanning`.
+fn strip_location(text: &str) -> String {
+    let Some(i) = text.find(" at line ") else {
+        return text.to_string();
+    };
+    let rest = &text[i + " at line ".len()..];
+    let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let n = digits(rest);
+    let Some(after) = rest[n..].strip_prefix(" column ") else {
+        return text.to_string();
+    };
+    let m = digits(after);
+    format!("{}{}", &text[..i], &after[m..])
 }
 
 const TOP_KEYS: &[&str] = &[
