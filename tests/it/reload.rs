@@ -146,10 +146,13 @@ async fn a_vanished_jobs_folder_keeps_the_jobs_and_is_watched_again_when_it_retu
     assert_eq!(lines(&log, gone).len(), 1);
     assert!(lines(&log, "job removed").is_empty());
 
-    // A new folder of the same name comes back with the same job, then gets a second one:
-    // file events must see it long before the one-hour poll.
-    std::fs::create_dir(app.jobs_dir()).unwrap();
-    std::fs::copy(away.join("tick.yaml"), app.jobs_dir().join("tick.yaml")).unwrap();
+    // A new folder of the same name comes back with the same job (moved into place whole, as
+    // a redeploy does), then gets a second one: file events must see it long before the
+    // one-hour poll.
+    let new = app.path("jobs.new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::copy(away.join("tick.yaml"), new.join("tick.yaml")).unwrap();
+    std::fs::rename(&new, app.jobs_dir()).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
             !lines(&log, "the jobs folder is back; watching it again").is_empty()
