@@ -254,8 +254,10 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
                     "the jobs folder is gone or unreadable; keeping the last good jobs until it returns"
                 );
             }
+            // The folder check now waits for another folder (or none) to be there; a folder
+            // that exists but cannot be listed is retried by the poll and SIGHUP.
             _armed = None;
-            known = None;
+            known = identity(&dir);
             continue;
         }
         if vanished {
@@ -263,7 +265,7 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
             tracing::info!(dir = %dir.display(), "the jobs folder is back; watching it again");
         }
         let now = identity(&dir);
-        if now != known {
+        if now != known || _armed.is_none() {
             known = now;
             _armed = None;
             if now.is_some() {
