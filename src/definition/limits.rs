@@ -12,7 +12,7 @@
 //!    YAML's rules for quotes, comments and block scalars, and is conservative (it may count a
 //!    little more than the parser would, never materially less; a property test checks this);
 //!    as a backstop it also bounds unmatched brackets counted with no regard for quoting;
-//! 3. for a file that may use aliases (it contains a `*`), the parsed events are walked
+//! 3. for a file that may use aliases (it contains a `&` and a `*`), the parsed events are walked
 //!    ([`count_nodes`]) for the exact depth and node count, alias expansions included,
 //!    before any `Value` is built. Without aliases the document is no larger than the text,
 //!    which the pre-scan bounded; the parser's own recursion limit (128) is a last backstop.

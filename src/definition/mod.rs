@@ -445,9 +445,11 @@ fn load_text(
     if let Err(e) = limits::prescan(text) {
         return (Err(located(e.pos, e.message)), Vec::new());
     }
-    // Only aliases (`*name`) can make the parsed document larger than the pre-scan's count,
-    // so only a file that may hold one pays for the exact walk (a second parse).
-    if text.contains('*')
+    // Only aliases (`*name`, which need an `&name` anchor) can make the parsed document
+    // larger than the pre-scan's count, so only a file that may hold both pays for the exact
+    // walk (a second parse); a cron expression's `*` alone does not.
+    if text.contains('&')
+        && text.contains('*')
         && let Err((pos, message)) = limits::count_nodes(text)
     {
         let pos = pos.unwrap_or(Pos { line: 1, column: 1 });

@@ -538,3 +538,25 @@ fn jitter_must_be_shorter_than_the_interval() {
         vec!["3:31: `jitter` must be shorter than the interval (1m)"]
     );
 }
+
+#[test]
+fn alias_expansion_is_held_to_the_node_limit() {
+    // 150 uses of a 1,000-item anchor: 150,000 nodes once expanded, from 6 KB of text.
+    let text = format!(
+        "name: X\njob: echo\nparameters: [{{name: Tags, type: csv, value: a}}]\nbase: &a [{}]\ncommand: [{}]\n",
+        "x, ".repeat(1000),
+        "*a, ".repeat(150)
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.contains("more than 100000 YAML nodes"),
+        "{}",
+        e[0]
+    );
+    assert!(e[0].line >= 4, "{}", e[0]);
+    // A few aliases are fine.
+    let ok =
+        "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: &t a}]\ndescription: *t\n";
+    assert_eq!(load(ok).unwrap().description, "a");
+}
