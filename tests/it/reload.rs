@@ -174,3 +174,38 @@ async fn a_vanished_jobs_folder_keeps_the_jobs_and_is_watched_again_when_it_retu
     assert!(lines(&log, "job removed").is_empty());
     stop(child);
 }
+
+#[tokio::test]
+async fn a_changed_value_from_file_in_the_jobs_folder_reloads_its_job_without_the_poll() {
+    let app = TestApp::new();
+    let key = app.jobs_dir().join("api-key");
+    std::fs::write(&key, "first\n").unwrap();
+    app.write_job(
+        "keyed",
+        "name: Keyed\njob: exec\nschedule: {every: 1h}\ncommand: [/bin/true]\nparameters:\n  - {name: Key, type: password, value_from_file: api-key}\n",
+    );
+    let (child, log) = start(&app, "1h");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !lines(&log, "daemon started").is_empty()
+        })
+        .await
+    );
+    // Rotate the secret (write-then-rename, as secret managers do).
+    let tmp = app.jobs_dir().join(".api-key.tmp");
+    std::fs::write(&tmp, "second\n").unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lines(&log, "job loaded")
+                .iter()
+                .any(|l| l["job_id"] == "keyed" && l["changed"] == true)
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let all = std::fs::read_to_string(&log).unwrap();
+    assert!(!all.contains("second") && !all.contains("first"), "{all}");
+    stop(child);
+}
