@@ -141,7 +141,12 @@ pub fn main() -> i32 {
             return exit::FAILURE;
         }
     };
-    runtime.block_on(dispatch(cli))
+    let code = runtime.block_on(dispatch(cli));
+    // Dropping a runtime waits for every blocking task; one may still be loading the jobs
+    // folder (shutdown stops waiting for it), and it must not hold up the exit of a daemon
+    // that has already shut down. The wait is bounded regardless.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn dispatch(cli: Cli) -> i32 {
@@ -192,6 +197,10 @@ async fn run(settings: Settings) -> i32 {
     match Daemon::builder().settings(settings).start().await {
         Ok(d) => {
             d.run_until_signal().await;
+            exit::SUCCESS
+        }
+        Err(crate::daemon::DaemonError::StoppedDuringStart) => {
+            tracing::info!("shutdown requested during startup; daemon stopped");
             exit::SUCCESS
         }
         Err(e) => {
@@ -279,7 +288,7 @@ fn check(loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
             message: e,
         });
     }
-    let report = definition::load_dir(&settings.jobs_dir, &registry);
+    let report = definition::load_dir_with(&settings.jobs_dir, &registry, &settings.load_options());
     errors.extend(report.errors);
     let now = Utc::now();
     let jobs: Vec<_> = report

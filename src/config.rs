@@ -44,6 +44,15 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// What job files may read besides themselves (see [`crate::definition::secrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsSettings {
+    /// Variables `value_from_env` may read: names, or prefixes ending in `*`. Default none.
+    pub env_allow: Vec<String>,
+    /// Folders `value_from_file` may read inside; `None`: the jobs folder and `/run/secrets`.
+    pub dirs: Option<Vec<PathBuf>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct HistorySettings {
     /// Keep at least the newest this many runs per job.
@@ -68,6 +77,20 @@ pub struct Settings {
     pub soar: Value,
     /// The `threatconnect` section, validated by [`crate::threatconnect`].
     pub threatconnect: Value,
+    /// The `secrets` section: what job files may read.
+    pub secrets: SecretsSettings,
+}
+
+impl Settings {
+    /// How job files are loaded under these settings (the `secrets` policy).
+    pub fn load_options(&self) -> crate::definition::LoadOptions {
+        let mut opts = crate::definition::LoadOptions::for_jobs_dir(&self.jobs_dir);
+        opts.secrets.env_allow = self.secrets.env_allow.clone();
+        if let Some(dirs) = &self.secrets.dirs {
+            opts.secrets.dirs = dirs.clone();
+        }
+        opts
+    }
 }
 
 impl Default for Settings {
@@ -88,6 +111,7 @@ impl Default for Settings {
             reload_poll: Duration::from_secs(30),
             soar: Value::Object(Map::new()),
             threatconnect: Value::Object(Map::new()),
+            secrets: SecretsSettings::default(),
         }
     }
 }
@@ -124,6 +148,7 @@ const TOP_KEYS: &[&str] = &[
     "reload_poll",
     "soar",
     "threatconnect",
+    "secrets",
 ];
 
 /// Keys holding paths, resolved against the config file's folder when written in the file.
@@ -232,6 +257,28 @@ fn resolve_relative_paths(v: &mut Value, base: &Path) {
             }
         }
     }
+    // `secrets.dirs` written in the file, as a list or a comma-separated string.
+    if let Some(dirs) = v.get_mut("secrets").and_then(|s| s.get_mut("dirs")) {
+        let resolve = |s: &str| {
+            let p = Path::new(s.trim());
+            if p.is_relative() {
+                base.join(p).to_string_lossy().into_owned()
+            } else {
+                s.trim().to_string()
+            }
+        };
+        match dirs {
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::String(s) = item {
+                        *s = resolve(s);
+                    }
+                }
+            }
+            Value::String(s) => *s = s.split(',').map(resolve).collect::<Vec<_>>().join(","),
+            _ => {}
+        }
+    }
     if let Some(Value::String(url)) = v.get_mut("database_url") {
         *url = resolve_sqlite_url(url, base);
     }
@@ -289,8 +336,11 @@ fn validate(v: &Value, file: Option<PathBuf>) -> Result<Settings, ConfigError> {
     }
     if let Some(x) = map.get("database_url") {
         match x.as_str() {
-            Some(u) if u.starts_with("sqlite:") => s.database_url = u.to_string(),
-            _ => problems
+            Some(u) => match check_database_url(u) {
+                Ok(()) => s.database_url = u.to_string(),
+                Err(e) => problems.push(e),
+            },
+            None => problems
                 .push("`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db".into()),
         }
     }
@@ -351,6 +401,55 @@ fn validate(v: &Value, file: Option<PathBuf>) -> Result<Settings, ConfigError> {
             }
         }
     });
+    section(map, "secrets", &mut problems, |m, problems| {
+        for k in m.keys() {
+            if !["env_allow", "dirs"].contains(&k.as_str()) {
+                problems.push(format!(
+                    "unknown key `secrets.{k}` (expected env_allow or dirs)"
+                ));
+            }
+        }
+        if let Some(x) = m.get("env_allow") {
+            match string_list(x) {
+                Some(list) => {
+                    for name in &list {
+                        let body = name.strip_suffix('*').unwrap_or(name);
+                        if !body.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            || (body.is_empty() && !name.ends_with('*'))
+                        {
+                            problems.push(format!(
+                                "`secrets.env_allow`: `{name}` is not a variable name or a \
+                                 prefix ending in `*`"
+                            ));
+                        } else if crate::definition::secrets::is_daemon_var(body)
+                            || crate::definition::secrets::DAEMON_ENV_PREFIX
+                                .starts_with(&body.to_ascii_uppercase())
+                                && name.ends_with('*')
+                                && !body.is_empty()
+                        {
+                            problems.push(format!(
+                                "`secrets.env_allow`: `{name}` would expose the daemon's own \
+                                 SOARJOBD__* variables, which job files can never read"
+                            ));
+                        }
+                    }
+                    s.secrets.env_allow = list;
+                }
+                None => problems.push(
+                    "`secrets.env_allow` must be a list of variable names or prefixes ending in `*`"
+                        .into(),
+                ),
+            }
+        }
+        if let Some(x) = m.get("dirs") {
+            match string_list(x) {
+                Some(list) if list.iter().all(|d| !d.is_empty()) => {
+                    s.secrets.dirs = Some(list.into_iter().map(PathBuf::from).collect());
+                }
+                _ => problems.push("`secrets.dirs` must be a list of folders".into()),
+            }
+        }
+    });
     for key in ["soar", "threatconnect"] {
         match map.get(key) {
             None | Some(Value::Null) => {}
@@ -397,6 +496,57 @@ fn duration(v: &Value) -> Result<Duration, String> {
         },
         _ => Err("must be a duration such as 30s or 15m".into()),
     }
+}
+
+/// A list of strings: a YAML list, or a comma-separated string (as environment values are).
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(|s| s.trim().to_string()))
+            .collect(),
+        Value::String(s) => Some(
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        ),
+        Value::Null => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// The SQLite URLs the store opens: `sqlite:PATH` or `sqlite://PATH` (or a bare path), with
+/// no in-memory database and no query options, which would silently drop what the store
+/// guarantees (a private file, durability). This is the rule of the store's own URL check
+/// (`store::sqlite`), so `check` rejects exactly what `run` would; a test holds them together.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Err(format!(
+            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db, got `{url}`"
+        ));
+    };
+    if path.is_empty() {
+        return Err("`database_url` names no file (expected sqlite:PATH)".into());
+    }
+    if path.starts_with(":memory:") {
+        return Err(
+            "`database_url` must name a file: an in-memory database would lose every run at \
+             exit"
+                .into(),
+        );
+    }
+    if path.contains('?') {
+        return Err(format!(
+            "`database_url` must not carry query options (`{}`): the daemon sets the SQLite \
+             options itself",
+            &path[path.find('?').unwrap_or(0)..]
+        ));
+    }
+    Ok(())
 }
 
 fn uint(v: &Value) -> Option<u32> {
@@ -493,6 +643,105 @@ mod tests {
         assert!(text.contains("shutdown_grace"), "{text}");
         assert!(text.contains("log.format"), "{text}");
         assert!(text.contains("history.keep_runs"), "{text}");
+    }
+
+    #[test]
+    fn secrets_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "jobs_dir: jobs\nsecrets: {env_allow: [TICKETS_API_KEY, 'MYJOB_*'], dirs: [keys, /run/secrets]}\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap();
+        assert_eq!(s.secrets.env_allow, vec!["TICKETS_API_KEY", "MYJOB_*"]);
+        let o = s.load_options();
+        assert_eq!(
+            o.secrets.dirs,
+            vec![dir.path().join("keys"), PathBuf::from("/run/secrets")]
+        );
+        // Defaults: nothing from the environment, the jobs folder and /run/secrets.
+        let o = Settings::default().load_options();
+        assert!(o.secrets.env_allow.is_empty());
+        assert_eq!(
+            o.secrets.dirs,
+            vec![PathBuf::from("jobs"), PathBuf::from("/run/secrets")]
+        );
+        // From the environment, comma-separated.
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[("SOARJOBD__SECRETS__ENV_ALLOW", "A_KEY, B_*")]),
+        })
+        .unwrap();
+        assert_eq!(s.secrets.env_allow, vec!["A_KEY", "B_*"]);
+        // The daemon's own variables cannot be allowed.
+        for bad in [
+            "SOARJOBD__SOAR__APP_KEY",
+            "SOARJOBD_*",
+            "SOAR*",
+            "*X",
+            "A-B",
+        ] {
+            std::fs::write(&cfg, format!("secrets: {{env_allow: ['{bad}']}}\n")).unwrap();
+            let e = load(&Sources {
+                file: Some(cfg.clone()),
+                env: env(&[]),
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("secrets.env_allow"), "{bad}: {e}");
+        }
+    }
+
+    /// `check` validates the URL with `check_database_url`; `run` opens the store. They must
+    /// agree on every URL.
+    #[tokio::test]
+    async fn database_url_check_agrees_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().display();
+        let urls = [
+            format!("sqlite:{p}/a.db"),
+            format!("sqlite://{p}/b.db"),
+            "sqlite::memory:".to_string(),
+            "sqlite://:memory:".to_string(),
+            format!("sqlite:{p}/c.db?mode=ro"),
+            format!("sqlite://{p}/d.db?cache=shared"),
+            "sqlite:".to_string(),
+            "sqlite://".to_string(),
+            "postgres://u:p@h/db".to_string(),
+        ];
+        for url in &urls {
+            let checked = check_database_url(url).is_ok();
+            let opened = match crate::store::open(url).await {
+                Ok(s) => {
+                    s.close().await;
+                    true
+                }
+                Err(crate::store::StoreError::UnsupportedUrl(_)) => false,
+                Err(e) => panic!("{url}: unexpected store error {e}"),
+            };
+            assert_eq!(
+                checked, opened,
+                "{url}: check says {checked}, run says {opened}"
+            );
+        }
+        // And through the whole config load.
+        let e = load(&Sources {
+            file: None,
+            env: env(&[("SOARJOBD__DATABASE_URL", "sqlite::memory:")]),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("in-memory"), "{e}");
+        let e = load(&Sources {
+            file: None,
+            env: env(&[("SOARJOBD__DATABASE_URL", "sqlite:x.db?mode=ro")]),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("mode=ro"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum DaemonError {
     Timer(#[source] std::io::Error),
     #[error("cannot listen for SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
+    #[error("stopped by SIGTERM/SIGINT while loading the jobs folder")]
+    StoppedDuringStart,
 }
 
 /// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
@@ -106,7 +108,7 @@ impl DaemonBuilder {
         // Listen for SIGTERM/SIGINT before anything else: once `daemon started` is logged a
         // supervisor may stop us at any moment, and a signal that arrives before its handler
         // is registered kills the process without a graceful shutdown.
-        let signals = Signals::new().map_err(DaemonError::Signals)?;
+        let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
         let store = store::open(&settings.database_url).await?;
         // One daemon per database file, before anything is changed in it: a second daemon
@@ -141,12 +143,22 @@ impl DaemonBuilder {
         let running = RunningRuns::default();
 
         let jobs_dir = settings.jobs_dir.clone();
+        let load_options = settings.load_options();
         let initial = {
-            let (d, r) = (jobs_dir.clone(), registry.clone());
-            tokio::task::spawn_blocking(move || definition::load_dir(&d, r.as_ref()))
-                .await
-                .unwrap_or_default()
+            let (d, r, o) = (jobs_dir.clone(), registry.clone(), load_options.clone());
+            let load =
+                tokio::task::spawn_blocking(move || definition::load_dir_with(&d, r.as_ref(), &o));
+            // The load is bounded by the job-file limits, but not a read that hangs (a dead
+            // NFS server): a signal must not wait for it. Nothing has run yet.
+            tokio::select! {
+                r = load => r.unwrap_or_default(),
+                _ = signals.recv() => {
+                    store.close().await;
+                    return Err(DaemonError::StoppedDuringStart);
+                }
+            }
         };
+        let baseline = crate::watch::Snapshot::of(&initial);
         tracing::info!(
             jobs_dir = %jobs_dir.display(),
             database = %redact_url(&settings.database_url),
@@ -166,6 +178,8 @@ impl DaemonBuilder {
             jobs_dir,
             registry.clone(),
             settings.reload_poll,
+            load_options,
+            baseline,
             tx,
             shutdown.clone(),
         ));

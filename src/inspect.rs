@@ -30,7 +30,7 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, i32> {
 /// `soarjobd list`.
 pub async fn list(settings: &Settings, json_out: bool) -> i32 {
     let registry = Registry::with_builtins();
-    let report = definition::load_dir(&settings.jobs_dir, &registry);
+    let report = definition::load_dir_with(&settings.jobs_dir, &registry, &settings.load_options());
     let store = match open_store(settings).await {
         Ok(s) => s,
         Err(code) => return code,
@@ -236,7 +236,11 @@ pub async fn run_once_with(
     job_id: &str,
     overrides: &[String],
 ) -> i32 {
-    let report = definition::load_dir(&settings.jobs_dir, registry.as_ref());
+    let report = definition::load_dir_with(
+        &settings.jobs_dir,
+        registry.as_ref(),
+        &settings.load_options(),
+    );
     let Some(def) = report.jobs.into_iter().find(|d| d.id == job_id) else {
         let own: Vec<_> = report
             .errors

@@ -25,6 +25,16 @@ pub struct Pos {
 pub struct Positions {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
+    dups: Vec<Duplicate>,
+}
+
+/// A key that appears twice in the same mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The key itself (the last segment of its path).
+    pub key: String,
+    pub first: Pos,
+    pub second: Pos,
 }
 
 impl Positions {
@@ -100,8 +110,9 @@ impl Positions {
             }
             let parent = stack.last().map(|(_, p)| p.clone()).unwrap_or_default();
             let path = join(&parent, &key);
-            out.keys.insert(
-                path.clone(),
+            out.record_key(
+                &key,
+                &path,
                 Pos {
                     line: line_no,
                     column: col + 1,
@@ -161,7 +172,7 @@ impl Positions {
                                 line,
                                 column: col + s + lead + 1,
                             };
-                            self.keys.insert(path.clone(), pos);
+                            self.record_key(&unquote(key), &path, pos);
                             let after = &text[i + 1..];
                             let v_lead = after.len() - after.trim_start().len();
                             self.values.insert(
@@ -177,6 +188,24 @@ impl Positions {
                 _ => {}
             }
         }
+    }
+
+    fn record_key(&mut self, key: &str, path: &str, pos: Pos) {
+        if let Some(first) = self.keys.insert(path.to_string(), pos) {
+            self.dups.push(Duplicate {
+                key: key.to_string(),
+                first,
+                second: pos,
+            });
+            // Lookups keep pointing at the first occurrence, which is what the value is
+            // read from in messages.
+            self.keys.insert(path.to_string(), first);
+        }
+    }
+
+    /// Keys defined twice in one mapping, in file order.
+    pub fn duplicates(&self) -> &[Duplicate] {
+        &self.dups
     }
 
     /// The position of the key at `path`, or of its nearest recorded parent.
@@ -235,7 +264,7 @@ fn unquote(s: &str) -> String {
 
 /// Splits `key: value` (or `key:` at the end of the line) into the key and the offset of the
 /// value. Quoted keys are supported; a line without a mapping colon returns `None`.
-fn split_key(rest: &str) -> Option<(String, usize)> {
+pub(crate) fn split_key(rest: &str) -> Option<(String, usize)> {
     let bytes = rest.as_bytes();
     let (key_end, search_from) = match bytes.first() {
         Some(b'"') | Some(b'\'') => {

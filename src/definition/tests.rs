@@ -2,7 +2,7 @@ use super::*;
 
 /// A catalog with one implementation that declares parameters and an extra key, so the loader
 /// is tested without any concrete job.
-struct TestCatalog;
+pub(super) struct TestCatalog;
 
 struct Echo;
 
@@ -251,15 +251,23 @@ fn bad_file_names_are_rejected() {
     );
 }
 
+/// A policy that allows the test's variables (`value_from_env` is refused by default).
+fn allowing(dir: &Path, vars: &[&str]) -> LoadOptions {
+    let mut o = LoadOptions::for_jobs_dir(dir);
+    o.secrets.env_allow = vars.iter().map(|v| v.to_string()).collect();
+    o
+}
+
 #[test]
 fn values_from_env_and_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "from-file\n").unwrap();
     // SAFETY: the variable name is unique to this test, so no other test reads it concurrently.
     unsafe { std::env::set_var("SOARJOBD_TEST_TAGS_3F1", "x, y") };
+    let opts = allowing(dir.path(), &["SOARJOBD_TEST_*"]);
     let text = "name: X\njob: echo\nparameters:\n  - {name: Tags, type: csv, value_from_env: SOARJOBD_TEST_TAGS_3F1}\n  - {name: Key, type: password, value_from_file: secret.txt}\n  - {name: Missing, type: string, value_from_env: SOARJOBD_TEST_UNSET_3F1}\n";
     let path = dir.path().join("env-job.yaml");
-    let errs = load_str(&path, text, &TestCatalog).unwrap_err();
+    let errs = load_str_with(&path, text, &TestCatalog, &opts).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert!(
         errs[0]
@@ -267,13 +275,222 @@ fn values_from_env_and_file() {
             .contains("SOARJOBD_TEST_UNSET_3F1` is not set")
     );
     let text = text.lines().take(5).collect::<Vec<_>>().join("\n");
-    let d = load_str(&path, &text, &TestCatalog).unwrap();
+    let d = load_str_with(&path, &text, &TestCatalog, &opts).unwrap();
     assert_eq!(d.parameters.list("Tags").unwrap(), vec!["x", "y"]);
     use secrecy::ExposeSecret;
     assert_eq!(
         d.parameters.secret("Key").unwrap().unwrap().expose_secret(),
         "from-file"
     );
+    // The default policy allows no variable at all.
+    let errs = load_str(&path, &text, &TestCatalog).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (4, 45), "{}", errs[0]);
+    assert!(errs[0].message.contains("secrets.env_allow"), "{}", errs[0]);
+}
+
+#[test]
+fn exfiltration_attempts_are_refused_with_located_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let secrets = root.path().join("secrets");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(root.path().join("outside.txt"), "top secret").unwrap();
+    std::fs::write(secrets.join("ok.txt"), "allowed-value").unwrap();
+    std::os::unix::fs::symlink(root.path().join("outside.txt"), secrets.join("escape")).unwrap();
+    // SAFETY: variable names unique to this test.
+    unsafe {
+        std::env::set_var("SOARJOBD__TEST_EXFIL_KEY", "daemon-secret");
+        std::env::set_var("EXFIL_TEST_OTHER_9C2", "not-allowed");
+        std::env::set_var("EXFIL_TEST_OK_9C2", "fine");
+    }
+    let mut opts = allowing(&jobs, &["EXFIL_TEST_OK_*", "SOARJOBD__TEST_*"]);
+    opts.secrets.dirs.push(secrets.clone());
+    let text = format!(
+        "name: X\njob: echo\nparameters:\n  - {{name: Tags, type: csv, value: a}}\n\
+         - {{name: A, type: password, value_from_env: SOARJOBD__TEST_EXFIL_KEY}}\n\
+         - {{name: B, type: password, value_from_env: EXFIL_TEST_OTHER_9C2}}\n\
+         - {{name: C, type: password, value_from_file: /proc/self/environ}}\n\
+         - {{name: D, type: password, value_from_file: ../../etc/passwd}}\n\
+         - {{name: E, type: password, value_from_file: {}}}\n\
+         - {{name: F, type: password, value_from_file: /etc/passwd}}\n",
+        secrets.join("escape").display()
+    )
+    .replace("\\\n", "");
+    let text = text.replace("}\n- ", "}\n  - ");
+    let errs = load_str_with(&jobs.join("x.yaml"), &text, &TestCatalog, &opts).unwrap_err();
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}:{} {}", e.line, e.column, e.message))
+        .collect();
+    assert_eq!(errs.len(), 6, "{got:#?}");
+    for (i, e) in errs.iter().enumerate() {
+        assert_eq!(e.line, 5 + i, "{got:#?}");
+        assert!(e.column > 20, "{got:#?}");
+    }
+    assert!(got[0].contains("daemon's own"), "{got:#?}");
+    assert!(got[1].contains("not allowed"), "{got:#?}");
+    assert!(got[2].contains("outside the secrets folders"), "{got:#?}");
+    assert!(got[3].contains("`..`"), "{got:#?}");
+    assert!(got[4].contains("symbolic link"), "{got:#?}");
+    assert!(got[5].contains("outside the secrets folders"), "{got:#?}");
+    let all = format!("{got:?}");
+    assert!(
+        !all.contains("top secret") && !all.contains("daemon-secret"),
+        "{all}"
+    );
+
+    // What is allowed still works.
+    let ok = format!(
+        "name: X\njob: echo\nparameters:\n  - {{name: Tags, type: csv, value: a}}\n  - {{name: A, type: password, value_from_env: EXFIL_TEST_OK_9C2}}\n  - {{name: B, type: password, value_from_file: {}}}\n",
+        secrets.join("ok.txt").display()
+    );
+    let d = load_str_with(&jobs.join("x.yaml"), &ok, &TestCatalog, &opts).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        d.parameters.secret("A").unwrap().unwrap().expose_secret(),
+        "fine"
+    );
+    assert_eq!(
+        d.parameters.secret("B").unwrap().unwrap().expose_secret(),
+        "allowed-value"
+    );
+}
+
+#[test]
+fn oversized_nested_and_many_node_files_give_located_limit_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = "job: echo\nparameters: [{name: Tags, type: csv, value: a}]\n";
+    std::fs::write(dir.path().join("good.yaml"), format!("name: Good\n{ok}")).unwrap();
+    // 300 KB of nested flow sequences (this took 40 s of CPU before the limits).
+    std::fs::write(
+        dir.path().join("nested.yaml"),
+        format!("name: N\n{ok}x: {}\n", "[".repeat(300_000)),
+    )
+    .unwrap();
+    // Block-style nesting, by indentation.
+    let block: String = (0..100)
+        .map(|d| format!("{}k{d}:\n", "  ".repeat(d)))
+        .collect();
+    std::fs::write(
+        dir.path().join("block.yaml"),
+        format!("name: B\n{ok}x:\n{block}"),
+    )
+    .unwrap();
+    // 2 MiB: over the size limit.
+    let big = format!("name: Big\n{ok}description: {}\n", "y".repeat(2 << 20));
+    std::fs::write(dir.path().join("big.yaml"), big).unwrap();
+    // A flat map with too many nodes (under the size limit).
+    let many: String = (0..60_000).map(|i| format!("k{i}: 1\n")).collect();
+    std::fs::write(
+        dir.path().join("many.yaml"),
+        format!("name: M\n{ok}x:\n{many}"),
+    )
+    .unwrap();
+
+    let r = load_dir(dir.path(), &TestCatalog);
+    assert_eq!(r.jobs.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.jobs[0].id, "good");
+    let msgs: Vec<String> = r.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 4, "{msgs:#?}");
+    let find = |f: &str| {
+        r.errors
+            .iter()
+            .find(|e| e.file.ends_with(f))
+            .unwrap_or_else(|| panic!("no error for {f}: {msgs:#?}"))
+    };
+    let e = find("nested.yaml");
+    assert!(e.message.contains("nesting deeper than 64"), "{e}");
+    assert_eq!((e.line, e.column), (4, 3 + 64), "{e}");
+    let e = find("block.yaml");
+    assert!(e.message.contains("nesting deeper than 64"), "{e}");
+    assert!(e.line > 60, "{e}");
+    let e = find("big.yaml");
+    assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+    assert_eq!(e.line, 4, "{e}");
+    let e = find("many.yaml");
+    assert!(e.message.contains("more than 100000 YAML nodes"), "{e}");
+    assert!(e.line > 40_000, "{e}");
+}
+
+#[test]
+fn binary_garbage_and_duplicate_keys_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bin.yaml");
+    std::fs::write(&path, b"name: X\njob: echo\ndesc: ab\xff\xfe\x00\n").unwrap();
+    let e = load_file(&path, &TestCatalog).unwrap_err();
+    assert_eq!((e[0].line, e[0].column), (3, 9), "{}", e[0]);
+    assert!(e[0].message.contains("not UTF-8"), "{}", e[0]);
+
+    let e = load("name: X\njob: echo\nparameters: []\nname: Y\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        e[0].to_string(),
+        "jobs/sample-job.yaml:4:1: duplicate key `name` (first defined at line 1)"
+    );
+    let e = load("name: X\njob: echo\nschedule:\n  every: 1m\n  every: 2m\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].column), (5, 3), "{}", e[0]);
+    assert!(e[0].message.contains("`every`"), "{}", e[0]);
+    // Control characters: the parser's own location.
+    let e = load("name: X\njob: echo\ndescription: \u{1}\n").unwrap_err();
+    assert_eq!(e[0].line, 3, "{}", e[0]);
+}
+
+#[test]
+fn the_size_limit_is_located_even_inside_a_multibyte_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.yaml");
+    // `é` is two bytes: byte 1 MiB falls in the middle of one.
+    let text = format!("name: X\nd: a{}\n", "é".repeat(limits::MAX_FILE_BYTES / 2));
+    std::fs::write(&path, &text).unwrap();
+    let e = load_file(&path, &TestCatalog).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("larger than 1024 KiB"), "{}", e[0]);
+    assert_eq!(e[0].line, 2, "{}", e[0]);
+    // The same text given directly is held to the same limit.
+    let e = load_str(&path, &text, &TestCatalog).unwrap_err();
+    assert!(e[0].message.contains("larger than 1024 KiB"), "{}", e[0]);
+}
+
+#[test]
+fn odd_folder_entries_are_reported_not_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = "job: echo\nparameters: [{name: Tags, type: csv, value: a}]\n";
+    std::fs::write(d.join("good.yaml"), format!("name: Good\n{ok}")).unwrap();
+    std::fs::create_dir(d.join("folder.yaml")).unwrap();
+    std::os::unix::fs::symlink(d.join("loop-b.yaml"), d.join("loop-a.yaml")).unwrap();
+    std::os::unix::fs::symlink(d.join("loop-a.yaml"), d.join("loop-b.yaml")).unwrap();
+    std::os::unix::fs::symlink(d.join("missing"), d.join("dangling.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(d.join("pipe.yaml").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.yaml");
+    std::fs::write(d.join(latin1), format!("name: Cafe\n{ok}")).unwrap();
+    // Not job files at all: still ignored.
+    std::fs::create_dir(d.join("scripts")).unwrap();
+    std::fs::write(d.join(".hidden.yaml"), "garbage: [").unwrap();
+
+    // Never blocks on the FIFO (no writer ever opens it).
+    let r = load_dir(d, &TestCatalog);
+    assert_eq!(r.jobs.len(), 1);
+    let msgs: Vec<String> = r.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 6, "{msgs:#?}");
+    let has = |name: &str, what: &str| {
+        assert!(
+            msgs.iter().any(|m| m.contains(name) && m.contains(what)),
+            "{name}: {what}: {msgs:#?}"
+        )
+    };
+    has("folder.yaml: ", "is a folder");
+    has("loop-a.yaml: ", "symbolic link loop");
+    has("loop-b.yaml: ", "symbolic link loop");
+    has("dangling.yaml: ", "does not exist");
+    has("pipe.yaml: ", "FIFO");
+    has("caf", "not valid UTF-8");
+    assert_eq!(r.failed_files.len(), 6);
 }
 
 #[test]
@@ -320,4 +537,26 @@ fn jitter_must_be_shorter_than_the_interval() {
         errs,
         vec!["3:31: `jitter` must be shorter than the interval (1m)"]
     );
+}
+
+#[test]
+fn alias_expansion_is_held_to_the_node_limit() {
+    // 150 uses of a 1,000-item anchor: 150,000 nodes once expanded, from 6 KB of text.
+    let text = format!(
+        "name: X\njob: echo\nparameters: [{{name: Tags, type: csv, value: a}}]\nbase: &a [{}]\ncommand: [{}]\n",
+        "x, ".repeat(1000),
+        "*a, ".repeat(150)
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.contains("more than 100000 YAML nodes"),
+        "{}",
+        e[0]
+    );
+    assert!(e[0].line >= 4, "{}", e[0]);
+    // A few aliases are fine.
+    let ok =
+        "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: &t a}]\ndescription: *t\n";
+    assert_eq!(load(ok).unwrap().description, "a");
 }

@@ -85,10 +85,12 @@ exit 1"#;
     let mut db = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("state.db")
+        // The database, its WAL and journal (not the lock and owner files beside them).
+        if p.is_file()
+            && p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("state.db")
         {
             db.extend(std::fs::read(&p).unwrap());
         }
