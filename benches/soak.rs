@@ -3,8 +3,8 @@
 //! `cargo bench --bench soak` runs the full soak: 1,000 jobs `every: 1s` for 10 minutes, the
 //! daemon frozen with SIGSTOP for 5 s in the middle, and one job file edited every 10 s. Under
 //! `cargo test` (no `--bench` argument) it runs a small smoke version (20 jobs, 16 s) so CI
-//! proves the benchmark still works and that its invariants hold: exactly one reload per edit,
-//! no tick run twice, and the daemon stops cleanly on SIGTERM.
+//! proves the benchmark still works and that its invariants hold: exactly one reload per edit
+//! (and no reload without one), no tick run twice, and the daemon stops cleanly on SIGTERM.
 //!
 //! The daemon runs in a child process of this binary (re-executed with `SOARJOBD_SOAK_DIR`),
 //! so its RSS and CPU time are its own and it can be frozen with SIGSTOP. It logs JSON to
@@ -81,6 +81,10 @@ fn main() {
     assert_eq!(
         report.job_changes, report.edits,
         "expected exactly one reload (changed job) per edit"
+    );
+    assert_eq!(
+        report.folder_reloads, report.edits,
+        "expected exactly one `jobs folder reloaded` per edit (no reload storm)"
     );
     assert!(report.runs > 0, "nothing ran");
 }
