@@ -91,6 +91,16 @@ impl Settings {
         }
         opts
     }
+
+    /// A platform's config section by name, as loaded; `None` for a section this grammar does
+    /// not hold. Platforms (`crate::platform::Platform`) read their section through this.
+    pub fn section(&self, name: &str) -> Option<&Value> {
+        match name {
+            "soar" => Some(&self.soar),
+            "threatconnect" => Some(&self.threatconnect),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Settings {
