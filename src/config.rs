@@ -73,9 +73,9 @@ pub struct Settings {
     pub history: HistorySettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
-    /// The `soar` section, validated by [`crate::soar`] when a client is built.
+    /// The `soar` section, validated by its platform plugin when the app is built.
     pub soar: Value,
-    /// The `threatconnect` section, validated by [`crate::threatconnect`].
+    /// The `threatconnect` section, validated by its platform plugin.
     pub threatconnect: Value,
     /// The `secrets` section: what job files may read.
     pub secrets: SecretsSettings,
