@@ -128,6 +128,12 @@ impl AppBuilder {
         self
     }
 
+    /// The config sections of the platforms, in installation order (what the config grammar
+    /// must accept besides its own keys).
+    pub fn sections(&self) -> Vec<&'static str> {
+        self.platforms.iter().map(|p| p.section()).collect()
+    }
+
     /// Builds the app, or fails with every problem found.
     pub fn build(self) -> Result<App, AppError> {
         let (app, problems) = self.assemble();
@@ -234,6 +240,7 @@ mod tests {
 
     #[test]
     fn no_platform_section_is_no_problem_and_the_secrets_are_collected() {
+        assert_eq!(App::builder().sections(), ["soar", "threatconnect"]);
         assert!(App::builder().build().is_ok());
         let settings = Settings {
             soar: json!({ "url": "http://soar", "app_key": "the-app-key" }),
