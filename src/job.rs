@@ -3,7 +3,8 @@
 //!
 //! This is TIPCommon's `Job` lifecycle, typed: parameters arrive already validated (at load
 //! time), API clients are held by the job itself (handed over when it was built, see
-//! [`crate::platform`]), the job performs its work and says how it went. Nothing is saved implicitly, as in SecOps: a job that wants its window to move calls
+//! [`crate::platform`]), the job performs its work and says how it went. Nothing is saved
+//! implicitly, as in SecOps: a job that wants its window to move calls
 //! [`JobContext::save_timestamp`]. Invariant: a job changes durable state only through its
 //! context, and every context write reaches the store at once, so a crash keeps what was
 //! recorded.
