@@ -246,7 +246,8 @@ fn load_files(n: usize) -> (f64, usize) {
         )
         .unwrap();
     }
-    let registry = soarjobd::job::Registry::with_builtins();
+    let mut registry = soarjobd::job::Registry::new();
+    registry.register(soarjobd::jobs::exec::Exec);
     let t = Instant::now();
     let report = soarjobd::definition::load_dir(dir.path(), &registry);
     let now = Utc::now();

@@ -13,12 +13,10 @@
 //! so the config raises it to 64.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use soarjobd::config::Settings;
-use soarjobd::job::Registry;
 use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
 use soarjobd::store::RunStatus;
 
@@ -180,13 +178,11 @@ async fn measure(level: &Level, latency_ms: u64) -> Measure {
     };
 
     let started = Instant::now();
-    let code = soarjobd::inspect::run_once_with(
-        settings.clone(),
-        Arc::new(Registry::with_builtins()),
-        JOB,
-        &[],
-    )
-    .await;
+    let app = soarjobd::app::App::builder()
+        .settings(settings.clone())
+        .build()
+        .expect("the app builds");
+    let code = soarjobd::inspect::run_once(&app, JOB, &[]).await;
     let total = started.elapsed();
     assert_eq!(code, 0, "the benchmark run did not succeed");
 

@@ -1,4 +1,5 @@
-//! A complete custom job: your own binary with the built-in jobs plus one of yours.
+//! A complete custom job: your own binary with the built-in jobs plus one of yours, and the
+//! whole `soarjobd` command line (`check`, `list` and `run-once` know your job too).
 //!
 //! `StaleCaseReminder` shows the parts of the `JobContext` most jobs need: typed parameters,
 //! the SecOps last-success window, a seen-set so an item is handled once across runs and
@@ -14,15 +15,16 @@
 //! parameters:
 //!   - {name: Items, type: csv, value: "case-1, case-2, case-3"}
 //! YAML
-//! SOARJOBD__JOBS_DIR=/tmp/custom/jobs SOARJOBD__DATABASE_URL=sqlite:/tmp/custom/state.db \
-//!     cargo run --example custom_job
+//! export SOARJOBD__JOBS_DIR=/tmp/custom/jobs SOARJOBD__DATABASE_URL=sqlite:/tmp/custom/state.db
+//! cargo run --example custom_job -- check            # validates reminder.yaml
+//! cargo run --example custom_job -- run-once reminder
+//! cargo run --example custom_job                     # the daemon
 //! ```
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use soarjobd::config::{self, Sources};
-use soarjobd::daemon::Daemon;
+use soarjobd::app::App;
 use soarjobd::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
 use soarjobd::job::{Job, JobContext, JobError, Outcome};
 
@@ -99,29 +101,10 @@ impl Job for StaleCaseReminder {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let settings = match config::load(&Sources::default()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    soarjobd::telemetry::init(settings.log.format, &settings.log.level);
-    let daemon = Daemon::builder()
-        .register(StaleCaseReminder)
-        .settings(settings)
-        .start()
-        .await;
-    match daemon {
-        Ok(d) => {
-            d.run_until_signal().await;
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+/// The whole `soarjobd` command line (`run`, `check`, `list`, `history`, `run-once`, `demo`...)
+/// with the built-in jobs and platforms plus `stale-case-reminder`.
+fn main() -> std::process::ExitCode {
+    let app = App::builder().register(StaleCaseReminder);
+    let code = soarjobd::cli::main_with(app);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -4,18 +4,18 @@
 //! turns errors into codes and messages.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::app::{App, AppBuilder};
 use crate::config::{self, LogFormat, Settings, Sources};
-use crate::daemon::Daemon;
-use crate::definition::{self, LoadError};
+use crate::definition::LoadError;
+pub use crate::demo::SimCmd;
 use crate::exit;
-use crate::job::{Registry, error_chain};
+use crate::job::error_chain;
 use crate::schedule::{Schedule, parse_timezone};
 
 #[derive(Parser, Debug)]
@@ -93,43 +93,24 @@ pub enum Cmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
-pub enum SimCmd {
-    /// The Google SecOps SOAR API simulator.
-    Soar {
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: SocketAddr,
-        #[arg(long, default_value_t = 200)]
-        cases: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, env = "SOAR_SIM_APP_KEY", default_value = "sim-app-key")]
-        app_key: String,
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        #[arg(long)]
-        rate_limit: Option<u32>,
-        #[arg(long, default_value_t = 0.0)]
-        fault_rate: f64,
-    },
-    /// The ThreatConnect API simulator.
-    Threatconnect {
-        #[arg(long, default_value = "127.0.0.1:8444")]
-        listen: SocketAddr,
-        #[arg(long, env = "TC_SIM_ACCESS_ID", default_value = "sim-access-id")]
-        access_id: String,
-        #[arg(long, env = "TC_SIM_SECRET_KEY", default_value = "sim-secret-key")]
-        secret_key: String,
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// How long a batch job takes from upload to Completed.
-        #[arg(long, default_value_t = 200)]
-        processing_delay_ms: u64,
-    },
+/// Parses arguments, runs the command, returns the exit code: the `soarjobd` binary, with the
+/// built-in jobs and platforms.
+pub fn main() -> i32 {
+    main_with(App::builder())
 }
 
-/// Parses arguments, runs the command, returns the exit code.
-pub fn main() -> i32 {
+/// The whole CLI over your own app: a custom binary hands its builder (its jobs and
+/// platforms) here, and `run`, `check`, `list`, `history`, `run-once` and `demo` all know its
+/// jobs. The settings are loaded from the usual sources and given to the builder.
+///
+/// ```no_run
+/// use soarjobd::app::App;
+/// # use soarjobd::jobs::exec::Exec as MyJob;
+/// fn main() {
+///     std::process::exit(soarjobd::cli::main_with(App::builder().register(MyJob)));
+/// }
+/// ```
+pub fn main_with(app: AppBuilder) -> i32 {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,7 +122,7 @@ pub fn main() -> i32 {
             return exit::FAILURE;
         }
     };
-    let code = runtime.block_on(dispatch(cli));
+    let code = runtime.block_on(dispatch(cli, app));
     // Dropping a runtime waits for every blocking task; one may still be loading the jobs
     // folder (shutdown stops waiting for it), and it must not hold up the exit of a daemon
     // that has already shut down. The wait is bounded regardless.
@@ -149,7 +130,7 @@ pub fn main() -> i32 {
     code
 }
 
-async fn dispatch(cli: Cli) -> i32 {
+async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
     let command = cli.command.unwrap_or(Cmd::Run);
     // `next` needs no config at all.
     if let Cmd::Next { expr, tz, from, n } = &command {
@@ -160,7 +141,7 @@ async fn dispatch(cli: Cli) -> i32 {
         env: None,
     });
     if let Cmd::Check { json } = command {
-        return check(loaded, json);
+        return check(app, loaded, json);
     }
     let mut settings = match loaded {
         Ok(s) => s,
@@ -177,24 +158,44 @@ async fn dispatch(cli: Cli) -> i32 {
     }
     crate::telemetry::init(settings.log.format, &settings.log.level);
     match command {
-        Cmd::Run => run(settings).await,
-        Cmd::List { json } => crate::inspect::list(&settings, json).await,
+        Cmd::Run => run(app.settings(settings)).await,
+        // `list` and `history` read the store and the job files: a broken platform section
+        // (which `check` reports) must not hide the history.
+        Cmd::List { json } => {
+            crate::inspect::list(&app.settings(settings).assemble().0, json).await
+        }
         Cmd::History {
             job_id,
             limit,
             json,
-        } => crate::inspect::history(&settings, &job_id, limit, json).await,
-        Cmd::RunOnce { job_id, params } => {
-            crate::inspect::run_once(settings, &job_id, &params).await
+        } => {
+            let app = app.settings(settings).assemble().0;
+            crate::inspect::history(&app, &job_id, limit, json).await
         }
-        Cmd::Demo { data_dir, cases } => crate::demo::run(settings, data_dir, cases).await,
+        Cmd::RunOnce { job_id, params } => match app.settings(settings).build() {
+            Ok(app) => crate::inspect::run_once(&app, &job_id, &params).await,
+            Err(e) => {
+                for p in &e.problems {
+                    eprintln!("error: {p}");
+                }
+                exit::USAGE
+            }
+        },
+        Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
         Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
     }
 }
 
-async fn run(settings: Settings) -> i32 {
-    match Daemon::builder().settings(settings).start().await {
+async fn run(app: AppBuilder) -> i32 {
+    let app = match app.build() {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot start the daemon");
+            return exit::FAILURE;
+        }
+    };
+    match app.daemon().start().await {
         Ok(d) => {
             d.run_until_signal().await;
             exit::SUCCESS
@@ -259,8 +260,7 @@ pub fn format_instant(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
 }
 
 /// `soarjobd check`.
-fn check(loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
-    let registry = Registry::with_builtins();
+fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
     let mut errors: Vec<LoadError> = Vec::new();
     let settings = match loaded {
         Ok(s) => s,
@@ -277,18 +277,18 @@ fn check(loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
             Settings::default()
         }
     };
-    if let Err(e) = crate::jobs::build_clients(&settings) {
-        errors.push(LoadError {
-            file: settings
-                .file
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("<config>")),
-            line: 0,
-            column: 0,
-            message: e,
-        });
-    }
-    let report = definition::load_dir_with(&settings.jobs_dir, &registry, &settings.load_options());
+    let config_file = settings
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<config>"));
+    let (app, problems) = app.settings(settings).assemble();
+    errors.extend(problems.into_iter().map(|message| LoadError {
+        file: config_file.clone(),
+        line: 0,
+        column: 0,
+        message,
+    }));
+    let report = app.load_jobs();
     errors.extend(report.errors);
     let now = Utc::now();
     let jobs: Vec<_> = report

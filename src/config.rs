@@ -73,9 +73,9 @@ pub struct Settings {
     pub history: HistorySettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
-    /// The `soar` section, validated by [`crate::soar`] when a client is built.
+    /// The `soar` section, validated by its platform plugin when the app is built.
     pub soar: Value,
-    /// The `threatconnect` section, validated by [`crate::threatconnect`].
+    /// The `threatconnect` section, validated by its platform plugin.
     pub threatconnect: Value,
     /// The `secrets` section: what job files may read.
     pub secrets: SecretsSettings,
@@ -90,6 +90,16 @@ impl Settings {
             opts.secrets.dirs = dirs.clone();
         }
         opts
+    }
+
+    /// A platform's config section by name, as loaded; `None` for a section this grammar does
+    /// not hold. Platforms (`crate::platform::Platform`) read their section through this.
+    pub fn section(&self, name: &str) -> Option<&Value> {
+        match name {
+            "soar" => Some(&self.soar),
+            "threatconnect" => Some(&self.threatconnect),
+            _ => None,
+        }
     }
 }
 

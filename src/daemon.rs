@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::definition;
-use crate::job::{Clients, Job, Registry, error_chain};
+use crate::job::{Job, Registry, error_chain};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, Store, StoreError};
@@ -35,8 +35,6 @@ pub enum DaemonError {
     /// Another daemon uses the database (or its lock file cannot be taken).
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("invalid API client configuration: {0}")]
-    Clients(String),
     #[error("cannot start the timer thread")]
     Timer(#[source] std::io::Error),
     #[error("cannot listen for SIGTERM/SIGINT")]
@@ -45,13 +43,16 @@ pub enum DaemonError {
     StoppedDuringStart,
 }
 
-/// Builds a daemon: the registry of jobs (built-ins plus your own), settings and options.
+/// Builds a daemon: the registry of jobs, settings and options. The registry comes from the
+/// composition root (`soarjobd::app::App::daemon`, which builds the platform clients and the
+/// jobs holding them); `Daemon::builder()` alone knows no job.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use soarjobd::daemon::Daemon;
+/// use soarjobd::app::App;
 /// let settings = soarjobd::config::load(&Default::default())?;
-/// let daemon = Daemon::builder().settings(settings).start().await?;
+/// let app = App::builder().settings(settings).build()?;
+/// let daemon = app.daemon().start().await?;
 /// daemon.run_until_signal().await;
 /// # Ok(()) }
 /// ```
@@ -60,10 +61,9 @@ pub struct Daemon;
 impl Daemon {
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
-            registry: Registry::with_builtins(),
+            registry: Registry::new(),
             settings: Settings::default(),
             options: SchedulerOptions::default(),
-            clients: None,
         }
     }
 }
@@ -72,11 +72,17 @@ pub struct DaemonBuilder {
     registry: Registry,
     settings: Settings,
     options: SchedulerOptions,
-    clients: Option<Clients>,
 }
 
 impl DaemonBuilder {
-    /// Adds a job implementation (a later one with the same id replaces a built-in).
+    /// Uses these job implementations (and their platform secrets), replacing any registered
+    /// before.
+    pub fn with_registry(mut self, registry: Registry) -> DaemonBuilder {
+        self.registry = registry;
+        self
+    }
+
+    /// Adds a job implementation (a later one with the same id replaces an earlier one).
     pub fn register(mut self, job: impl Job) -> DaemonBuilder {
         self.registry.register(job);
         self
@@ -90,12 +96,6 @@ impl DaemonBuilder {
     /// Runs every enabled job once right after start.
     pub fn run_at_start(mut self, yes: bool) -> DaemonBuilder {
         self.options.run_at_start = yes;
-        self
-    }
-
-    /// Uses these API clients instead of building them from the settings.
-    pub fn clients(mut self, clients: Clients) -> DaemonBuilder {
-        self.clients = Some(clients);
         self
     }
 
@@ -132,12 +132,8 @@ impl DaemonBuilder {
                 "run interrupted by the previous shutdown or crash"
             );
         }
-        let clients = match self.clients {
-            Some(c) => c,
-            None => crate::jobs::build_clients(&settings).map_err(DaemonError::Clients)?,
-        };
         let registry = Arc::new(self.registry);
-        let runner = Runner::new(store.clone(), registry.clone(), clients);
+        let runner = Runner::new(store.clone(), registry.clone());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();

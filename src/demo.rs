@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::Subcommand;
 use serde_json::json;
 
-use crate::cli::SimCmd;
+use crate::app::AppBuilder;
 use crate::config::Settings;
-use crate::daemon::Daemon;
 use crate::exit;
 use crate::job::error_chain;
 use crate::sim;
@@ -20,8 +20,49 @@ use crate::sim;
 /// The seed of the demo's cases.
 const DEMO_SEED: u64 = 42;
 
-/// `soarjobd demo`.
-pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize) -> i32 {
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// The Google SecOps SOAR API simulator.
+    Soar {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        cases: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, env = "SOAR_SIM_APP_KEY", default_value = "sim-app-key")]
+        app_key: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+    },
+    /// The ThreatConnect API simulator.
+    Threatconnect {
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        listen: SocketAddr,
+        #[arg(long, env = "TC_SIM_ACCESS_ID", default_value = "sim-access-id")]
+        access_id: String,
+        #[arg(long, env = "TC_SIM_SECRET_KEY", default_value = "sim-secret-key")]
+        secret_key: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// How long a batch job takes from upload to Completed.
+        #[arg(long, default_value_t = 200)]
+        processing_delay_ms: u64,
+    },
+}
+
+/// `soarjobd demo`: `app` (the built-in jobs and platforms, plus a custom binary's own) pointed
+/// at the simulators.
+pub async fn run(
+    app: AppBuilder,
+    mut settings: Settings,
+    data_dir: Option<PathBuf>,
+    cases: usize,
+) -> i32 {
     // A fresh random key per demo: the simulator checks it like the real platform would.
     let app_key = uuid::Uuid::new_v4().to_string();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -84,12 +125,14 @@ pub async fn run(mut settings: Settings, data_dir: Option<PathBuf>, cases: usize
         database = %settings.database_url,
         "demo: simulators started; every job runs once now, then on its schedule (Ctrl-C to stop)"
     );
-    let daemon = match Daemon::builder()
-        .settings(settings)
-        .run_at_start(true)
-        .start()
-        .await
-    {
+    let app = match app.settings(settings).build() {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot start the daemon");
+            return exit::FAILURE;
+        }
+    };
+    let daemon = match app.daemon().run_at_start(true).start().await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");

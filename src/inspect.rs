@@ -8,30 +8,28 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::config::Settings;
-use crate::definition;
+use crate::app::App;
 use crate::definition::Overlap;
 use crate::exit;
-use crate::job::{Registry, error_chain};
-use crate::runner::{RunControl, RunRequest, Runner};
-use crate::store::{self, Claim, NewRun, RunRecord, RunStatus, Store, Trigger};
+use crate::job::error_chain;
+use crate::runner::{RunControl, RunRequest};
+use crate::store::{Claim, NewRun, RunRecord, RunStatus, Store, Trigger};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, i32> {
-    store::open(&settings.database_url).await.map_err(|e| {
+async fn open_store(app: &App) -> Result<Arc<dyn Store>, i32> {
+    app.open_store().await.map_err(|e| {
         eprintln!("error: {}", error_chain(&e));
         exit::FAILURE
     })
 }
 
 /// `soarjobd list`.
-pub async fn list(settings: &Settings, json_out: bool) -> i32 {
-    let registry = Registry::with_builtins();
-    let report = definition::load_dir_with(&settings.jobs_dir, &registry, &settings.load_options());
-    let store = match open_store(settings).await {
+pub async fn list(app: &App, json_out: bool) -> i32 {
+    let report = app.load_jobs();
+    let store = match open_store(app).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -128,8 +126,9 @@ pub async fn list(settings: &Settings, json_out: bool) -> i32 {
 
 /// `soarjobd history`. A job that has runs shows them even if its file was removed since; a
 /// job with neither a file nor runs is a usage error (exit 2), most likely a typo.
-pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bool) -> i32 {
-    let store = match open_store(settings).await {
+pub async fn history(app: &App, job_id: &str, limit: u32, json_out: bool) -> i32 {
+    let settings = app.settings();
+    let store = match open_store(app).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -144,7 +143,7 @@ pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bo
         }
     };
     if runs.is_empty() {
-        let known = known_jobs(settings);
+        let known = known_jobs(app);
         if !known.iter().any(|id| id == job_id) {
             let list = if known.is_empty() {
                 "none".to_owned()
@@ -205,8 +204,8 @@ pub async fn history(settings: &Settings, job_id: &str, limit: u32, json_out: bo
 
 /// The ids of every job file in the jobs folder, valid or not (a file with errors still names
 /// a job the user may ask about), sorted.
-fn known_jobs(settings: &Settings) -> Vec<String> {
-    let report = definition::load_dir(&settings.jobs_dir, &Registry::with_builtins());
+fn known_jobs(app: &App) -> Vec<String> {
+    let report = crate::definition::load_dir(&app.settings().jobs_dir, app.registry().as_ref());
     let mut ids: Vec<String> = report
         .jobs
         .iter()
@@ -223,24 +222,10 @@ fn known_jobs(settings: &Settings) -> Vec<String> {
     ids
 }
 
-/// `soarjobd run-once`.
-pub async fn run_once(settings: Settings, job_id: &str, overrides: &[String]) -> i32 {
-    let registry = Arc::new(Registry::with_builtins());
-    run_once_with(settings, registry, job_id, overrides).await
-}
-
-/// `run-once` with a caller's registry (custom binaries).
-pub async fn run_once_with(
-    settings: Settings,
-    registry: Arc<Registry>,
-    job_id: &str,
-    overrides: &[String],
-) -> i32 {
-    let report = definition::load_dir_with(
-        &settings.jobs_dir,
-        registry.as_ref(),
-        &settings.load_options(),
-    );
+/// `soarjobd run-once`: one run of `job_id` with `app`'s jobs, in the foreground.
+pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
+    let settings = app.settings();
+    let report = app.load_jobs();
     let Some(def) = report.jobs.into_iter().find(|d| d.id == job_id) else {
         let own: Vec<_> = report
             .errors
@@ -270,14 +255,7 @@ pub async fn run_once_with(
             return exit::USAGE;
         }
     }
-    let clients = match crate::jobs::build_clients(&settings) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let store = match open_store(&settings).await {
+    let store = match open_store(app).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -323,7 +301,7 @@ pub async fn run_once_with(
             return exit::FAILURE;
         }
     };
-    let runner = Runner::new(store.clone(), registry, clients);
+    let runner = app.runner(store.clone());
     let control = RunControl::new();
     // Ctrl-C stops the run the way a daemon shutdown would, so the row is finished properly.
     let stopper = {

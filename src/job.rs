@@ -2,8 +2,9 @@
 //! [`Registry`] of implementations.
 //!
 //! This is TIPCommon's `Job` lifecycle, typed: parameters arrive already validated (at load
-//! time), API clients are handed over ready, the job performs its work and says how it went.
-//! Nothing is saved implicitly, as in SecOps: a job that wants its window to move calls
+//! time), API clients are held by the job itself (handed over when it was built, see
+//! [`crate::platform`]), the job performs its work and says how it went. Nothing is saved
+//! implicitly, as in SecOps: a job that wants its window to move calls
 //! [`JobContext::save_timestamp`]. Invariant: a job changes durable state only through its
 //! context, and every context write reaches the store at once, so a crash keeps what was
 //! recorded.
@@ -124,28 +125,6 @@ pub trait Job: JobSpec + Send + Sync + 'static {
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError>;
 }
 
-/// The API clients configured for this daemon, handed to every job.
-#[derive(Clone, Default)]
-pub struct Clients {
-    pub soar: Option<crate::soar::SoarClient>,
-    pub threatconnect: Option<crate::threatconnect::ThreatConnectClient>,
-    /// The platform credentials behind the clients, only so that every run redacts them from
-    /// what it logs or stores (see [`crate::redact`]). Set by `jobs::build_clients`.
-    pub(crate) secrets: Arc<Vec<secrecy::SecretString>>,
-}
-
-impl Clients {
-    /// Adds secrets every run redacts from its output (e.g. the credentials of clients built
-    /// by hand for [`crate::daemon::DaemonBuilder::clients`]).
-    pub fn with_redacted_secrets(
-        mut self,
-        secrets: impl IntoIterator<Item = secrecy::SecretString>,
-    ) -> Clients {
-        Arc::make_mut(&mut self.secrets).extend(secrets);
-        self
-    }
-}
-
 /// Counters a job reports; recorded in the run's history row and in `run finished`.
 #[derive(Clone, Default)]
 pub struct Stats {
@@ -194,7 +173,6 @@ pub struct JobContext {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cancel: CancellationToken,
     pub(crate) stats: Stats,
-    pub(crate) clients: Clients,
     pub(crate) span: tracing::Span,
     /// Redacts the run's secrets (its password parameters and the platform credentials).
     pub(crate) redactor: crate::redact::Redactor,
@@ -270,30 +248,6 @@ impl JobContext {
         } else {
             Ok(())
         }
-    }
-
-    pub fn clients(&self) -> &Clients {
-        &self.clients
-    }
-
-    /// The configured SOAR client, or a clear error if the daemon has no `soar` section.
-    pub fn soar(&self) -> Result<&crate::soar::SoarClient, JobError> {
-        self.clients.soar.as_ref().ok_or_else(|| {
-            JobError::msg(
-                "no SOAR platform is configured (set soar.url and soar.app_key, e.g. \
-                 SOARJOBD__SOAR__URL and SOARJOBD__SOAR__APP_KEY)",
-            )
-        })
-    }
-
-    /// The configured ThreatConnect client, or a clear error.
-    pub fn threatconnect(&self) -> Result<&crate::threatconnect::ThreatConnectClient, JobError> {
-        self.clients.threatconnect.as_ref().ok_or_else(|| {
-            JobError::msg(
-                "no ThreatConnect instance is configured (set threatconnect.url, \
-                 threatconnect.access_id and threatconnect.secret_key)",
-            )
-        })
     }
 
     /// SecOps `_get_job_last_success_time`: `max(now - offset, stored)`, or `now - offset` when
@@ -413,23 +367,20 @@ impl JobContext {
     }
 }
 
-/// The implementations this daemon knows, by id.
+/// The implementations this daemon knows, by id, and the secrets their clients hold.
+///
+/// Built by the composition root (`app`): the platforms register their jobs (each holding its
+/// client) and their credentials, which every run redacts from what it logs or stores.
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: BTreeMap<String, Arc<dyn Job>>,
+    secrets: Arc<Vec<secrecy::SecretString>>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
-    }
-
-    /// The built-in jobs: `exec`, `comment-on-tagged-cases`, `push-case-iocs-to-threatconnect`.
-    pub fn with_builtins() -> Registry {
-        let mut r = Registry::new();
-        crate::jobs::register_builtins(&mut r);
-        r
     }
 
     /// Adds an implementation; a later one with the same id replaces the earlier.
@@ -440,6 +391,28 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<Arc<dyn Job>> {
         self.jobs.get(id).cloned()
+    }
+
+    /// Adds every implementation of `other` (replacing those with the same ids) and its
+    /// secrets.
+    pub fn extend(&mut self, other: Registry) -> &mut Registry {
+        self.jobs.extend(other.jobs);
+        self.add_redacted_secrets(other.secrets.iter().cloned());
+        self
+    }
+
+    /// Adds secrets every run redacts from its output (platform credentials).
+    pub fn add_redacted_secrets(
+        &mut self,
+        secrets: impl IntoIterator<Item = secrecy::SecretString>,
+    ) -> &mut Registry {
+        Arc::make_mut(&mut self.secrets).extend(secrets);
+        self
+    }
+
+    /// The secrets every run redacts, besides its own password parameters.
+    pub fn redacted_secrets(&self) -> &[secrecy::SecretString] {
+        &self.secrets
     }
 }
 

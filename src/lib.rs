@@ -3,6 +3,7 @@
 //! Data flows one way: files -> [`definition`] -> [`scheduler`] -> [`runner`] -> [`job`] ->
 //! [`store`] / logs. See `ARCHITECTURE.md` for the map and the invariants each module keeps.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod containment;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod inspect;
 pub mod job;
 pub mod jobs;
+pub mod platform;
 pub mod redact;
 pub mod runner;
 pub mod schedule;

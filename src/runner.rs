@@ -27,7 +27,7 @@ use secrecy::ExposeSecret;
 
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
-use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
 use crate::redact::Redactor;
 use crate::store::{RunFinish, RunStatus, Store, Trigger};
 
@@ -109,7 +109,6 @@ pub struct RunSummary {
 pub struct Runner {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    clients: Clients,
     /// Each job's redactor, built once per loaded definition (compiling it for every run
     /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
     /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
@@ -120,11 +119,10 @@ pub struct Runner {
 type RedactorCache = HashMap<String, (Weak<JobDefinition>, Redactor)>;
 
 impl Runner {
-    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, clients: Clients) -> Runner {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>) -> Runner {
         Runner {
             store,
             registry,
-            clients,
             redactors: Arc::default(),
         }
     }
@@ -212,7 +210,11 @@ impl Runner {
                 ParamValue::Secret(s) => Some(s.expose_secret()),
                 _ => None,
             });
-            let platform = self.clients.secrets.iter().map(|s| s.expose_secret());
+            let platform = self
+                .registry
+                .redacted_secrets()
+                .iter()
+                .map(|s| s.expose_secret());
             Redactor::new(passwords.chain(platform))
         };
         if let Some(overrides) = &req.params {
@@ -256,7 +258,6 @@ impl Runner {
             store: self.store.clone(),
             cancel: token.clone(),
             stats,
-            clients: self.clients.clone(),
             span: span.clone(),
             redactor,
         };

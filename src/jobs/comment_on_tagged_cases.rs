@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use crate::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
 use crate::job::{Job, JobContext, JobError, Outcome};
 use crate::jobs::cases::find_cases;
+use crate::platform::Configured;
 use crate::soar::{SoarClient, SoarError, WriteFate};
 use crate::store::SeenState;
 
@@ -67,7 +68,17 @@ const REWRITE_PAUSE: Duration = Duration::from_millis(300);
 /// Time kept free at the end of a run, after the last recheck, to record the outcome.
 const FINISH_MARGIN: Duration = Duration::from_secs(2);
 
-pub struct CommentOnTaggedCases;
+/// `comment-on-tagged-cases`, holding the SOAR client it was built with.
+pub struct CommentOnTaggedCases {
+    soar: Configured<SoarClient>,
+}
+
+impl CommentOnTaggedCases {
+    /// The job with its SOAR client (or the reason there is none, its error if it runs).
+    pub fn new(soar: Configured<SoarClient>) -> CommentOnTaggedCases {
+        CommentOnTaggedCases { soar }
+    }
+}
 
 impl JobSpec for CommentOnTaggedCases {
     fn summary(&self) -> &'static str {
@@ -183,7 +194,7 @@ impl Job for CommentOnTaggedCases {
 
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
         let ctx: &JobContext = ctx;
-        let soar = ctx.soar()?.clone();
+        let soar = self.soar.get()?.clone();
         let tags = ctx.params().list("Tags")?;
         let comment = ctx.params().required_str("Comment")?.to_string();
         let hours = ctx

@@ -17,15 +17,34 @@ use serde_json::{Map, Value};
 use crate::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
 use crate::job::{Job, JobContext, JobError, Outcome};
 use crate::jobs::cases::find_cases;
-use crate::soar::{CaseDetails, Entity, entity_types};
+use crate::platform::Configured;
+use crate::soar::{CaseDetails, Entity, SoarClient, entity_types};
 use crate::threatconnect::{
-    BatchOutcome, BatchWriter, Group, GroupAssociation, GroupType, Indicator,
+    BatchOutcome, BatchWriter, Group, GroupAssociation, GroupType, Indicator, ThreatConnectClient,
 };
 
 /// How many case details are read at once.
 const DETAIL_CONCURRENCY: usize = 8;
 
-pub struct PushCaseIocs;
+/// `push-case-iocs-to-threatconnect`, holding the SOAR and ThreatConnect clients it was
+/// built with.
+pub struct PushCaseIocs {
+    soar: Configured<SoarClient>,
+    threatconnect: Configured<ThreatConnectClient>,
+}
+
+impl PushCaseIocs {
+    /// The job with its clients (or the reasons there are none, its error if it runs).
+    pub fn new(
+        soar: Configured<SoarClient>,
+        threatconnect: Configured<ThreatConnectClient>,
+    ) -> PushCaseIocs {
+        PushCaseIocs {
+            soar,
+            threatconnect,
+        }
+    }
+}
 
 impl JobSpec for PushCaseIocs {
     fn summary(&self) -> &'static str {
@@ -145,8 +164,8 @@ impl Job for PushCaseIocs {
 
     async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
         let ctx: &JobContext = ctx;
-        let soar = ctx.soar()?.clone();
-        let tc = ctx.threatconnect()?.clone();
+        let soar = self.soar.get()?.clone();
+        let tc = self.threatconnect.get()?.clone();
         let p = ctx.params();
         let tags = p.list("Tags")?;
         let owner = p.required_str("Owner")?.to_string();

@@ -1,21 +1,12 @@
 //! `job: exec` through the same runner as `run-once`: stdin document, exit codes, timeouts.
 
-use std::sync::Arc;
-
-use soarjobd::job::Registry;
 use soarjobd::store::RunStatus;
 
 use crate::support::*;
 
 async fn run_once(app: &TestApp, id: &str, params: &[&str]) -> i32 {
     let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
-    soarjobd::inspect::run_once_with(
-        app.settings.clone(),
-        Arc::new(Registry::with_builtins()),
-        id,
-        &params,
-    )
-    .await
+    soarjobd::inspect::run_once(&app.app(), id, &params).await
 }
 
 fn exec_job(script: &str, extra: &str) -> String {
@@ -181,8 +172,8 @@ async fn a_missing_program_or_working_dir_is_a_located_load_error() {
         "nopath",
         "name: P\njob: exec\ncommand:\n  - no-such-program-xyz\n  - arg\n",
     );
-    let registry = Registry::with_builtins();
-    let report = soarjobd::definition::load_dir(app.jobs_dir(), &registry);
+    let built = app.app();
+    let report = soarjobd::definition::load_dir(app.jobs_dir(), built.registry().as_ref());
     let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     let jobs = app.jobs_dir().display().to_string();
     assert!(

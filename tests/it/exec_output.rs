@@ -3,9 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use soarjobd::job::Registry;
 use soarjobd::jobs::exec::{LINE_MAX, RUN_LINES_MAX};
 use soarjobd::store::RunStatus;
 
@@ -14,13 +12,7 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
 
 async fn run_once(app: &TestApp, id: &str) -> i32 {
-    soarjobd::inspect::run_once_with(
-        app.settings.clone(),
-        Arc::new(Registry::with_builtins()),
-        id,
-        &[],
-    )
-    .await
+    soarjobd::inspect::run_once(&app.app(), id, &[]).await
 }
 
 fn job(name: &str, script: &str) -> String {

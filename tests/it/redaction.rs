@@ -138,13 +138,7 @@ async fn the_in_process_runner_redacts_the_message_and_the_output_events() {
         "name: Leaky\njob: exec\nparameters:\n  - {name: Api Key, type: password, value: s3cr3t-value-xyz}\n  - {name: Short, type: password, value: abc}\ncommand: [/bin/sh, -c, 'echo \"auth failed key=s3cr3t-value-xyz short=abc\" >&2; exit 1']\n",
     );
     let (logs, _g) = capture_logs();
-    let code = soarjobd::inspect::run_once_with(
-        app.settings.clone(),
-        std::sync::Arc::new(soarjobd::job::Registry::with_builtins()),
-        "leaky",
-        &[],
-    )
-    .await;
+    let code = soarjobd::inspect::run_once(&app.app(), "leaky", &[]).await;
     assert_eq!(code, 1);
     let text = logs.text();
     assert!(!text.contains("s3cr3t-value-xyz"), "{text}");

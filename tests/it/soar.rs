@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use soarjobd::job::Registry;
 use soarjobd::sim::soar::{
     self as sim, CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig,
 };
@@ -94,13 +93,7 @@ fn job_yaml_with(p: &Params, schedule: &str, timeout: &str, settle_secs: u32) ->
 
 /// One manual run (`run-once`) of the job; returns its history row.
 async fn run_job(app: &TestApp) -> RunRecord {
-    let code = soarjobd::inspect::run_once_with(
-        app.settings.clone(),
-        Arc::new(Registry::with_builtins()),
-        JOB,
-        &[],
-    )
-    .await;
+    let code = soarjobd::inspect::run_once(&app.app(), JOB, &[]).await;
     let store = app.store().await;
     let run = runs(&store, JOB).await.pop().expect("the run was recorded");
     assert_eq!(

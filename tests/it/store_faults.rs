@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use soarjobd::job::{Clients, Registry};
+
 use soarjobd::runner::Runner;
 use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use soarjobd::store::{
@@ -340,12 +340,12 @@ async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
         failing: failing.clone(),
         failures: failures.clone(),
     });
-    let mut registry = Registry::with_builtins();
+    let mut registry = app.app().registry().as_ref().clone();
     registry.register(Sleep::default());
     let registry = Arc::new(registry);
     let report = soarjobd::definition::load_dir(app.jobs_dir(), registry.as_ref());
     assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
-    let runner = Runner::new(store.clone(), registry, Clients::default());
+    let runner = Runner::new(store.clone(), registry);
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(runner, RunningRuns::default(), tracker.clone()).unwrap();
     let shutdown = CancellationToken::new();

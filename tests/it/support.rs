@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use soarjobd::config::{LogFormat, Settings};
-use soarjobd::daemon::{Daemon, RunningDaemon};
+use soarjobd::daemon::RunningDaemon;
 use soarjobd::definition::{JobSpec, ParamSpec, ParamType};
 use soarjobd::job::{Job, JobContext, JobError, Outcome};
 use soarjobd::store::{RunRecord, RunStatus, Store};
@@ -106,11 +106,20 @@ impl TestApp {
         self.builder().start().await.expect("daemon starts")
     }
 
+    /// The daemon of [`TestApp::app`].
     pub fn builder(&self) -> soarjobd::daemon::DaemonBuilder {
-        Daemon::builder()
+        self.app().daemon()
+    }
+
+    /// This test's app: the built-in jobs and platforms plus the test jobs, from
+    /// `self.settings`.
+    pub fn app(&self) -> soarjobd::app::App {
+        soarjobd::app::App::builder()
             .settings(self.settings.clone())
             .register(Sleep::default())
             .register(Panics)
+            .build()
+            .expect("the app builds from the test's settings")
     }
 
     pub async fn store(&self) -> Arc<dyn Store> {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use soarjobd::job::Registry;
 use soarjobd::sim::soar::{
     self as soar_sim, CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig,
 };
@@ -188,13 +187,7 @@ fn clear_band(sim: &SimHandle, boundary: i64, margin: i64) {
 
 /// One manual run (`run-once`): its exit code and history row.
 async fn run_job(app: &TestApp) -> (i32, RunRecord) {
-    let code = soarjobd::inspect::run_once_with(
-        app.settings.clone(),
-        Arc::new(Registry::with_builtins()),
-        JOB,
-        &[],
-    )
-    .await;
+    let code = soarjobd::inspect::run_once(&app.app(), JOB, &[]).await;
     let store = app.store().await;
     let run = runs(&store, JOB).await.pop().expect("the run was recorded");
     assert_eq!(

@@ -1,0 +1,273 @@
+//! The composition root: the one place where the program is put together.
+//!
+//! An [`App`] is built from the settings: the platforms (config section -> client -> jobs),
+//! the jobs registered by the binary, the registry they form, and the store. Every command
+//! (`run`, `check`, `list`, `history`, `run-once`, `demo`) goes through it, so a custom binary
+//! that hands its builder to [`crate::cli::main_with`] gets the whole CLI with its own jobs:
+//!
+//! ```no_run
+//! use soarjobd::app::App;
+//! # use soarjobd::jobs::exec::Exec as MyJob;
+//! fn main() {
+//!     std::process::exit(soarjobd::cli::main_with(App::builder().register(MyJob)));
+//! }
+//! ```
+//!
+//! Building collects EVERY problem (unknown keys and invalid values of every platform section)
+//! before giving up; [`AppBuilder::assemble`] returns them next to an app that still knows
+//! every job (for `check`, `list` and `history`, which must work with a broken section).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::Settings;
+use crate::daemon::{Daemon, DaemonBuilder};
+use crate::definition::{self, LoadReport};
+use crate::job::{Job, Registry};
+use crate::platform::{Installer, Platform};
+use crate::runner::Runner;
+use crate::store::{self, Store, StoreError};
+
+/// Every problem found while building the app from the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid API client configuration: {}", .problems.join("; "))]
+pub struct AppError {
+    pub problems: Vec<String>,
+}
+
+/// The assembled program: settings and the registry of jobs (each holding its clients).
+#[derive(Clone)]
+pub struct App {
+    settings: Settings,
+    registry: Arc<Registry>,
+}
+
+/// Collects platforms, jobs and settings; see [`App::builder`].
+pub struct AppBuilder {
+    platforms: Vec<Box<dyn Platform>>,
+    jobs: Registry,
+    settings: Settings,
+}
+
+impl App {
+    /// The built-in jobs and platforms: `exec`, SecOps SOAR (`comment-on-tagged-cases`) and
+    /// ThreatConnect (`push-case-iocs-to-threatconnect`). Add your own with
+    /// [`AppBuilder::register`] (a job with a built-in's id replaces it) and
+    /// [`AppBuilder::platform`].
+    pub fn builder() -> AppBuilder {
+        App::bare()
+            .register(crate::jobs::exec::Exec)
+            .platform(crate::jobs::SoarPlatform)
+            .platform(crate::jobs::ThreatConnectPlatform)
+    }
+
+    /// No job and no platform.
+    pub fn bare() -> AppBuilder {
+        AppBuilder {
+            platforms: Vec::new(),
+            jobs: Registry::new(),
+            settings: Settings::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Every job implementation, with the platform secrets runs redact.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Loads the jobs folder with this app's jobs and the settings' `secrets` policy.
+    pub fn load_jobs(&self) -> LoadReport {
+        definition::load_dir_with(
+            &self.settings.jobs_dir,
+            self.registry.as_ref(),
+            &self.settings.load_options(),
+        )
+    }
+
+    /// Opens the state store the settings name.
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>, StoreError> {
+        store::open(&self.settings.database_url).await
+    }
+
+    /// A runner over `store` with this app's jobs (for `run-once`).
+    pub fn runner(&self, store: Arc<dyn Store>) -> Runner {
+        Runner::new(store, self.registry.clone())
+    }
+
+    /// The daemon of this app; start it with [`DaemonBuilder::start`].
+    pub fn daemon(&self) -> DaemonBuilder {
+        Daemon::builder()
+            .with_registry(self.registry.as_ref().clone())
+            .settings(self.settings.clone())
+    }
+}
+
+impl AppBuilder {
+    /// Adds a platform. Platforms are installed in the order they were added (a platform may
+    /// use what an earlier one shared).
+    pub fn platform(mut self, platform: impl Platform) -> AppBuilder {
+        self.platforms.push(Box::new(platform));
+        self
+    }
+
+    /// Adds a job implementation; it replaces a platform's or built-in job with the same id.
+    pub fn register(mut self, job: impl Job) -> AppBuilder {
+        self.jobs.register(job);
+        self
+    }
+
+    pub fn settings(mut self, settings: Settings) -> AppBuilder {
+        self.settings = settings;
+        self
+    }
+
+    /// The config sections of the platforms, in installation order (what the config grammar
+    /// must accept besides its own keys).
+    pub fn sections(&self) -> Vec<&'static str> {
+        self.platforms.iter().map(|p| p.section()).collect()
+    }
+
+    /// Builds the app, or fails with every problem found.
+    pub fn build(self) -> Result<App, AppError> {
+        let (app, problems) = self.assemble();
+        if problems.is_empty() {
+            Ok(app)
+        } else {
+            Err(AppError { problems })
+        }
+    }
+
+    /// Builds the app and returns every problem next to it. Jobs of a platform whose section
+    /// has problems are registered anyway (so job files using them still load), and fail
+    /// with the problem if they run.
+    pub fn assemble(self) -> (App, Vec<String>) {
+        let mut registry = Registry::new();
+        let mut provided: HashMap<TypeId, Box<dyn Any + Send + Sync>> = HashMap::new();
+        let mut problems = Vec::new();
+        for p in &self.platforms {
+            let (section, unknown) = platform_section(&self.settings, p.as_ref());
+            problems.extend(unknown);
+            let mut cx = Installer::new(&self.settings, &mut registry, &mut provided);
+            problems.extend(p.install(&section, &mut cx));
+        }
+        // The binary's own jobs last: they replace platform jobs with the same id.
+        registry.extend(self.jobs);
+        (
+            App {
+                settings: self.settings,
+                registry: Arc::new(registry),
+            },
+            problems,
+        )
+    }
+}
+
+/// The platform's section (an empty mapping when absent) without the keys it does not
+/// declare, and a problem for each of those, with a suggestion.
+fn platform_section(settings: &Settings, p: &dyn Platform) -> (Value, Vec<String>) {
+    let name = p.section();
+    let mut problems = Vec::new();
+    let section = match settings.section(name) {
+        Some(Value::Object(m)) => {
+            let mut kept = Map::new();
+            for (k, v) in m {
+                if p.keys().contains(&k.as_str()) {
+                    kept.insert(k.clone(), v.clone());
+                } else {
+                    let hint = definition::suggest(k, p.keys())
+                        .map(|s| format!(" (did you mean `{name}.{s}`?)"))
+                        .unwrap_or_default();
+                    problems.push(format!("unknown key `{name}.{k}`{hint}"));
+                }
+            }
+            Value::Object(kept)
+        }
+        Some(Value::Null) | None => Value::Object(Map::new()),
+        Some(other) => other.clone(),
+    };
+    (section, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_problem_of_every_platform_is_reported_at_once() {
+        let settings = Settings {
+            soar: json!({ "url": "not a url", "app_kee": "k" }),
+            threatconnect: json!({ "url": "http://tc/api", "timeot": "1s" }),
+            ..Settings::default()
+        };
+        let (app, problems) = App::builder().settings(settings).assemble();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "unknown key `soar.app_kee` (did you mean `soar.app_key`?)"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p
+                == "unknown key `threatconnect.timeot` (did you mean `threatconnect.timeout`?)"),
+            "{problems:?}"
+        );
+        // The url of `soar` and the missing credentials of `threatconnect`.
+        assert!(problems.iter().any(|p| p.contains("soar")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("credentials")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        // The jobs are known anyway, so `check` can still validate the files using them.
+        let ids = definition::Catalog::ids(app.registry().as_ref());
+        assert_eq!(
+            ids,
+            [
+                "comment-on-tagged-cases",
+                "exec",
+                "push-case-iocs-to-threatconnect"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_platform_section_is_no_problem_and_the_secrets_are_collected() {
+        assert_eq!(App::builder().sections(), ["soar", "threatconnect"]);
+        assert!(App::builder().build().is_ok());
+        let settings = Settings {
+            soar: json!({ "url": "http://soar", "app_key": "the-app-key" }),
+            ..Settings::default()
+        };
+        let app = App::builder().settings(settings).build().unwrap();
+        let secrets: Vec<&str> = app
+            .registry()
+            .redacted_secrets()
+            .iter()
+            .map(secrecy::ExposeSecret::expose_secret)
+            .collect();
+        assert_eq!(secrets, ["the-app-key"]);
+    }
+
+    #[test]
+    fn a_bare_app_has_only_what_it_is_given() {
+        let app = App::bare()
+            .register(crate::jobs::exec::Exec)
+            .platform(crate::jobs::SoarPlatform)
+            .build()
+            .unwrap();
+        assert!(app.registry().get("comment-on-tagged-cases").is_some());
+        assert!(
+            app.registry()
+                .get("push-case-iocs-to-threatconnect")
+                .is_none()
+        );
+    }
+}
