@@ -274,7 +274,9 @@ fn check(loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
             for p in &e.problems {
                 // Located like job files; a value from the environment names its variable.
                 let (file, line, column) = match &p.origin {
-                    Some(config::Origin::File { file, pos }) => (file.clone(), pos.line, pos.column),
+                    Some(config::Origin::File { file, pos }) => {
+                        (file.clone(), pos.line, pos.column)
+                    }
                     Some(config::Origin::Env { var }) => (PathBuf::from(var), 0, 0),
                     None => (file.clone(), 0, 0),
                 };

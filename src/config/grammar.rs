@@ -125,7 +125,10 @@ pub fn duration_value(v: &Value) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .ok_or_else(|| format!("`{n}` is not a duration ({DURATION_HINT})")),
         Value::String(s) => parse_duration(s).map_err(|e| e.to_string()),
-        other => Err(format!("{} is not a duration ({DURATION_HINT})", kind(other))),
+        other => Err(format!(
+            "{} is not a duration ({DURATION_HINT})",
+            kind(other)
+        )),
     }
 }
 
@@ -187,7 +190,8 @@ impl fmt::Debug for SecretFile {
 /// Reads a secret file: at most [`MAX_SECRET_FILE_BYTES`], UTF-8, exactly one trailing
 /// newline removed, not empty. The error never quotes the content.
 pub fn read_secret_file(path: &Path) -> Result<SecretFile, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
@@ -199,8 +203,8 @@ pub fn read_secret_file(path: &Path) -> Result<SecretFile, String> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     let value = trim_one_newline(&text);
     if value.trim().is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -524,7 +528,11 @@ impl<'a> Section<'a> {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             other => {
-                let msg = format!("`{}` must be a text, not {}", self.key_path(key), kind(other));
+                let msg = format!(
+                    "`{}` must be a text, not {}",
+                    self.key_path(key),
+                    kind(other)
+                );
                 self.problem(key, msg);
                 None
             }
@@ -717,13 +725,16 @@ impl<'a> Section<'a> {
     pub fn http_url(&mut self, key: &'static str, example: &str) -> Option<String> {
         let raw = self.string(key)?;
         let problem = match url::Url::parse(raw.trim()) {
-            Err(e) => Some(format!("`{}` `{raw}` is not a URL: {e}", self.key_path(key))),
-            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => Some(
-                format!(
+            Err(e) => Some(format!(
+                "`{}` `{raw}` is not a URL: {e}",
+                self.key_path(key)
+            )),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
+                Some(format!(
                     "`{}` must be an http(s) URL such as {example}, got `{raw}`",
                     self.key_path(key)
-                ),
-            ),
+                ))
+            }
             Ok(u) if u.query().is_some() || !u.username().is_empty() || u.password().is_some() => {
                 Some(format!(
                     "`{}` must not carry a query or credentials",
@@ -752,7 +763,11 @@ impl<'a> Section<'a> {
             }
             Some(other) => {
                 // Never quote the value: it is a secret.
-                let msg = format!("`{}` must be a text, not {}", self.key_path(key), kind(other));
+                let msg = format!(
+                    "`{}` must be a text, not {}",
+                    self.key_path(key),
+                    kind(other)
+                );
                 self.problem(key, msg);
                 None
             }

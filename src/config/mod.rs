@@ -215,22 +215,41 @@ fn load_inner(sources: &Sources, specs: Option<&[SectionSpec]>) -> Result<Settin
     let mut file_value = Value::Object(Map::new());
     let mut text = None;
     if file_exists {
-        let read = std::fs::read_to_string(&file).map_err(|e| e.to_string());
-        let parsed = read.and_then(|t| {
-            let v = yaml_serde::from_str::<Value>(&t).map_err(|e| e.to_string());
-            text = Some(t);
-            v
-        });
-        match parsed {
+        let t = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            file: Some(file.clone()),
+            problems: vec![Problem::new(
+                None,
+                format!("cannot read {}: {e}", file.display()),
+            )],
+        })?;
+        match yaml_serde::from_str::<Value>(&t) {
             Ok(Value::Null) => {}
             Ok(v) => file_value = v,
             Err(e) => {
+                // Located like a job file's syntax error; a duplicate key at its second use.
+                let dups = Origins::new(Some((file.clone(), &t)), HashMap::new()).duplicates();
+                let problems = if dups.is_empty() {
+                    let pos = e
+                        .location()
+                        .map(|l| crate::definition::limits::yaml_pos(&t, &l))
+                        .unwrap_or(located::Pos { line: 1, column: 1 });
+                    vec![Problem::new(
+                        Some(Origin::File {
+                            file: file.clone(),
+                            pos,
+                        }),
+                        format!("invalid YAML: {e}"),
+                    )]
+                } else {
+                    dups
+                };
                 return Err(ConfigError {
                     file: Some(file.clone()),
-                    problems: vec![Problem::new(None, e)],
+                    problems,
                 });
             }
         }
+        text = Some(t);
         let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         resolve_relative_paths(&mut file_value, &base);
     }
@@ -329,17 +348,17 @@ fn resolve_relative_paths(v: &mut Value, base: &Path) {
     if let Some(Value::String(s)) = v.get_mut("jobs_dir") {
         *s = resolve(s);
     }
-    if let Some(Value::Object(top)) = Some(&mut *v) {
+    if let Value::Object(top) = v {
         for (name, section) in top.iter_mut() {
             if CORE_KEYS.contains(&name.as_str()) {
                 continue;
             }
             if let Value::Object(m) = section {
                 for (k, val) in m.iter_mut() {
-                    if let (true, Value::String(s)) = (k.ends_with("_file"), val) {
-                        if !s.trim().is_empty() {
-                            *s = resolve(s);
-                        }
+                    if let (true, Value::String(s)) = (k.ends_with("_file"), val)
+                        && !s.trim().is_empty()
+                    {
+                        *s = resolve(s);
                     }
                 }
             }
@@ -506,10 +525,8 @@ fn validate(
                     s.sections.insert(name.clone(), value.clone());
                 }
             }
-            None if value.is_object() || value.is_null() => {
-                if value.is_object() {
-                    s.sections.insert(name.clone(), value.clone());
-                }
+            None if value.is_object() => {
+                s.sections.insert(name.clone(), value.clone());
             }
             // Undeclared: left for `finish` to report as unknown, with a suggestion.
             _ => {}
@@ -659,7 +676,10 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.problems.len(), 4, "{e}");
-        assert!(e.problems[0].message.contains("did you mean `jobs_dir`"), "{e}");
+        assert!(
+            e.problems[0].message.contains("did you mean `jobs_dir`"),
+            "{e}"
+        );
         let text = e.to_string();
         assert!(text.contains("shutdown_grace"), "{text}");
         assert!(text.contains("log.format"), "{text}");
@@ -871,7 +891,10 @@ mod tests {
             text.contains("SOARJOBD__RELOAD_POLL: `reload_poll` must be longer than 0s"),
             "{text}"
         );
-        assert!(text.contains("SOARJOBD____X: not a configuration key"), "{text}");
+        assert!(
+            text.contains("SOARJOBD____X: not a configuration key"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -885,7 +908,8 @@ mod tests {
         })
         .unwrap_err();
         assert!(
-            e.to_string().contains(&format!("{}:3:3: duplicate key `level`", cfg.display())),
+            e.to_string()
+                .contains(&format!("{}:3:3: duplicate key `level`", cfg.display())),
             "{e}"
         );
     }

@@ -76,7 +76,9 @@ fn platform_secrets(settings: &Settings) -> Vec<secrecy::SecretString> {
                 out.push(secrecy::SecretString::from(v.to_string()));
             }
             let file = section.get(format!("{key}_file")).and_then(|v| v.as_str());
-            if let Some(f) = file.and_then(|f| crate::config::grammar::read_secret_file(f.as_ref()).ok()) {
+            if let Some(f) =
+                file.and_then(|f| crate::config::grammar::read_secret_file(f.as_ref()).ok())
+            {
                 out.push(f.secret);
             }
         }
@@ -84,4 +86,3 @@ fn platform_secrets(settings: &Settings) -> Vec<secrecy::SecretString> {
     out.retain(|s| !secrecy::ExposeSecret::expose_secret(s).trim().is_empty());
     out
 }
-

@@ -12,7 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::SoarError;
-use crate::config::grammar::{self, Origins, Problem, Section, SectionSpec, SecretSource};
+use crate::config::grammar::{self, Origins, Problem, SecretSource, Section, SectionSpec};
 
 /// Which URL scheme and auth the platform speaks (spec §1.1–1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::auth::Auth;
-use crate::config::grammar::{self, Origins, Problem, Section, SectionSpec, SecretSource};
+use crate::config::grammar::{self, Origins, Problem, SecretSource, Section, SectionSpec};
 
 /// Settings of the ThreatConnect client and its batch jobs. `Debug` shows no secret (they are
 /// [`SecretString`]s, which print as `[REDACTED]`).
@@ -127,8 +127,7 @@ impl ThreatConnectConfig {
         cfg.poll_initial = s.duration("poll_initial", default_poll_initial());
         cfg.poll_interval_max = s.duration("poll_interval_max", default_poll_interval_max());
         cfg.poll_max = s.positive_duration("poll_max", default_poll_max());
-        cfg.max_indicators_per_job =
-            s.uint("max_indicators_per_job", default_max_indicators(), 1);
+        cfg.max_indicators_per_job = s.uint("max_indicators_per_job", default_max_indicators(), 1);
         cfg.max_upload_bytes = s.uint("max_upload_bytes", default_max_upload(), 1024);
         if configured {
             match (secret_key_set, token_set) {
@@ -140,9 +139,9 @@ impl ThreatConnectConfig {
                     "no credentials: set `threatconnect.access_id` with \
                      `secret_key`/`secret_key_file`, or `token`/`token_file`",
                 ),
-                (true, false) if cfg.access_id.is_none() => s.section_problem(
-                    "`threatconnect.access_id` is required with a secret key",
-                ),
+                (true, false) if cfg.access_id.is_none() => {
+                    s.section_problem("`threatconnect.access_id` is required with a secret key")
+                }
                 _ => {}
             }
         }

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so they link once.
 
+mod config;
 mod containment;
 mod deploy;
 mod example;

@@ -838,9 +838,10 @@ async fn secrets_never_appear_in_logs_or_history_rows() {
     // A secret key the server refuses.
     let mut wrong_tc = TestApp::new();
     wrong_tc.settings.sections = w.app.settings.sections.clone();
-    wrong_tc
-        .settings
-        .set_section("threatconnect", tc_section(&w.tc, TC_WRONG_SECRET, json!({})));
+    wrong_tc.settings.set_section(
+        "threatconnect",
+        tc_section(&w.tc, TC_WRONG_SECRET, json!({})),
+    );
     wrong_tc.write_job(JOB, &job_yaml());
     let (code, run) = run_job(&wrong_tc).await;
     assert_eq!(code, 1, "{run:?}");

@@ -57,7 +57,10 @@ fn durations_table() {
 fn duration_values_from_yaml_and_env_agree() {
     assert_eq!(duration_value(&json!(30)), Ok(Duration::from_secs(30)));
     assert_eq!(duration_value(&json!("30")), Ok(Duration::from_secs(30)));
-    assert_eq!(duration_value(&json!("500ms")), Ok(Duration::from_millis(500)));
+    assert_eq!(
+        duration_value(&json!("500ms")),
+        Ok(Duration::from_millis(500))
+    );
     assert!(duration_value(&json!(-1)).is_err());
     assert!(duration_value(&json!(1.5)).is_err());
     assert!(duration_value(&json!(true)).is_err());
@@ -65,7 +68,9 @@ fn duration_values_from_yaml_and_env_agree() {
 
 #[test]
 fn booleans_table() {
-    for t in ["true", "TRUE", "True", "yes", "Yes", "on", "ON", "1", " true "] {
+    for t in [
+        "true", "TRUE", "True", "yes", "Yes", "on", "ON", "1", " true ",
+    ] {
         assert_eq!(parse_bool(t), Some(true), "{t}");
         assert_eq!(bool_value(&json!(t)), Some(true), "{t}");
     }
@@ -117,7 +122,11 @@ fn secret_files_lose_exactly_one_trailing_newline() {
         assert!(read_secret_file(&f).unwrap_err().contains(reason));
     }
     assert!(read_secret_file(&dir.path().join("nope")).is_err());
-    assert!(read_secret_file(dir.path()).unwrap_err().contains("regular file"));
+    assert!(
+        read_secret_file(dir.path())
+            .unwrap_err()
+            .contains("regular file")
+    );
     std::fs::write(&f, "x".repeat(70 * 1024)).unwrap();
     assert!(read_secret_file(&f).unwrap_err().contains("64 KiB"));
 }
@@ -159,23 +168,43 @@ plat:
     let origins = origins_for(text, &[("plat.extra", "SOARJOBD__PLAT__EXTRA")]);
     let mut s = Section::new("plat", value.get("plat"), &origins);
     assert_eq!(s.string("url").as_deref(), Some("http://h"));
-    assert_eq!(s.duration("timeout", Duration::from_secs(3)), Duration::from_secs(3));
+    assert_eq!(
+        s.duration("timeout", Duration::from_secs(3)),
+        Duration::from_secs(3)
+    );
     assert!(s.bool("verify_tls", true));
     assert_eq!(s.uint("retries", 2u32, 0), 2);
     assert!(s.secret("key", "key_file").is_none());
     let problems = s.finish();
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(problems.len(), 5, "{text:#?}");
-    assert!(text.contains(&format!("c.yaml:3:12: `plat.timeout`: {}", parse_duration("soon").unwrap_err())), "{text:#?}");
-    assert!(text.iter().any(|t| t.starts_with("c.yaml:5:12: `plat.retries` must be a whole number")), "{text:#?}");
-    assert!(text.iter().any(|t| t.starts_with("c.yaml:7:13: set `plat.key` or `plat.key_file`, not both")), "{text:#?}");
     assert!(
-        text.contains(&"c.yaml:4:3: unknown key `plat.verify_tsl` (did you mean `verify_tls`?)".to_string()),
+        text.contains(&format!(
+            "c.yaml:3:12: `plat.timeout`: {}",
+            parse_duration("soon").unwrap_err()
+        )),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("c.yaml:5:12: `plat.retries` must be a whole number")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("c.yaml:7:13: set `plat.key` or `plat.key_file`, not both")),
+        "{text:#?}"
+    );
+    assert!(
+        text.contains(
+            &"c.yaml:4:3: unknown key `plat.verify_tsl` (did you mean `verify_tls`?)".to_string()
+        ),
         "{text:#?}"
     );
     // A key set by an environment variable is named by it.
     assert!(
-        text.iter().any(|t| t.starts_with("SOARJOBD__PLAT__EXTRA: unknown key `plat.extra`")),
+        text.iter()
+            .any(|t| t.starts_with("SOARJOBD__PLAT__EXTRA: unknown key `plat.extra`")),
         "{text:#?}"
     );
 }
@@ -187,7 +216,10 @@ fn a_section_that_is_not_a_mapping() {
     let s = Section::new("plat", Some(&v), &origins);
     let p = s.finish();
     assert_eq!(p.len(), 1);
-    assert_eq!(p[0].to_string(), "c.yaml:1:7: `plat` must be a mapping, not a number");
+    assert_eq!(
+        p[0].to_string(),
+        "c.yaml:1:7: `plat` must be a mapping, not a number"
+    );
 }
 
 #[test]
