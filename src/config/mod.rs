@@ -912,5 +912,17 @@ mod tests {
                 .contains(&format!("{}:3:3: duplicate key `level`", cfg.display())),
             "{e}"
         );
+        // A syntax error is located too.
+        std::fs::write(&cfg, "log:\n  level: info\nhistory: [1,\n").unwrap();
+        let e = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(
+            matches!(e.problems[0].origin, Some(Origin::File { pos, .. }) if pos.line >= 3),
+            "{e}"
+        );
     }
 }
