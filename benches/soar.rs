@@ -170,12 +170,15 @@ async fn measure(level: &Level, latency_ms: u64) -> Measure {
         ),
     )
     .expect("write the job file");
-    let settings = Settings {
+    let mut settings = Settings {
         jobs_dir: jobs,
         database_url: format!("sqlite:{}", dir.path().join("state.db").display()),
-        soar: json!({ "url": sim.url(), "app_key": KEY, "max_concurrency": 64 }),
         ..Settings::default()
     };
+    settings.set_section(
+        "soar",
+        json!({ "url": sim.url(), "app_key": KEY, "max_concurrency": 64 }),
+    );
 
     let started = Instant::now();
     let app = soarjobd::app::App::builder()

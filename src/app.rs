@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::Settings;
+use crate::config::{SectionSpec, Settings};
 use crate::daemon::{Daemon, DaemonBuilder};
 use crate::definition::{self, LoadReport};
 use crate::job::{Job, Registry};
@@ -134,6 +134,12 @@ impl AppBuilder {
         self.platforms.iter().map(|p| p.section()).collect()
     }
 
+    /// The platforms' section declarations, for [`crate::config::load_with`], so a config
+    /// file is checked whole (its own keys and every platform section) at once.
+    pub fn section_specs(&self) -> Vec<SectionSpec> {
+        self.platforms.iter().map(|p| p.spec()).collect()
+    }
+
     /// Builds the app, or fails with every problem found.
     pub fn build(self) -> Result<App, AppError> {
         let (app, problems) = self.assemble();
@@ -152,8 +158,7 @@ impl AppBuilder {
         let mut provided: HashMap<TypeId, Box<dyn Any + Send + Sync>> = HashMap::new();
         let mut problems = Vec::new();
         for p in &self.platforms {
-            let (section, unknown) = platform_section(&self.settings, p.as_ref());
-            problems.extend(unknown);
+            let section = platform_section(&self.settings, p.as_ref());
             let mut cx = Installer::new(&self.settings, &mut registry, &mut provided);
             problems.extend(p.install(&section, &mut cx));
         }
@@ -169,30 +174,12 @@ impl AppBuilder {
     }
 }
 
-/// The platform's section (an empty mapping when absent) without the keys it does not
-/// declare, and a problem for each of those, with a suggestion.
-fn platform_section(settings: &Settings, p: &dyn Platform) -> (Value, Vec<String>) {
-    let name = p.section();
-    let mut problems = Vec::new();
-    let section = match settings.section(name) {
-        Some(Value::Object(m)) => {
-            let mut kept = Map::new();
-            for (k, v) in m {
-                if p.keys().contains(&k.as_str()) {
-                    kept.insert(k.clone(), v.clone());
-                } else {
-                    let hint = definition::suggest(k, p.keys())
-                        .map(|s| format!(" (did you mean `{name}.{s}`?)"))
-                        .unwrap_or_default();
-                    problems.push(format!("unknown key `{name}.{k}`{hint}"));
-                }
-            }
-            Value::Object(kept)
-        }
-        Some(Value::Null) | None => Value::Object(Map::new()),
-        Some(other) => other.clone(),
-    };
-    (section, problems)
+/// The platform's section (an empty mapping when absent).
+fn platform_section(settings: &Settings, p: &dyn Platform) -> Value {
+    match settings.section(p.section()) {
+        Value::Null => Value::Object(Map::new()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -202,30 +189,36 @@ mod tests {
 
     #[test]
     fn every_problem_of_every_platform_is_reported_at_once() {
-        let settings = Settings {
-            soar: json!({ "url": "not a url", "app_kee": "k" }),
-            threatconnect: json!({ "url": "http://tc/api", "timeot": "1s" }),
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
+        settings.set_section("soar", json!({ "url": "not a url", "app_kee": "k" }));
+        settings.set_section(
+            "threatconnect",
+            json!({ "url": "http://tc/api", "timeot": "1s" }),
+        );
         let (app, problems) = App::builder().settings(settings).assemble();
         assert!(
             problems
                 .iter()
-                .any(|p| p == "unknown key `soar.app_kee` (did you mean `soar.app_key`?)"),
+                .any(|p| p == "unknown key `soar.app_kee` (did you mean `app_key`?)"),
             "{problems:?}"
         );
         assert!(
             problems.iter().any(|p| p
-                == "unknown key `threatconnect.timeot` (did you mean `threatconnect.timeout`?)"),
+                == "unknown key `threatconnect.timeot` (did you mean `timeout`?)"),
             "{problems:?}"
         );
-        // The url of `soar` and the missing credentials of `threatconnect`.
+        // The url and the missing app key of `soar`, the missing credentials of
+        // `threatconnect`: every problem, not the first of each section.
         assert!(problems.iter().any(|p| p.contains("soar")), "{problems:?}");
         assert!(
             problems.iter().any(|p| p.contains("credentials")),
             "{problems:?}"
         );
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("`soar.app_key` or")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 5, "{problems:?}");
         // The jobs are known anyway, so `check` can still validate the files using them.
         let ids = definition::Catalog::ids(app.registry().as_ref());
         assert_eq!(
@@ -242,10 +235,11 @@ mod tests {
     fn no_platform_section_is_no_problem_and_the_secrets_are_collected() {
         assert_eq!(App::builder().sections(), ["soar", "threatconnect"]);
         assert!(App::builder().build().is_ok());
-        let settings = Settings {
-            soar: json!({ "url": "http://soar", "app_key": "the-app-key" }),
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
+        settings.set_section(
+            "soar",
+            json!({ "url": "http://soar", "app_key": "the-app-key" }),
+        );
         let app = App::builder().settings(settings).build().unwrap();
         let secrets: Vec<&str> = app
             .registry()

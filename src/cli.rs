@@ -136,10 +136,15 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
     if let Cmd::Next { expr, tz, from, n } = &command {
         return next(expr, tz, from.as_deref(), *n);
     }
-    let loaded = config::load(&Sources {
-        file: cli.config.clone(),
-        env: None,
-    });
+    // The platform sections are checked with the rest: `check` and `run` report every
+    // problem of the file and the environment at once.
+    let loaded = config::load_with(
+        &Sources {
+            file: cli.config.clone(),
+            env: None,
+        },
+        &app.section_specs(),
+    );
     if let Cmd::Check { json } = command {
         return check(app, loaded, json);
     }
@@ -267,11 +272,19 @@ fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_ou
         Err(e) => {
             let file = e.file.clone().unwrap_or_else(|| PathBuf::from("<config>"));
             for p in &e.problems {
+                // Located like job files; a value from the environment names its variable.
+                let (file, line, column) = match &p.origin {
+                    Some(config::Origin::File { file, pos }) => {
+                        (file.clone(), pos.line, pos.column)
+                    }
+                    Some(config::Origin::Env { var }) => (PathBuf::from(var), 0, 0),
+                    None => (file.clone(), 0, 0),
+                };
                 errors.push(LoadError {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: p.clone(),
+                    file,
+                    line,
+                    column,
+                    message: p.message.clone(),
                 });
             }
             Settings::default()

@@ -110,13 +110,16 @@ pub async fn run(
     };
     let data = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
     settings.database_url = format!("sqlite:{}", data.join("demo.db").display());
-    settings.soar = json!({ "url": soar.url(), "app_key": app_key });
-    settings.threatconnect = json!({
+    settings.set_section("soar", json!({ "url": soar.url(), "app_key": app_key }));
+    settings.set_section(
+        "threatconnect",
+        json!({
         "url": tc.api_url(),
         "access_id": "demo-access-id",
         "secret_key": tc_secret,
-        "poll_initial": "200ms",
-    });
+            "poll_initial": "200ms",
+        }),
+    );
     tracing::info!(
         soar_sim = %soar.url(),
         threatconnect_sim = %tc.api_url(),

@@ -18,17 +18,22 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::config::Settings;
+use crate::config::grammar::{read_secret_file, trim_one_newline};
+use crate::config::{SectionSpec, Settings};
 use crate::job::{Job, JobError, Registry};
 
 /// An external system the daemon talks to, as a plugin.
 pub trait Platform: Send + Sync + 'static {
-    /// The config section the platform reads (`SOARJOBD__<SECTION>__<KEY>` in the environment).
-    fn section(&self) -> &'static str;
+    /// The platform's config section, declared in the one config grammar: its name
+    /// (`SOARJOBD__<SECTION>__<KEY>` in the environment) and the check that reports every
+    /// problem of it (unknown keys with a suggestion, invalid values), located at
+    /// `file:line:col` or at the environment variable that set it.
+    fn spec(&self) -> SectionSpec;
 
-    /// Every key the section accepts; any other key is reported (with a suggestion) before
-    /// [`Platform::install`] sees the section.
-    fn keys(&self) -> &'static [&'static str];
+    /// The config section's name.
+    fn section(&self) -> &'static str {
+        self.spec().name
+    }
 
     /// Builds the client from the section (an empty mapping when it is absent), registers the
     /// platform's jobs and the secrets runs must redact, and returns every problem found in
@@ -134,20 +139,21 @@ pub fn has_url(section: &Value) -> bool {
 }
 
 /// The current values of the secret keys of a section (inline values and the contents of
-/// their `<key>_file`s, trimmed), so that runs redact them. A file that cannot be read is
-/// skipped here: building the client reports it.
+/// their `<key>_file`s, by the grammar's one secret rule: one trailing newline removed), so
+/// that runs redact them. A file that cannot be read is skipped here: the section's check
+/// reports it.
 pub fn section_secrets(section: &Value, keys: &[&str]) -> Vec<SecretString> {
     let mut out = Vec::new();
     for key in keys {
         if let Some(v) = section.get(*key).and_then(|v| v.as_str()) {
-            out.push(SecretString::from(v.trim().to_string()));
+            out.push(SecretString::from(trim_one_newline(v).to_string()));
         }
         let file = section.get(format!("{key}_file")).and_then(|v| v.as_str());
-        if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
-            out.push(SecretString::from(text.trim().to_string()));
+        if let Some(f) = file.and_then(|f| read_secret_file(f.as_ref()).ok()) {
+            out.push(f.secret);
         }
     }
-    out.retain(|s| !secrecy::ExposeSecret::expose_secret(s).is_empty());
+    out.retain(|s| !secrecy::ExposeSecret::expose_secret(s).trim().is_empty());
     out
 }
 
@@ -181,7 +187,7 @@ mod tests {
         let f = dir.path().join("k");
         std::fs::write(&f, "from-file\n").unwrap();
         let section = serde_json::json!({
-            "key": " inline ",
+            "key": "inline\n",
             "token_file": f.display().to_string(),
             "empty": "",
         });

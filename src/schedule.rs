@@ -54,10 +54,7 @@ pub enum ScheduleError {
         suggestion: Option<String>,
     },
     /// A duration string (`15m`, `1h30m`) does not parse.
-    #[error(
-        "invalid duration `{input}`: {reason} (expected a number with a unit s, m, h or d, \
-         e.g. 15m or 1h30m)"
-    )]
+    #[error("invalid duration `{input}`: {reason}; {hint}", hint = crate::config::grammar::DURATION_HINT)]
     InvalidDuration { input: String, reason: String },
     /// An `every` period is out of range or not whole seconds.
     #[error("invalid interval `{period}`: {reason}")]
@@ -640,73 +637,14 @@ fn splitmix64_finalise(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Parses a duration such as `15m`, `90s`, `1h30m` or `2d`.
-///
-/// Units are `d`, `h`, `m` and `s`, largest first, each at most once. A unit is required (a
-/// bare `90` is ambiguous between seconds and minutes) and only whole seconds are supported,
-/// so `500ms` and `1.5h` are rejected. Surrounding whitespace is ignored; `0s` is allowed.
+/// Parses a duration such as `15m`, `90s`, `1h30m`, `2d` or `500ms`, by the one grammar of
+/// [`crate::config::grammar::parse_duration`] (a bare whole number is seconds). An `every`
+/// period must still be whole seconds ([`Schedule::every`] says so).
 pub fn parse_duration(s: &str) -> Result<Duration, ScheduleError> {
-    let err = |reason: String| ScheduleError::InvalidDuration {
-        input: s.to_string(),
-        reason,
-    };
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(err("it is empty".to_string()));
-    }
-    let mut total: u64 = 0;
-    let mut previous_rank: Option<u8> = None;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(err(unexpected_at(rest, "a number")));
-        }
-        let (number, tail) = rest.split_at(digits);
-        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
-        if unit_len == 0 {
-            return Err(err(if tail.is_empty() {
-                format!("`{number}` needs a unit")
-            } else {
-                unexpected_at(tail, "a unit")
-            }));
-        }
-        let (unit, tail) = tail.split_at(unit_len);
-        let (rank, unit_secs) = match unit {
-            "d" => (0, 86_400),
-            "h" => (1, 3_600),
-            "m" => (2, 60),
-            "s" => (3, 1),
-            "ms" | "us" | "ns" => {
-                return Err(err("only whole seconds are supported".to_string()));
-            }
-            other => return Err(err(format!("unknown unit `{other}`"))),
-        };
-        if previous_rank.is_some_and(|previous| previous >= rank) {
-            return Err(err(
-                "units must go from largest to smallest, each at most once".to_string(),
-            ));
-        }
-        previous_rank = Some(rank);
-        total = number
-            .parse::<u64>()
-            .ok()
-            .and_then(|value| value.checked_mul(unit_secs))
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(|| err("it is too large".to_string()))?;
-        rest = tail;
-    }
-    Ok(Duration::from_secs(total))
-}
-
-/// Describes the character at the start of `rest` where `expected` was wanted.
-fn unexpected_at(rest: &str, expected: &str) -> String {
-    match rest.chars().next() {
-        Some('.') => {
-            format!("fractions are not supported (expected {expected}); write 1h30m, not 1.5h")
-        }
-        Some(c) => format!("unexpected `{c}` (expected {expected})"),
-        None => format!("expected {expected}"),
-    }
+    crate::config::grammar::parse_duration(s).map_err(|e| ScheduleError::InvalidDuration {
+        input: e.input,
+        reason: e.reason,
+    })
 }
 
 /// Formats a duration compactly, the inverse of [`parse_duration`] for whole seconds:
@@ -1544,6 +1482,8 @@ mod tests {
             ("0s", 0),
             (" 5m ", 300),
             ("100000s", 100_000),
+            // The config grammar's: a bare whole number is seconds.
+            ("90", 90),
         ];
         for (text, secs) in cases {
             assert_eq!(
@@ -1552,14 +1492,17 @@ mod tests {
                 "{text}"
             );
         }
+        // Milliseconds parse (a timeout or jitter may use them); `every` still wants whole
+        // seconds, which `Schedule::every` says.
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(Schedule::parse_expr("@every 1500ms", Tz::UTC).is_err());
     }
 
     #[test]
     fn parse_duration_rejects_with_reasons() {
         let cases: &[(&str, &str)] = &[
             ("", "it is empty"),
-            ("90", "`90` needs a unit"),
-            ("500ms", "only whole seconds"),
+            ("1h30", "`30` needs a unit"),
             ("1.5h", "fractions are not supported"),
             ("-5m", "unexpected `-`"),
             ("m", "unexpected `m`"),
@@ -1575,7 +1518,7 @@ mod tests {
             let message = err.to_string();
             assert!(
                 message.contains(reason)
-                    && message.contains("expected a number with a unit s, m, h or d"),
+                    && message.contains("units d, h, m, s, ms, e.g. 500ms, 30s or 1h30m"),
                 "{text}: {message}"
             );
         }

@@ -11,7 +11,7 @@
 //! passes it in as a [`Catalog`].
 
 pub mod limits;
-pub mod located;
+pub use crate::config::located;
 pub mod params;
 pub mod secrets;
 
@@ -1326,29 +1326,7 @@ pub fn yaml_to_json(v: &Yaml) -> serde_json::Value {
     }
 }
 
-/// The known key closest to `k` by edit distance, if it is close enough to be a typo.
-pub fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|c| (levenshtein(k, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
+pub use crate::config::grammar::suggest;
 
 #[cfg(test)]
 mod fuzz;

@@ -560,3 +560,37 @@ fn alias_expansion_is_held_to_the_node_limit() {
         "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: &t a}]\ndescription: *t\n";
     assert_eq!(load(ok).unwrap().description, "a");
 }
+
+/// Job files read durations by the one config grammar: `500ms`, `30s`, `1h30m`, `2d`, a bare
+/// number of seconds; an `every` period must still be whole seconds.
+#[test]
+fn job_file_durations_follow_the_config_grammar() {
+    let tags = "parameters: [{name: Tags, type: csv, value: a}]\n";
+    for (timeout, want) in [
+        ("500ms", Duration::from_millis(500)),
+        ("1h30m", Duration::from_secs(5_400)),
+        ("2d", Duration::from_secs(172_800)),
+        ("90", Duration::from_secs(90)),
+        ("\"90\"", Duration::from_secs(90)),
+    ] {
+        let def = load(&format!(
+            "name: X\njob: echo\nschedule: {{every: 1h30m, jitter: 250ms}}\ntimeout: {timeout}\n{tags}"
+        ))
+        .unwrap_or_else(|e| panic!("{timeout}: {e:?}"));
+        assert_eq!(def.timeout, want, "{timeout}");
+        assert_eq!(def.schedule.jitter(), Duration::from_millis(250));
+    }
+    let errs = errors(&format!(
+        "name: X\njob: echo\nschedule: {{every: 1500ms}}\n{tags}"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("3:19: ") && errs[0].contains("whole seconds"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("name: X\njob: echo\ntimeout: 1.5h\n{tags}"));
+    assert!(
+        errs[0].starts_with("3:10: invalid duration `1.5h`"),
+        "{errs:?}"
+    );
+}

@@ -8,7 +8,8 @@
 
 use serde_json::Value;
 
-use crate::platform::{Configured, Installer, Platform, has_url, section_secrets};
+use crate::config::SectionSpec;
+use crate::platform::{Configured, Installer, Platform, section_secrets};
 use crate::soar::{SoarClient, SoarConfig};
 use crate::threatconnect::{ThreatConnectClient, ThreatConnectConfig};
 
@@ -26,49 +27,33 @@ pub const TC_NOT_CONFIGURED: &str = "no ThreatConnect instance is configured (se
 pub struct SoarPlatform;
 
 impl SoarPlatform {
-    /// The keys of the `soar` section (see [`SoarConfig`]).
-    pub const KEYS: &'static [&'static str] = &[
-        "url",
-        "api",
-        "app_key",
-        "app_key_file",
-        "bearer_token",
-        "bearer_token_file",
-        "verify_tls",
-        "timeout",
-        "connect_timeout",
-        "max_concurrency",
-        "rate_limit",
-        "one_platform_url",
-        "project",
-        "location",
-        "instance",
-    ];
     /// The keys holding credentials (inline, or in `<key>_file`).
     const SECRETS: &'static [&'static str] = &["app_key", "bearer_token"];
 }
 
 impl Platform for SoarPlatform {
-    fn section(&self) -> &'static str {
-        "soar"
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        Self::KEYS
+    fn spec(&self) -> SectionSpec {
+        SoarConfig::SECTION
     }
 
     fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
         let mut problems = Vec::new();
-        let client = if has_url(section) {
-            match SoarConfig::from_value(section).and_then(|cfg| SoarClient::new(&cfg)) {
+        let client = match SoarConfig::read(Some(section), &cx.settings().origins) {
+            Ok(Some(cfg)) => match SoarClient::new(&cfg) {
                 Ok(c) => Configured::ready(c),
                 Err(e) => {
                     problems.push(e.to_string());
                     Configured::missing(format!("the SOAR platform is misconfigured: {e}"))
                 }
+            },
+            Ok(None) => Configured::missing(SOAR_NOT_CONFIGURED),
+            Err(found) => {
+                problems.extend(found.iter().map(ToString::to_string));
+                Configured::missing(format!(
+                    "the SOAR platform is misconfigured: {}",
+                    found.first().map(ToString::to_string).unwrap_or_default()
+                ))
             }
-        } else {
-            Configured::missing(SOAR_NOT_CONFIGURED)
         };
         cx.redact(section_secrets(section, Self::SECRETS));
         cx.register(CommentOnTaggedCases::new(client.clone()));
@@ -82,52 +67,32 @@ impl Platform for SoarPlatform {
 pub struct ThreatConnectPlatform;
 
 impl ThreatConnectPlatform {
-    /// The keys of the `threatconnect` section (see [`ThreatConnectConfig`]).
-    pub const KEYS: &'static [&'static str] = &[
-        "url",
-        "access_id",
-        "secret_key",
-        "secret_key_file",
-        "token",
-        "token_file",
-        "verify_tls",
-        "timeout",
-        "max_concurrency",
-        "rate_limit",
-        "poll_initial",
-        "poll_interval_max",
-        "poll_max",
-        "max_indicators_per_job",
-        "max_upload_bytes",
-    ];
     const SECRETS: &'static [&'static str] = &["secret_key", "token"];
 }
 
 impl Platform for ThreatConnectPlatform {
-    fn section(&self) -> &'static str {
-        "threatconnect"
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        Self::KEYS
+    fn spec(&self) -> SectionSpec {
+        ThreatConnectConfig::SECTION
     }
 
     fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
         let mut problems = Vec::new();
-        let client = if has_url(section) {
-            let built = ThreatConnectConfig::from_value(section)
-                .map_err(|e| e.to_string())
-                .and_then(|cfg| ThreatConnectClient::new(&cfg).map_err(|e| e.to_string()));
-            match built {
+        let client = match ThreatConnectConfig::read(Some(section), &cx.settings().origins) {
+            Ok(Some(cfg)) => match ThreatConnectClient::new(&cfg) {
                 Ok(c) => Configured::ready(c),
                 Err(e) => {
-                    let m = format!("the ThreatConnect instance is misconfigured: {e}");
-                    problems.push(e);
-                    Configured::missing(m)
+                    problems.push(e.to_string());
+                    Configured::missing(format!("the ThreatConnect instance is misconfigured: {e}"))
                 }
+            },
+            Ok(None) => Configured::missing(TC_NOT_CONFIGURED),
+            Err(found) => {
+                problems.extend(found.iter().map(ToString::to_string));
+                Configured::missing(format!(
+                    "the ThreatConnect instance is misconfigured: {}",
+                    found.first().map(ToString::to_string).unwrap_or_default()
+                ))
             }
-        } else {
-            Configured::missing(TC_NOT_CONFIGURED)
         };
         cx.redact(section_secrets(section, Self::SECRETS));
         let soar = cx
@@ -136,36 +101,5 @@ impl Platform for ThreatConnectPlatform {
         cx.register(PushCaseIocs::new(soar, client.clone()));
         cx.provide(client);
         problems
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    /// Every declared key is one the section's config type accepts.
-    #[test]
-    fn the_declared_keys_are_the_config_types_keys() {
-        for key in SoarPlatform::KEYS {
-            let mut v = json!({ "url": "http://h", "app_key": "k" });
-            v[*key] = json!("x");
-            if let Err(e) = SoarConfig::from_value(&v) {
-                assert!(!e.to_string().contains("unknown field"), "{key}: {e}");
-            }
-        }
-        for key in ThreatConnectPlatform::KEYS {
-            let mut v = json!({ "url": "http://h/api" });
-            v[*key] = json!("x");
-            if let Err(e) = ThreatConnectConfig::from_value(&v) {
-                assert!(!e.to_string().contains("unknown field"), "{key}: {e}");
-            }
-        }
-        assert!(
-            SoarConfig::from_value(&json!({"url": "http://h", "nope": 1}))
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field")
-        );
     }
 }

@@ -1,19 +1,18 @@
-//! The `soar` config section.
-//!
-//! Values may come from YAML (typed) or from `SOARJOBD__SOAR__*` environment variables (always
-//! strings), so every scalar key accepts both forms: `verify_tls: false` and `"false"`,
-//! `max_concurrency: 8` and `"8"`, `timeout: 30` (seconds) and `"30s"`.
+//! The `soar` config section, read through the one configuration grammar
+//! ([`crate::config::grammar`]): every problem at once, each at its `file:line:col` (or its
+//! `SOARJOBD__SOAR__*` variable), the same durations, booleans and secret files as every
+//! other section.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use url::Url;
 
 use super::SoarError;
+use crate::config::grammar::{self, Origins, Problem, SecretSource, Section, SectionSpec};
 
 /// Which URL scheme and auth the platform speaks (spec §1.1–1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -28,51 +27,33 @@ pub enum ApiFlavor {
 }
 
 /// The `soar` section of the daemon config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct SoarConfig {
     /// The platform root, `{scheme}://{host}:{port}` (a trailing `/api` is accepted too). The
     /// comments endpoints always use it, even in one-platform mode, as the SDK does.
     pub url: String,
-    #[serde(default)]
     pub api: ApiFlavor,
-    #[serde(default, deserialize_with = "de_secret")]
     pub app_key: Option<SecretString>,
-    #[serde(default)]
     pub app_key_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_secret")]
     pub bearer_token: Option<SecretString>,
     /// Re-read whenever the file changes, so an external refresher can rotate a short-lived
     /// GCP access token under a long-running daemon.
-    #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
-    #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub verify_tls: bool,
     /// Time allowed for one request attempt (connect, send, read).
-    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
-    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    #[serde(default = "default_concurrency", deserialize_with = "de_usize")]
     pub max_concurrency: usize,
     /// Requests per second to this platform, all jobs together (`None` = unlimited).
-    #[serde(default, deserialize_with = "de_opt_f64")]
     pub rate_limit: Option<f64>,
     /// One-platform API host (`ONE_PLATFORM_URL_DOMAIN`), e.g. `https://us-chronicle.googleapis.com`.
     /// Unset: the `url` root is used, as the SDK does.
-    #[serde(default)]
     pub one_platform_url: Option<String>,
-    #[serde(default)]
     pub project: Option<String>,
-    #[serde(default)]
     pub location: Option<String>,
-    #[serde(default)]
     pub instance: Option<String>,
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -83,7 +64,16 @@ fn default_concurrency() -> usize {
     8
 }
 
+/// The section's top-level key.
+pub const SECTION_NAME: &str = "soar";
+
 impl SoarConfig {
+    /// How the config loader checks this section ([`crate::config::load_with`]).
+    pub const SECTION: SectionSpec = SectionSpec {
+        name: SECTION_NAME,
+        check: |value, origins| SoarConfig::read(value, origins).err().unwrap_or_default(),
+    };
+
     /// A legacy-API config for `url` with an inline key and every other setting at its default.
     pub fn legacy(url: impl Into<String>, app_key: impl Into<String>) -> SoarConfig {
         SoarConfig {
@@ -105,17 +95,95 @@ impl SoarConfig {
         }
     }
 
-    /// Reads the section from the loaded config tree (`Settings::soar`).
-    pub fn from_value(v: &serde_json::Value) -> Result<SoarConfig, SoarError> {
-        serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                SoarError::Config(inner.to_string())
-            } else {
-                SoarError::Config(format!("soar.{path}: {inner}"))
+    /// Reads the section, reporting every problem at once. `Ok(None)`: no `url`, so the
+    /// platform is not configured (its other keys are still checked: a typo is a typo).
+    pub fn read(
+        value: Option<&Value>,
+        origins: &Origins,
+    ) -> Result<Option<SoarConfig>, Vec<Problem>> {
+        let mut s = Section::new(SECTION_NAME, value, origins);
+        let configured = s
+            .value("url")
+            .is_some_and(|u| u.as_str().is_none_or(|u| !u.trim().is_empty()));
+        let url = if configured {
+            s.http_url("url", "https://soar.example.com")
+        } else {
+            None
+        };
+        let api = s.choice(
+            "api",
+            &[
+                ("legacy", ApiFlavor::Legacy),
+                ("one_platform", ApiFlavor::OnePlatform),
+            ],
+            ApiFlavor::Legacy,
+        );
+        let app_key = s.secret("app_key", "app_key_file");
+        let bearer = s.secret("bearer_token", "bearer_token_file");
+        let mut cfg = SoarConfig::legacy(url.clone().unwrap_or_default(), "");
+        cfg.api = api;
+        (cfg.app_key, cfg.app_key_file) = split_secret(app_key.clone());
+        (cfg.bearer_token, cfg.bearer_token_file) = split_secret(bearer.clone());
+        cfg.verify_tls = s.bool("verify_tls", true);
+        cfg.timeout = s.positive_duration("timeout", default_timeout());
+        cfg.connect_timeout = s.positive_duration("connect_timeout", default_connect_timeout());
+        cfg.max_concurrency = s.uint("max_concurrency", default_concurrency(), 1);
+        cfg.rate_limit = s.positive_f64("rate_limit");
+        cfg.one_platform_url = if s.is_set("one_platform_url") {
+            s.http_url("one_platform_url", "https://us-chronicle.googleapis.com")
+        } else {
+            None
+        };
+        cfg.project = s.string("project");
+        cfg.location = s.string("location");
+        cfg.instance = s.string("instance");
+        if configured {
+            match api {
+                ApiFlavor::Legacy if app_key.is_none() && !s.is_set("app_key_file") => {
+                    s.section_problem(
+                        "`soar.app_key` or `soar.app_key_file` is required (the legacy API \
+                         authenticates with the AppKey header)",
+                    );
+                }
+                ApiFlavor::OnePlatform => {
+                    if bearer.is_none() && !s.is_set("bearer_token_file") {
+                        s.section_problem(
+                            "`soar.bearer_token` or `soar.bearer_token_file` is required for \
+                             api: one_platform",
+                        );
+                    }
+                    for (key, v) in [
+                        ("project", &cfg.project),
+                        ("location", &cfg.location),
+                        ("instance", &cfg.instance),
+                    ] {
+                        if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                            s.section_problem(format!(
+                                "`soar.{key}` is required for api: one_platform"
+                            ));
+                        }
+                    }
+                }
+                ApiFlavor::Legacy => {}
             }
-        })
+        }
+        let problems = s.finish();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(url.map(|_| cfg))
+    }
+
+    /// Reads the section from a config tree built in code (no positions); `url` is required.
+    pub fn from_value(v: &Value) -> Result<SoarConfig, SoarError> {
+        let origins = Origins::default();
+        match SoarConfig::read(Some(v), &origins) {
+            Ok(Some(cfg)) => Ok(cfg),
+            Ok(None) => Err(SoarError::Config(
+                "missing required key `soar.url`".to_string(),
+            )),
+            Err(problems) => Err(SoarError::Config(grammar::join(&problems))),
+        }
     }
 
     /// The API key, inline or read from its file; `Ok(None)` if neither is set.
@@ -124,8 +192,15 @@ impl SoarConfig {
     }
 }
 
-/// `{name}` or `{name}_file`, never both; a file's content is trimmed of surrounding whitespace
-/// (editors add a final newline).
+fn split_secret(s: Option<SecretSource>) -> (Option<SecretString>, Option<PathBuf>) {
+    match s {
+        Some(SecretSource::Inline(v)) => (Some(v), None),
+        Some(SecretSource::File(p)) => (None, Some(p)),
+        None => (None, None),
+    }
+}
+
+/// `{name}` or `{name}_file`, never both; a file is read by the grammar's secret-file rule.
 fn resolve_secret(
     name: &str,
     inline: &Option<SecretString>,
@@ -141,21 +216,11 @@ fn resolve_secret(
     }
 }
 
+/// Reads `soar.{name}_file` by the grammar's secret-file rule (one trailing newline removed).
 pub(crate) fn read_secret_file(name: &str, path: &Path) -> Result<SecretString, SoarError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SoarError::Config(format!(
-            "cannot read soar.{name}_file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(SoarError::Config(format!(
-            "soar.{name}_file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(SecretString::from(trimmed.to_string()))
+    grammar::read_secret_file(path)
+        .map(|f| f.secret)
+        .map_err(|e| SoarError::Config(format!("soar.{name}_file: {e}")))
 }
 
 /// The platform's `API_ROOT` (`.../api`) and the one-platform root (scheme, host, port only).
@@ -204,91 +269,6 @@ fn host_root(key: &str, raw: &str) -> Result<Url, SoarError> {
     Ok(url)
 }
 
-// ---- lenient scalar deserializers (YAML types or environment strings) ----
-
-/// A scalar as YAML gives it or as an environment variable spells it.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Bool(bool),
-    U64(u64),
-    F64(f64),
-    Str(String),
-}
-
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::Bool(b) => write!(f, "{b}"),
-            Scalar::U64(n) => write!(f, "{n}"),
-            Scalar::F64(n) => write!(f, "{n}"),
-            Scalar::Str(s) => write!(f, "`{s}`"),
-        }
-    }
-}
-
-fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    // An empty value (`SOARJOBD__SOAR__APP_KEY=`) means "not set", so a file can take over.
-    let s: Option<String> = Option::deserialize(d)?;
-    Ok(s.filter(|s| !s.trim().is_empty())
-        .map(|s| SecretString::from(s.trim().to_string())))
-}
-
-fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    match Scalar::deserialize(d)? {
-        Scalar::Bool(b) => Ok(b),
-        Scalar::Str(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Scalar::Str(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        other => Err(de::Error::custom(format!(
-            "expected true or false, got {other}"
-        ))),
-    }
-}
-
-fn de_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let n = match Scalar::deserialize(d)? {
-        Scalar::U64(n) => usize::try_from(n).ok(),
-        Scalar::Str(s) => s.trim().parse::<usize>().ok(),
-        _ => None,
-    };
-    match n {
-        Some(n) if n >= 1 => Ok(n),
-        _ => Err(de::Error::custom("expected a whole number of at least 1")),
-    }
-}
-
-fn de_opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    let v: Option<Scalar> = Option::deserialize(d)?;
-    let n = match v {
-        None => return Ok(None),
-        Some(Scalar::Str(s)) if s.trim().is_empty() => return Ok(None),
-        Some(Scalar::U64(n)) => Some(n as f64),
-        Some(Scalar::F64(n)) => Some(n),
-        Some(Scalar::Str(s)) => s.trim().parse::<f64>().ok(),
-        Some(Scalar::Bool(_)) => None,
-    };
-    match n {
-        Some(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
-        _ => Err(de::Error::custom(
-            "expected a positive number of requests per second",
-        )),
-    }
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let parsed = match Scalar::deserialize(d)? {
-        Scalar::U64(n) => Some(Duration::from_secs(n)),
-        Scalar::Str(s) => crate::http::parse_config_duration(&s).ok(),
-        _ => None,
-    };
-    match parsed {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(de::Error::custom(
-            "expected a duration such as 30s, 500ms or 2m (or a whole number of seconds)",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +288,8 @@ mod tests {
         let c = SoarConfig::from_value(&json!({
             "url": "https://soar.example.com", "app_key": "k", "verify_tls": "false",
             "timeout": "1500ms", "max_concurrency": "3", "rate_limit": "2.5",
-            "api": "one_platform"
+            "api": "one_platform", "bearer_token": "t", "project": "p", "location": "l",
+            "instance": "i"
         }))
         .unwrap();
         assert!(!c.verify_tls);

@@ -1,70 +1,55 @@
-//! The `threatconnect` section of the daemon configuration.
-//!
-//! Values may come from YAML (typed) or from the environment (`SOARJOBD__THREATCONNECT__…`,
-//! always strings), so numbers, booleans and durations accept both forms.
+//! The `threatconnect` section of the daemon configuration, read through the one
+//! configuration grammar ([`crate::config::grammar`]): every problem at once, each at its
+//! `file:line:col` (or its `SOARJOBD__THREATCONNECT__*` variable).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use url::Url;
 
 use super::auth::Auth;
+use crate::config::grammar::{self, Origins, Problem, SecretSource, Section, SectionSpec};
 
 /// Settings of the ThreatConnect client and its batch jobs. `Debug` shows no secret (they are
 /// [`SecretString`]s, which print as `[REDACTED]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ThreatConnectConfig {
     /// API base including `/api`, e.g. `https://app.threatconnect.com/api`.
     pub url: String,
     /// HMAC auth: the Access ID, with `secret_key` or `secret_key_file`.
-    #[serde(default)]
     pub access_id: Option<String>,
-    #[serde(default, deserialize_with = "opt_secret")]
     pub secret_key: Option<SecretString>,
-    /// A file holding the secret key (trailing white space ignored).
-    #[serde(default)]
+    /// A file holding the secret key (one trailing newline ignored).
     pub secret_key_file: Option<PathBuf>,
     /// Token auth (`TC-Token`), instead of HMAC.
-    #[serde(default, deserialize_with = "opt_secret")]
     pub token: Option<SecretString>,
-    #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Verify the server's TLS certificate. Only an explicit `false` turns it off.
-    #[serde(default = "default_true", deserialize_with = "flex_bool")]
+    /// Verify the server's TLS certificate.
     pub verify_tls: bool,
     /// Time allowed for one HTTP request (connect, upload, answer).
-    #[serde(default = "default_timeout", deserialize_with = "flex_duration")]
     pub timeout: Duration,
     /// Most requests in flight at once.
-    #[serde(default = "default_concurrency", deserialize_with = "flex_usize")]
     pub max_concurrency: usize,
     /// Most requests started per second (unlimited when absent).
-    #[serde(default, deserialize_with = "opt_flex_f64")]
     pub rate_limit: Option<f64>,
     /// First wait after an upload before the first status poll.
-    #[serde(default = "default_poll_initial", deserialize_with = "flex_duration")]
     pub poll_initial: Duration,
     /// Longest wait between two status polls (waits grow from `poll_initial` up to this).
-    #[serde(
-        default = "default_poll_interval_max",
-        deserialize_with = "flex_duration"
-    )]
     pub poll_interval_max: Duration,
     /// Give up on a batch job that has not completed this long after its upload (wall-clock,
     /// request time included).
-    #[serde(default = "default_poll_max", deserialize_with = "flex_duration")]
     pub poll_max: Duration,
     /// Most indicators in one batch job (the platform's limit is 25 000).
-    #[serde(default = "default_max_indicators", deserialize_with = "flex_usize")]
     pub max_indicators_per_job: usize,
     /// Largest upload in bytes. The platform's limit is instance-configured; the documented
     /// example is 2 000 000.
-    #[serde(default = "default_max_upload", deserialize_with = "flex_usize")]
     pub max_upload_bytes: usize,
 }
+
+/// The section's top-level key.
+pub const SECTION_NAME: &str = "threatconnect";
 
 /// Why the `threatconnect` section is unusable. Never quotes a secret.
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +87,80 @@ impl ThreatConnectConfig {
         }
     }
 
-    /// Reads the section as the daemon's config loader hands it over (a JSON value), naming the
-    /// offending key on error, then checks it.
-    pub fn from_value(value: &serde_json::Value) -> Result<ThreatConnectConfig, ConfigError> {
-        let cfg: ThreatConnectConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::Invalid(format!("`{path}`: {}", e.into_inner()))
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// How the config loader checks this section ([`crate::config::load_with`]).
+    pub const SECTION: SectionSpec = SectionSpec {
+        name: SECTION_NAME,
+        check: |value, origins| {
+            ThreatConnectConfig::read(value, origins)
+                .err()
+                .unwrap_or_default()
+        },
+    };
+
+    /// Reads the section, reporting every problem at once. `Ok(None)`: no `url`, so the
+    /// platform is not configured (its other keys are still checked: a typo is a typo).
+    pub fn read(
+        value: Option<&Value>,
+        origins: &Origins,
+    ) -> Result<Option<ThreatConnectConfig>, Vec<Problem>> {
+        let mut s = Section::new(SECTION_NAME, value, origins);
+        let configured = s
+            .value("url")
+            .is_some_and(|u| u.as_str().is_none_or(|u| !u.trim().is_empty()));
+        let url = if configured {
+            s.http_url("url", "https://app.threatconnect.com/api")
+        } else {
+            None
+        };
+        let mut cfg = ThreatConnectConfig::new(url.clone().unwrap_or_default());
+        cfg.access_id = s.string("access_id").filter(|a| !a.trim().is_empty());
+        let secret_key = s.secret("secret_key", "secret_key_file");
+        let token = s.secret("token", "token_file");
+        let secret_key_set = secret_key.is_some() || s.is_set("secret_key_file");
+        let token_set = token.is_some() || s.is_set("token_file");
+        (cfg.secret_key, cfg.secret_key_file) = split_secret(secret_key);
+        (cfg.token, cfg.token_file) = split_secret(token);
+        cfg.verify_tls = s.bool("verify_tls", true);
+        cfg.timeout = s.positive_duration("timeout", default_timeout());
+        cfg.max_concurrency = s.uint("max_concurrency", default_concurrency(), 1);
+        cfg.rate_limit = s.positive_f64("rate_limit");
+        cfg.poll_initial = s.duration("poll_initial", default_poll_initial());
+        cfg.poll_interval_max = s.duration("poll_interval_max", default_poll_interval_max());
+        cfg.poll_max = s.positive_duration("poll_max", default_poll_max());
+        cfg.max_indicators_per_job = s.uint("max_indicators_per_job", default_max_indicators(), 1);
+        cfg.max_upload_bytes = s.uint("max_upload_bytes", default_max_upload(), 1024);
+        if configured {
+            match (secret_key_set, token_set) {
+                (true, true) => s.section_problem(
+                    "set HMAC credentials (`threatconnect.secret_key`) or a token \
+                     (`threatconnect.token`), not both",
+                ),
+                (false, false) => s.section_problem(
+                    "no credentials: set `threatconnect.access_id` with \
+                     `secret_key`/`secret_key_file`, or `token`/`token_file`",
+                ),
+                (true, false) if cfg.access_id.is_none() => {
+                    s.section_problem("`threatconnect.access_id` is required with a secret key")
+                }
+                _ => {}
+            }
+        }
+        let problems = s.finish();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(url.map(|_| cfg))
+    }
+
+    /// Reads the section from a config tree built in code (no positions); `url` is required.
+    pub fn from_value(value: &Value) -> Result<ThreatConnectConfig, ConfigError> {
+        match ThreatConnectConfig::read(Some(value), &Origins::default()) {
+            Ok(Some(cfg)) => Ok(cfg),
+            Ok(None) => Err(ConfigError::Invalid(
+                "missing required key `threatconnect.url`".into(),
+            )),
+            Err(problems) => Err(ConfigError::Invalid(grammar::join(&problems))),
+        }
     }
 
     /// Checks what serde cannot: the URL, numeric ranges, and that exactly one way to
@@ -198,26 +248,29 @@ impl ThreatConnectConfig {
     }
 }
 
-/// Reads a secret from a file, without the trailing newline editors add.
-fn read_secret(what: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let trimmed = text.trim_end();
-    if trimmed.is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "the {what} file {} is empty",
-            path.display()
-        )));
+fn split_secret(s: Option<SecretSource>) -> (Option<SecretString>, Option<PathBuf>) {
+    match s {
+        Some(SecretSource::Inline(v)) => (Some(v), None),
+        Some(SecretSource::File(p)) => (None, Some(p)),
+        None => (None, None),
     }
-    Ok(SecretString::from(trimmed.to_string()))
 }
 
-fn default_true() -> bool {
-    true
+/// Reads a secret file by the grammar's secret-file rule (one trailing newline removed).
+fn read_secret(what: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
+    // The grammar's reader checks size and type first; an I/O error keeps its kind here.
+    if let Err(source) = std::fs::metadata(path) {
+        return Err(ConfigError::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    grammar::read_secret_file(path)
+        .map(|f| f.secret)
+        .map_err(|e| ConfigError::Invalid(format!("the {what} file: {e}")))
 }
+
 fn default_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -238,75 +291,6 @@ fn default_max_indicators() -> usize {
 }
 fn default_max_upload() -> usize {
     2_000_000
-}
-
-/// A number or a string, as YAML and the environment give them.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Bool(bool),
-    Int(u64),
-    Float(f64),
-    Text(String),
-}
-
-fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    // An empty value (e.g. an unset variable expanded to "") means "not set".
-    let s: Option<String> = Option::deserialize(d)?;
-    Ok(s.filter(|s| !s.is_empty()).map(SecretString::from))
-}
-
-fn flex_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    use serde::de::Error;
-    match Scalar::deserialize(d)? {
-        Scalar::Bool(b) => Ok(b),
-        Scalar::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(true),
-            "false" | "no" | "0" => Ok(false),
-            _ => Err(D::Error::custom(format!(
-                "expected true or false, got {s:?}"
-            ))),
-        },
-        _ => Err(D::Error::custom("expected true or false")),
-    }
-}
-
-fn flex_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    use serde::de::Error;
-    match Scalar::deserialize(d)? {
-        Scalar::Int(n) => usize::try_from(n).map_err(D::Error::custom),
-        Scalar::Text(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| D::Error::custom(format!("expected a whole number, got {s:?}"))),
-        _ => Err(D::Error::custom("expected a whole number")),
-    }
-}
-
-fn opt_flex_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    use serde::de::Error;
-    match Option::<Scalar>::deserialize(d)? {
-        None => Ok(None),
-        Some(Scalar::Int(n)) => Ok(Some(n as f64)),
-        Some(Scalar::Float(f)) => Ok(Some(f)),
-        Some(Scalar::Text(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("expected a number, got {s:?}"))),
-        Some(Scalar::Bool(_)) => Err(D::Error::custom("expected a number")),
-    }
-}
-
-fn flex_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    use serde::de::Error;
-    match Scalar::deserialize(d)? {
-        Scalar::Int(n) => Ok(Duration::from_secs(n)),
-        Scalar::Text(s) => crate::http::parse_config_duration(&s).map_err(D::Error::custom),
-        _ => Err(D::Error::custom(
-            "expected a duration such as 30s, 500ms, 15m or 1h",
-        )),
-    }
 }
 
 #[cfg(test)]

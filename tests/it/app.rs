@@ -34,7 +34,10 @@ async fn a_two_platform_job_gets_both_clients_and_names_the_missing_one() {
     let mut app = TestApp::new();
     // SOAR configured (nothing listens there: the job stops before any request), ThreatConnect
     // not: the ThreatConnect plugin handed the job the SOAR plugin's client and its own reason.
-    app.settings.soar = json!({ "url": "http://127.0.0.1:9", "app_key": "k" });
+    app.settings.set_section(
+        "soar",
+        json!({ "url": "http://127.0.0.1:9", "app_key": "k" }),
+    );
     app.write_job("p", PUSH_JOB);
     let (code, status, message) = run_once(&app, "p").await;
     assert_eq!((code, status), (1, RunStatus::Failed));
@@ -47,8 +50,11 @@ async fn a_two_platform_job_gets_both_clients_and_names_the_missing_one() {
 #[test]
 fn building_the_app_reports_the_problems_of_every_platform_section() {
     let mut settings = TestApp::new().settings;
-    settings.soar = json!({ "url": "http://soar", "app_key": "k", "timeot": "1s" });
-    settings.threatconnect = json!({ "url": "http://tc/api" });
+    settings.set_section(
+        "soar",
+        json!({ "url": "http://soar", "app_key": "k", "timeot": "1s" }),
+    );
+    settings.set_section("threatconnect", json!({ "url": "http://tc/api" }));
     let err = match soarjobd::app::App::builder().settings(settings).build() {
         Ok(_) => panic!("the app must not build"),
         Err(e) => e,
@@ -56,7 +62,7 @@ fn building_the_app_reports_the_problems_of_every_platform_section() {
     assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
     assert_eq!(
         err.problems[0],
-        "unknown key `soar.timeot` (did you mean `soar.timeout`?)"
+        "unknown key `soar.timeot` (did you mean `timeout`?)"
     );
     assert!(
         err.problems[1].contains("no credentials"),

@@ -58,7 +58,7 @@ fn app_for(sim: &SimHandle, key: &str, extra: Value) -> TestApp {
     if let (Some(s), Some(e)) = (soar.as_object_mut(), extra.as_object()) {
         s.extend(e.clone());
     }
-    app.settings.soar = soar;
+    app.settings.set_section("soar", soar);
     app
 }
 

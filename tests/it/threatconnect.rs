@@ -102,8 +102,10 @@ async fn world(cases: usize, seed: u64, tc_extra: Value) -> World {
     // Whether a case is inside the window must not depend on the second the run starts.
     clear_band(&soar, now - HOURS * HOUR_MS, 5 * MINUTE_MS);
     let mut app = TestApp::new();
-    app.settings.soar = json!({ "url": soar.url(), "app_key": SOAR_KEY });
-    app.settings.threatconnect = tc_section(&tc, TC_SECRET, tc_extra);
+    app.settings
+        .set_section("soar", json!({ "url": soar.url(), "app_key": SOAR_KEY }));
+    app.settings
+        .set_section("threatconnect", tc_section(&tc, TC_SECRET, tc_extra));
     app.write_job(JOB, &job_yaml());
     World {
         soar,
@@ -828,8 +830,11 @@ async fn secrets_never_appear_in_logs_or_history_rows() {
 
     // A secret key the server refuses.
     let mut wrong_tc = TestApp::new();
-    wrong_tc.settings.soar = w.app.settings.soar.clone();
-    wrong_tc.settings.threatconnect = tc_section(&w.tc, TC_WRONG_SECRET, json!({}));
+    wrong_tc.settings.sections = w.app.settings.sections.clone();
+    wrong_tc.settings.set_section(
+        "threatconnect",
+        tc_section(&w.tc, TC_WRONG_SECRET, json!({})),
+    );
     wrong_tc.write_job(JOB, &job_yaml());
     let (code, run) = run_job(&wrong_tc).await;
     assert_eq!(code, 1, "{run:?}");
@@ -837,8 +842,11 @@ async fn secrets_never_appear_in_logs_or_history_rows() {
 
     // An app key the SOAR platform refuses.
     let mut wrong_soar = TestApp::new();
-    wrong_soar.settings.soar = json!({ "url": w.soar.url(), "app_key": SOAR_WRONG_KEY });
-    wrong_soar.settings.threatconnect = w.app.settings.threatconnect.clone();
+    wrong_soar.settings.sections = w.app.settings.sections.clone();
+    wrong_soar.settings.set_section(
+        "soar",
+        json!({ "url": w.soar.url(), "app_key": SOAR_WRONG_KEY }),
+    );
     wrong_soar.write_job(JOB, &job_yaml());
     let (code, run) = run_job(&wrong_soar).await;
     assert_eq!(code, 1, "{run:?}");

@@ -1,4 +1,5 @@
-//! Where each key of a YAML job file stands, so that every error can name `path:line:column`.
+//! Where each key of a YAML file (a job file, the config file) stands, so that every error can
+//! name `path:line:column`.
 //!
 //! `yaml_serde` parses the values (with exact YAML 1.2 semantics) but keeps no positions once
 //! parsing succeeded, and a serde error stops at the first problem while `check` must report

@@ -1,0 +1,928 @@
+//! The daemon's typed, layered configuration.
+//!
+//! Layers, later wins: built-in defaults <- the YAML file (`--config`, env `SOARJOBD_CONFIG`,
+//! default `config/soarjobd.yaml`) <- environment variables `SOARJOBD__SECTION__KEY`
+//! (`SOARJOBD__JOBS_DIR`, `SOARJOBD__SOAR__URL`, ...). A relative path written in the file is
+//! relative to the file's folder (so a config can be moved with its jobs); a relative path from
+//! the environment is relative to the working directory, as a shell user expects.
+//!
+//! Validation never stops at the first problem: [`load`] returns every error at once, each
+//! at its `file:line:col` (or naming the environment variable that set it). Every value is
+//! read by the one grammar of [`grammar`] (durations, booleans, secrets, "did you mean"), and
+//! platform sections are declared by their platforms ([`grammar::SectionSpec`]): this module
+//! names none of them.
+
+pub mod grammar;
+pub mod located;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use grammar::{Origin, Origins, Problem, Section, SectionSpec};
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/soarjobd.yaml";
+/// The environment variable prefix for overrides (`SOARJOBD__KEY`).
+pub const ENV_PREFIX: &str = "SOARJOBD";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "pretty" | "text" => Some(LogFormat::Pretty),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `soarjobd=debug,info`.
+    pub level: String,
+}
+
+/// What job files may read besides themselves (see [`crate::definition::secrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsSettings {
+    /// Variables `value_from_env` may read: names, or prefixes ending in `*`. Default none.
+    pub env_allow: Vec<String>,
+    /// Folders `value_from_file` may read inside; `None`: the jobs folder and `/run/secrets`.
+    pub dirs: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// Keep at least the newest this many runs per job.
+    pub keep_runs: u32,
+    /// Keep every run younger than this many days.
+    pub keep_days: u32,
+}
+
+/// The whole daemon configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file the settings came from, if one was read.
+    pub file: Option<PathBuf>,
+    pub jobs_dir: PathBuf,
+    pub database_url: String,
+    pub log: LogSettings,
+    pub shutdown_grace: Duration,
+    pub history: HistorySettings,
+    /// How often to rescan `jobs/` when file events may be missed (network filesystems).
+    pub reload_poll: Duration,
+    /// The `secrets` section: what job files may read.
+    pub secrets: SecretsSettings,
+    /// The platform sections by top-level key (`soar`, ...), raw: each platform reads its own
+    /// through the grammar ([`grammar::Section`]) with [`Settings::origins`].
+    pub sections: BTreeMap<String, Value>,
+    /// Where the loaded values were written, so that platform problems found later (when
+    /// clients are built) are located too. Empty for settings built in code.
+    pub origins: Arc<Origins>,
+}
+
+impl Settings {
+    /// How job files are loaded under these settings (the `secrets` policy).
+    pub fn load_options(&self) -> crate::definition::LoadOptions {
+        let mut opts = crate::definition::LoadOptions::for_jobs_dir(&self.jobs_dir);
+        opts.secrets.env_allow = self.secrets.env_allow.clone();
+        if let Some(dirs) = &self.secrets.dirs {
+            opts.secrets.dirs = dirs.clone();
+        }
+        opts
+    }
+
+    /// The platform section `name` (`Null` when it is not configured).
+    pub fn section(&self, name: &str) -> &Value {
+        self.sections.get(name).unwrap_or(&Value::Null)
+    }
+
+    /// Sets the platform section `name` (settings built in code: tests, `demo`).
+    pub fn set_section(&mut self, name: &str, value: Value) {
+        self.sections.insert(name.to_string(), value);
+    }
+
+    /// Every problem of the declared platform sections (see [`load_with`]).
+    pub fn check_sections(&self, specs: &[SectionSpec]) -> Vec<Problem> {
+        specs
+            .iter()
+            .flat_map(|s| (s.check)(self.sections.get(s.name), &self.origins))
+            .collect()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            file: None,
+            jobs_dir: PathBuf::from("jobs"),
+            database_url: "sqlite:data/soarjobd.db".into(),
+            log: LogSettings {
+                format: LogFormat::Pretty,
+                level: "info".into(),
+            },
+            shutdown_grace: Duration::from_secs(30),
+            history: HistorySettings {
+                keep_runs: 1000,
+                keep_days: 30,
+            },
+            reload_poll: Duration::from_secs(30),
+            secrets: SecretsSettings::default(),
+            sections: BTreeMap::new(),
+            origins: Arc::new(Origins::default()),
+        }
+    }
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration{}:\n  {}", file_suffix(.file), grammar::join(.problems))]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+fn file_suffix(file: &Option<PathBuf>) -> String {
+    file.as_ref()
+        .map(|f| format!(" in {}", f.display()))
+        .unwrap_or_default()
+}
+
+/// Where to read from.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// An explicit config file (must exist), or `None` for the default path (optional).
+    pub file: Option<PathBuf>,
+    /// Environment variables to use instead of the process environment (tests).
+    pub env: Option<HashMap<String, String>>,
+}
+
+/// The keys this module reads itself; every other top-level key is a platform section.
+const CORE_KEYS: &[&str] = &[
+    "jobs_dir",
+    "database_url",
+    "log",
+    "shutdown_grace",
+    "history",
+    "reload_poll",
+    "secrets",
+];
+
+/// Loads and validates the configuration. Top-level mappings this module does not know are
+/// kept as platform sections ([`Settings::sections`]) without being checked: the platform
+/// checks its own when its client is built. [`load_with`] checks them now, with the rest.
+pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+    load_inner(sources, None)
+}
+
+/// Loads and validates the configuration and the platform sections `specs` declare, reporting
+/// every problem of every section at once; a top-level key that is neither the core's nor
+/// declared is an unknown key.
+pub fn load_with(sources: &Sources, specs: &[SectionSpec]) -> Result<Settings, ConfigError> {
+    load_inner(sources, Some(specs))
+}
+
+fn load_inner(sources: &Sources, specs: Option<&[SectionSpec]>) -> Result<Settings, ConfigError> {
+    let (file, explicit) = match &sources.file {
+        Some(f) => (f.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let env: HashMap<String, String> = match &sources.env {
+        Some(e) => e.clone(),
+        None => std::env::vars().collect(),
+    };
+    let file_exists = file.is_file();
+    if explicit && !file_exists {
+        return Err(ConfigError {
+            file: Some(file.clone()),
+            problems: vec![Problem::new(
+                None,
+                format!("the config file {} does not exist", file.display()),
+            )],
+        });
+    }
+    let mut problems = Vec::new();
+    let mut file_value = Value::Object(Map::new());
+    let mut text = None;
+    if file_exists {
+        let t = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            file: Some(file.clone()),
+            problems: vec![Problem::new(
+                None,
+                format!("cannot read {}: {e}", file.display()),
+            )],
+        })?;
+        match yaml_serde::from_str::<Value>(&t) {
+            Ok(Value::Null) => {}
+            Ok(v) => file_value = v,
+            Err(e) => {
+                // Located like a job file's syntax error; a duplicate key at its second use.
+                let dups = Origins::new(Some((file.clone(), &t)), HashMap::new()).duplicates();
+                let problems = if dups.is_empty() {
+                    let pos = e
+                        .location()
+                        .map(|l| crate::definition::limits::yaml_pos(&t, &l))
+                        .unwrap_or(located::Pos { line: 1, column: 1 });
+                    vec![Problem::new(
+                        Some(Origin::File {
+                            file: file.clone(),
+                            pos,
+                        }),
+                        format!("invalid YAML: {e}"),
+                    )]
+                } else {
+                    dups
+                };
+                return Err(ConfigError {
+                    file: Some(file.clone()),
+                    problems,
+                });
+            }
+        }
+        text = Some(t);
+        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        resolve_relative_paths(&mut file_value, &base);
+    }
+    let (env_value, env_origins) = env_layer(&env, &mut problems);
+    let origins = Arc::new(Origins::new(
+        text.as_deref().map(|t| (file.clone(), t)),
+        env_origins,
+    ));
+    problems.extend(origins.duplicates());
+    let mut merged = file_value;
+    merge(&mut merged, env_value);
+    let file = file_exists.then_some(file);
+    let mut settings = validate(&merged, &origins, specs, &mut problems);
+    settings.file = file.clone();
+    settings.origins = origins;
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Problem::sort(&mut problems);
+        Err(ConfigError { file, problems })
+    }
+}
+
+/// The `SOARJOBD__A__B=v` variables as a nested object `{a: {b: "v"}}` (keys lower-cased,
+/// values always texts), and which variable set which key path.
+fn env_layer(
+    env: &HashMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> (Value, HashMap<String, String>) {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut vars: Vec<(&String, &String)> =
+        env.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    // Parents before children, so `SOARJOBD__LOG__FORMAT` lands in the mapping it names.
+    vars.sort();
+    let mut root = Map::new();
+    let mut origins = HashMap::new();
+    for (var, value) in vars {
+        let segments: Vec<String> = var[prefix.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if segments.iter().any(String::is_empty) {
+            problems.push(Problem::new(
+                Some(Origin::Env { var: var.clone() }),
+                "not a configuration key (expected SOARJOBD__KEY or SOARJOBD__SECTION__KEY)",
+            ));
+            continue;
+        }
+        let mut cur = &mut root;
+        for seg in &segments[..segments.len() - 1] {
+            let slot = cur
+                .entry(seg.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !slot.is_object() {
+                *slot = Value::Object(Map::new());
+            }
+            let Value::Object(m) = slot else {
+                unreachable!("made a mapping above")
+            };
+            cur = m;
+        }
+        let last = &segments[segments.len() - 1];
+        cur.insert(last.clone(), Value::String(value.clone()));
+        origins.insert(segments.join("."), var.clone());
+    }
+    (Value::Object(root), origins)
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Makes the relative paths written in the file relative to its folder: `jobs_dir`,
+/// `database_url`, `secrets.dirs`, and in every platform section each key ending in `_file`.
+fn resolve_relative_paths(v: &mut Value, base: &Path) {
+    let resolve = |s: &str| {
+        let p = Path::new(s.trim());
+        if p.is_relative() {
+            base.join(p).to_string_lossy().into_owned()
+        } else {
+            s.trim().to_string()
+        }
+    };
+    if let Some(Value::String(s)) = v.get_mut("jobs_dir") {
+        *s = resolve(s);
+    }
+    if let Value::Object(top) = v {
+        for (name, section) in top.iter_mut() {
+            if CORE_KEYS.contains(&name.as_str()) {
+                continue;
+            }
+            if let Value::Object(m) = section {
+                for (k, val) in m.iter_mut() {
+                    if let (true, Value::String(s)) = (k.ends_with("_file"), val)
+                        && !s.trim().is_empty()
+                    {
+                        *s = resolve(s);
+                    }
+                }
+            }
+        }
+    }
+    // `secrets.dirs` written in the file, as a list or a comma-separated string.
+    if let Some(dirs) = v.get_mut("secrets").and_then(|s| s.get_mut("dirs")) {
+        match dirs {
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::String(s) = item {
+                        *s = resolve(s);
+                    }
+                }
+            }
+            Value::String(s) => *s = s.split(',').map(resolve).collect::<Vec<_>>().join(","),
+            _ => {}
+        }
+    }
+    if let Some(Value::String(url)) = v.get_mut("database_url") {
+        *url = resolve_sqlite_url(url, base);
+    }
+}
+
+/// `sqlite:relative.db` -> `sqlite:<base>/relative.db`; other URLs are left alone.
+fn resolve_sqlite_url(url: &str, base: &Path) -> String {
+    let (prefix, rest) = if let Some(r) = url.strip_prefix("sqlite://") {
+        ("sqlite://", r)
+    } else if let Some(r) = url.strip_prefix("sqlite:") {
+        ("sqlite:", r)
+    } else {
+        return url.to_string();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" || Path::new(path).is_absolute() {
+        return url.to_string();
+    }
+    let joined = base.join(path).to_string_lossy().into_owned();
+    match query {
+        Some(q) => format!("{prefix}{joined}?{q}"),
+        None => format!("{prefix}{joined}"),
+    }
+}
+
+/// Reads every key through the grammar, collecting all problems into `problems`.
+fn validate(
+    v: &Value,
+    origins: &Origins,
+    specs: Option<&[SectionSpec]>,
+    problems: &mut Vec<Problem>,
+) -> Settings {
+    let mut s = Settings::default();
+    let Some(map) = v.as_object() else {
+        problems.push(Problem::new(
+            origins.of_value(""),
+            "the config must be a mapping",
+        ));
+        return s;
+    };
+    let mut top = Section::new("", Some(v), origins);
+    if let Some(p) = top.path("jobs_dir") {
+        s.jobs_dir = p;
+    }
+    if let Some(u) = top.string("database_url") {
+        match check_database_url(&u) {
+            Ok(()) => s.database_url = u,
+            Err(e) => top.problem("database_url", e),
+        }
+    } else if top.is_set("database_url") {
+        top.problem(
+            "database_url",
+            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db",
+        );
+    }
+    s.shutdown_grace = top.duration("shutdown_grace", s.shutdown_grace);
+    s.reload_poll = top.positive_duration("reload_poll", s.reload_poll);
+
+    let mut log = top.section("log");
+    s.log.format = log.choice(
+        "format",
+        &[
+            ("pretty", LogFormat::Pretty),
+            ("text", LogFormat::Pretty),
+            ("json", LogFormat::Json),
+        ],
+        s.log.format,
+    );
+    if let Some(l) = log.string("level") {
+        if tracing_subscriber::EnvFilter::try_new(&l).is_ok() {
+            s.log.level = l;
+        } else {
+            log.problem(
+                "level",
+                format!(
+                    "`log.level` must be a level or filter such as info or soarjobd=debug, got `{l}`"
+                ),
+            );
+        }
+    }
+    let log = log.finish();
+    top.absorb(log);
+
+    let mut history = top.section("history");
+    s.history.keep_runs = history.uint("keep_runs", s.history.keep_runs, 0);
+    s.history.keep_days = history.uint("keep_days", s.history.keep_days, 0);
+    let history = history.finish();
+    top.absorb(history);
+
+    let mut secrets = top.section("secrets");
+    if let Some(list) = secrets.string_list("env_allow") {
+        for name in &list {
+            let body = name.strip_suffix('*').unwrap_or(name);
+            if !body.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || (body.is_empty() && !name.ends_with('*'))
+            {
+                secrets.problem(
+                    "env_allow",
+                    format!(
+                        "`secrets.env_allow`: `{name}` is not a variable name or a prefix \
+                         ending in `*`"
+                    ),
+                );
+            } else if crate::definition::secrets::is_daemon_var(body)
+                || crate::definition::secrets::DAEMON_ENV_PREFIX
+                    .starts_with(&body.to_ascii_uppercase())
+                    && name.ends_with('*')
+                    && !body.is_empty()
+            {
+                secrets.problem(
+                    "env_allow",
+                    format!(
+                        "`secrets.env_allow`: `{name}` would expose the daemon's own \
+                         SOARJOBD__* variables, which job files can never read"
+                    ),
+                );
+            }
+        }
+        s.secrets.env_allow = list;
+    }
+    if let Some(list) = secrets.string_list("dirs") {
+        if list.iter().all(|d| !d.is_empty()) {
+            s.secrets.dirs = Some(list.into_iter().map(PathBuf::from).collect());
+        } else {
+            secrets.problem("dirs", "`secrets.dirs` must be a list of folders");
+        }
+    }
+    let secrets = secrets.finish();
+    top.absorb(secrets);
+
+    // Platform sections: declared ones are checked by their platform; without declarations
+    // (`load`), every other top-level mapping is kept for its platform to check later.
+    for (name, value) in map {
+        if CORE_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let declared = specs.map(|specs| specs.iter().find(|sp| sp.name == name.as_str()));
+        match declared {
+            Some(Some(spec)) => {
+                top.absorb((spec.check)(Some(value), origins));
+                if value.is_object() {
+                    s.sections.insert(name.clone(), value.clone());
+                }
+            }
+            None if value.is_object() => {
+                s.sections.insert(name.clone(), value.clone());
+            }
+            // Undeclared: left for `finish` to report as unknown, with a suggestion.
+            _ => {}
+        }
+    }
+    if let Some(specs) = specs {
+        for spec in specs {
+            // Declared but absent: the platform may still require something.
+            if !map.contains_key(spec.name) {
+                top.absorb((spec.check)(None, origins));
+            }
+        }
+    }
+    // Declare what the top level knows, so unknown keys get a suggestion among them.
+    for k in CORE_KEYS {
+        let _ = top.value(k);
+    }
+    match specs {
+        Some(specs) => {
+            for sp in specs {
+                let _ = top.value(sp.name);
+            }
+        }
+        None => {
+            for (k, v) in map {
+                if v.is_object() || v.is_null() {
+                    top.accept(k);
+                }
+            }
+        }
+    }
+    problems.extend(top.finish());
+    s
+}
+
+/// The SQLite URLs the store opens: `sqlite:PATH` or `sqlite://PATH` (or a bare path), with
+/// no in-memory database and no query options, which would silently drop what the store
+/// guarantees (a private file, durability). This is the rule of the store's own URL check
+/// (`store::sqlite`), so `check` rejects exactly what `run` would; a test holds them together.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Err(format!(
+            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db, got `{url}`"
+        ));
+    };
+    if path.is_empty() {
+        return Err("`database_url` names no file (expected sqlite:PATH)".into());
+    }
+    if path.starts_with(":memory:") {
+        return Err(
+            "`database_url` must name a file: an in-memory database would lose every run at \
+             exit"
+                .into(),
+        );
+    }
+    if path.contains('?') {
+        return Err(format!(
+            "`database_url` must not carry query options (`{}`): the daemon sets the SQLite \
+             options itself",
+            &path[path.find('?').unwrap_or(0)..]
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = load(&Sources {
+            file: None,
+            env: env(&[]),
+        });
+        // The default path is relative to the working directory, which may hold the repo's
+        // config; only check what holds either way.
+        let s = s.unwrap();
+        assert!(s.history.keep_runs > 0);
+        drop(dir);
+    }
+
+    #[test]
+    fn file_then_env_layers_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("conf").join("soarjobd.yaml");
+        std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+        std::fs::write(
+            &cfg,
+            "jobs_dir: ../jobs\ndatabase_url: sqlite:state/x.db\nshutdown_grace: 10s\n\
+             log: {format: json}\nhistory: {keep_runs: 5}\nsoar: {url: 'http://file', app_key_file: key.txt}\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[
+                ("SOARJOBD__SOAR__URL", "http://127.0.0.1:8443"),
+                ("SOARJOBD__HISTORY__KEEP_DAYS", "7"),
+                ("SOARJOBD__LOG__LEVEL", "debug"),
+                ("OTHER__X", "ignored"),
+            ]),
+        })
+        .unwrap();
+        let base = cfg.parent().unwrap();
+        assert_eq!(s.jobs_dir, base.join("../jobs"));
+        assert_eq!(
+            s.database_url,
+            format!("sqlite:{}", base.join("state/x.db").display())
+        );
+        assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.level, "debug");
+        assert_eq!(s.history.keep_runs, 5);
+        assert_eq!(s.history.keep_days, 7);
+        assert_eq!(s.section("soar")["url"], "http://127.0.0.1:8443");
+        assert_eq!(
+            s.section("soar")["app_key_file"],
+            base.join("key.txt").display().to_string()
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "jobs_dri: x\nshutdown_grace: soon\nlog: {format: xml}\nhistory: {keep_runs: -1}\n",
+        )
+        .unwrap();
+        let e = load(&Sources {
+            file: Some(cfg),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 4, "{e}");
+        assert!(
+            e.problems[0].message.contains("did you mean `jobs_dir`"),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("shutdown_grace"), "{text}");
+        assert!(text.contains("log.format"), "{text}");
+        assert!(text.contains("history.keep_runs"), "{text}");
+    }
+
+    #[test]
+    fn secrets_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "jobs_dir: jobs\nsecrets: {env_allow: [TICKETS_API_KEY, 'MYJOB_*'], dirs: [keys, /run/secrets]}\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap();
+        assert_eq!(s.secrets.env_allow, vec!["TICKETS_API_KEY", "MYJOB_*"]);
+        let o = s.load_options();
+        assert_eq!(
+            o.secrets.dirs,
+            vec![dir.path().join("keys"), PathBuf::from("/run/secrets")]
+        );
+        // Defaults: nothing from the environment, the jobs folder and /run/secrets.
+        let o = Settings::default().load_options();
+        assert!(o.secrets.env_allow.is_empty());
+        assert_eq!(
+            o.secrets.dirs,
+            vec![PathBuf::from("jobs"), PathBuf::from("/run/secrets")]
+        );
+        // From the environment, comma-separated.
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[("SOARJOBD__SECRETS__ENV_ALLOW", "A_KEY, B_*")]),
+        })
+        .unwrap();
+        assert_eq!(s.secrets.env_allow, vec!["A_KEY", "B_*"]);
+        // The daemon's own variables cannot be allowed.
+        for bad in [
+            "SOARJOBD__SOAR__APP_KEY",
+            "SOARJOBD_*",
+            "SOAR*",
+            "*X",
+            "A-B",
+        ] {
+            std::fs::write(&cfg, format!("secrets: {{env_allow: ['{bad}']}}\n")).unwrap();
+            let e = load(&Sources {
+                file: Some(cfg.clone()),
+                env: env(&[]),
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("secrets.env_allow"), "{bad}: {e}");
+        }
+    }
+
+    /// `check` validates the URL with `check_database_url`; `run` opens the store. They must
+    /// agree on every URL.
+    #[tokio::test]
+    async fn database_url_check_agrees_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().display();
+        let urls = [
+            format!("sqlite:{p}/a.db"),
+            format!("sqlite://{p}/b.db"),
+            "sqlite::memory:".to_string(),
+            "sqlite://:memory:".to_string(),
+            format!("sqlite:{p}/c.db?mode=ro"),
+            format!("sqlite://{p}/d.db?cache=shared"),
+            "sqlite:".to_string(),
+            "sqlite://".to_string(),
+            "postgres://u:p@h/db".to_string(),
+        ];
+        for url in &urls {
+            let checked = check_database_url(url).is_ok();
+            let opened = match crate::store::open(url).await {
+                Ok(s) => {
+                    s.close().await;
+                    true
+                }
+                Err(crate::store::StoreError::UnsupportedUrl(_)) => false,
+                Err(e) => panic!("{url}: unexpected store error {e}"),
+            };
+            assert_eq!(
+                checked, opened,
+                "{url}: check says {checked}, run says {opened}"
+            );
+        }
+        // And through the whole config load.
+        let e = load(&Sources {
+            file: None,
+            env: env(&[("SOARJOBD__DATABASE_URL", "sqlite::memory:")]),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("in-memory"), "{e}");
+        let e = load(&Sources {
+            file: None,
+            env: env(&[("SOARJOBD__DATABASE_URL", "sqlite:x.db?mode=ro")]),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("mode=ro"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = load(&Sources {
+            file: Some("/nonexistent/soarjobd.yaml".into()),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("does not exist"));
+    }
+
+    /// A platform section as a platform declares it (the core knows none by name).
+    const PLAT: SectionSpec = SectionSpec {
+        name: "plat",
+        check: |v, o| {
+            let mut s = Section::new("plat", v, o);
+            let _ = s.duration("timeout", Duration::from_secs(30));
+            let _ = s.bool("verify_tls", true);
+            s.finish()
+        },
+    };
+
+    /// Mistakes in the top level, a core section and a platform section come back together,
+    /// each at its line and column; environment mistakes name their variable.
+    #[test]
+    fn every_section_at_once_with_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "shutdown_grace: 1h30m\njobs_dri: x\nlog:\n  format: xml\nplat:\n  timeout: 500ms\n  verify_tls: yes\n  verfy_tls: no\n",
+        )
+        .unwrap();
+        let e = load_with(
+            &Sources {
+                file: Some(cfg.clone()),
+                env: env(&[("SOARJOBD__PLAT__TIMEOUT", "soon")]),
+            },
+            &[PLAT],
+        )
+        .unwrap_err();
+        let f = cfg.display();
+        let text: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                format!("{f}:2:1: unknown key `jobs_dri` (did you mean `jobs_dir`?)"),
+                format!("{f}:4:11: `log.format` must be one of pretty, text, json, got `xml`"),
+                format!("{f}:8:3: unknown key `plat.verfy_tls` (did you mean `verify_tls`?)"),
+                format!(
+                    "SOARJOBD__PLAT__TIMEOUT: `plat.timeout`: {}",
+                    grammar::parse_duration("soon").unwrap_err()
+                ),
+            ]
+        );
+        // Without the variable, the same file's platform values are fine, and an undeclared
+        // top-level key is unknown, with a suggestion among the declared sections.
+        std::fs::write(
+            &cfg,
+            "shutdown_grace: 500ms\nreload_poll: 1h30m\nplat: {timeout: 1h30m, verify_tls: yes}\npalt: {}\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        };
+        let e = load_with(&sources, &[PLAT]).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(
+            e.problems[0].to_string(),
+            format!("{f}:4:1: unknown key `palt` (did you mean `plat`?)")
+        );
+        // `load` (no declarations) keeps undeclared mappings for their platforms.
+        let s = load(&sources).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(s.reload_poll, Duration::from_secs(5400));
+        assert_eq!(s.section("plat")["verify_tls"], "yes");
+        assert!(s.section("palt").is_object());
+        assert!(s.check_sections(&[PLAT]).is_empty());
+    }
+
+    #[test]
+    fn env_values_follow_the_same_grammar() {
+        let s = load(&Sources {
+            file: None,
+            env: env(&[
+                ("SOARJOBD__SHUTDOWN_GRACE", "1h30m"),
+                ("SOARJOBD__RELOAD_POLL", "500ms"),
+                ("SOARJOBD__HISTORY__KEEP_RUNS", "12"),
+                ("SOARJOBD__LOG__FORMAT", "JSON"),
+            ]),
+        })
+        .unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_secs(5400));
+        assert_eq!(s.reload_poll, Duration::from_millis(500));
+        assert_eq!(s.history.keep_runs, 12);
+        assert_eq!(s.log.format, LogFormat::Json);
+        let e = load(&Sources {
+            file: None,
+            env: env(&[("SOARJOBD__RELOAD_POLL", "0s"), ("SOARJOBD____X", "1")]),
+        })
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("SOARJOBD__RELOAD_POLL: `reload_poll` must be longer than 0s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SOARJOBD____X: not a configuration key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&cfg, "log:\n  level: info\n  level: debug\n").unwrap();
+        let e = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{}:3:3: duplicate key `level`", cfg.display())),
+            "{e}"
+        );
+        // A syntax error is located too.
+        std::fs::write(&cfg, "log:\n  level: info\nhistory: [1,\n").unwrap();
+        let e = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(
+            matches!(e.problems[0].origin, Some(Origin::File { pos, .. }) if pos.line >= 3),
+            "{e}"
+        );
+    }
+}
