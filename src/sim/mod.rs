@@ -3,11 +3,17 @@
 //! Invariant: nothing here shares a wire type with [`crate::soar`] or [`crate::threatconnect`].
 //! Each side is written from the spec on its own, so a misreading of the wire format cannot hide
 //! in a shared struct.
+//!
+//! Shared by both: [`Server`] and [`Handle`] (the server lifecycle), `faults` (latency, rate
+//! limit, random faults, scripted next calls) and `rng` (deterministic randomness).
 
+mod faults;
+mod rng;
 pub mod soar;
 pub mod threatconnect;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -60,5 +66,53 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+/// A running simulator: its server and its state (`S` is the simulator's state type).
+#[derive(Debug)]
+pub struct Handle<S> {
+    server: Server,
+    state: Arc<S>,
+}
+
+impl<S> Handle<S> {
+    /// Serves `app` on `listen` (port 0 picks a free port); `state` is what `app` shares.
+    pub async fn start(
+        state: Arc<S>,
+        app: axum::Router,
+        listen: SocketAddr,
+    ) -> std::io::Result<Handle<S>> {
+        let server = Server::start(app, listen).await?;
+        Ok(Handle { server, state })
+    }
+
+    /// The bound address (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://{addr}`: the root (inspection routes live under `/_sim/`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    /// The state, for in-process tests.
+    pub fn state(&self) -> &Arc<S> {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 5 s), and stops.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.shutdown().await
+    }
+
+    /// Serves until `signal` completes, then shuts down (for `soarjobd sim ...`).
+    pub async fn serve_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        signal.await;
+        self.shutdown().await
     }
 }
