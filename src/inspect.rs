@@ -13,8 +13,8 @@ use crate::definition;
 use crate::definition::Overlap;
 use crate::exit;
 use crate::job::{Registry, error_chain};
-use crate::runner::{RunControl, RunRequest, Runner};
-use crate::store::{self, Claim, NewRun, RunRecord, RunStatus, Store, Trigger};
+use crate::runner::{RunControl, RunRequest, Runner, TickClaim};
+use crate::store::{self, Claim, RunRecord, Store, Trigger};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -281,21 +281,19 @@ pub async fn run_once_with(
         Ok(s) => s,
         Err(code) => return code,
     };
+    let runner = Runner::new(store.clone(), registry, clients);
     let now = Utc::now();
-    let claim = NewRun {
-        job_id: def.id.clone(),
+    // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
+    // with `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim
+    // is refused while the daemon or another run-once has a live run of the job, atomically
+    // with the insert. The daemon then records its ticks as skipped while this run is live.
+    let claim = TickClaim {
+        definition: &def,
         scheduled_at: now,
         trigger: Trigger::Manual,
-        status: RunStatus::Running,
         started_at: now,
-        message: None,
     };
-    // The same claim as the daemon's, with the same overlap rule across processes: with
-    // `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim is
-    // refused while the daemon or another run-once has a live run of the job, atomically with
-    // the insert. The daemon then records its ticks as skipped while this run is live.
-    let exclusive = def.overlap != Overlap::Allow;
-    let claimed = store.claim_runs_exclusive(&[claim], &[exclusive]).await;
+    let claimed = runner.claim(&[claim]).await;
     let run_id = match claimed.map(|c| c.into_iter().next()) {
         Ok(Some(Claim::Claimed(id))) => id,
         Ok(Some(Claim::Busy { holder, .. })) => {
@@ -323,7 +321,6 @@ pub async fn run_once_with(
             return exit::FAILURE;
         }
     };
-    let runner = Runner::new(store.clone(), registry, clients);
     let control = RunControl::new();
     // Ctrl-C stops the run the way a daemon shutdown would, so the row is finished properly.
     let stopper = {

@@ -25,11 +25,15 @@ use tracing::Instrument;
 
 use secrecy::ExposeSecret;
 
+use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::job::{Clients, JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
 use crate::redact::Redactor;
-use crate::store::{RunFinish, RunStatus, Store, Trigger};
+use crate::store::{
+    Claim, JobStateStore, NewRun, RunFinish, RunProcessLog, RunStatus, RunStore, Store,
+    StoreResult, Trigger,
+};
 
 /// How long a job gets to return after its token fired, before it is abandoned. Longer
 /// than `exec`'s SIGTERM-to-SIGKILL grace, so a script's process group is always reaped by the
@@ -93,6 +97,17 @@ pub struct RunRequest {
     pub control: RunControl,
 }
 
+/// One run to claim with [`Runner::claim`].
+#[derive(Debug, Clone, Copy)]
+pub struct TickClaim<'a> {
+    pub definition: &'a JobDefinition,
+    /// The nominal tick instant (before jitter); for a manual run, the request time.
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    /// The start the row records (the fire instant for a tick claimed ahead of it).
+    pub started_at: DateTime<Utc>,
+}
+
 /// The recorded result of a run.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -107,7 +122,10 @@ pub struct RunSummary {
 /// Executes runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
-    store: Arc<dyn Store>,
+    /// Run rows: claimed, started, finished and released only through this runner.
+    runs: Arc<dyn RunStore>,
+    /// What jobs get in their `JobContext`: the same backend, seen through the narrow trait.
+    state: Arc<dyn JobStateStore>,
     registry: Arc<Registry>,
     clients: Clients,
     /// Each job's redactor, built once per loaded definition (compiling it for every run
@@ -122,15 +140,77 @@ type RedactorCache = HashMap<String, (Weak<JobDefinition>, Redactor)>;
 impl Runner {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, clients: Clients) -> Runner {
         Runner {
-            store,
+            runs: store.clone(),
+            state: store,
             registry,
             clients,
             redactors: Arc::default(),
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Claims ticks and manual runs in one transaction: the one claim path of the scheduler
+    /// and of `run-once`. A run whose job's overlap is not `allow` is claimed exclusively: it
+    /// is refused ([`Claim::Busy`]) while another live process (a daemon, a `run-once`) has a
+    /// `running` row of the job, atomically with the insert. Overlap with this process's own
+    /// runs is not looked at here: the scheduler decides it when the tick fires, because a run
+    /// may end between claim and fire.
+    pub async fn claim(&self, ticks: &[TickClaim<'_>]) -> StoreResult<Vec<Claim>> {
+        let runs: Vec<NewRun> = ticks
+            .iter()
+            .map(|t| NewRun {
+                job_id: t.definition.id.clone(),
+                scheduled_at: t.scheduled_at,
+                trigger: t.trigger,
+                status: RunStatus::Running,
+                started_at: t.started_at,
+                message: None,
+            })
+            .collect();
+        let exclusive: Vec<bool> = ticks
+            .iter()
+            .map(|t| t.definition.overlap != Overlap::Allow)
+            .collect();
+        self.runs.claim_runs_exclusive(&runs, &exclusive).await
+    }
+
+    /// Records the real start of claimed runs that fire noticeably after the start their
+    /// claim recorded (see `scheduler::START_SLACK`).
+    pub async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        self.runs.mark_started(runs).await
+    }
+
+    /// Releases a claim that never started (shutdown before its instant), so the tick counts
+    /// as missed, not taken, at the next start. Returns whether a row was deleted.
+    pub async fn release(&self, run_id: i64) -> StoreResult<bool> {
+        self.runs.unclaim(run_id).await
+    }
+
+    /// The newest claimed schedule or catch-up tick of a job (for misfire after a restart).
+    pub async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        self.runs.last_scheduled_at(job_id).await
+    }
+
+    /// Finishes the row of a claimed run that will not run (overlap `skip`, a job removed or
+    /// disabled before its tick) with `status` and the reason. Failures are logged: the row
+    /// stays `running` and the next start marks it interrupted.
+    pub async fn finish_unrun(
+        &self,
+        job_id: &str,
+        run_id: i64,
+        status: RunStatus,
+        why: &str,
+        now: DateTime<Utc>,
+    ) {
+        let finish = RunFinish {
+            status,
+            finished_at: now,
+            message: Some(why.to_string()),
+            error: None,
+            stats: serde_json::Value::Object(Default::default()),
+        };
+        if let Err(e) = self.runs.finish_run(run_id, &finish).await {
+            tracing::error!(job_id = %job_id, run_id, error = %error_chain(&e), "cannot record an unrun tick");
+        }
     }
 
     /// Runs the job to the end and records the outcome. Never panics and never returns an
@@ -174,7 +254,7 @@ impl Runner {
         };
         let duration = started.elapsed();
         let _e = span.enter();
-        if let Err(e) = self.store.finish_run(req.run_id, &finish).await {
+        if let Err(e) = self.runs.finish_run(req.run_id, &finish).await {
             // The run happened; only its record failed. The next start marks the row
             // interrupted, which is the honest status for a run whose end was not recorded.
             tracing::error!(error = %error_chain(&e), "cannot record the end of the run");
@@ -253,7 +333,8 @@ impl Runner {
             scheduled_at: req.scheduled_at,
             trigger: req.trigger,
             started_at,
-            store: self.store.clone(),
+            store: self.state.clone(),
+            processes: RunProcessLog::new(self.runs.clone(), req.run_id),
             cancel: token.clone(),
             stats,
             clients: self.clients.clone(),

@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
-use crate::runner::{RunControl, RunRequest, Runner, StopReason};
-use crate::store::{Claim, NewRun, RunFinish, RunStatus, Trigger};
+use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
+use crate::store::{Claim, RunStatus, Trigger};
 use crate::timer::PreciseTimer;
 
 /// The longest the loop sleeps before looking at the wall clock again.
@@ -277,7 +277,7 @@ impl Scheduler {
         // Ticks claimed ahead of their instant will not run: release their claims, so they
         // count as missed at the next start (and `misfire` decides) instead of as taken.
         while let Some(Reverse(c)) = self.pending.pop() {
-            if let Err(e) = self.runner.store().unclaim(c.run_id).await {
+            if let Err(e) = self.runner.release(c.run_id).await {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
@@ -286,7 +286,7 @@ impl Scheduler {
 
     /// Logs missed ticks after a restart and returns the catch-up tick, if one should run.
     async fn missed_ticks(&self, def: &JobDefinition, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let last = match self.runner.store().last_scheduled_at(&def.id).await {
+        let last = match self.runner.last_scheduled_at(&def.id).await {
             Ok(l) => l?,
             Err(e) => {
                 tracing::error!(job_id = %def.id, error = %error_chain(&e), "cannot read the last tick");
@@ -548,30 +548,21 @@ impl Scheduler {
             return;
         }
         let now = Utc::now();
-        let claims: Vec<NewRun> = due
+        let claims: Vec<TickClaim<'_>> = due
             .iter()
-            .map(|d| NewRun {
-                job_id: d.def.id.clone(),
+            .map(|d| TickClaim {
+                definition: &d.def,
                 scheduled_at: d.tick,
                 trigger: d.trigger,
-                status: RunStatus::Running,
                 started_at: d.fire_at.unwrap_or(now).max(now),
-                message: None,
             })
             .collect();
-        // Overlap across processes (a `run-once` of the same job) is decided by the store,
-        // atomically with the insert; overlap with this daemon's own runs is decided when
-        // the tick fires, because a run may end between claim and fire.
-        let exclusive: Vec<bool> = due
-            .iter()
-            .map(|d| d.def.overlap != Overlap::Allow)
-            .collect();
-        let results = match self
-            .runner
-            .store()
-            .claim_runs_exclusive(&claims, &exclusive)
-            .await
-        {
+        // Overlap across processes (a `run-once` of the same job) is decided by the runner's
+        // claim, atomically with the insert; overlap with this daemon's own runs is decided
+        // when the tick fires, because a run may end between claim and fire.
+        let claimed = self.runner.claim(&claims).await;
+        let starts: Vec<DateTime<Utc>> = claims.iter().map(|c| c.started_at).collect();
+        let results = match claimed {
             Ok(r) => r,
             Err(e) => {
                 // Without a claim nothing may run (it could run twice).
@@ -580,7 +571,7 @@ impl Scheduler {
             }
         };
         self.store_recovered();
-        for ((d, claim), result) in due.into_iter().zip(claims).zip(results) {
+        for ((d, claimed_start), result) in due.into_iter().zip(starts).zip(results) {
             match result {
                 Claim::Claimed(run_id) => self.pending.push(Reverse(Claimed {
                     fire_at: d.fire_at.unwrap_or(now),
@@ -588,7 +579,7 @@ impl Scheduler {
                     job_id: d.def.id.clone(),
                     tick: d.tick,
                     trigger: d.trigger,
-                    claimed_start: claim.started_at,
+                    claimed_start,
                 })),
                 Claim::Taken => {
                     tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed")
@@ -633,7 +624,7 @@ impl Scheduler {
             .map(|c| (c.run_id, now))
             .collect();
         if !late.is_empty()
-            && let Err(e) = self.runner.store().mark_started(&late).await
+            && let Err(e) = self.runner.mark_started(&late).await
         {
             tracing::warn!(error = %error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
         }
@@ -684,18 +675,12 @@ impl Scheduler {
         }
     }
 
-    /// Finishes the row of a claimed tick that did not run.
+    /// Finishes the row of a claimed tick that did not run (through the runner, the only
+    /// code that finishes run rows).
     async fn finish_unrun(&self, c: &Claimed, status: RunStatus, why: &str, now: DateTime<Utc>) {
-        let finish = RunFinish {
-            status,
-            finished_at: now,
-            message: Some(why.to_string()),
-            error: None,
-            stats: serde_json::Value::Object(Default::default()),
-        };
-        if let Err(e) = self.runner.store().finish_run(c.run_id, &finish).await {
-            tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot record an unrun tick");
-        }
+        self.runner
+            .finish_unrun(&c.job_id, c.run_id, status, why, now)
+            .await;
     }
 
     fn spawn_run(

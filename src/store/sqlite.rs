@@ -1,4 +1,4 @@
-//! The SQLite implementation of [`Store`].
+//! The SQLite implementation of [`super::Store`] (both [`RunStore`] and [`JobStateStore`]).
 //!
 //! The database runs in WAL mode so that the CLI (`history`, `list`) can read while the daemon
 //! writes, with `synchronous = NORMAL` (a commit survives a process crash; only an OS crash can
@@ -34,8 +34,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::owner::{Liveness, OwnerGuard, owners_dir};
 use super::{
-    Claim, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus, SeenEntry,
-    SeenState, Store, StoreError, StoreResult, Trigger,
+    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus,
+    RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
 
 /// The migrations in `migrations/`, embedded at compile time.
@@ -307,7 +307,7 @@ impl SqliteStore {
         self.write_gate.lock().await
     }
 
-    /// The ids of the runs [`Store::prune`] may delete. A read only: it takes no write lock.
+    /// The ids of the runs [`RunStore::prune`] may delete. A read only: it takes no write lock.
     async fn prune_candidates(&self, keep_runs: u32, older_than: i64) -> StoreResult<Vec<i64>> {
         let ids = sqlx::query_scalar(
             "SELECT id FROM ( \
@@ -744,7 +744,7 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// One attempt at [`Store::finish_run`].
+    /// One attempt at [`RunStore::finish_run`].
     async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
         if !finish.status.is_final() {
             return Err(StoreError::Corrupt {
@@ -809,7 +809,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl RunStore for SqliteStore {
     async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
         let none = vec![false; runs.len()];
         let claims = self.claim_runs_exclusive(runs, &none).await?;
@@ -963,6 +963,98 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 
+    /// Checkpoints the WAL into the database file and truncates it, then closes the pool.
+    /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
+    /// the WAL stays valid and the next writer checkpoints it.
+    async fn close(&self) {
+        self.retry_unrecorded().await;
+        let _gate = self.write_lock().await;
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+        {
+            // The first column is 1 when the checkpoint was blocked by a reader or writer.
+            Ok(row) if row.try_get::<i64, _>(0).unwrap_or(0) != 0 => {
+                tracing::debug!("WAL checkpoint at close was incomplete (database in use)");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint at close failed"),
+        }
+        self.pool.close().await;
+        // From now on this store's `running` rows (if any were left) count as dead.
+        self.owner.release();
+    }
+
+    // --- The processes of runs in progress (process containment). ---
+
+    async fn record_run_process(&self, p: &RunProcess) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO run_processes (run_id, host, boot_id, owner_pid, owner_start_ticks, \
+                                        pgid, leader_start_ticks, token, cgroup, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, \
+                 boot_id = excluded.boot_id, owner_pid = excluded.owner_pid, \
+                 owner_start_ticks = excluded.owner_start_ticks, pgid = excluded.pgid, \
+                 leader_start_ticks = excluded.leader_start_ticks, token = excluded.token, \
+                 cgroup = excluded.cgroup, recorded_at = excluded.recorded_at",
+        )
+        .bind(p.run_id)
+        .bind(&p.host)
+        .bind(&p.boot_id)
+        .bind(p.owner_pid)
+        .bind(ticks_to_db(p.owner_start_ticks))
+        .bind(p.pgid)
+        .bind(p.leader_start_ticks.map(ticks_to_db))
+        .bind(&p.token)
+        .bind(p.cgroup.as_deref())
+        .bind(millis(p.recorded_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        let rows = sqlx::query(
+            "SELECT run_id, host, boot_id, owner_pid, owner_start_ticks, pgid, \
+                    leader_start_ticks, token, cgroup, recorded_at \
+             FROM run_processes ORDER BY run_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunProcess {
+                    run_id: row.try_get("run_id")?,
+                    host: row.try_get("host")?,
+                    boot_id: row.try_get("boot_id")?,
+                    owner_pid: row.try_get("owner_pid")?,
+                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks")?),
+                    pgid: row.try_get("pgid")?,
+                    leader_start_ticks: row
+                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .map(ticks_from_db),
+                    token: row.try_get("token")?,
+                    cgroup: row.try_get("cgroup")?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+}
+
+#[async_trait]
+impl JobStateStore for SqliteStore {
     async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
         let value = sqlx::query_scalar(
             "SELECT value_ms FROM job_timestamps WHERE job_id = ? AND \"key\" = ?",
@@ -1142,95 +1234,6 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-        Ok(deleted > 0)
-    }
-
-    /// Checkpoints the WAL into the database file and truncates it, then closes the pool.
-    /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
-    /// the WAL stays valid and the next writer checkpoints it.
-    async fn close(&self) {
-        self.retry_unrecorded().await;
-        let _gate = self.write_lock().await;
-        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
-            .await
-        {
-            // The first column is 1 when the checkpoint was blocked by a reader or writer.
-            Ok(row) if row.try_get::<i64, _>(0).unwrap_or(0) != 0 => {
-                tracing::debug!("WAL checkpoint at close was incomplete (database in use)");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint at close failed"),
-        }
-        self.pool.close().await;
-        // From now on this store's `running` rows (if any were left) count as dead.
-        self.owner.release();
-    }
-
-    // --- The processes of runs in progress (process containment). ---
-
-    async fn record_run_process(&self, p: &RunProcess) -> StoreResult<()> {
-        let _gate = self.write_lock().await;
-        sqlx::query(
-            "INSERT INTO run_processes (run_id, host, boot_id, owner_pid, owner_start_ticks, \
-                                        pgid, leader_start_ticks, token, cgroup, recorded_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, \
-                 boot_id = excluded.boot_id, owner_pid = excluded.owner_pid, \
-                 owner_start_ticks = excluded.owner_start_ticks, pgid = excluded.pgid, \
-                 leader_start_ticks = excluded.leader_start_ticks, token = excluded.token, \
-                 cgroup = excluded.cgroup, recorded_at = excluded.recorded_at",
-        )
-        .bind(p.run_id)
-        .bind(&p.host)
-        .bind(&p.boot_id)
-        .bind(p.owner_pid)
-        .bind(ticks_to_db(p.owner_start_ticks))
-        .bind(p.pgid)
-        .bind(p.leader_start_ticks.map(ticks_to_db))
-        .bind(&p.token)
-        .bind(p.cgroup.as_deref())
-        .bind(millis(p.recorded_at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
-        let rows = sqlx::query(
-            "SELECT run_id, host, boot_id, owner_pid, owner_start_ticks, pgid, \
-                    leader_start_ticks, token, cgroup, recorded_at \
-             FROM run_processes ORDER BY run_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RunProcess {
-                    run_id: row.try_get("run_id")?,
-                    host: row.try_get("host")?,
-                    boot_id: row.try_get("boot_id")?,
-                    owner_pid: row.try_get("owner_pid")?,
-                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks")?),
-                    pgid: row.try_get("pgid")?,
-                    leader_start_ticks: row
-                        .try_get::<Option<i64>, _>("leader_start_ticks")?
-                        .map(ticks_from_db),
-                    token: row.try_get("token")?,
-                    cgroup: row.try_get("cgroup")?,
-                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
-        let _gate = self.write_lock().await;
-        let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = ?")
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
         Ok(deleted > 0)
     }
 }
