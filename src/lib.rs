@@ -4,6 +4,7 @@
 //! [`store`] / logs. See `ARCHITECTURE.md` for the map and the invariants each module keeps.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod containment;
 pub mod daemon;

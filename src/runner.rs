@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use secrecy::ExposeSecret;
 
+use crate::clock::{Clock, RealClock};
 use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
@@ -132,6 +133,8 @@ pub struct Runner {
     /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
     /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
     redactors: Arc<std::sync::Mutex<RedactorCache>>,
+    /// Run starts, ends, timeouts and grace periods; the scheduler reads the same clock.
+    clock: Arc<dyn Clock>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -145,7 +148,19 @@ impl Runner {
             registry,
             clients,
             redactors: Arc::default(),
+            clock: Arc::new(RealClock::new()),
         }
+    }
+
+    /// The same runner on another clock (tests: a `VirtualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Runner {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock runs are timed by; the scheduler uses it too.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Claims ticks and manual runs in one transaction: the one claim path of the scheduler
@@ -224,8 +239,7 @@ impl Runner {
             scheduled_at = %req.scheduled_at.to_rfc3339(),
             trigger = req.trigger.as_str(),
         );
-        let started = tokio::time::Instant::now();
-        let started_at = Utc::now();
+        let started_at = self.clock.now();
         let stats = Stats::default();
         let redactor = self.redactor(&req);
         let (status, mut message, mut error) = self
@@ -238,7 +252,7 @@ impl Runner {
             )
             .instrument(span.clone())
             .await;
-        let finished_at = Utc::now();
+        let finished_at = self.clock.now();
         let mut stats_value = stats.snapshot();
         // Whatever the job reports may quote a secret it was given (a script's stderr in the
         // message, an error body, a stats string): redact before anything is stored or logged.
@@ -252,7 +266,7 @@ impl Runner {
             error: error.clone(),
             stats: stats_value.clone(),
         };
-        let duration = started.elapsed();
+        let duration = (finished_at - started_at).to_std().unwrap_or_default();
         let _e = span.enter();
         if let Err(e) = self.runs.finish_run(req.run_id, &finish).await {
             // The run happened; only its record failed. The next start marks the row
@@ -364,7 +378,7 @@ impl Runner {
                 let stopped = req.control.token.is_cancelled().then(|| req.control.cause());
                 return map_result(res, stopped);
             }
-            _ = tokio::time::sleep(def.timeout) => true,
+            _ = self.clock.sleep(def.timeout) => true,
             _ = req.control.token.cancelled() => false,
         };
         let why = if timed_out {
@@ -379,9 +393,13 @@ impl Runner {
         token.cancel();
 
         // Phase 2: the job was asked to stop; give it a grace period to return, then abort.
-        match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
-            Ok(res) => map_result(res, Some(why)),
-            Err(_) => {
+        let res = tokio::select! {
+            res = &mut task => Some(res),
+            _ = self.clock.sleep(CANCEL_GRACE) => None,
+        };
+        match res {
+            Some(res) => map_result(res, Some(why)),
+            None => {
                 tracing::warn!(
                     grace_s = CANCEL_GRACE.as_secs(),
                     "the job did not stop within its grace period; it was abandoned"

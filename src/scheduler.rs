@@ -25,11 +25,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
 use crate::store::{Claim, RunStatus, Trigger};
-use crate::timer::PreciseTimer;
 
 /// The longest the loop sleeps before looking at the wall clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -185,7 +185,9 @@ pub struct Scheduler {
     heap: BinaryHeap<Reverse<Entry>>,
     /// Ticks claimed ahead of their instant, earliest first.
     pending: BinaryHeap<Reverse<Claimed>>,
-    timer: PreciseTimer,
+    /// The time source (the runner's): the wall clock with its precise timer thread in the
+    /// daemon, a virtual clock in tests.
+    clock: Arc<dyn Clock>,
     next_generation: u64,
     running: RunningRuns,
     tracker: TaskTracker,
@@ -201,13 +203,12 @@ impl Scheduler {
         running: RunningRuns,
         tracker: TaskTracker,
     ) -> std::io::Result<Scheduler> {
-        let timer = PreciseTimer::new()?;
         Ok(Scheduler {
+            clock: runner.clock().clone(),
             runner,
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
             pending: BinaryHeap::new(),
-            timer,
             next_generation: 0,
             running,
             tracker,
@@ -227,7 +228,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         self.log_errors(&initial);
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut catch_up = Vec::new();
         for def in initial.jobs {
             let def = Arc::new(def);
@@ -245,7 +246,7 @@ impl Scheduler {
         self.fire_pending().await;
 
         loop {
-            let now = Utc::now();
+            let now = self.clock.now();
             let claim_at = self.heap.peek().map(|Reverse(e)| {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
             });
@@ -258,7 +259,8 @@ impl Scheduler {
                 .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
-            let deadline = std::time::Instant::now() + sleep_for;
+            let deadline = now + chrono::Duration::from_std(sleep_for).unwrap_or_default();
+            let clock = self.clock.clone();
             // `biased`: shutdown first, so no tick fires after the signal; then reloads, so a
             // changed schedule applies before its old tick fires.
             tokio::select! {
@@ -268,7 +270,7 @@ impl Scheduler {
                     Some(Command::Reload(report)) => self.reload(report),
                     None => break,
                 },
-                _ = self.timer.sleep_until(deadline) => {
+                _ = clock.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
                 }
@@ -342,7 +344,7 @@ impl Scheduler {
     /// Applies a fresh load of the jobs folder.
     fn reload(&mut self, report: LoadReport) {
         self.log_errors(&report);
-        let now = Utc::now();
+        let now = self.clock.now();
         let failed: HashSet<&PathBuf> = report.failed_files.iter().collect();
         let mut present = HashSet::new();
         for def in report.jobs {
@@ -406,7 +408,7 @@ impl Scheduler {
 
     /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].
     async fn claim_due(&mut self) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
         let mut due = Vec::new();
         while let Some(Reverse(e)) = self.heap.peek() {
@@ -476,7 +478,7 @@ impl Scheduler {
     /// A claim failed: nothing of it runs. Logs the first failure at `error`, then at most
     /// every [`STORE_FAILURE_LOG_EVERY`], and counts the lost ticks.
     fn claim_failed(&mut self, due: &[Due], error: &crate::store::StoreError) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let first = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,
@@ -516,7 +518,7 @@ impl Scheduler {
         let Some(outage) = self.outage.take() else {
             return;
         };
-        let failed_for_ms = (Utc::now() - outage.since).num_milliseconds();
+        let failed_for_ms = (self.clock.now() - outage.since).num_milliseconds();
         let ticks_missed: u64 = outage.lost.values().map(|l| l.1).sum();
         tracing::info!(
             failed_for_ms,
@@ -547,7 +549,7 @@ impl Scheduler {
         if due.is_empty() {
             return;
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let claims: Vec<TickClaim<'_>> = due
             .iter()
             .map(|d| TickClaim {
@@ -602,7 +604,7 @@ impl Scheduler {
 
     /// Starts every claimed run whose instant has come, applying the overlap policy.
     async fn fire_pending(&mut self) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut firing = Vec::new();
         while let Some(Reverse(c)) = self.pending.peek() {
             if c.fire_at > now {
@@ -723,3 +725,7 @@ fn log_loaded(def: &JobDefinition, changed: bool) {
         "job loaded"
     );
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
