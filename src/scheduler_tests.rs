@@ -55,7 +55,7 @@ fn registry() -> Arc<Registry> {
 
 /// An instant that is a multiple of every period used here (10 s, 10 min, 1 h).
 fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 3600, 0).expect("instant")
+    DateTime::from_timestamp(500_000 * 3600, 0).expect("instant")
 }
 
 fn secs(s: i64) -> TimeDelta {
@@ -96,7 +96,11 @@ impl Harness {
         let url = format!("sqlite:{}", dir.path().join("state.db").display());
         let store = store::open(&url).await.expect("store");
         for run in prepare {
-            let id = store.claim_runs(&[run.clone()]).await.expect("claim")[0].expect("new");
+            let id = store
+                .claim_runs(std::slice::from_ref(&run))
+                .await
+                .expect("claim")[0]
+                .expect("new");
             let finish = RunFinish {
                 status: RunStatus::Succeeded,
                 finished_at: run.started_at,
