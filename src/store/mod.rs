@@ -6,6 +6,8 @@
 //! [`RunStore::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
 //! another process (or an earlier life of this one) already took the tick.
 
+#[cfg(any(test, feature = "store-contract"))]
+pub mod contract;
 pub mod lock;
 pub mod owner;
 pub mod sqlite;
