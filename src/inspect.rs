@@ -282,7 +282,7 @@ pub async fn run_once_with(
         Err(code) => return code,
     };
     let runner = Runner::new(store.clone(), registry, clients);
-    let now = Utc::now();
+    let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
     // with `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim
     // is refused while the daemon or another run-once has a live run of the job, atomically
