@@ -481,3 +481,145 @@ fn map_result(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition;
+    use crate::definition::JobSpec;
+    use crate::job::{Clients, Registry};
+    use crate::job::{Job, JobContext, Outcome};
+    use crate::store::{RunStatus, Store};
+
+    /// A job that does nothing (these tests claim; they do not run).
+    struct Noop;
+
+    impl JobSpec for Noop {}
+
+    #[async_trait::async_trait]
+    impl Job for Noop {
+        fn id(&self) -> &'static str {
+            "noop"
+        }
+
+        async fn run(&self, _ctx: &mut JobContext) -> Result<Outcome, JobError> {
+            Ok(Outcome::succeeded("nothing"))
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register(Noop);
+        r
+    }
+
+    async fn runner_on(url: &str) -> (Runner, Arc<dyn Store>) {
+        let store = crate::store::open(url).await.expect("store");
+        let runner = Runner::new(store.clone(), Arc::new(registry()), Clients::default());
+        (runner, store)
+    }
+
+    fn def(overlap: &str) -> JobDefinition {
+        let text = format!("name: Job\njob: noop\nschedule: {{every: 1m}}\noverlap: {overlap}\n");
+        definition::load_str(
+            std::path::Path::new("/nonexistent/job-a.yaml"),
+            &text,
+            &registry(),
+        )
+        .expect("valid")
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).expect("instant")
+    }
+
+    /// The one claim path: a manual run (run-once) and a scheduled tick are exclusive exactly
+    /// when the job's overlap is not `allow`, against the live runs of another process.
+    #[tokio::test]
+    async fn claims_are_exclusive_unless_overlap_allows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let (daemon, daemon_store) = runner_on(&url).await;
+        let (cli, cli_store) = runner_on(&url).await;
+        let skip = def("skip");
+        let claim = |d, s, trigger| TickClaim {
+            definition: d,
+            scheduled_at: at(s),
+            trigger,
+            started_at: at(s),
+        };
+        let manual = cli
+            .claim(&[claim(&skip, 100, Trigger::Manual)])
+            .await
+            .expect("claim");
+        let Claim::Claimed(manual) = manual[0] else {
+            panic!("{manual:?}")
+        };
+        let got = daemon
+            .claim(&[claim(&skip, 120, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert!(
+            matches!(&got[0], Claim::Busy { skipped_run: Some(_), holder } if holder.run_id == manual),
+            "{got:?}"
+        );
+        let allow = def("allow");
+        let got = daemon
+            .claim(&[claim(&allow, 180, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert!(matches!(got[0], Claim::Claimed(_)), "{got:?}");
+        // The same tick again: taken.
+        let again = daemon
+            .claim(&[claim(&allow, 180, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert_eq!(again, [Claim::Taken]);
+        cli_store.close().await;
+        daemon_store.close().await;
+    }
+
+    /// A claimed tick that will not run is finished by the runner, once, with the reason; a
+    /// claim released before its instant is gone.
+    #[tokio::test]
+    async fn unrun_claims_are_finished_or_released_by_the_runner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let (runner, store) = runner_on(&url).await;
+        let d = def("skip");
+        let claim = |s| TickClaim {
+            definition: &d,
+            scheduled_at: at(s),
+            trigger: Trigger::Schedule,
+            started_at: at(s),
+        };
+        let got = runner.claim(&[claim(60), claim(120)]).await.expect("claim");
+        let (Claim::Claimed(a), Claim::Claimed(b)) = (&got[0], &got[1]) else {
+            panic!("{got:?}")
+        };
+        runner
+            .finish_unrun(
+                "job-a",
+                *a,
+                RunStatus::Skipped,
+                "previous run still running",
+                at(61),
+            )
+            .await;
+        // A second finish changes nothing.
+        runner
+            .finish_unrun("job-a", *a, RunStatus::Failed, "again", at(62))
+            .await;
+        let row = store.run(*a).await.expect("run").expect("row");
+        assert_eq!(row.status, RunStatus::Skipped);
+        assert_eq!(row.message.as_deref(), Some("previous run still running"));
+        assert_eq!(row.finished_at, Some(at(61)));
+        assert!(runner.release(*b).await.expect("release"));
+        assert!(store.run(*b).await.expect("run").is_none());
+        assert_eq!(
+            runner.last_scheduled_at("job-a").await.expect("last"),
+            Some(at(60))
+        );
+        store.close().await;
+    }
+}

@@ -467,3 +467,61 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A job's process record handle reaches only its own run.
+    #[tokio::test]
+    async fn a_run_process_log_records_only_its_own_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let store = open(&url).await.expect("open");
+        let now = DateTime::from_timestamp(1_000, 0).expect("instant");
+        let run = |job: &str| NewRun {
+            job_id: job.into(),
+            scheduled_at: now,
+            trigger: Trigger::Schedule,
+            status: RunStatus::Running,
+            started_at: now,
+            message: None,
+        };
+        let ids = store
+            .claim_runs(&[run("a"), run("b")])
+            .await
+            .expect("claim");
+        let (a, b) = (ids[0].expect("a"), ids[1].expect("b"));
+        let record = |run_id| RunProcess {
+            run_id,
+            host: "h".into(),
+            boot_id: "boot".into(),
+            owner_pid: 1,
+            owner_start_ticks: 2,
+            pgid: None,
+            leader_start_ticks: None,
+            token: "t".into(),
+            cgroup: None,
+            recorded_at: now,
+        };
+        let runs: Arc<dyn RunStore> = store.clone();
+        let log = RunProcessLog::new(runs, a);
+        log.record(&record(a)).await.expect("own run");
+        assert!(matches!(
+            log.record(&record(b)).await,
+            Err(StoreError::NoSuchRun(id)) if id == b
+        ));
+        let listed: Vec<i64> = store
+            .run_processes()
+            .await
+            .expect("list")
+            .iter()
+            .map(|p| p.run_id)
+            .collect();
+        assert_eq!(listed, [a]);
+        assert!(log.forget().await.expect("forget"));
+        assert!(store.run_processes().await.expect("list").is_empty());
+        store.close().await;
+    }
+}
