@@ -413,6 +413,11 @@ pub trait JobStateStore: Send + Sync + 'static {
 /// A whole backend: both halves on one database. `store::open` returns one, and the daemon
 /// hands each part only what it needs (an `Arc<dyn Store>` coerces to `Arc<dyn RunStore>` and
 /// to `Arc<dyn JobStateStore>`). Implemented for every type that implements both halves.
+///
+/// One object rather than a struct of two `Arc`s: a backend is one pool and one run owner (the
+/// process whose rows it claims), and both halves must share them; closing it closes both.
+/// The split is in what each part is handed: the runner keeps the `RunStore` view, a job's
+/// `JobContext` gets only the `JobStateStore` view.
 pub trait Store: RunStore + JobStateStore {}
 
 impl<T: RunStore + JobStateStore + ?Sized> Store for T {}
