@@ -203,6 +203,8 @@ impl Scheduler {
         running: RunningRuns,
         tracker: TaskTracker,
     ) -> std::io::Result<Scheduler> {
+        // The scheduler reads the runner's clock, so ticks and the runs they start agree on
+        // the time (and a test drives both with one `VirtualClock`).
         Ok(Scheduler {
             clock: runner.clock().clone(),
             runner,
