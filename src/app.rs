@@ -203,8 +203,9 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems.iter().any(|p| p
-                == "unknown key `threatconnect.timeot` (did you mean `timeout`?)"),
+            problems
+                .iter()
+                .any(|p| p == "unknown key `threatconnect.timeot` (did you mean `timeout`?)"),
             "{problems:?}"
         );
         // The url and the missing app key of `soar`, the missing credentials of

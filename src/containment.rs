@@ -50,12 +50,12 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::store::{RunProcess, Store};
+use crate::store::{RunProcess, RunProcessLog, RunStore};
 
 /// The environment variable that carries a run's token.
 pub const TOKEN_ENV: &str = "SOARJOBD_RUN_TOKEN";
@@ -455,12 +455,13 @@ pub struct RunContainment {
     /// Set once the leader was reaped: signalling the pgid blindly is then no longer safe.
     reaped: bool,
     finished: bool,
-    store: Arc<dyn Store>,
+    store: RunProcessLog,
 }
 
 impl RunContainment {
     /// Prepares containment for run `run_id`: a token and, where possible, a cgroup.
-    pub fn prepare(run_id: i64, store: Arc<dyn Store>) -> RunContainment {
+    pub fn prepare(store: RunProcessLog) -> RunContainment {
+        let run_id = store.run_id();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let usable = !CGROUP_ENTRY_FAILED.load(std::sync::atomic::Ordering::Relaxed);
         let cgroup = cgroup_parent().filter(|_| usable).and_then(|parent| {
@@ -590,7 +591,7 @@ impl RunContainment {
         self.finished = true;
         let job = self.cleanup_job();
         let killed = tokio::task::spawn_blocking(job).await.unwrap_or(0);
-        if let Err(e) = self.store.forget_run_process(self.run_id).await {
+        if let Err(e) = self.store.forget().await {
             tracing::warn!(
                 error = %crate::job::error_chain(&e),
                 "cannot forget the run's process record (the next start will)"
@@ -648,12 +649,12 @@ impl Drop for RunContainment {
             let _ = std::fs::write(cg.dir.join("cgroup.kill"), "1");
         }
         let job = self.cleanup_job();
-        let (store, run_id) = (self.store.clone(), self.run_id);
+        let store = self.store.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
                     let _ = tokio::task::spawn_blocking(job).await;
-                    let _ = store.forget_run_process(run_id).await;
+                    let _ = store.forget().await;
                 });
             }
             // No runtime (process exit): the record stays and the next start cleans up.
@@ -712,7 +713,7 @@ pub(crate) fn trusted_cgroup(row: &RunProcess) -> Option<PathBuf> {
 /// At startup, before rows left `running` are marked interrupted: kills what is left of runs
 /// whose owner died, and forgets their records. Never fails: problems are logged (a store that
 /// cannot be read here fails the very next step of the start anyway).
-pub async fn recover(store: &dyn Store) {
+pub async fn recover(store: &dyn RunStore) {
     // Detect (and log) the containment mode once, at start.
     let _ = cgroup_parent();
     let rows = match store.run_processes().await {

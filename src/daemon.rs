@@ -20,7 +20,7 @@ use crate::definition;
 use crate::job::{Job, Registry, error_chain};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
-use crate::store::{self, DaemonLock, LockError, Store, StoreError};
+use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
 
 /// How often old runs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -306,7 +306,7 @@ impl Signals {
 
 /// Prunes old runs at start and then every hour, off the scheduler's path.
 async fn prune_loop(
-    store: Arc<dyn Store>,
+    store: Arc<dyn RunStore>,
     keep_runs: u32,
     keep_days: u32,
     shutdown: CancellationToken,
@@ -328,7 +328,7 @@ async fn prune_loop(
 
 /// Marks `running` rows of dead processes `interrupted` every [`SWEEP_EVERY`] (the startup
 /// sweep is done in `start`).
-async fn sweep_loop(store: Arc<dyn Store>, shutdown: CancellationToken) {
+async fn sweep_loop(store: Arc<dyn RunStore>, shutdown: CancellationToken) {
     let mut timer = tokio::time::interval(SWEEP_EVERY);
     timer.tick().await;
     loop {

@@ -12,8 +12,8 @@ use crate::app::App;
 use crate::definition::Overlap;
 use crate::exit;
 use crate::job::error_chain;
-use crate::runner::{RunControl, RunRequest};
-use crate::store::{Claim, NewRun, RunRecord, RunStatus, Store, Trigger};
+use crate::runner::{RunControl, RunRequest, TickClaim};
+use crate::store::{Claim, RunRecord, Store, Trigger};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -259,21 +259,19 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let now = Utc::now();
-    let claim = NewRun {
-        job_id: def.id.clone(),
+    let runner = app.runner(store.clone());
+    let now = runner.clock().now();
+    // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
+    // with `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim
+    // is refused while the daemon or another run-once has a live run of the job, atomically
+    // with the insert. The daemon then records its ticks as skipped while this run is live.
+    let claim = TickClaim {
+        definition: &def,
         scheduled_at: now,
         trigger: Trigger::Manual,
-        status: RunStatus::Running,
         started_at: now,
-        message: None,
     };
-    // The same claim as the daemon's, with the same overlap rule across processes: with
-    // `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim is
-    // refused while the daemon or another run-once has a live run of the job, atomically with
-    // the insert. The daemon then records its ticks as skipped while this run is live.
-    let exclusive = def.overlap != Overlap::Allow;
-    let claimed = store.claim_runs_exclusive(&[claim], &[exclusive]).await;
+    let claimed = runner.claim(&[claim]).await;
     let run_id = match claimed.map(|c| c.into_iter().next()) {
         Ok(Some(Claim::Claimed(id))) => id,
         Ok(Some(Claim::Busy { holder, .. })) => {
@@ -301,7 +299,6 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
             return exit::FAILURE;
         }
     };
-    let runner = app.runner(store.clone());
     let control = RunControl::new();
     // Ctrl-C stops the run the way a daemon shutdown would, so the row is finished properly.
     let stopper = {

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::definition::{Catalog, JobDefinition, JobSpec, Parameters, params::ParamError};
-use crate::store::{SeenEntry, SeenState, Store, StoreError, Trigger};
+use crate::store::{JobStateStore, RunProcessLog, SeenEntry, SeenState, StoreError, Trigger};
 
 /// The SecOps context key under which the last-success timestamp is stored.
 pub const DEFAULT_TIMESTAMP_KEY: &str = "timestamp";
@@ -170,7 +170,11 @@ pub struct JobContext {
     pub(crate) scheduled_at: DateTime<Utc>,
     pub(crate) trigger: Trigger,
     pub(crate) started_at: DateTime<Utc>,
-    pub(crate) store: Arc<dyn Store>,
+    /// Timestamps, context and seen-sets: the only durable state a job may change. Run rows
+    /// are out of its reach (only the runner finishes them).
+    pub(crate) store: Arc<dyn JobStateStore>,
+    /// The process record of this run (process containment of `exec`).
+    pub(crate) processes: RunProcessLog,
     pub(crate) cancel: CancellationToken,
     pub(crate) stats: Stats,
     pub(crate) span: tracing::Span,

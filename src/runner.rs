@@ -25,11 +25,16 @@ use tracing::Instrument;
 
 use secrecy::ExposeSecret;
 
+use crate::clock::{Clock, RealClock};
+use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
 use crate::redact::Redactor;
-use crate::store::{RunFinish, RunStatus, Store, Trigger};
+use crate::store::{
+    Claim, JobStateStore, NewRun, RunFinish, RunProcessLog, RunStatus, RunStore, Store,
+    StoreResult, Trigger,
+};
 
 /// How long a job gets to return after its token fired, before it is abandoned. Longer
 /// than `exec`'s SIGTERM-to-SIGKILL grace, so a script's process group is always reaped by the
@@ -93,6 +98,17 @@ pub struct RunRequest {
     pub control: RunControl,
 }
 
+/// One run to claim with [`Runner::claim`].
+#[derive(Debug, Clone, Copy)]
+pub struct TickClaim<'a> {
+    pub definition: &'a JobDefinition,
+    /// The nominal tick instant (before jitter); for a manual run, the request time.
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    /// The start the row records (the fire instant for a tick claimed ahead of it).
+    pub started_at: DateTime<Utc>,
+}
+
 /// The recorded result of a run.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -107,12 +123,17 @@ pub struct RunSummary {
 /// Executes runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
-    store: Arc<dyn Store>,
+    /// Run rows: claimed, started, finished and released only through this runner.
+    runs: Arc<dyn RunStore>,
+    /// What jobs get in their `JobContext`: the same backend, seen through the narrow trait.
+    state: Arc<dyn JobStateStore>,
     registry: Arc<Registry>,
     /// Each job's redactor, built once per loaded definition (compiling it for every run
     /// would cost more than the run's own bookkeeping). The `Weak` both identifies the
     /// definition (a reload makes a new `Arc`) and keeps its address from being reused.
     redactors: Arc<std::sync::Mutex<RedactorCache>>,
+    /// Run starts, ends, timeouts and grace periods; the scheduler reads the same clock.
+    clock: Arc<dyn Clock>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -121,14 +142,88 @@ type RedactorCache = HashMap<String, (Weak<JobDefinition>, Redactor)>;
 impl Runner {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>) -> Runner {
         Runner {
-            store,
+            runs: store.clone(),
+            state: store,
             registry,
             redactors: Arc::default(),
+            clock: Arc::new(RealClock::new()),
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The same runner on another clock (tests: a `VirtualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Runner {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock runs are timed by; the scheduler uses it too.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Claims ticks and manual runs in one transaction: the one claim path of the scheduler
+    /// and of `run-once`. A run whose job's overlap is not `allow` is claimed exclusively: it
+    /// is refused ([`Claim::Busy`]) while another live process (a daemon, a `run-once`) has a
+    /// `running` row of the job, atomically with the insert. Overlap with this process's own
+    /// runs is not looked at here: the scheduler decides it when the tick fires, because a run
+    /// may end between claim and fire.
+    pub async fn claim(&self, ticks: &[TickClaim<'_>]) -> StoreResult<Vec<Claim>> {
+        let runs: Vec<NewRun> = ticks
+            .iter()
+            .map(|t| NewRun {
+                job_id: t.definition.id.clone(),
+                scheduled_at: t.scheduled_at,
+                trigger: t.trigger,
+                status: RunStatus::Running,
+                started_at: t.started_at,
+                message: None,
+            })
+            .collect();
+        let exclusive: Vec<bool> = ticks
+            .iter()
+            .map(|t| t.definition.overlap != Overlap::Allow)
+            .collect();
+        self.runs.claim_runs_exclusive(&runs, &exclusive).await
+    }
+
+    /// Records the real start of claimed runs that fire noticeably after the start their
+    /// claim recorded (see `scheduler::START_SLACK`).
+    pub async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        self.runs.mark_started(runs).await
+    }
+
+    /// Releases a claim that never started (shutdown before its instant), so the tick counts
+    /// as missed, not taken, at the next start. Returns whether a row was deleted.
+    pub async fn release(&self, run_id: i64) -> StoreResult<bool> {
+        self.runs.unclaim(run_id).await
+    }
+
+    /// The newest claimed schedule or catch-up tick of a job (for misfire after a restart).
+    pub async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        self.runs.last_scheduled_at(job_id).await
+    }
+
+    /// Finishes the row of a claimed run that will not run (overlap `skip`, a job removed or
+    /// disabled before its tick) with `status` and the reason. Failures are logged: the row
+    /// stays `running` and the next start marks it interrupted.
+    pub async fn finish_unrun(
+        &self,
+        job_id: &str,
+        run_id: i64,
+        status: RunStatus,
+        why: &str,
+        now: DateTime<Utc>,
+    ) {
+        let finish = RunFinish {
+            status,
+            finished_at: now,
+            message: Some(why.to_string()),
+            error: None,
+            stats: serde_json::Value::Object(Default::default()),
+        };
+        if let Err(e) = self.runs.finish_run(run_id, &finish).await {
+            tracing::error!(job_id = %job_id, run_id, error = %error_chain(&e), "cannot record an unrun tick");
+        }
     }
 
     /// Runs the job to the end and records the outcome. Never panics and never returns an
@@ -142,8 +237,7 @@ impl Runner {
             scheduled_at = %req.scheduled_at.to_rfc3339(),
             trigger = req.trigger.as_str(),
         );
-        let started = tokio::time::Instant::now();
-        let started_at = Utc::now();
+        let started_at = self.clock.now();
         let stats = Stats::default();
         let redactor = self.redactor(&req);
         let (status, mut message, mut error) = self
@@ -156,7 +250,7 @@ impl Runner {
             )
             .instrument(span.clone())
             .await;
-        let finished_at = Utc::now();
+        let finished_at = self.clock.now();
         let mut stats_value = stats.snapshot();
         // Whatever the job reports may quote a secret it was given (a script's stderr in the
         // message, an error body, a stats string): redact before anything is stored or logged.
@@ -170,9 +264,17 @@ impl Runner {
             error: error.clone(),
             stats: stats_value.clone(),
         };
-        let duration = started.elapsed();
+        let duration = (finished_at - started_at).to_std().unwrap_or_default();
+        // The record is written inside the run's span as an instrumented future: an entered
+        // guard held across the await would leave the span entered on this worker thread
+        // while it polls other tasks, and their events would be logged under this run.
+        let recorded = self
+            .runs
+            .finish_run(req.run_id, &finish)
+            .instrument(span.clone())
+            .await;
         let _e = span.enter();
-        if let Err(e) = self.store.finish_run(req.run_id, &finish).await {
+        if let Err(e) = recorded {
             // The run happened; only its record failed. The next start marks the row
             // interrupted, which is the honest status for a run whose end was not recorded.
             tracing::error!(error = %error_chain(&e), "cannot record the end of the run");
@@ -255,7 +357,8 @@ impl Runner {
             scheduled_at: req.scheduled_at,
             trigger: req.trigger,
             started_at,
-            store: self.store.clone(),
+            store: self.state.clone(),
+            processes: RunProcessLog::new(self.runs.clone(), req.run_id),
             cancel: token.clone(),
             stats,
             span: span.clone(),
@@ -284,7 +387,7 @@ impl Runner {
                 let stopped = req.control.token.is_cancelled().then(|| req.control.cause());
                 return map_result(res, stopped);
             }
-            _ = tokio::time::sleep(def.timeout) => true,
+            _ = self.clock.sleep(def.timeout) => true,
             _ = req.control.token.cancelled() => false,
         };
         let why = if timed_out {
@@ -299,9 +402,13 @@ impl Runner {
         token.cancel();
 
         // Phase 2: the job was asked to stop; give it a grace period to return, then abort.
-        match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
-            Ok(res) => map_result(res, Some(why)),
-            Err(_) => {
+        let res = tokio::select! {
+            res = &mut task => Some(res),
+            _ = self.clock.sleep(CANCEL_GRACE) => None,
+        };
+        match res {
+            Some(res) => map_result(res, Some(why)),
+            None => {
                 tracing::warn!(
                     grace_s = CANCEL_GRACE.as_secs(),
                     "the job did not stop within its grace period; it was abandoned"
@@ -381,5 +488,147 @@ fn map_result(
                 Some(format!("panic: {msg}")),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition;
+    use crate::definition::JobSpec;
+    use crate::job::Registry;
+    use crate::job::{Job, JobContext, Outcome};
+    use crate::store::{RunStatus, Store};
+
+    /// A job that does nothing (these tests claim; they do not run).
+    struct Noop;
+
+    impl JobSpec for Noop {}
+
+    #[async_trait::async_trait]
+    impl Job for Noop {
+        fn id(&self) -> &'static str {
+            "noop"
+        }
+
+        async fn run(&self, _ctx: &mut JobContext) -> Result<Outcome, JobError> {
+            Ok(Outcome::succeeded("nothing"))
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register(Noop);
+        r
+    }
+
+    async fn runner_on(url: &str) -> (Runner, Arc<dyn Store>) {
+        let store = crate::store::open(url).await.expect("store");
+        let runner = Runner::new(store.clone(), Arc::new(registry()));
+        (runner, store)
+    }
+
+    fn def(overlap: &str) -> JobDefinition {
+        let text = format!("name: Job\njob: noop\nschedule: {{every: 1m}}\noverlap: {overlap}\n");
+        definition::load_str(
+            std::path::Path::new("/nonexistent/job-a.yaml"),
+            &text,
+            &registry(),
+        )
+        .expect("valid")
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).expect("instant")
+    }
+
+    /// The one claim path: a manual run (run-once) and a scheduled tick are exclusive exactly
+    /// when the job's overlap is not `allow`, against the live runs of another process.
+    #[tokio::test]
+    async fn claims_are_exclusive_unless_overlap_allows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let (daemon, daemon_store) = runner_on(&url).await;
+        let (cli, cli_store) = runner_on(&url).await;
+        let skip = def("skip");
+        let claim = |d, s, trigger| TickClaim {
+            definition: d,
+            scheduled_at: at(s),
+            trigger,
+            started_at: at(s),
+        };
+        let manual = cli
+            .claim(&[claim(&skip, 100, Trigger::Manual)])
+            .await
+            .expect("claim");
+        let Claim::Claimed(manual) = manual[0] else {
+            panic!("{manual:?}")
+        };
+        let got = daemon
+            .claim(&[claim(&skip, 120, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert!(
+            matches!(&got[0], Claim::Busy { skipped_run: Some(_), holder } if holder.run_id == manual),
+            "{got:?}"
+        );
+        let allow = def("allow");
+        let got = daemon
+            .claim(&[claim(&allow, 180, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert!(matches!(got[0], Claim::Claimed(_)), "{got:?}");
+        // The same tick again: taken.
+        let again = daemon
+            .claim(&[claim(&allow, 180, Trigger::Schedule)])
+            .await
+            .expect("claim");
+        assert_eq!(again, [Claim::Taken]);
+        cli_store.close().await;
+        daemon_store.close().await;
+    }
+
+    /// A claimed tick that will not run is finished by the runner, once, with the reason; a
+    /// claim released before its instant is gone.
+    #[tokio::test]
+    async fn unrun_claims_are_finished_or_released_by_the_runner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let (runner, store) = runner_on(&url).await;
+        let d = def("skip");
+        let claim = |s| TickClaim {
+            definition: &d,
+            scheduled_at: at(s),
+            trigger: Trigger::Schedule,
+            started_at: at(s),
+        };
+        let got = runner.claim(&[claim(60), claim(120)]).await.expect("claim");
+        let (Claim::Claimed(a), Claim::Claimed(b)) = (&got[0], &got[1]) else {
+            panic!("{got:?}")
+        };
+        runner
+            .finish_unrun(
+                "job-a",
+                *a,
+                RunStatus::Skipped,
+                "previous run still running",
+                at(61),
+            )
+            .await;
+        // A second finish changes nothing.
+        runner
+            .finish_unrun("job-a", *a, RunStatus::Failed, "again", at(62))
+            .await;
+        let row = store.run(*a).await.expect("run").expect("row");
+        assert_eq!(row.status, RunStatus::Skipped);
+        assert_eq!(row.message.as_deref(), Some("previous run still running"));
+        assert_eq!(row.finished_at, Some(at(61)));
+        assert!(runner.release(*b).await.expect("release"));
+        assert!(store.run(*b).await.expect("run").is_none());
+        assert_eq!(
+            runner.last_scheduled_at("job-a").await.expect("last"),
+            Some(at(60))
+        );
+        store.close().await;
     }
 }

@@ -25,11 +25,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
-use crate::runner::{RunControl, RunRequest, Runner, StopReason};
-use crate::store::{Claim, NewRun, RunFinish, RunStatus, Trigger};
-use crate::timer::PreciseTimer;
+use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
+use crate::store::{Claim, RunStatus, Trigger};
 
 /// The longest the loop sleeps before looking at the wall clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -185,7 +185,9 @@ pub struct Scheduler {
     heap: BinaryHeap<Reverse<Entry>>,
     /// Ticks claimed ahead of their instant, earliest first.
     pending: BinaryHeap<Reverse<Claimed>>,
-    timer: PreciseTimer,
+    /// The time source (the runner's): the wall clock with its precise timer thread in the
+    /// daemon, a virtual clock in tests.
+    clock: Arc<dyn Clock>,
     next_generation: u64,
     running: RunningRuns,
     tracker: TaskTracker,
@@ -201,13 +203,14 @@ impl Scheduler {
         running: RunningRuns,
         tracker: TaskTracker,
     ) -> std::io::Result<Scheduler> {
-        let timer = PreciseTimer::new()?;
+        // The scheduler reads the runner's clock, so ticks and the runs they start agree on
+        // the time (and a test drives both with one `VirtualClock`).
         Ok(Scheduler {
+            clock: runner.clock().clone(),
             runner,
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
             pending: BinaryHeap::new(),
-            timer,
             next_generation: 0,
             running,
             tracker,
@@ -227,7 +230,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         self.log_errors(&initial);
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut catch_up = Vec::new();
         for def in initial.jobs {
             let def = Arc::new(def);
@@ -245,7 +248,7 @@ impl Scheduler {
         self.fire_pending().await;
 
         loop {
-            let now = Utc::now();
+            let now = self.clock.now();
             let claim_at = self.heap.peek().map(|Reverse(e)| {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
             });
@@ -258,7 +261,8 @@ impl Scheduler {
                 .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
-            let deadline = std::time::Instant::now() + sleep_for;
+            let deadline = now + chrono::Duration::from_std(sleep_for).unwrap_or_default();
+            let clock = self.clock.clone();
             // `biased`: shutdown first, so no tick fires after the signal; then reloads, so a
             // changed schedule applies before its old tick fires.
             tokio::select! {
@@ -268,7 +272,7 @@ impl Scheduler {
                     Some(Command::Reload(report)) => self.reload(report),
                     None => break,
                 },
-                _ = self.timer.sleep_until(deadline) => {
+                _ = clock.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
                 }
@@ -277,7 +281,7 @@ impl Scheduler {
         // Ticks claimed ahead of their instant will not run: release their claims, so they
         // count as missed at the next start (and `misfire` decides) instead of as taken.
         while let Some(Reverse(c)) = self.pending.pop() {
-            if let Err(e) = self.runner.store().unclaim(c.run_id).await {
+            if let Err(e) = self.runner.release(c.run_id).await {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
@@ -286,7 +290,7 @@ impl Scheduler {
 
     /// Logs missed ticks after a restart and returns the catch-up tick, if one should run.
     async fn missed_ticks(&self, def: &JobDefinition, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let last = match self.runner.store().last_scheduled_at(&def.id).await {
+        let last = match self.runner.last_scheduled_at(&def.id).await {
             Ok(l) => l?,
             Err(e) => {
                 tracing::error!(job_id = %def.id, error = %error_chain(&e), "cannot read the last tick");
@@ -342,7 +346,7 @@ impl Scheduler {
     /// Applies a fresh load of the jobs folder.
     fn reload(&mut self, report: LoadReport) {
         self.log_errors(&report);
-        let now = Utc::now();
+        let now = self.clock.now();
         let failed: HashSet<&PathBuf> = report.failed_files.iter().collect();
         let mut present = HashSet::new();
         for def in report.jobs {
@@ -406,7 +410,7 @@ impl Scheduler {
 
     /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].
     async fn claim_due(&mut self) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
         let mut due = Vec::new();
         while let Some(Reverse(e)) = self.heap.peek() {
@@ -476,7 +480,7 @@ impl Scheduler {
     /// A claim failed: nothing of it runs. Logs the first failure at `error`, then at most
     /// every [`STORE_FAILURE_LOG_EVERY`], and counts the lost ticks.
     fn claim_failed(&mut self, due: &[Due], error: &crate::store::StoreError) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let first = self.outage.is_none();
         let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,
@@ -516,7 +520,7 @@ impl Scheduler {
         let Some(outage) = self.outage.take() else {
             return;
         };
-        let failed_for_ms = (Utc::now() - outage.since).num_milliseconds();
+        let failed_for_ms = (self.clock.now() - outage.since).num_milliseconds();
         let ticks_missed: u64 = outage.lost.values().map(|l| l.1).sum();
         tracing::info!(
             failed_for_ms,
@@ -547,31 +551,22 @@ impl Scheduler {
         if due.is_empty() {
             return;
         }
-        let now = Utc::now();
-        let claims: Vec<NewRun> = due
+        let now = self.clock.now();
+        let claims: Vec<TickClaim<'_>> = due
             .iter()
-            .map(|d| NewRun {
-                job_id: d.def.id.clone(),
+            .map(|d| TickClaim {
+                definition: &d.def,
                 scheduled_at: d.tick,
                 trigger: d.trigger,
-                status: RunStatus::Running,
                 started_at: d.fire_at.unwrap_or(now).max(now),
-                message: None,
             })
             .collect();
-        // Overlap across processes (a `run-once` of the same job) is decided by the store,
-        // atomically with the insert; overlap with this daemon's own runs is decided when
-        // the tick fires, because a run may end between claim and fire.
-        let exclusive: Vec<bool> = due
-            .iter()
-            .map(|d| d.def.overlap != Overlap::Allow)
-            .collect();
-        let results = match self
-            .runner
-            .store()
-            .claim_runs_exclusive(&claims, &exclusive)
-            .await
-        {
+        // Overlap across processes (a `run-once` of the same job) is decided by the runner's
+        // claim, atomically with the insert; overlap with this daemon's own runs is decided
+        // when the tick fires, because a run may end between claim and fire.
+        let claimed = self.runner.claim(&claims).await;
+        let starts: Vec<DateTime<Utc>> = claims.iter().map(|c| c.started_at).collect();
+        let results = match claimed {
             Ok(r) => r,
             Err(e) => {
                 // Without a claim nothing may run (it could run twice).
@@ -580,7 +575,7 @@ impl Scheduler {
             }
         };
         self.store_recovered();
-        for ((d, claim), result) in due.into_iter().zip(claims).zip(results) {
+        for ((d, claimed_start), result) in due.into_iter().zip(starts).zip(results) {
             match result {
                 Claim::Claimed(run_id) => self.pending.push(Reverse(Claimed {
                     fire_at: d.fire_at.unwrap_or(now),
@@ -588,7 +583,7 @@ impl Scheduler {
                     job_id: d.def.id.clone(),
                     tick: d.tick,
                     trigger: d.trigger,
-                    claimed_start: claim.started_at,
+                    claimed_start,
                 })),
                 Claim::Taken => {
                     tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed")
@@ -611,7 +606,7 @@ impl Scheduler {
 
     /// Starts every claimed run whose instant has come, applying the overlap policy.
     async fn fire_pending(&mut self) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut firing = Vec::new();
         while let Some(Reverse(c)) = self.pending.peek() {
             if c.fire_at > now {
@@ -633,7 +628,7 @@ impl Scheduler {
             .map(|c| (c.run_id, now))
             .collect();
         if !late.is_empty()
-            && let Err(e) = self.runner.store().mark_started(&late).await
+            && let Err(e) = self.runner.mark_started(&late).await
         {
             tracing::warn!(error = %error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
         }
@@ -684,18 +679,12 @@ impl Scheduler {
         }
     }
 
-    /// Finishes the row of a claimed tick that did not run.
+    /// Finishes the row of a claimed tick that did not run (through the runner, the only
+    /// code that finishes run rows).
     async fn finish_unrun(&self, c: &Claimed, status: RunStatus, why: &str, now: DateTime<Utc>) {
-        let finish = RunFinish {
-            status,
-            finished_at: now,
-            message: Some(why.to_string()),
-            error: None,
-            stats: serde_json::Value::Object(Default::default()),
-        };
-        if let Err(e) = self.runner.store().finish_run(c.run_id, &finish).await {
-            tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot record an unrun tick");
-        }
+        self.runner
+            .finish_unrun(&c.job_id, c.run_id, status, why, now)
+            .await;
     }
 
     fn spawn_run(
@@ -738,3 +727,7 @@ fn log_loaded(def: &JobDefinition, changed: bool) {
         "job loaded"
     );
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

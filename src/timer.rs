@@ -5,8 +5,8 @@
 //! its instant. That is most of a tick's lateness when nothing else is slow. This timer runs
 //! one OS thread that waits on a condition variable with the exact deadline (a futex wait,
 //! precise to tens of microseconds) and then wakes the async scheduler through a `Notify`.
-//! Only the scheduler's one wake-up per fire instant goes through it; everything else keeps
-//! using tokio's timers.
+//! Only the scheduler's one wake-up per fire instant goes through it (as `clock::RealClock`'s
+//! `sleep_until`); everything else keeps using tokio's timers.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;

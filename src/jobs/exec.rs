@@ -316,9 +316,9 @@ impl Job for Exec {
 
         // Containment: own group, run token, cgroup where possible. Recorded before the
         // program starts, so a crash at any later point leaves a record the next start uses.
-        let mut cont = RunContainment::prepare(ctx.run_id(), ctx.store.clone());
+        let mut cont = RunContainment::prepare(ctx.processes.clone());
         cont.configure(&mut cmd);
-        if let Err(e) = ctx.store.record_run_process(&cont.record()).await {
+        if let Err(e) = ctx.processes.record(&cont.record()).await {
             cont.finish().await;
             return Err(JobError::context("cannot record the run's processes", e));
         }
@@ -335,7 +335,7 @@ impl Job for Exec {
         let pid = child.id().unwrap_or(0);
         cont.started(pid);
         tracing::debug!(pid, "process started");
-        if let Err(e) = ctx.store.record_run_process(&cont.record()).await {
+        if let Err(e) = ctx.processes.record(&cont.record()).await {
             // Without the record a crash could leave the program running: do not run it.
             cont.signal(libc::SIGKILL);
             let _ = child.wait().await;

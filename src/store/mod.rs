@@ -1,11 +1,13 @@
 //! Durable state: run history, last-success timestamps, per-job context and seen-sets.
 //!
-//! The [`Store`] trait is the only way the rest of the daemon touches the database. Its SQL is
+//! The [`RunStore`] and [`JobStateStore`] traits (together: [`Store`]) are the only way the rest of the daemon touches the database. Its SQL is
 //! kept portable (SQLite now, PostgreSQL for several replicas later). The invariant that makes a
 //! tick run at most once is the unique key on `(job_id, scheduled_at)` for non-manual runs:
-//! [`Store::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
+//! [`RunStore::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
 //! another process (or an earlier life of this one) already took the tick.
 
+#[cfg(any(test, feature = "store-contract"))]
+pub mod contract;
 pub mod lock;
 pub mod owner;
 pub mod sqlite;
@@ -146,7 +148,7 @@ pub struct RunRecord {
     pub owner: Option<RunOwner>,
 }
 
-/// The answer to one claim of [`Store::claim_runs_exclusive`].
+/// The answer to one claim of [`RunStore::claim_runs_exclusive`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The row was inserted with this id: the run may start.
@@ -265,15 +267,17 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Everything the daemon persists. All times are stored with millisecond precision.
+/// The run rows and what belongs to them: what the scheduler, the runner, the daemon's
+/// recovery and the CLI's reads use. Jobs never see it (they get a [`JobStateStore`]): only
+/// the runner finishes run rows. All times are stored with millisecond precision.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait RunStore: Send + Sync + 'static {
     /// Inserts every run in one transaction. For each input, returns `Some(run_id)` when the row
     /// was inserted, or `None` when a non-manual run with the same `(job_id, scheduled_at)`
     /// already exists (the tick was claimed before and must not run again).
     async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>>;
 
-    /// [`Store::claim_runs`] with the overlap check across processes, in the same
+    /// [`RunStore::claim_runs`] with the overlap check across processes, in the same
     /// transaction: a run with `exclusive[i]` set (its job's overlap is not `allow`) does not
     /// start while another *live* process (a daemon or a `run-once`) has a `running` row of
     /// the same job; see [`Claim::Busy`]. Rows of this store's own process are not looked at
@@ -337,6 +341,27 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the number of rows deleted.
     async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// Flushes and closes the database (checkpointing the SQLite WAL).
+    async fn close(&self);
+
+    // --- The processes of runs in progress (process containment, `exec`). ---
+
+    /// Records (or updates: it is keyed by `run_id`) where a run's processes are, so that a
+    /// later start can kill what is left of them if the owner dies. `run_id` must name an
+    /// existing run.
+    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()>;
+
+    /// Every recorded run process, by run id.
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>>;
+
+    /// Forgets a run's processes (they are all gone). Returns whether a row was deleted.
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool>;
+}
+
+/// The state a job may read and change through its `JobContext`: last-success timestamps,
+/// its JSON context and its seen-sets. Nothing in it reaches run rows.
+#[async_trait]
+pub trait JobStateStore: Send + Sync + 'static {
     /// A stored timestamp (unix ms) under `key` (`"timestamp"` is the SecOps default key).
     async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>>;
     async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()>;
@@ -383,22 +408,51 @@ pub trait Store: Send + Sync + 'static {
         state: SeenState,
     ) -> StoreResult<Vec<SeenEntry>>;
     async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool>;
+}
 
-    /// Flushes and closes the database (checkpointing the SQLite WAL).
-    async fn close(&self);
+/// A whole backend: both halves on one database. `store::open` returns one, and the daemon
+/// hands each part only what it needs (an `Arc<dyn Store>` coerces to `Arc<dyn RunStore>` and
+/// to `Arc<dyn JobStateStore>`). Implemented for every type that implements both halves.
+///
+/// One object rather than a struct of two `Arc`s: a backend is one pool and one run owner (the
+/// process whose rows it claims), and both halves must share them; closing it closes both.
+/// The split is in what each part is handed: the runner keeps the `RunStore` view, a job's
+/// `JobContext` gets only the `JobStateStore` view.
+pub trait Store: RunStore + JobStateStore {}
 
-    // --- The processes of runs in progress (process containment, `exec`). ---
+impl<T: RunStore + JobStateStore + ?Sized> Store for T {}
 
-    /// Records (or updates: it is keyed by `run_id`) where a run's processes are, so that a
-    /// later start can kill what is left of them if the owner dies. `run_id` must name an
-    /// existing run.
-    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()>;
+/// The one slice of [`RunStore`] a running job may use: the process record of its own run
+/// (process containment, `crate::containment`). It cannot read or change any run row, nor the
+/// process record of another run.
+#[derive(Clone)]
+pub struct RunProcessLog {
+    store: std::sync::Arc<dyn RunStore>,
+    run_id: i64,
+}
 
-    /// Every recorded run process, by run id.
-    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>>;
+impl RunProcessLog {
+    pub fn new(store: std::sync::Arc<dyn RunStore>, run_id: i64) -> RunProcessLog {
+        RunProcessLog { store, run_id }
+    }
 
-    /// Forgets a run's processes (they are all gone). Returns whether a row was deleted.
-    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool>;
+    /// The run whose processes this records.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// [`RunStore::record_run_process`] for this run; a record of another run is refused.
+    pub async fn record(&self, process: &RunProcess) -> StoreResult<()> {
+        if process.run_id != self.run_id {
+            return Err(StoreError::NoSuchRun(process.run_id));
+        }
+        self.store.record_run_process(process).await
+    }
+
+    /// [`RunStore::forget_run_process`] for this run.
+    pub async fn forget(&self) -> StoreResult<bool> {
+        self.store.forget_run_process(self.run_id).await
+    }
 }
 
 /// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL.
@@ -416,5 +470,63 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A job's process record handle reaches only its own run.
+    #[tokio::test]
+    async fn a_run_process_log_records_only_its_own_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let store = open(&url).await.expect("open");
+        let now = DateTime::from_timestamp(1_000, 0).expect("instant");
+        let run = |job: &str| NewRun {
+            job_id: job.into(),
+            scheduled_at: now,
+            trigger: Trigger::Schedule,
+            status: RunStatus::Running,
+            started_at: now,
+            message: None,
+        };
+        let ids = store
+            .claim_runs(&[run("a"), run("b")])
+            .await
+            .expect("claim");
+        let (a, b) = (ids[0].expect("a"), ids[1].expect("b"));
+        let record = |run_id| RunProcess {
+            run_id,
+            host: "h".into(),
+            boot_id: "boot".into(),
+            owner_pid: 1,
+            owner_start_ticks: 2,
+            pgid: None,
+            leader_start_ticks: None,
+            token: "t".into(),
+            cgroup: None,
+            recorded_at: now,
+        };
+        let runs: Arc<dyn RunStore> = store.clone();
+        let log = RunProcessLog::new(runs, a);
+        log.record(&record(a)).await.expect("own run");
+        assert!(matches!(
+            log.record(&record(b)).await,
+            Err(StoreError::NoSuchRun(id)) if id == b
+        ));
+        let listed: Vec<i64> = store
+            .run_processes()
+            .await
+            .expect("list")
+            .iter()
+            .map(|p| p.run_id)
+            .collect();
+        assert_eq!(listed, [a]);
+        assert!(log.forget().await.expect("forget"));
+        assert!(store.run_processes().await.expect("list").is_empty());
+        store.close().await;
     }
 }

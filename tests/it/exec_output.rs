@@ -77,7 +77,7 @@ async fn a_failed_context_write_fails_the_run() {
     .execute(store.pool())
     .await
     .unwrap();
-    soarjobd::store::Store::close(&store).await;
+    soarjobd::store::RunStore::close(&store).await;
     app.write_job(
         "ctx",
         &job(

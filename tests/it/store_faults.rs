@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use soarjobd::runner::Runner;
 use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use soarjobd::store::{
-    Claim, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, SeenEntry, SeenState, Store,
-    StoreError, StoreResult, Trigger,
+    Claim, JobStateStore, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
+    SeenState, Store, StoreError, StoreResult, Trigger,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -209,7 +209,7 @@ impl FlakyStore {
 }
 
 #[async_trait]
-impl Store for FlakyStore {
+impl RunStore for FlakyStore {
     async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
         self.check()?;
         self.inner.claim_runs(runs).await
@@ -249,6 +249,22 @@ impl Store for FlakyStore {
     async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.prune(keep_runs, older_than).await
     }
+    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()> {
+        self.inner.record_run_process(process).await
+    }
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        self.inner.run_processes().await
+    }
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        self.inner.forget_run_process(run_id).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+#[async_trait]
+impl JobStateStore for FlakyStore {
     async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
         self.inner.get_timestamp(job_id, key).await
     }
@@ -309,18 +325,6 @@ impl Store for FlakyStore {
     }
     async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
         self.inner.seen_remove(job_id, scope, item).await
-    }
-    async fn record_run_process(&self, process: &RunProcess) -> StoreResult<()> {
-        self.inner.record_run_process(process).await
-    }
-    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
-        self.inner.run_processes().await
-    }
-    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
-        self.inner.forget_run_process(run_id).await
-    }
-    async fn close(&self) {
-        self.inner.close().await
     }
 }
 

@@ -1,0 +1,861 @@
+//! The contract every store backend keeps: the behaviours the daemon relies on, written once
+//! against the [`Store`] traits (`&dyn`, through a [`StoreFactory`]) and run against every
+//! backend. SQLite runs it in `cargo test` (`sqlite.rs`); another backend (PostgreSQL) runs the
+//! same functions unchanged, with the `store-contract` feature, from its own tests. Nothing here
+//! may know which backend it talks to: no SQL, no file paths, no backend-specific messages.
+//!
+//! A "handle" ([`Database::open`]) stands for one process: its rows have that process as their
+//! owner, and closing it ([`RunStore::close`]) is that process's death as far as run ownership
+//! goes. Two handles on one database are two processes (or two connections) sharing it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+
+use super::{
+    Claim, NewRun, RunFinish, RunProcess, RunStatus, SeenEntry, SeenState, Store, StoreError,
+    Trigger,
+};
+
+/// One database of the backend under test.
+#[async_trait]
+pub trait Database: Send + Sync {
+    /// A new handle on this database, as a new process would open it.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Makes fresh, empty databases of the backend under test.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    async fn create(&self) -> Box<dyn Database>;
+}
+
+/// Every contract test in turn (a backend's tests may also call them one by one, as
+/// `sqlite.rs` does, to see each by name).
+pub async fn run_all(f: &dyn StoreFactory) {
+    a_tick_is_claimed_once_across_two_stores_on_one_file(f).await;
+    manual_runs_may_share_an_instant(f).await;
+    a_skipped_run_is_inserted_finished(f).await;
+    finish_records_the_outcome_once(f).await;
+    finish_refuses_unknown_runs_and_non_final_statuses(f).await;
+    interrupt_running_finishes_only_running_rows(f).await;
+    interrupt_running_spares_live_owners(f).await;
+    exclusive_claims_respect_live_runs_of_other_processes(f).await;
+    mark_started_moves_only_running_rows(f).await;
+    history_is_newest_first_and_limited(f).await;
+    last_runs_gives_each_jobs_newest_run(f).await;
+    prune_keeps_the_newest_the_recent_and_the_running(f).await;
+    timestamps_round_trip(f).await;
+    context_round_trips_json(f).await;
+    seen_set_round_trips(f).await;
+    unclaim_releases_only_unstarted_claims(f).await;
+    run_processes_are_recorded_updated_listed_and_forgotten(f).await;
+    concurrent_claims_from_two_handles_take_each_tick_once(f).await;
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).expect("valid instant")
+}
+
+fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
+    NewRun {
+        job_id: job_id.to_owned(),
+        scheduled_at: at(scheduled_ms),
+        trigger,
+        status: RunStatus::Running,
+        started_at: at(scheduled_ms + 3),
+        message: None,
+    }
+}
+
+fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
+    RunFinish {
+        status,
+        finished_at: at(finished_ms),
+        message: Some(format!("{status} at {finished_ms}")),
+        error: None,
+        stats: json!({"processed": 2}),
+    }
+}
+
+async fn claim_one(store: &Arc<dyn Store>, run: NewRun) -> i64 {
+    let ids = store.claim_runs(&[run]).await.expect("claim");
+    ids[0].expect("claimed")
+}
+
+/// Rows of a live process are never interrupted; once it is gone, they are.
+pub async fn interrupt_running_spares_live_owners(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let daemon = db.open().await;
+    let cli = db.open().await;
+    let live = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
+    let own = claim_one(&daemon, new_run("job-d", 3_000, Trigger::Schedule)).await;
+    // A handle that claimed a tick ahead of its instant and died.
+    let dead = db.open().await;
+    let ahead = claim_one(
+        &dead,
+        NewRun {
+            started_at: at(50_000),
+            ..new_run("job-b", 50_000, Trigger::Schedule)
+        },
+    )
+    .await;
+    dead.close().await;
+    let ids: Vec<i64> = daemon
+        .interrupt_running(at(10_000))
+        .await
+        .expect("sweep")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [ahead]);
+    let r = daemon.run(ahead).await.expect("run").expect("exists");
+    assert_eq!(r.finished_at, Some(at(50_000)), "not before its start");
+    assert_eq!(r.duration_ms, Some(0));
+    for id in [live, own] {
+        let r = daemon.run(id).await.expect("run").expect("exists");
+        assert_eq!(r.status, RunStatus::Running);
+    }
+    cli.close().await;
+    let ids: Vec<i64> = daemon
+        .interrupt_running(at(11_000))
+        .await
+        .expect("sweep")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [live]);
+    daemon.close().await;
+}
+
+/// Two handles claiming the same ticks at the same time: every tick is claimed exactly once.
+pub async fn concurrent_claims_from_two_handles_take_each_tick_once(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let batch = |offset: i64| -> Vec<NewRun> {
+        (0..50)
+            .map(|i| {
+                new_run(
+                    &format!("job-{}", i % 5),
+                    1_000 * ((i + offset) % 50),
+                    Trigger::Schedule,
+                )
+            })
+            .collect()
+    };
+    let claim = |s: Arc<dyn Store>, runs: Vec<NewRun>| async move {
+        let mut won = 0;
+        for chunk in runs.chunks(5) {
+            won += s
+                .claim_runs_exclusive(chunk, &[false; 5])
+                .await
+                .expect("claim")
+                .iter()
+                .filter(|c| matches!(c, Claim::Claimed(_)))
+                .count();
+        }
+        won
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(claim(a.clone(), batch(0))),
+        tokio::spawn(claim(b.clone(), batch(25)))
+    );
+    let total = x.expect("join") + y.expect("join");
+    let mut rows = 0;
+    for j in 0..5 {
+        rows += a
+            .history(&format!("job-{j}"), 1000)
+            .await
+            .expect("history")
+            .len();
+    }
+    assert_eq!(rows, 50, "each distinct tick has one row");
+    assert_eq!(total, 50, "each tick was won by exactly one claim");
+    a.close().await;
+    b.close().await;
+}
+
+pub async fn a_tick_is_claimed_once_across_two_stores_on_one_file(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let first = db.open().await;
+    let second = db.open().await;
+
+    let tick = new_run("job-a", 60_000, Trigger::Schedule);
+    let other_job = new_run("job-b", 60_000, Trigger::Schedule);
+    let ids = first
+        .claim_runs(&[tick.clone(), other_job])
+        .await
+        .expect("claim");
+    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+
+    // The same tick again, through this store and through the other: already taken.
+    assert_eq!(
+        first
+            .claim_runs(std::slice::from_ref(&tick))
+            .await
+            .expect("claim"),
+        [None]
+    );
+    let catch_up = NewRun {
+        trigger: Trigger::CatchUp,
+        ..tick.clone()
+    };
+    let next_tick = new_run("job-a", 61_000, Trigger::Schedule);
+    let ids = second
+        .claim_runs(&[tick, catch_up, next_tick])
+        .await
+        .expect("claim");
+    assert_eq!(ids[0], None);
+    assert_eq!(ids[1], None, "a catch-up run shares the claim key");
+    assert!(ids[2].is_some());
+
+    let history = second.history("job-a", 10).await.expect("history");
+    assert_eq!(history.len(), 2);
+    first.close().await;
+    second.close().await;
+}
+
+pub async fn manual_runs_may_share_an_instant(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let scheduled = new_run("job-a", 5_000, Trigger::Schedule);
+    let manual = new_run("job-a", 5_000, Trigger::Manual);
+    let ids = store
+        .claim_runs(&[scheduled, manual.clone(), manual])
+        .await
+        .expect("claim");
+    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+    assert_eq!(store.history("job-a", 10).await.expect("history").len(), 3);
+    // Manual runs do not count as ticks.
+    let manual_later = new_run("job-a", 9_000, Trigger::Manual);
+    claim_one(&store, manual_later).await;
+    assert_eq!(
+        store.last_scheduled_at("job-a").await.expect("last"),
+        Some(at(5_000))
+    );
+    assert_eq!(store.last_scheduled_at("job-b").await.expect("last"), None);
+}
+
+pub async fn a_skipped_run_is_inserted_finished(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let skipped = NewRun {
+        status: RunStatus::Skipped,
+        message: Some("previous run still running".into()),
+        ..new_run("job-a", 1_000, Trigger::Schedule)
+    };
+    let id = claim_one(&store, skipped).await;
+    let run = store.run(id).await.expect("run").expect("exists");
+    assert_eq!(run.status, RunStatus::Skipped);
+    assert_eq!(run.finished_at, Some(run.started_at));
+    assert_eq!(run.duration_ms, Some(0));
+    assert_eq!(run.message.as_deref(), Some("previous run still running"));
+    assert_eq!(run.stats, json!({}));
+    // It is final: neither finishing nor interrupting touches it.
+    let done = finish(RunStatus::Succeeded, 2_000);
+    assert!(!store.finish_run(id, &done).await.expect("finish"));
+    assert!(
+        store
+            .interrupt_running(at(3_000))
+            .await
+            .expect("interrupt")
+            .is_empty()
+    );
+}
+
+pub async fn finish_records_the_outcome_once(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let run = NewRun {
+        message: Some("claimed".into()),
+        ..new_run("job-a", 10_000, Trigger::Schedule)
+    };
+    let id = claim_one(&store, run).await;
+    let running = store.run(id).await.expect("run").expect("exists");
+    assert_eq!(running.status, RunStatus::Running);
+    assert_eq!(running.finished_at, None);
+    assert_eq!(running.duration_ms, None);
+
+    let outcome = RunFinish {
+        error: Some("request failed\ncaused by: timeout".into()),
+        ..finish(RunStatus::Partial, 10_503)
+    };
+    assert!(store.finish_run(id, &outcome).await.expect("finish"));
+    let later = finish(RunStatus::Failed, 20_000);
+    assert!(!store.finish_run(id, &later).await.expect("finish twice"));
+
+    let run = store.run(id).await.expect("run").expect("exists");
+    assert_eq!(run.status, RunStatus::Partial);
+    assert_eq!(run.finished_at, Some(at(10_503)));
+    assert_eq!(run.duration_ms, Some(500));
+    assert_eq!(run.message.as_deref(), Some("partial at 10503"));
+    assert_eq!(
+        run.error.as_deref(),
+        Some("request failed\ncaused by: timeout")
+    );
+    assert_eq!(run.stats, json!({"processed": 2}));
+    assert_eq!(run.trigger, Trigger::Schedule);
+    assert_eq!(run.scheduled_at, at(10_000));
+
+    // Without a message of its own, a finish keeps the one the run was claimed with.
+    let id = claim_one(
+        &store,
+        NewRun {
+            message: Some("replacing run 1".into()),
+            ..new_run("job-a", 11_000, Trigger::Schedule)
+        },
+    )
+    .await;
+    let quiet = RunFinish {
+        message: None,
+        ..finish(RunStatus::Cancelled, 11_100)
+    };
+    assert!(store.finish_run(id, &quiet).await.expect("finish"));
+    let run = store.run(id).await.expect("run").expect("exists");
+    assert_eq!(run.message.as_deref(), Some("replacing run 1"));
+}
+
+pub async fn finish_refuses_unknown_runs_and_non_final_statuses(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let done = finish(RunStatus::Succeeded, 1_000);
+    assert!(matches!(
+        store.finish_run(4242, &done).await,
+        Err(StoreError::NoSuchRun(4242))
+    ));
+    let id = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+    let still_running = finish(RunStatus::Running, 1_000);
+    assert!(store.finish_run(id, &still_running).await.is_err());
+    let run = store.run(id).await.expect("run").expect("exists");
+    assert_eq!(run.finished_at, None);
+}
+
+pub async fn interrupt_running_finishes_only_running_rows(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let earlier = db.open().await;
+    // The rows of an earlier life of the daemon, which is gone (closed) now.
+    let a = claim_one(&earlier, new_run("job-a", 1_000, Trigger::Schedule)).await;
+    let b = claim_one(&earlier, new_run("job-b", 2_000, Trigger::Manual)).await;
+    let c = claim_one(&earlier, new_run("job-c", 3_000, Trigger::Schedule)).await;
+    assert!(
+        earlier
+            .finish_run(c, &finish(RunStatus::Succeeded, 3_500))
+            .await
+            .expect("finish")
+    );
+    earlier.close().await;
+    let store = db.open().await;
+
+    let interrupted = store
+        .interrupt_running(at(10_003))
+        .await
+        .expect("interrupt");
+    let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [a, b]);
+    for run in &interrupted {
+        assert_eq!(run.status, RunStatus::Interrupted);
+        assert_eq!(run.finished_at, Some(at(10_003)));
+        assert!(run.message.is_some(), "the row says why: {run:?}");
+    }
+    assert_eq!(interrupted[0].duration_ms, Some(9_000));
+    let c = store.run(c).await.expect("run").expect("exists");
+    assert_eq!(c.status, RunStatus::Succeeded);
+    assert!(
+        store
+            .interrupt_running(at(20_000))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    // An interrupted run cannot be finished afterwards.
+    assert!(
+        !store
+            .finish_run(a, &finish(RunStatus::Succeeded, 30_000))
+            .await
+            .expect("finish")
+    );
+}
+
+pub async fn exclusive_claims_respect_live_runs_of_other_processes(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let daemon = db.open().await;
+    let cli = db.open().await;
+    let manual = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
+
+    let claims = daemon
+        .claim_runs_exclusive(
+            &[
+                new_run("job-a", 2_000, Trigger::Schedule),
+                new_run("job-a", 2_000, Trigger::Manual),
+                new_run("job-b", 2_000, Trigger::Schedule),
+                new_run("job-a", 3_000, Trigger::Schedule),
+            ],
+            &[true, true, true, false],
+        )
+        .await
+        .expect("claim");
+    let Claim::Busy {
+        skipped_run: Some(skipped),
+        holder,
+    } = &claims[0]
+    else {
+        panic!("{claims:?}");
+    };
+    assert_eq!(holder.run_id, manual);
+    assert_eq!(holder.trigger, Trigger::Manual);
+    let row = daemon.run(*skipped).await.unwrap().unwrap();
+    assert_eq!(row.status, RunStatus::Skipped);
+    assert!(
+        row.message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("run {manual} (manual, soarjobd pid")),
+        "{row:?}"
+    );
+    assert!(
+        matches!(&claims[1], Claim::Busy { skipped_run: None, holder } if holder.run_id == manual),
+        "a refused manual run records nothing: {claims:?}"
+    );
+    assert!(matches!(claims[2], Claim::Claimed(_)), "another job");
+    assert!(matches!(claims[3], Claim::Claimed(_)), "overlap: allow");
+    assert_eq!(daemon.history("job-a", 10).await.unwrap().len(), 3);
+
+    // The other direction: the daemon's claimed tick makes a manual exclusive claim busy,
+    // and the claimer's own rows never do.
+    let Claim::Claimed(tick) = daemon
+        .claim_runs_exclusive(&[new_run("job-c", 5_000, Trigger::Schedule)], &[true])
+        .await
+        .unwrap()[0]
+    else {
+        panic!("claim");
+    };
+    let again = daemon
+        .claim_runs_exclusive(&[new_run("job-c", 6_000, Trigger::Schedule)], &[true])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Claim::Claimed(_)), "own rows: {again:?}");
+    let refused = cli
+        .claim_runs_exclusive(&[new_run("job-c", 5_500, Trigger::Manual)], &[true])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused[0], Claim::Busy { holder, .. } if holder.run_id == tick),
+        "{refused:?}"
+    );
+
+    // When the manual run's process is gone, the claim finds its row dead, marks it
+    // interrupted and goes ahead.
+    cli.close().await;
+    let claims = daemon
+        .claim_runs_exclusive(&[new_run("job-a", 7_000, Trigger::Schedule)], &[true])
+        .await
+        .unwrap();
+    assert!(matches!(claims[0], Claim::Claimed(_)), "{claims:?}");
+    let row = daemon.run(manual).await.unwrap().unwrap();
+    assert_eq!(row.status, RunStatus::Interrupted);
+}
+
+pub async fn mark_started_moves_only_running_rows(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let a = claim_one(&store, new_run("job-a", 1_000, Trigger::Schedule)).await;
+    let b = claim_one(&store, new_run("job-b", 1_000, Trigger::Schedule)).await;
+    store
+        .finish_run(b, &finish(RunStatus::Succeeded, 1_500))
+        .await
+        .unwrap();
+    store
+        .mark_started(&[(a, at(6_000)), (b, at(6_000))])
+        .await
+        .unwrap();
+    assert_eq!(store.run(a).await.unwrap().unwrap().started_at, at(6_000));
+    assert_eq!(store.run(b).await.unwrap().unwrap().started_at, at(1_003));
+    store
+        .finish_run(a, &finish(RunStatus::Succeeded, 6_250))
+        .await
+        .unwrap();
+    assert_eq!(store.run(a).await.unwrap().unwrap().duration_ms, Some(250));
+}
+
+pub async fn history_is_newest_first_and_limited(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let mut claims = Vec::new();
+    for (scheduled, started) in [(1_000, 1_000), (3_000, 3_000), (2_000, 2_000)] {
+        claims.push(NewRun {
+            started_at: at(started),
+            ..new_run("job-a", scheduled, Trigger::Schedule)
+        });
+    }
+    // Two manual runs starting at the same instant: the later id comes first.
+    for _ in 0..2 {
+        claims.push(NewRun {
+            started_at: at(3_000),
+            ..new_run("job-a", 3_000, Trigger::Manual)
+        });
+    }
+    claims.push(new_run("job-b", 9_000, Trigger::Schedule));
+    let ids: Vec<i64> = store
+        .claim_runs(&claims)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|id| id.expect("claimed"))
+        .collect();
+
+    let history = store.history("job-a", 10).await.expect("history");
+    let order: Vec<i64> = history.iter().map(|r| r.id).collect();
+    assert_eq!(order, [ids[4], ids[3], ids[1], ids[2], ids[0]]);
+    let limited = store.history("job-a", 2).await.expect("history");
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, ids[4]);
+    assert!(store.history("job-a", 0).await.expect("history").is_empty());
+    assert!(
+        store
+            .history("nobody", 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+pub async fn last_runs_gives_each_jobs_newest_run(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    assert!(store.last_runs().await.expect("last runs").is_empty());
+    let ids = store
+        .claim_runs(&[
+            new_run("job-b", 1_000, Trigger::Schedule),
+            new_run("job-b", 5_000, Trigger::Schedule),
+            new_run("job-a", 7_000, Trigger::Schedule),
+            new_run("job-b", 3_000, Trigger::Schedule),
+            new_run("job-a", 2_000, Trigger::Manual),
+        ])
+        .await
+        .expect("claim");
+    let last = store.last_runs().await.expect("last runs");
+    let got: Vec<(&str, Option<i64>)> = last
+        .iter()
+        .map(|r| (r.job_id.as_str(), Some(r.id)))
+        .collect();
+    assert_eq!(got, [("job-a", ids[2]), ("job-b", ids[1])]);
+}
+
+pub async fn prune_keeps_the_newest_the_recent_and_the_running(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let day = TimeDelta::days(1).num_milliseconds();
+    let now = 1_000 * day;
+    let older_than = at(now - 30 * day);
+    // (job, started days ago, finished?)
+    let rows = [
+        ("job-a", 60, true),  // beyond the newest 2 and old: deleted
+        ("job-a", 50, false), // old and beyond the newest 2, but running: kept
+        ("job-a", 40, true),  // deleted
+        ("job-a", 10, true),  // beyond the newest 2, but recent: kept
+        ("job-a", 5, true),   // newest 2: kept
+        ("job-a", 1, true),   // newest 2: kept
+        ("job-b", 90, true),  // deleted
+        ("job-b", 80, true),  // old, but among the newest 2: kept
+        ("job-b", 70, true),  // kept
+    ];
+    let mut ids = Vec::new();
+    for (job, days_ago, finished) in rows {
+        let start = now - days_ago * day;
+        let id = claim_one(&store, new_run(job, start, Trigger::Schedule)).await;
+        if finished {
+            assert!(
+                store
+                    .finish_run(id, &finish(RunStatus::Succeeded, start + 10))
+                    .await
+                    .expect("finish")
+            );
+        }
+        ids.push(id);
+    }
+    // A seen entry naming a pruned run loses the reference, not the entry.
+    store
+        .seen_mark(
+            "job-a",
+            "alerts",
+            "a-1",
+            SeenState::Done,
+            Some(ids[0]),
+            at(now),
+        )
+        .await
+        .expect("mark");
+
+    assert_eq!(store.prune(2, older_than).await.expect("prune"), 3);
+    let mut left: Vec<i64> = store
+        .history("job-a", 100)
+        .await
+        .expect("history")
+        .into_iter()
+        .chain(store.history("job-b", 100).await.expect("history"))
+        .map(|r| r.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, [ids[1], ids[3], ids[4], ids[5], ids[7], ids[8]]);
+    let entry = store
+        .seen_get("job-a", "alerts", "a-1")
+        .await
+        .expect("seen")
+        .expect("kept");
+    assert_eq!(entry.run_id, None);
+
+    // Nothing more to do; keeping 0 runs still spares the recent and the running.
+    assert_eq!(store.prune(2, older_than).await.expect("prune"), 0);
+    assert_eq!(store.prune(0, older_than).await.expect("prune"), 2);
+    let left: Vec<i64> = store
+        .history("job-a", 100)
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [ids[5], ids[4], ids[3], ids[1]]);
+}
+
+pub async fn timestamps_round_trip(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    assert_eq!(
+        store
+            .get_timestamp("job-a", "timestamp")
+            .await
+            .expect("get"),
+        None
+    );
+    store
+        .set_timestamp("job-a", "timestamp", 1_700_000_000_000)
+        .await
+        .expect("set");
+    store
+        .set_timestamp("job-a", "timestamp", 1_700_000_000_500)
+        .await
+        .expect("set");
+    store
+        .set_timestamp("job-a", "alerts", 5)
+        .await
+        .expect("set");
+    store
+        .set_timestamp("job-b", "timestamp", -1)
+        .await
+        .expect("set");
+    assert_eq!(
+        store
+            .get_timestamp("job-a", "timestamp")
+            .await
+            .expect("get"),
+        Some(1_700_000_000_500)
+    );
+    assert_eq!(
+        store.get_timestamp("job-a", "other").await.expect("get"),
+        None
+    );
+    let all = store.all_timestamps().await.expect("all");
+    let expected = [
+        ("job-a", "alerts", 5),
+        ("job-a", "timestamp", 1_700_000_000_500),
+        ("job-b", "timestamp", -1),
+    ]
+    .map(|(j, k, v)| (j.to_owned(), k.to_owned(), v));
+    assert_eq!(all, expected);
+}
+
+pub async fn context_round_trips_json(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let cursor = json!({"page": "abc", "ids": [1, 2, 3], "nested": {"ok": true}});
+    store
+        .context_set("job-a", "cursor", &cursor)
+        .await
+        .expect("set");
+    store
+        .context_set("job-a", "count", &json!(1))
+        .await
+        .expect("set");
+    store
+        .context_set("job-a", "count", &json!(2))
+        .await
+        .expect("set");
+    store
+        .context_set("job-a", "name", &json!("x"))
+        .await
+        .expect("set");
+    store
+        .context_set("job-b", "count", &json!(99))
+        .await
+        .expect("set");
+
+    assert_eq!(
+        store.context_get("job-a", "cursor").await.expect("get"),
+        Some(cursor.clone())
+    );
+    assert_eq!(
+        store.context_get("job-a", "count").await.expect("get"),
+        Some(json!(2))
+    );
+    assert_eq!(
+        store.context_get("job-a", "missing").await.expect("get"),
+        None
+    );
+    let all = store.context_all("job-a").await.expect("all");
+    assert_eq!(
+        serde_json::Value::Object(all),
+        json!({"count": 2, "cursor": cursor, "name": "x"})
+    );
+
+    assert!(store.context_delete("job-a", "name").await.expect("delete"));
+    assert!(!store.context_delete("job-a", "name").await.expect("delete"));
+    assert_eq!(store.context_get("job-a", "name").await.expect("get"), None);
+    assert!(store.context_all("job-c").await.expect("all").is_empty());
+}
+
+pub async fn seen_set_round_trips(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let run = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+    let mark = |item: &'static str, state, ms| {
+        let store = store.clone();
+        async move {
+            store
+                .seen_mark("job-a", "alerts", item, state, Some(run), at(ms))
+                .await
+                .expect("mark");
+        }
+    };
+    mark("a-2", SeenState::Attempting, 2_000).await;
+    mark("a-1", SeenState::Attempting, 1_000).await;
+    mark("a-3", SeenState::Attempting, 3_000).await;
+    mark("a-2", SeenState::Done, 4_000).await;
+    store
+        .seen_mark("job-a", "cases", "a-1", SeenState::Done, None, at(5_000))
+        .await
+        .expect("mark");
+
+    let entry = store
+        .seen_get("job-a", "alerts", "a-2")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        entry,
+        SeenEntry {
+            item: "a-2".into(),
+            state: SeenState::Done,
+            run_id: Some(run),
+            updated_at: at(4_000)
+        }
+    );
+    assert_eq!(
+        store.seen_get("job-a", "alerts", "zzz").await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.seen_get("job-b", "alerts", "a-2").await.expect("get"),
+        None
+    );
+
+    let attempting = store
+        .seen_list("job-a", "alerts", SeenState::Attempting)
+        .await
+        .expect("list");
+    let items: Vec<&str> = attempting.iter().map(|e| e.item.as_str()).collect();
+    assert_eq!(items, ["a-1", "a-3"], "oldest first");
+    let cases = store
+        .seen_list("job-a", "cases", SeenState::Done)
+        .await
+        .expect("list");
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].run_id, None);
+
+    assert!(
+        store
+            .seen_remove("job-a", "alerts", "a-1")
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !store
+            .seen_remove("job-a", "alerts", "a-1")
+            .await
+            .expect("remove")
+    );
+    assert_eq!(
+        store.seen_get("job-a", "alerts", "a-1").await.expect("get"),
+        None
+    );
+    // The other scope's entry with the same item is untouched.
+    assert!(
+        store
+            .seen_get("job-a", "cases", "a-1")
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+pub async fn unclaim_releases_only_unstarted_claims(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let ids = store
+        .claim_runs(&[
+            new_run("a", 1_000, Trigger::Schedule),
+            new_run("a", 2_000, Trigger::Schedule),
+            // The same tick twice in one slice is one claim.
+            new_run("a", 2_000, Trigger::Schedule),
+        ])
+        .await
+        .unwrap();
+    assert!(ids[0].is_some() && ids[1].is_some());
+    assert_eq!(ids[2], None);
+    let (first, second) = (ids[0].unwrap(), ids[1].unwrap());
+    store
+        .finish_run(first, &finish(RunStatus::Succeeded, 1_500))
+        .await
+        .unwrap();
+    assert!(!store.unclaim(first).await.unwrap(), "a finished run stays");
+    assert!(store.unclaim(second).await.unwrap());
+    assert!(store.run(second).await.unwrap().is_none());
+    // The tick can be claimed again.
+    let again = store
+        .claim_runs(&[new_run("a", 2_000, Trigger::Schedule)])
+        .await
+        .unwrap();
+    assert!(again[0].is_some());
+}
+
+pub async fn run_processes_are_recorded_updated_listed_and_forgotten(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let run_id = claim_one(&store, new_run("a", 1_000, Trigger::Manual)).await;
+    let mut p = RunProcess {
+        run_id,
+        host: "h1".into(),
+        boot_id: "b1".into(),
+        owner_pid: 42,
+        owner_start_ticks: u64::from(u32::MAX) + 7,
+        pgid: None,
+        leader_start_ticks: None,
+        token: "tok".into(),
+        cgroup: Some("/sys/fs/cgroup/x".into()),
+        recorded_at: at(5_000),
+    };
+    store.record_run_process(&p).await.unwrap();
+    assert_eq!(store.run_processes().await.unwrap(), [p.clone()]);
+    // The second write (after the spawn) fills in the group.
+    p.pgid = Some(4242);
+    p.leader_start_ticks = Some(99);
+    store.record_run_process(&p).await.unwrap();
+    assert_eq!(store.run_processes().await.unwrap(), [p.clone()]);
+    assert!(store.forget_run_process(run_id).await.unwrap());
+    assert!(!store.forget_run_process(run_id).await.unwrap());
+    assert!(store.run_processes().await.unwrap().is_empty());
+    // Only existing runs can have processes.
+    p.run_id = run_id + 100;
+    assert!(store.record_run_process(&p).await.is_err());
+}
