@@ -51,6 +51,9 @@ const MAX_CONNECTIONS: u32 = 4;
 /// Two processes opening a fresh database at once can both try to apply a migration; the loser
 /// fails and, on retry, finds it applied.
 const MIGRATE_ATTEMPTS: u32 = 3;
+/// Attempts at opening the pool while another process switches a new file to WAL.
+const CONNECT_ATTEMPTS: u32 = 10;
+const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MIGRATE_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Rows deleted per write transaction while pruning. Small, so that a tick waiting for the write
@@ -273,11 +276,7 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let options = adjust(options);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        let pool = connect(options).await.map_err(open_error)?;
 
         if let Err(e) = migrate(&pool).await {
             pool.close().await;
@@ -347,6 +346,34 @@ impl SqliteStore {
 }
 
 /// Applies pending migrations, retrying when another process applied them at the same time.
+/// Opens the pool. Switching a new file to WAL needs an exclusive lock, and SQLite answers
+/// SQLITE_BUSY at once (without its busy handler, to avoid a deadlock) when two processes make
+/// that switch at the same moment; the loser retries, a bounded number of times.
+async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options.clone())
+            .await
+        {
+            // SQLITE_BUSY (5) or SQLITE_LOCKED (6), in any of their extended forms.
+            Err(sqlx::Error::Database(e))
+                if attempt < CONNECT_ATTEMPTS
+                    && e
+                        .code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+            {
+                tracing::debug!(error = %e, attempt, "database busy while opening, retrying");
+                tokio::time::sleep(CONNECT_RETRY_DELAY).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     let mut attempt = 1;
     loop {
