@@ -45,9 +45,10 @@ pub enum DaemonError {
 
 /// Builds a daemon: the registry of jobs, settings and options. The registry comes from the
 /// composition root (`soarjobd::app::App::daemon`, which builds the platform clients and the
-/// jobs holding them); `Daemon::builder()` alone knows no job.
+/// jobs holding them); `Daemon::builder()` alone knows no job. In the root `soarjobd` crate
+/// (not compiled here: this crate cannot depend on the composition root above it):
 ///
-/// ```no_run
+/// ```ignore
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use soarjobd::app::App;
 /// let settings = soarjobd::config::load(&Default::default())?;
