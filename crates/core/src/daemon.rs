@@ -45,18 +45,8 @@ pub enum DaemonError {
 
 /// Builds a daemon: the registry of jobs, settings and options. The registry comes from the
 /// composition root (`soarjobd::app::App::daemon`, which builds the platform clients and the
-/// jobs holding them); `Daemon::builder()` alone knows no job. In the root `soarjobd` crate
-/// (not compiled here: this crate cannot depend on the composition root above it):
-///
-/// ```ignore
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use soarjobd::app::App;
-/// let settings = soarjobd::config::load(&Default::default())?;
-/// let app = App::builder().settings(settings).build()?;
-/// let daemon = app.daemon().start().await?;
-/// daemon.run_until_signal().await;
-/// # Ok(()) }
-/// ```
+/// jobs holding them; its documentation shows the daemon started from the settings);
+/// `Daemon::builder()` alone knows no job.
 pub struct Daemon;
 
 impl Daemon {
