@@ -1,7 +1,7 @@
 //! The Google SecOps SOAR (Siemplify) API client: the SDK calls a scheduled job needs, in the
 //! legacy (`AppKey`) or one-platform (bearer token) form, following
 //! `specs/soar-api.md` to the key and the query string so the same client works against a
-//! real tenant and against [`soarjobd_sim::soar`].
+//! real tenant and against the simulator `soarjobd_sim::soar` (a dev-dependency).
 //!
 //! Every request goes through [`crate::http`], which owns retries, the concurrency cap, the rate
 //! limit and the in-doubt rule for writes.
