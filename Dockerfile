@@ -4,22 +4,30 @@
 
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
-# 1. Dependencies only: a dummy crate with the real manifest (every [[bench]] it declares
-#    needs a file, hence the loop; a test checks the list matches Cargo.toml).
+# 1. Dependencies only: dummy crates with the real manifests (every target they declare needs a
+#    file: the root binary and library, each member crate's library and build script, and every
+#    [[bench]], hence the loops; a test checks the lists match the workspace).
 COPY Cargo.toml Cargo.lock ./
+COPY crates/core/Cargo.toml ./crates/core/
+COPY crates/clients/Cargo.toml ./crates/clients/
+COPY crates/jobs/Cargo.toml ./crates/jobs/
+COPY crates/sim/Cargo.toml ./crates/sim/
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
+    && for c in core clients jobs sim; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
+    && echo 'fn main() {}' > crates/core/build.rs \
     && for b in scheduler soar batch soak; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin soarjobd \
-    && rm -rf src benches examples
-# 2. The real sources.
+    && rm -rf src benches examples crates/*/src crates/core/build.rs
+# 2. The real sources (the migrations are embedded by the core crate at compile time).
 COPY src ./src
-COPY build.rs ./
+COPY crates ./crates
 COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin soarjobd
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs crates/core/build.rs \
+    && cargo build --release --locked --bin soarjobd
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

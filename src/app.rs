@@ -102,6 +102,16 @@ impl App {
     }
 
     /// The daemon of this app; start it with [`DaemonBuilder::start`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use soarjobd::app::App;
+    /// let settings = soarjobd::config::load(&Default::default())?;
+    /// let app = App::builder().settings(settings).build()?;
+    /// let daemon = app.daemon().start().await?;
+    /// daemon.run_until_signal().await;
+    /// # Ok(()) }
+    /// ```
     pub fn daemon(&self) -> DaemonBuilder {
         Daemon::builder()
             .with_registry(self.registry.as_ref().clone())

@@ -4,20 +4,28 @@
 //! same cases), points a temporary configuration at it (SQLite in a temporary or given
 //! folder), loads the repository's `jobs/`, runs every job once at start and then on its
 //! schedule, and logs what happened. Ctrl-C shuts everything down gracefully.
+//!
+//! The simulators are the `soarjobd-sim` crate, in this binary behind the default cargo feature
+//! `sim`. Built without it, the commands still parse (the CLI is the same) but say they are not
+//! built in and exit with the usage code.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+#[cfg(feature = "sim")]
 use serde_json::json;
 
 use crate::app::AppBuilder;
 use crate::config::Settings;
 use crate::exit;
+#[cfg(feature = "sim")]
 use crate::job::error_chain;
+#[cfg(feature = "sim")]
 use crate::sim;
 
 /// The seed of the demo's cases.
+#[cfg(feature = "sim")]
 const DEMO_SEED: u64 = 42;
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +65,7 @@ pub enum SimCmd {
 
 /// `soarjobd demo`: `app` (the built-in jobs and platforms, plus a custom binary's own) pointed
 /// at the simulators.
+#[cfg(feature = "sim")]
 pub async fn run(
     app: AppBuilder,
     mut settings: Settings,
@@ -156,6 +165,7 @@ pub async fn run(
 }
 
 /// `soarjobd sim ...`.
+#[cfg(feature = "sim")]
 pub async fn sim(which: SimCmd) -> i32 {
     match which {
         SimCmd::Soar {
@@ -226,6 +236,7 @@ pub async fn sim(which: SimCmd) -> i32 {
     }
 }
 
+#[cfg(feature = "sim")]
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
@@ -239,4 +250,29 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `soarjobd demo` in a binary built without the simulators.
+#[cfg(not(feature = "sim"))]
+pub async fn run(
+    _app: AppBuilder,
+    _settings: Settings,
+    _data_dir: Option<PathBuf>,
+    _cases: usize,
+) -> i32 {
+    not_built_in("demo")
+}
+
+/// `soarjobd sim ...` in a binary built without the simulators.
+#[cfg(not(feature = "sim"))]
+pub async fn sim(_which: SimCmd) -> i32 {
+    not_built_in("sim")
+}
+
+#[cfg(not(feature = "sim"))]
+fn not_built_in(command: &str) -> i32 {
+    eprintln!(
+        "error: `soarjobd {command}` is not built into this binary (build it with the cargo feature `sim`, on by default)"
+    );
+    exit::USAGE
 }

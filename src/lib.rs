@@ -1,30 +1,26 @@
 //! soarjobd: a daemon that runs scheduled SOAR jobs.
 //!
-//! Data flows one way: files -> [`definition`] -> [`scheduler`] -> [`runner`] -> [`job`] ->
-//! [`store`] / logs. See `ARCHITECTURE.md` for the map and the invariants each module keeps.
+//! This crate is the program put together: the composition root ([`app`]), the CLI ([`cli`],
+//! [`inspect`], [`demo`]). The rest lives in the workspace's member crates and is re-exported
+//! here under the paths it always had:
+//! - `soarjobd-core`: [`definition`] -> [`scheduler`] -> [`runner`] -> [`job`] -> [`store`] / logs,
+//!   the config grammar, the [`platform`] plugin trait (knows no platform);
+//! - `soarjobd-clients`: [`http`], [`soar`], [`threatconnect`];
+//! - `soarjobd-jobs`: [`jobs`] (the built-in jobs and the platform plugins);
+//! - `soarjobd-sim` (cargo feature `sim`, on by default): `sim`, the simulators.
+//!
+//! See `ARCHITECTURE.md` for the map and the invariants each crate boundary enforces.
 
 pub mod app;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod containment;
-pub mod daemon;
-pub mod definition;
 pub mod demo;
-pub mod exit;
-pub mod http;
 pub mod inspect;
-pub mod job;
-pub mod jobs;
-pub mod platform;
-pub mod redact;
-pub mod runner;
-pub mod schedule;
-pub mod scheduler;
-pub mod sim;
-pub mod soar;
-pub mod store;
-pub mod telemetry;
-pub mod threatconnect;
-pub mod timer;
-pub mod watch;
+
+pub use soarjobd_clients::{http, soar, threatconnect};
+pub use soarjobd_core::{
+    clock, config, containment, daemon, definition, exit, job, platform, redact, runner, schedule,
+    scheduler, store, telemetry, timer, watch,
+};
+pub use soarjobd_jobs as jobs;
+#[cfg(feature = "sim")]
+pub use soarjobd_sim as sim;

@@ -53,6 +53,45 @@ fn the_dockerfile_dependency_layer_stubs_every_declared_bench() {
     }
 }
 
+/// The dependency layer builds the workspace from manifests alone, so every member crate needs
+/// its manifest copied and its library (and build script, if it has one) stubbed.
+#[test]
+fn the_dockerfile_dependency_layer_stubs_every_member_crate() {
+    let docker = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let stub_line = docker
+        .lines()
+        .find(|l| l.contains("for c in"))
+        .expect("the Dockerfile stubs the member crates");
+    let mut members = 0;
+    for entry in std::fs::read_dir(Path::new(ROOT).join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("Cargo.toml").exists() {
+            continue;
+        }
+        members += 1;
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let copy = format!("COPY crates/{name}/Cargo.toml ./crates/{name}/");
+        assert!(
+            docker.lines().any(|l| l.trim() == copy),
+            "the Dockerfile does not copy the manifest of `crates/{name}` before the dependency build"
+        );
+        assert!(
+            stub_line
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(';') == name),
+            "crate `{name}` is missing from the Dockerfile's stub loop"
+        );
+        if dir.join("build.rs").exists() {
+            let stub = format!("> crates/{name}/build.rs");
+            assert!(
+                docker.contains(&stub),
+                "the build script of `crates/{name}` is not stubbed in the Dockerfile"
+            );
+        }
+    }
+    assert!(members >= 4, "only {members} member crates found");
+}
+
 #[test]
 fn the_binary_runs_with_the_container_layout_and_stops_on_sigterm() {
     let root = tempfile::tempdir().unwrap();

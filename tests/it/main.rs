@@ -13,7 +13,10 @@ mod process;
 mod redaction;
 mod reload;
 mod runtime;
+// These two drive the simulators (`soarjobd::sim`, the default feature `sim`).
+#[cfg(feature = "sim")]
 mod soar;
 mod store_faults;
 mod support;
+#[cfg(feature = "sim")]
 mod threatconnect;

@@ -543,7 +543,7 @@ async fn faults_never_double_a_comment_nor_move_the_window_past_a_failed_case() 
     sim.shutdown().await.unwrap();
 }
 
-/// BUG (see the report): `src/http.rs` never retries a `500` answer, even to an idempotent
+/// BUG (see the report): `crates/clients/src/http.rs` never retries a `500` answer, even to an idempotent
 /// request, so at the simulator's fault mix about one case in ten fails a read in every run
 /// (and a 500 on the case query fails the whole run), and "every case within three runs"
 /// holds only by luck: with fault seeds 1..=10 (`SOARJOBD_IT_FAULT_SEED`), 3 of 10 failed.

@@ -1,0 +1,5 @@
+// Rebuild when a migration is added: `sqlx::migrate!` embeds the root `migrations/` folder at
+// compile time but cannot tell cargo to watch it.
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations");
+}

@@ -1,0 +1,355 @@
+//! Wires the store, the scheduler, the watcher and the signals together, and shuts down
+//! gracefully.
+//!
+//! One [`CancellationToken`] is the shutdown signal every long-lived task watches (scheduler,
+//! watcher, pruner). Runs are not children of it: on shutdown they are first given
+//! `shutdown_grace` to finish on their own, and only then asked to stop, so a job in the
+//! middle of its work is not interrupted by a routine restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::definition;
+use crate::job::{Job, Registry, error_chain};
+use crate::runner::{Runner, StopReason};
+use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
+
+/// How often old runs are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often `running` rows of dead processes (a `run-once` killed with SIGKILL) are marked
+/// `interrupted`. A claim of the same job finds them sooner.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the state store")]
+    Store(#[from] StoreError),
+    /// Another daemon uses the database (or its lock file cannot be taken).
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot start the timer thread")]
+    Timer(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM/SIGINT")]
+    Signals(#[source] std::io::Error),
+    #[error("stopped by SIGTERM/SIGINT while loading the jobs folder")]
+    StoppedDuringStart,
+}
+
+/// Builds a daemon: the registry of jobs, settings and options. The registry comes from the
+/// composition root (`soarjobd::app::App::daemon`, which builds the platform clients and the
+/// jobs holding them; its documentation shows the daemon started from the settings);
+/// `Daemon::builder()` alone knows no job.
+pub struct Daemon;
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            registry: Registry::new(),
+            settings: Settings::default(),
+            options: SchedulerOptions::default(),
+        }
+    }
+}
+
+pub struct DaemonBuilder {
+    registry: Registry,
+    settings: Settings,
+    options: SchedulerOptions,
+}
+
+impl DaemonBuilder {
+    /// Uses these job implementations (and their platform secrets), replacing any registered
+    /// before.
+    pub fn with_registry(mut self, registry: Registry) -> DaemonBuilder {
+        self.registry = registry;
+        self
+    }
+
+    /// Adds a job implementation (a later one with the same id replaces an earlier one).
+    pub fn register(mut self, job: impl Job) -> DaemonBuilder {
+        self.registry.register(job);
+        self
+    }
+
+    pub fn settings(mut self, settings: Settings) -> DaemonBuilder {
+        self.settings = settings;
+        self
+    }
+
+    /// Runs every enabled job once right after start.
+    pub fn run_at_start(mut self, yes: bool) -> DaemonBuilder {
+        self.options.run_at_start = yes;
+        self
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
+    pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
+        // Listen for SIGTERM/SIGINT before anything else: once `daemon started` is logged a
+        // supervisor may stop us at any moment, and a signal that arrives before its handler
+        // is registered kills the process without a graceful shutdown.
+        let mut signals = Signals::new().map_err(DaemonError::Signals)?;
+        let settings = self.settings;
+        let store = store::open(&settings.database_url).await?;
+        // One daemon per database file, before anything is changed in it: a second daemon
+        // would mark the first one's live runs interrupted and run its ticks. `list`,
+        // `history` and `run-once` do not take this lock.
+        let lock = match store::lock_daemon(&settings.database_url) {
+            Ok(l) => l,
+            Err(e) => {
+                store.close().await;
+                return Err(e.into());
+            }
+        };
+        // Kill what crashed runs left running before their rows are marked interrupted, so a
+        // new run never meets an old copy of itself.
+        crate::containment::recover(store.as_ref()).await;
+        // Only rows whose process is gone: a `run-once` running next to us keeps its run.
+        let interrupted = store.interrupt_running(Utc::now()).await?;
+        for r in &interrupted {
+            tracing::warn!(
+                job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                "run interrupted by the previous shutdown or crash"
+            );
+        }
+        let registry = Arc::new(self.registry);
+        let runner = Runner::new(store.clone(), registry.clone());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let running = RunningRuns::default();
+
+        let jobs_dir = settings.jobs_dir.clone();
+        let load_options = settings.load_options();
+        let initial = {
+            let (d, r, o) = (jobs_dir.clone(), registry.clone(), load_options.clone());
+            let load =
+                tokio::task::spawn_blocking(move || definition::load_dir_with(&d, r.as_ref(), &o));
+            // The load is bounded by the job-file limits, but not a read that hangs (a dead
+            // NFS server): a signal must not wait for it. Nothing has run yet.
+            tokio::select! {
+                r = load => r.unwrap_or_default(),
+                _ = signals.recv() => {
+                    store.close().await;
+                    return Err(DaemonError::StoppedDuringStart);
+                }
+            }
+        };
+        let baseline = crate::watch::Snapshot::of(&initial);
+        tracing::info!(
+            jobs_dir = %jobs_dir.display(),
+            database = %redact_url(&settings.database_url),
+            jobs = initial.jobs.len(),
+            errors = initial.errors.len(),
+            "daemon started"
+        );
+
+        // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
+        // would only hold stale ones.
+        let (tx, rx) = mpsc::channel(4);
+        let scheduler =
+            Scheduler::new(runner, running.clone(), tracker.clone()).map_err(DaemonError::Timer)?;
+        let scheduler_task =
+            tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
+        let watcher_task = tokio::spawn(crate::watch::watch(
+            jobs_dir,
+            registry.clone(),
+            settings.reload_poll,
+            load_options,
+            baseline,
+            tx,
+            shutdown.clone(),
+        ));
+        let pruner_task = tokio::spawn(prune_loop(
+            store.clone(),
+            settings.history.keep_runs,
+            settings.history.keep_days,
+            shutdown.clone(),
+        ));
+        let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
+        Ok(RunningDaemon {
+            shutdown,
+            tracker,
+            running,
+            store,
+            grace: settings.shutdown_grace,
+            tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
+            signals,
+            _lock: lock,
+        })
+    }
+}
+
+/// A started daemon.
+pub struct RunningDaemon {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    running: RunningRuns,
+    store: Arc<dyn Store>,
+    grace: Duration,
+    tasks: Vec<JoinHandle<()>>,
+    signals: Signals,
+    /// Held until the daemon is dropped (after the store is closed at shutdown).
+    _lock: DaemonLock,
+}
+
+impl RunningDaemon {
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Number of runs in progress.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully. A second signal during the
+    /// grace period exits the process at once.
+    pub async fn run_until_signal(mut self) {
+        self.signals.recv().await;
+        tracing::info!(
+            grace_s = self.grace.as_secs(),
+            "shutdown requested; waiting for running jobs"
+        );
+        // A second signal means "now": the process exits without waiting, and the next
+        // start marks the runs it left as interrupted.
+        let mut signals = std::mem::replace(&mut self.signals, Signals::none());
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("second signal: exiting immediately");
+            std::process::exit(crate::exit::FAILURE);
+        });
+        self.shutdown().await;
+    }
+
+    /// Stops firing, waits up to the grace period for running jobs, cancels the rest, and
+    /// closes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.running.len(),
+                "grace period over; cancelling running jobs"
+            );
+            self.running.stop_all(StopReason::Shutdown);
+            self.tracker.wait().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+        tracing::info!("daemon stopped");
+    }
+}
+
+/// SIGTERM and SIGINT, registered once.
+struct Signals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            streams: Some((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            )),
+        })
+    }
+
+    /// A placeholder after the streams moved elsewhere; never resolves.
+    fn none() -> Signals {
+        Signals { streams: None }
+    }
+
+    async fn recv(&mut self) {
+        match self.streams.as_mut() {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Prunes old runs at start and then every hour, off the scheduler's path.
+async fn prune_loop(
+    store: Arc<dyn RunStore>,
+    keep_runs: u32,
+    keep_days: u32,
+    shutdown: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let older_than = Utc::now() - chrono::Duration::days(i64::from(keep_days));
+        match store.prune(keep_runs, older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, keep_runs, keep_days, "old runs pruned"),
+            Err(e) => tracing::error!(error = %error_chain(&e), "cannot prune old runs"),
+        }
+    }
+}
+
+/// Marks `running` rows of dead processes `interrupted` every [`SWEEP_EVERY`] (the startup
+/// sweep is done in `start`).
+async fn sweep_loop(store: Arc<dyn RunStore>, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(SWEEP_EVERY);
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        match store.interrupt_running(Utc::now()).await {
+            Ok(runs) => {
+                for r in runs {
+                    tracing::warn!(
+                        job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                        "run interrupted: the process running it is gone"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot look for runs of dead processes")
+            }
+        }
+    }
+}
+
+/// A database URL safe to log (PostgreSQL URLs may carry a password).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

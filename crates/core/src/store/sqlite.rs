@@ -1,0 +1,1692 @@
+//! The SQLite implementation of [`super::Store`] (both [`RunStore`] and [`JobStateStore`]).
+//!
+//! The database runs in WAL mode so that the CLI (`history`, `list`) can read while the daemon
+//! writes, with `synchronous = NORMAL` (a commit survives a process crash; only an OS crash can
+//! lose the last commits) and a busy timeout for writers in other processes.
+//!
+//! Writers inside this process take an async write gate before they touch the database. SQLite
+//! allows one writer at a time; without the gate two connections of the pool would find out by
+//! polling the file lock (the busy handler sleeps 1, 2, 5, 10 ms ...), which shows up as tick
+//! lateness. With it, writers queue in FIFO order and each one finds the database free.
+//!
+//! The SQL sticks to forms PostgreSQL accepts too (`ON CONFLICT`, `RETURNING`, window functions,
+//! quoted `"trigger"` / `"key"` / `"value"`), so the later backend is a transliteration.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::owner::{Liveness, OwnerGuard, owners_dir};
+use super::{
+    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus,
+    RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
+};
+
+/// The migrations in `migrations/`, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// How long a writer waits for another process's write transaction before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readers (CLI queries, history) and writers each need a connection; writers are serialised
+/// by the write gate, so a few connections are plenty.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// Two processes opening a fresh database at once can both try to apply a migration; the loser
+/// fails and, on retry, finds it applied.
+const MIGRATE_ATTEMPTS: u32 = 3;
+/// Attempts at opening the pool while another process switches a new file to WAL.
+const CONNECT_ATTEMPTS: u32 = 10;
+const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MIGRATE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Rows deleted per write transaction while pruning. Small, so that a tick waiting for the write
+/// gate is delayed by well under a millisecond.
+const PRUNE_BATCH: usize = 100;
+
+/// The message of a `running` row whose process is gone.
+const INTERRUPTED_MESSAGE: &str =
+    "the process running it (daemon or run-once) stopped while this run was in progress";
+
+/// Message of a tick not run because another process runs the job (`{}`: the holder).
+fn busy_message(holder: &RunHolder) -> String {
+    format!("another process is running this job: {holder}")
+}
+
+/// The columns of `job_runs` in the order [`run_from_row`] reads them by name.
+macro_rules! run_columns {
+    () => {
+        "id, job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, \
+         message, error, stats, owner_pid, owner_host, owner_nonce"
+    };
+}
+
+/// `duration_ms` computed from the row's `started_at` and a bound finish time (twice, because
+/// positional parameters cannot be reused), never negative if the clock stepped back.
+macro_rules! duration_from_started {
+    () => {
+        "CASE WHEN ? > started_at THEN ? - started_at ELSE 0 END"
+    };
+}
+
+/// The columns a claim inserts, in the order both claim paths bind them.
+macro_rules! claim_columns {
+    () => {
+        "(job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, message, \
+          owner_pid, owner_host, owner_nonce)"
+    };
+}
+
+/// The placeholders of one claimed row.
+macro_rules! claim_row {
+    () => {
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
+/// The most run ends kept for a retry while the database fails; beyond it the oldest is
+/// dropped (its row is marked `interrupted` at the next start).
+const MAX_UNRECORDED: usize = 10_000;
+
+/// Rows per multi-row claim INSERT: 11 parameters each stays far below SQLite's limit.
+const CLAIM_CHUNK: usize = 500;
+
+/// `(started_at, finished_at, duration_ms)` of a row being claimed. A row that is final on
+/// arrival (a skipped tick) never ran: it ends as it starts.
+fn claim_times(run: &NewRun) -> (i64, Option<i64>, Option<i64>) {
+    let started_at = millis(run.started_at);
+    if run.status.is_final() {
+        (started_at, Some(started_at), Some(0))
+    } else {
+        (started_at, None, None)
+    }
+}
+
+/// Claims one run (manual runs, which are not unique by instant).
+async fn insert_one(
+    tx: &mut SqliteConnection,
+    run: &NewRun,
+    owner: &RunOwner,
+) -> StoreResult<Option<i64>> {
+    let (started_at, finished_at, duration_ms) = claim_times(run);
+    Ok(sqlx::query_scalar(concat!(
+        "INSERT INTO job_runs ",
+        claim_columns!(),
+        " VALUES ",
+        claim_row!(),
+        " ON CONFLICT DO NOTHING RETURNING id"
+    ))
+    .bind(&run.job_id)
+    .bind(millis(run.scheduled_at))
+    .bind(run.trigger.as_str())
+    .bind(run.status.as_str())
+    .bind(started_at)
+    .bind(finished_at)
+    .bind(duration_ms)
+    .bind(run.message.as_deref())
+    .bind(owner.pid)
+    .bind(&owner.host)
+    .bind(&owner.nonce)
+    .fetch_optional(&mut *tx)
+    .await?)
+}
+
+/// One write transaction (`BEGIN IMMEDIATE` ... `COMMIT`) on a pooled connection, holding the
+/// write gate for its whole life.
+///
+/// Invariant: a connection goes back to the pool only after a COMMIT that succeeded. On any
+/// other path (BEGIN, a statement or COMMIT failed, or the future was dropped half-way) the
+/// connection is closed instead, and closing a SQLite connection rolls back whatever it had
+/// open. sqlx's own `Transaction` cannot give this guarantee: when SQLite has already rolled
+/// the transaction back by itself (it does so on SQLITE_FULL and SQLITE_IOERR at COMMIT), the
+/// ROLLBACK that `Transaction` queues on drop fails, sqlx's transaction depth stays at 1, and
+/// the connection returns to the pool looking healthy; every later `begin_with` on it then
+/// fails with "attempted to call begin_with at non-zero transaction depth", forever. That is
+/// how a few seconds of full disk used to stop all scheduling.
+struct WriteTx<'a> {
+    conn: PoolConnection<Sqlite>,
+    committed: bool,
+    _gate: MutexGuard<'a, ()>,
+}
+
+impl<'a> WriteTx<'a> {
+    async fn begin(store: &'a SqliteStore) -> StoreResult<WriteTx<'a>> {
+        let gate = store.write_lock().await;
+        let conn = store.pool.acquire().await?;
+        let mut tx = WriteTx {
+            conn,
+            committed: false,
+            _gate: gate,
+        };
+        // IMMEDIATE takes the write lock up front, so a writer in another process makes this
+        // wait (busy timeout) instead of failing half-way through the transaction. Issued as a
+        // plain statement: sqlx's transaction bookkeeping is what went wrong (see above).
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *tx.conn)
+            .await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// Commits; on failure the connection is rolled back and closed (never reused).
+    async fn commit(mut self) -> StoreResult<()> {
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Gives up: rolls back while still holding the write gate (so the file lock is free for
+    /// the next writer at once), and closes the connection on drop. The ROLLBACK's own error
+    /// ("no transaction is active" after SQLite rolled back by itself) does not matter: the
+    /// connection is closed either way.
+    async fn abort(mut self) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+        self.committed = false;
+    }
+
+    /// Runs `body` and commits, or aborts when `body` fails.
+    async fn finish<T>(self, body: StoreResult<T>) -> StoreResult<T> {
+        match body {
+            Ok(v) => {
+                self.commit().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// [`Store`] on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serialises this process's write transactions (see the module docs).
+    write_gate: Arc<Mutex<()>>,
+    /// Who this store is, written into every row it claims; registered as open until the
+    /// store is closed or its last clone dropped.
+    owner: Arc<OwnerGuard>,
+    /// Run ends that could not be written (see [`SqliteStore::retry_unrecorded`]).
+    unrecorded: Arc<std::sync::Mutex<Vec<(i64, RunFinish)>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url_or_path` — `sqlite:PATH`,
+    /// `sqlite://PATH` or a bare path — and applies pending migrations.
+    ///
+    /// A new database file is created with mode 0600, and missing parent directories with 0700;
+    /// an existing file keeps its permissions.
+    pub async fn open(url_or_path: &str) -> StoreResult<SqliteStore> {
+        Self::open_with(url_or_path, |o| o).await
+    }
+
+    /// [`SqliteStore::open`] with changed connection options (tests: a size limit).
+    async fn open_with(
+        url_or_path: &str,
+        adjust: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+    ) -> StoreResult<SqliteStore> {
+        let path = database_path(url_or_path)?;
+        let open_error = |source| StoreError::Open {
+            url: url_or_path.to_owned(),
+            source,
+        };
+        create_private_file(&path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let options = adjust(options);
+        let pool = connect(options).await.map_err(open_error)?;
+
+        if let Err(e) = migrate(&pool).await {
+            pool.close().await;
+            return Err(e);
+        }
+        let owner = match OwnerGuard::new(&owners_dir(&path)) {
+            Ok(o) => o,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(sqlx::Error::Io(e)));
+            }
+        };
+        Ok(SqliteStore {
+            pool,
+            write_gate: Arc::new(Mutex::new(())),
+            owner: Arc::new(owner),
+            unrecorded: Arc::default(),
+        })
+    }
+
+    /// The connection pool, for tests and diagnostics.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_gate.lock().await
+    }
+
+    /// The ids of the runs [`RunStore::prune`] may delete. A read only: it takes no write lock.
+    async fn prune_candidates(&self, keep_runs: u32, older_than: i64) -> StoreResult<Vec<i64>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM ( \
+                 SELECT id, status, started_at, \
+                        ROW_NUMBER() OVER (PARTITION BY job_id \
+                                           ORDER BY started_at DESC, id DESC) AS rn \
+                 FROM job_runs \
+             ) ranked \
+             WHERE rn > ? AND started_at < ? AND status <> 'running' \
+             ORDER BY id",
+        )
+        .bind(i64::from(keep_runs))
+        .bind(older_than)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// Deletes one batch of runs in one short write transaction. The status guard repeats the
+    /// candidate rule, so a row is never deleted while running even in theory.
+    async fn delete_runs(&self, ids: &[i64]) -> StoreResult<u64> {
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            let mut deleted = 0;
+            for id in ids {
+                deleted += sqlx::query("DELETE FROM job_runs WHERE id = ? AND status <> 'running'")
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?
+                    .rows_affected();
+            }
+            Ok(deleted)
+        }
+        .await;
+        tx.finish(body).await
+    }
+}
+
+/// Applies pending migrations, retrying when another process applied them at the same time.
+/// Opens the pool. Switching a new file to WAL needs an exclusive lock, and SQLite answers
+/// SQLITE_BUSY at once (without its busy handler, to avoid a deadlock) when two processes make
+/// that switch at the same moment; the loser retries, a bounded number of times.
+async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options.clone())
+            .await
+        {
+            // SQLITE_BUSY (5) or SQLITE_LOCKED (6), in any of their extended forms.
+            Err(sqlx::Error::Database(e))
+                if attempt < CONNECT_ATTEMPTS
+                    && e
+                        .code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+            {
+                tracing::debug!(error = %e, attempt, "database busy while opening, retrying");
+                tokio::time::sleep(CONNECT_RETRY_DELAY).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)))
+                if attempt < MIGRATE_ATTEMPTS =>
+            {
+                tracing::debug!(error = %e, attempt, "database migration failed, retrying");
+                tokio::time::sleep(MIGRATE_RETRY_DELAY).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The file path named by a `sqlite:` URL or a bare path.
+pub fn database_path(url_or_path: &str) -> StoreResult<PathBuf> {
+    let unsupported = || StoreError::UnsupportedUrl(url_or_path.to_owned());
+    let path = match url_or_path
+        .strip_prefix("sqlite://")
+        .or_else(|| url_or_path.strip_prefix("sqlite:"))
+    {
+        Some(rest) => rest,
+        // Any other scheme (postgres://, file://, ...) is not a path we should create a file at.
+        None if url_or_path.contains("://") => return Err(unsupported()),
+        None => url_or_path,
+    };
+    // Query options (`?mode=ro`) and in-memory databases would silently drop the guarantees
+    // `open` documents (file mode, durability), so they are refused rather than half-honoured.
+    if path.is_empty() || path.starts_with(":memory:") || path.contains('?') {
+        return Err(unsupported());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates the database file with mode 0600 (and its missing parents with 0700) before SQLite
+/// opens it, so there is no window in which the file is readable by others. SQLite gives the
+/// `-wal` and `-shm` files the permissions of the database file.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Logs when an existing database file is readable by group or others. It is left alone: the
+/// operator may have chosen that on purpose.
+fn warn_if_shared(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "the database file is accessible to other users; 0600 is recommended"
+            );
+        }
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: ms.to_string(),
+    })
+}
+
+fn opt_from_millis(column: &'static str, ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(|ms| from_millis(column, ms)).transpose()
+}
+
+fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        column,
+        value: text,
+    })
+}
+
+fn run_from_row(row: &SqliteRow) -> StoreResult<RunRecord> {
+    let trigger: String = row.try_get("trigger")?;
+    let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
+        column: "trigger",
+        value: trigger,
+    })?;
+    let status: String = row.try_get("status")?;
+    let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+        column: "status",
+        value: status,
+    })?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at")?)?,
+        trigger,
+        status,
+        started_at: from_millis("started_at", row.try_get("started_at")?)?,
+        finished_at: opt_from_millis("finished_at", row.try_get("finished_at")?)?,
+        duration_ms: row.try_get("duration_ms")?,
+        message: row.try_get("message")?,
+        error: row.try_get("error")?,
+        stats: parse_json("stats", row.try_get("stats")?)?,
+        owner: owner_from_row(row)?,
+    })
+}
+
+fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
+    let pid: Option<i64> = row.try_get("owner_pid")?;
+    let host: Option<String> = row.try_get("owner_host")?;
+    Ok(match (pid, host) {
+        (Some(pid), Some(host)) => Some(RunOwner {
+            pid,
+            host,
+            nonce: row
+                .try_get::<Option<String>, _>("owner_nonce")?
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    })
+}
+
+/// Whether a `running` row's owner is alive (`dir`: the database's owners folder); rows from
+/// before owners were recorded count as dead (every `running` row found at startup did,
+/// before).
+fn row_is_live(owner: Option<&RunOwner>, dir: &Path) -> bool {
+    owner.is_some_and(|o| o.liveness(dir) != Liveness::Dead)
+}
+
+fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
+    let state: String = row.try_get("state")?;
+    let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
+        column: "state",
+        value: state,
+    })?;
+    Ok(SeenEntry {
+        item: row.try_get("item")?,
+        state,
+        run_id: row.try_get("run_id")?,
+        updated_at: from_millis("updated_at", row.try_get("updated_at")?)?,
+    })
+}
+
+fn runs_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<RunRecord>> {
+    rows.iter().map(run_from_row).collect()
+}
+
+/// Inserts claimed rows, returning each one's id or `None` when its tick was already taken.
+async fn insert_runs(
+    conn: &mut SqliteConnection,
+    runs: &[Cow<'_, NewRun>],
+    owner: &RunOwner,
+) -> StoreResult<Vec<Option<i64>>> {
+    let mut ids: Vec<Option<i64>> = vec![None; runs.len()];
+    // Scheduled and catch-up ticks go in as multi-row INSERTs: a thousand ticks due at the
+    // same instant cost a few statements instead of a thousand round trips to SQLite's
+    // worker thread, which is what keeps tick lateness in the low milliseconds. Manual runs
+    // are not unique by (job, instant), so they cannot be matched back from RETURNING and
+    // are inserted one by one.
+    let mut keyed: HashMap<(&str, i64), usize> = HashMap::new();
+    let mut batch: Vec<usize> = Vec::new();
+    // Ids follow the slice's order, so a slice with a manual run goes row by row.
+    let row_by_row = runs.iter().any(|r| r.trigger == Trigger::Manual);
+    for (i, run) in runs.iter().enumerate() {
+        if row_by_row {
+            ids[i] = insert_one(conn, run, owner).await?;
+        } else if let std::collections::hash_map::Entry::Vacant(slot) =
+            keyed.entry((run.job_id.as_str(), millis(run.scheduled_at)))
+        {
+            slot.insert(i);
+            batch.push(i);
+        }
+        // A second copy of the same tick in one slice stays `None`: it is the same claim.
+    }
+    for chunk in batch.chunks(CLAIM_CHUNK) {
+        let mut sql = String::from(concat!(
+            "INSERT INTO job_runs ",
+            claim_columns!(),
+            " VALUES "
+        ));
+        for (n, _) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(claim_row!());
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at");
+        // Only placeholders are built dynamically; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &i in chunk {
+            let run = &runs[i];
+            let (started_at, finished_at, duration_ms) = claim_times(run);
+            q = q
+                .bind(run.job_id.as_str())
+                .bind(millis(run.scheduled_at))
+                .bind(run.trigger.as_str())
+                .bind(run.status.as_str())
+                .bind(started_at)
+                .bind(finished_at)
+                .bind(duration_ms)
+                .bind(run.message.as_deref())
+                .bind(owner.pid)
+                .bind(owner.host.as_str())
+                .bind(owner.nonce.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let id: i64 = row.try_get("id")?;
+            let job_id: String = row.try_get("job_id")?;
+            let at: i64 = row.try_get("scheduled_at")?;
+            if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
+                ids[i] = Some(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Marks rows `interrupted` (only those still `running`), finished at `now` or at their start
+/// if that is later (a tick claimed ahead of its instant), and returns them.
+async fn interrupt_ids(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<RunRecord>> {
+    let now = millis(now);
+    let mut runs = Vec::new();
+    for id in ids {
+        let row = sqlx::query(concat!(
+            "UPDATE job_runs SET status = 'interrupted', \
+             finished_at = CASE WHEN started_at > ? THEN started_at ELSE ? END, \
+             duration_ms = ",
+            duration_from_started!(),
+            ", message = ? WHERE id = ? AND status = 'running' RETURNING ",
+            run_columns!()
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(INTERRUPTED_MESSAGE)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            runs.push(run_from_row(&row)?);
+        }
+    }
+    Ok(runs)
+}
+
+/// The `running` rows whose owner is dead, and the live ones of other owners, of the jobs
+/// `jobs` selects (all jobs for `None`). Rows of `me` are neither.
+async fn running_rows(
+    conn: &mut SqliteConnection,
+    me: &OwnerGuard,
+    jobs: Option<&HashSet<&str>>,
+) -> StoreResult<(Vec<i64>, Vec<(String, RunHolder)>)> {
+    // The partial index on status makes this a scan of the few running rows only.
+    let rows = sqlx::query(
+        "SELECT id, job_id, \"trigger\", owner_pid, owner_host, owner_nonce \
+         FROM job_runs WHERE status = 'running' ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut dead, mut live) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let job_id: String = row.try_get("job_id")?;
+        if jobs.is_some_and(|j| !j.contains(job_id.as_str())) {
+            continue;
+        }
+        let owner = owner_from_row(row)?;
+        if owner.as_ref().is_some_and(|o| o.nonce == me.owner().nonce) {
+            continue;
+        }
+        let id: i64 = row.try_get("id")?;
+        if row_is_live(owner.as_ref(), me.dir()) {
+            let trigger: String = row.try_get("trigger")?;
+            let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
+                column: "trigger",
+                value: trigger,
+            })?;
+            live.push((
+                job_id,
+                RunHolder {
+                    run_id: id,
+                    trigger,
+                    owner,
+                },
+            ));
+        } else {
+            dead.push(id);
+        }
+    }
+    Ok((dead, live))
+}
+
+impl SqliteStore {
+    /// The body of a claim, inside its write transaction.
+    async fn claim_in(
+        &self,
+        conn: &mut SqliteConnection,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        let me = &*self.owner;
+        let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
+        // The overlap check across processes, atomic with the inserts: this transaction holds
+        // SQLite's write lock, so no other process can claim or finish a run of these jobs
+        // between the check and the insert.
+        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        let jobs: HashSet<&str> = runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_exclusive(*i))
+            .map(|(_, r)| r.job_id.as_str())
+            .collect();
+        if !jobs.is_empty() {
+            let (dead, live) = running_rows(conn, me, Some(&jobs)).await?;
+            for r in interrupt_ids(conn, &dead, Utc::now()).await? {
+                tracing::warn!(
+                    job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                    "run interrupted: the process running it is gone"
+                );
+            }
+            for (job_id, holder) in live {
+                holders.entry(job_id).or_insert(holder);
+            }
+        }
+        let mut plan: Vec<(usize, Cow<'_, NewRun>)> = Vec::with_capacity(runs.len());
+        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        for (i, run) in runs.iter().enumerate() {
+            let holder = if is_exclusive(i) {
+                holders.get(&run.job_id)
+            } else {
+                None
+            };
+            match holder {
+                // A manual run that may not start records nothing: its caller is told.
+                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
+                // A tick that may not start is recorded, as an overlap skip inside the
+                // daemon is.
+                Some(h) => {
+                    busy[i] = Some(h);
+                    plan.push((
+                        i,
+                        Cow::Owned(NewRun {
+                            status: RunStatus::Skipped,
+                            message: Some(busy_message(h)),
+                            ..run.clone()
+                        }),
+                    ));
+                }
+                None => plan.push((i, Cow::Borrowed(run))),
+            }
+        }
+        let rows: Vec<Cow<'_, NewRun>> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let ids = insert_runs(conn, &rows, me.owner()).await?;
+        let mut claims: Vec<Claim> = busy
+            .iter()
+            .map(|b| match b {
+                Some(h) => Claim::Busy {
+                    skipped_run: None,
+                    holder: (*h).clone(),
+                },
+                None => Claim::Taken,
+            })
+            .collect();
+        for ((i, _), id) in plan.iter().zip(ids) {
+            match &mut claims[*i] {
+                Claim::Busy { skipped_run, .. } => *skipped_run = id,
+                c => *c = id.map_or(Claim::Taken, Claim::Claimed),
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl SqliteStore {
+    /// One attempt at [`RunStore::finish_run`].
+    async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        if !finish.status.is_final() {
+            return Err(StoreError::Corrupt {
+                column: "status",
+                value: finish.status.as_str().to_owned(),
+            });
+        }
+        let finished_at = millis(finish.finished_at);
+        let changed = {
+            let _gate = self.write_lock().await;
+            sqlx::query(concat!(
+                "UPDATE job_runs SET status = ?, finished_at = ?, duration_ms = ",
+                duration_from_started!(),
+                ", message = COALESCE(?, message), error = ?, stats = ? \
+                 WHERE id = ? AND status = 'running'"
+            ))
+            .bind(finish.status.as_str())
+            .bind(finished_at)
+            .bind(finished_at)
+            .bind(finished_at)
+            .bind(finish.message.as_deref())
+            .bind(finish.error.as_deref())
+            .bind(finish.stats.to_string())
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+        };
+        if changed > 0 {
+            return Ok(true);
+        }
+        // Nothing changed: either already finished (a legitimate no-op) or a bad id (a bug).
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM job_runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match exists {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NoSuchRun(run_id)),
+        }
+    }
+
+    /// Records the ends of runs whose finish failed on a database error (a full disk): the
+    /// row would otherwise stay `running`, owned by this live process, until the next start,
+    /// and across processes `overlap: skip` would refuse the job for that long. Those that
+    /// fail again stay queued.
+    async fn retry_unrecorded(&self) {
+        let queued =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (run_id, finish) in queued {
+            match self.finish_run(run_id, &finish).await {
+                Ok(_) => tracing::info!(
+                    run_id,
+                    status = finish.status.as_str(),
+                    "run end recorded after the store recovered"
+                ),
+                Err(StoreError::Db(_)) => {}
+                Err(e) => tracing::warn!(run_id, error = %e, "cannot record the end of a run"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        let none = vec![false; runs.len()];
+        let claims = self.claim_runs_exclusive(runs, &none).await?;
+        Ok(claims
+            .into_iter()
+            .map(|c| match c {
+                Claim::Claimed(id) => Some(id),
+                Claim::Taken | Claim::Busy { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = self.claim_in(tx.conn(), runs, exclusive).await;
+        let claims = tx.finish(body).await?;
+        self.retry_unrecorded().await;
+        Ok(claims)
+    }
+
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            for (id, at) in runs {
+                sqlx::query(
+                    "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
+                )
+                .bind(millis(*at))
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        tx.finish(body).await
+    }
+
+    /// A `None` message keeps the message the run was claimed with. `finish.status` must be
+    /// final; `running` is refused (as a `Corrupt` status) because it would leave a row that
+    /// looks finished and running at once. A finish that fails on a database error is also
+    /// kept and retried after the next successful claim, at each sweep and at close (see
+    /// [`SqliteStore::retry_unrecorded`]); the error is still returned, so the runner logs it.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        let result = self.finish_once(run_id, finish).await;
+        if let Err(StoreError::Db(_)) = &result {
+            let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+            if unrecorded.len() >= MAX_UNRECORDED {
+                unrecorded.remove(0);
+            }
+            unrecorded.push((run_id, finish.clone()));
+        }
+        result
+    }
+
+    async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let done = sqlx::query("DELETE FROM job_runs WHERE id = ? AND status = 'running'")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
+        self.retry_unrecorded().await;
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            let (dead, _live) = running_rows(tx.conn(), &self.owner, None).await?;
+            interrupt_ids(tx.conn(), &dead, now).await
+        }
+        .await;
+        let mut runs = tx.finish(body).await?;
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        // The condition matches the claim index's, so this is an index lookup.
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(scheduled_at) FROM job_runs WHERE job_id = ? AND \"trigger\" <> 'manual'",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_millis("scheduled_at", ms)
+    }
+
+    async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE id = ?"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE job_id = ? ORDER BY started_at DESC, id DESC LIMIT ?"
+        ))
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// Ordered by job id.
+    async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        // One index probe per job instead of ranking every row: the history index gives each
+        // job's newest run directly.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE id IN ( \
+                 SELECT (SELECT r.id FROM job_runs r WHERE r.job_id = j.job_id \
+                         ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+                 FROM (SELECT DISTINCT job_id FROM job_runs) j \
+             ) ORDER BY job_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// Finds the candidates with one read, then deletes them in small write transactions so
+    /// that claims and finishes interleave with a large prune.
+    async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        let ids = self.prune_candidates(keep_runs, millis(older_than)).await?;
+        let mut deleted = 0;
+        for batch in ids.chunks(PRUNE_BATCH) {
+            deleted += self.delete_runs(batch).await?;
+            tokio::task::yield_now().await;
+        }
+        Ok(deleted)
+    }
+
+    /// Checkpoints the WAL into the database file and truncates it, then closes the pool.
+    /// A checkpoint that cannot complete (another process is reading) is logged, not fatal:
+    /// the WAL stays valid and the next writer checkpoints it.
+    async fn close(&self) {
+        self.retry_unrecorded().await;
+        let _gate = self.write_lock().await;
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+        {
+            // The first column is 1 when the checkpoint was blocked by a reader or writer.
+            Ok(row) if row.try_get::<i64, _>(0).unwrap_or(0) != 0 => {
+                tracing::debug!("WAL checkpoint at close was incomplete (database in use)");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint at close failed"),
+        }
+        self.pool.close().await;
+        // From now on this store's `running` rows (if any were left) count as dead.
+        self.owner.release();
+    }
+
+    // --- The processes of runs in progress (process containment). ---
+
+    async fn record_run_process(&self, p: &RunProcess) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO run_processes (run_id, host, boot_id, owner_pid, owner_start_ticks, \
+                                        pgid, leader_start_ticks, token, cgroup, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, \
+                 boot_id = excluded.boot_id, owner_pid = excluded.owner_pid, \
+                 owner_start_ticks = excluded.owner_start_ticks, pgid = excluded.pgid, \
+                 leader_start_ticks = excluded.leader_start_ticks, token = excluded.token, \
+                 cgroup = excluded.cgroup, recorded_at = excluded.recorded_at",
+        )
+        .bind(p.run_id)
+        .bind(&p.host)
+        .bind(&p.boot_id)
+        .bind(p.owner_pid)
+        .bind(ticks_to_db(p.owner_start_ticks))
+        .bind(p.pgid)
+        .bind(p.leader_start_ticks.map(ticks_to_db))
+        .bind(&p.token)
+        .bind(p.cgroup.as_deref())
+        .bind(millis(p.recorded_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        let rows = sqlx::query(
+            "SELECT run_id, host, boot_id, owner_pid, owner_start_ticks, pgid, \
+                    leader_start_ticks, token, cgroup, recorded_at \
+             FROM run_processes ORDER BY run_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunProcess {
+                    run_id: row.try_get("run_id")?,
+                    host: row.try_get("host")?,
+                    boot_id: row.try_get("boot_id")?,
+                    owner_pid: row.try_get("owner_pid")?,
+                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks")?),
+                    pgid: row.try_get("pgid")?,
+                    leader_start_ticks: row
+                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .map(ticks_from_db),
+                    token: row.try_get("token")?,
+                    cgroup: row.try_get("cgroup")?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+}
+
+#[async_trait]
+impl JobStateStore for SqliteStore {
+    async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
+        let value = sqlx::query_scalar(
+            "SELECT value_ms FROM job_timestamps WHERE job_id = ? AND \"key\" = ?",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(value)
+    }
+
+    async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_timestamps (job_id, \"key\", value_ms, updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, \"key\") \
+             DO UPDATE SET value_ms = excluded.value_ms, updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(key)
+        .bind(unix_ms)
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT \"value\" FROM job_context WHERE job_id = ? AND \"key\" = ?",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|text| parse_json("value", text)).transpose()
+    }
+
+    async fn context_set(
+        &self,
+        job_id: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_context (job_id, \"key\", \"value\", updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, \"key\") \
+             DO UPDATE SET \"value\" = excluded.\"value\", updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(key)
+        .bind(value.to_string())
+        .bind(millis(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted = sqlx::query("DELETE FROM job_context WHERE job_id = ? AND \"key\" = ?")
+            .bind(job_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn context_all(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT \"key\", \"value\" FROM job_context WHERE job_id = ? ORDER BY \"key\"",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("key")?;
+                let value = parse_json("value", row.try_get("value")?)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    async fn seen_get(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+    ) -> StoreResult<Option<SeenEntry>> {
+        let row = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = ? AND scope = ? AND item = ?",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(item)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(seen_from_row).transpose()
+    }
+
+    /// `run_id`, when given, must name an existing run (it is a foreign key; pruning the run
+    /// later sets it to `None`).
+    async fn seen_mark(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+        state: SeenState,
+        run_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let _gate = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO job_seen (job_id, scope, item, state, run_id, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id, scope, item) \
+             DO UPDATE SET state = excluded.state, run_id = excluded.run_id, \
+                           updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(item)
+        .bind(state.as_str())
+        .bind(run_id)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn seen_list(
+        &self,
+        job_id: &str,
+        scope: &str,
+        state: SeenState,
+    ) -> StoreResult<Vec<SeenEntry>> {
+        let rows = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = ? AND scope = ? AND state = ? \
+             ORDER BY updated_at, item",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(seen_from_row).collect()
+    }
+
+    async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
+        let _gate = self.write_lock().await;
+        let deleted =
+            sqlx::query("DELETE FROM job_seen WHERE job_id = ? AND scope = ? AND item = ?")
+                .bind(job_id)
+                .bind(scope)
+                .bind(item)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(deleted > 0)
+    }
+}
+
+/// Clock-tick counts fit in an `i64` for ~10^9 years of uptime; saturate rather than wrap.
+fn ticks_to_db(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn ticks_from_db(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The store contract (`super::super::contract`) against SQLite: each handle is a
+    /// `SqliteStore` of its own (its own pool and run owner) on one temporary file.
+    mod contract {
+        use std::sync::Arc;
+
+        use async_trait::async_trait;
+
+        use super::super::SqliteStore;
+        use crate::store::Store;
+        use crate::store::contract::{self, Database, StoreFactory};
+
+        struct SqliteDb {
+            _dir: tempfile::TempDir,
+            url: String,
+        }
+
+        #[async_trait]
+        impl Database for SqliteDb {
+            async fn open(&self) -> Arc<dyn Store> {
+                Arc::new(SqliteStore::open(&self.url).await.expect("open"))
+            }
+        }
+
+        struct Sqlite;
+
+        #[async_trait]
+        impl StoreFactory for Sqlite {
+            async fn create(&self) -> Box<dyn Database> {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite:{}", dir.path().join("soarjobd.db").display());
+                Box::new(SqliteDb { _dir: dir, url })
+            }
+        }
+
+        macro_rules! contract_tests {
+            ($($name:ident),* $(,)?) => {$(
+                #[tokio::test]
+                async fn $name() {
+                    contract::$name(&Sqlite).await;
+                }
+            )*};
+        }
+
+        contract_tests!(
+            a_tick_is_claimed_once_across_two_stores_on_one_file,
+            manual_runs_may_share_an_instant,
+            a_skipped_run_is_inserted_finished,
+            finish_records_the_outcome_once,
+            finish_refuses_unknown_runs_and_non_final_statuses,
+            interrupt_running_finishes_only_running_rows,
+            interrupt_running_spares_live_owners,
+            exclusive_claims_respect_live_runs_of_other_processes,
+            mark_started_moves_only_running_rows,
+            history_is_newest_first_and_limited,
+            last_runs_gives_each_jobs_newest_run,
+            prune_keeps_the_newest_the_recent_and_the_running,
+            timestamps_round_trip,
+            context_round_trips_json,
+            seen_set_round_trips,
+            unclaim_releases_only_unstarted_claims,
+            run_processes_are_recorded_updated_listed_and_forgotten,
+            concurrent_claims_from_two_handles_take_each_tick_once,
+        );
+    }
+
+    use super::*;
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    async fn temp_store() -> (TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("soarjobd.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("open");
+        (dir, path, store)
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).expect("valid instant")
+    }
+
+    fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
+        NewRun {
+            job_id: job_id.to_owned(),
+            scheduled_at: at(scheduled_ms),
+            trigger,
+            status: RunStatus::Running,
+            started_at: at(scheduled_ms + 3),
+            message: None,
+        }
+    }
+
+    fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
+        RunFinish {
+            status,
+            finished_at: at(finished_ms),
+            message: Some(format!("{status} at {finished_ms}")),
+            error: None,
+            stats: json!({"processed": 2}),
+        }
+    }
+
+    async fn claim_one(store: &SqliteStore, run: NewRun) -> i64 {
+        let ids = store.claim_runs(&[run]).await.expect("claim");
+        ids[0].expect("claimed")
+    }
+
+    #[test]
+    fn database_path_accepts_urls_and_bare_paths() {
+        let expect = |input: &str, path: &str| {
+            assert_eq!(database_path(input).expect(input), PathBuf::from(path));
+        };
+        expect("sqlite:state.db", "state.db");
+        expect("sqlite://state.db", "state.db");
+        expect(
+            "sqlite:///var/lib/soarjobd/state.db",
+            "/var/lib/soarjobd/state.db",
+        );
+        expect("/var/lib/soarjobd/state.db", "/var/lib/soarjobd/state.db");
+        expect("state.db", "state.db");
+        for bad in [
+            "",
+            "sqlite:",
+            "sqlite::memory:",
+            "postgres://db/soarjobd",
+            "sqlite:x.db?mode=ro",
+        ] {
+            assert!(
+                matches!(database_path(bad), Err(StoreError::UnsupportedUrl(_))),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn interrupt_running_spares_live_owners_and_never_finishes_before_the_start() {
+        let (_dir, path, daemon) = temp_store().await;
+        let url = path.to_str().expect("utf-8").to_owned();
+        // A run-once next to the daemon: its store is open, so its row is live.
+        let cli = SqliteStore::open(&url).await.expect("open");
+        let live = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
+        // A store that claimed a tick ahead of its instant and died.
+        let dead_store = SqliteStore::open(&url).await.expect("open");
+        let ahead = claim_one(
+            &dead_store,
+            NewRun {
+                started_at: at(50_000),
+                ..new_run("job-b", 50_000, Trigger::Schedule)
+            },
+        )
+        .await;
+        dead_store.close().await;
+        // A row written before owners were recorded.
+        let legacy = claim_one(&daemon, new_run("job-c", 2_000, Trigger::Schedule)).await;
+        sqlx::query("UPDATE job_runs SET owner_pid = NULL, owner_host = NULL WHERE id = ?")
+            .bind(legacy)
+            .execute(daemon.pool())
+            .await
+            .expect("clear owner");
+        // The daemon's own running row is live too.
+        let own = claim_one(&daemon, new_run("job-d", 3_000, Trigger::Schedule)).await;
+
+        let interrupted = daemon.interrupt_running(at(10_000)).await.expect("sweep");
+        let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [ahead, legacy]);
+        assert_eq!(
+            interrupted[0].finished_at,
+            Some(at(50_000)),
+            "not before its start"
+        );
+        assert_eq!(interrupted[0].duration_ms, Some(0));
+        for id in [live, own] {
+            let r = daemon.run(id).await.expect("run").expect("exists");
+            assert_eq!(r.status, RunStatus::Running);
+        }
+        let owner = daemon
+            .run(live)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .expect("owner");
+        assert_eq!(owner.pid, i64::from(std::process::id()));
+        // Once the run-once process is gone, its row is found dead.
+        cli.close().await;
+        let ids: Vec<i64> = daemon
+            .interrupt_running(at(11_000))
+            .await
+            .expect("sweep")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [live]);
+    }
+
+    /// A size-limited database (`PRAGMA max_page_count` on every connection, no root needed):
+    /// while it is full every claim fails, and once space is freed every connection of the
+    /// pool claims again; none was left with a transaction open.
+    #[tokio::test]
+    async fn a_full_database_recovers_on_every_connection_when_space_is_freed() {
+        let (_dir, path, store) = temp_store().await;
+        sqlx::query("CREATE TABLE filler (b BLOB NOT NULL)")
+            .execute(store.pool())
+            .await
+            .expect("filler table");
+        claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(store.pool())
+            .await
+            .expect("page count");
+        store.close().await;
+        let limit = pages + 40;
+        let store = SqliteStore::open_with(path.to_str().expect("utf-8"), |o| {
+            o.pragma("max_page_count", limit.to_string())
+        })
+        .await
+        .expect("open limited");
+
+        // Fill it (from several connections: the writes go through the pool).
+        let blob = vec![7u8; 16 * 1024];
+        let mut full = None;
+        for _ in 0..1_000 {
+            let r = sqlx::query("INSERT INTO filler (b) VALUES (?)")
+                .bind(&blob)
+                .execute(store.pool())
+                .await;
+            if let Err(e) = r {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+        let full = full.expect("the database never filled up");
+        assert!(full.contains("full"), "{full}");
+        // Claims are bigger than what is left: each one fails, on every connection in turn.
+        let big = "x".repeat(64 * 1024);
+        for i in 0..(2 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 1_000 * (i + 1), Trigger::Schedule)
+            };
+            let err = store
+                .claim_runs(&[run])
+                .await
+                .expect_err("the disk is full");
+            assert!(error_text(&err).contains("full"), "{}", error_text(&err));
+        }
+
+        sqlx::query("DELETE FROM filler")
+            .execute(store.pool())
+            .await
+            .expect("free space");
+        for i in 0..(3 * MAX_CONNECTIONS as i64) {
+            let run = NewRun {
+                message: Some(big.clone()),
+                ..new_run("job-a", 100_000 + i, Trigger::Schedule)
+            };
+            let ids = store
+                .claim_runs(&[run])
+                .await
+                .unwrap_or_else(|e| panic!("claim {i} after recovery: {}", error_text(&e)));
+            assert!(ids[0].is_some());
+            // Deleted again so the next claim has room too.
+            sqlx::query("UPDATE job_runs SET message = NULL")
+                .execute(store.pool())
+                .await
+                .expect("shrink");
+        }
+        store.close().await;
+    }
+
+    fn error_text(e: &StoreError) -> String {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn new_files_are_private_and_existing_ones_are_left_alone() {
+        let (dir, path, store) = temp_store().await;
+        claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        assert_eq!(mode(&wal), 0o600, "SQLite copies the database file's mode");
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        store.close().await;
+
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").expect("create");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let store = SqliteStore::open(&format!("sqlite:{}", shared.display()))
+            .await
+            .expect("open");
+        assert_eq!(mode(&shared), 0o640);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_applies_migrations_once() {
+        let (_dir, path, store) = temp_store().await;
+        let id = claim_one(&store, new_run("job-a", 0, Trigger::Schedule)).await;
+        store
+            .set_timestamp("job-a", "timestamp", 42)
+            .await
+            .expect("set");
+        store.close().await;
+        assert!(
+            std::fs::metadata(format!("{}-wal", path.display())).map_or(true, |m| m.len() == 0),
+            "close checkpoints and truncates the WAL"
+        );
+
+        for _ in 0..2 {
+            let store = SqliteStore::open(path.to_str().expect("utf-8"))
+                .await
+                .expect("reopen");
+            assert!(store.run(id).await.expect("run").is_some());
+            assert_eq!(
+                store
+                    .get_timestamp("job-a", "timestamp")
+                    .await
+                    .expect("get"),
+                Some(42)
+            );
+            let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            assert_eq!(
+                applied,
+                i64::try_from(MIGRATOR.iter().count()).expect("count")
+            );
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(store.pool())
+                .await
+                .expect("pragma");
+            assert_eq!(journal, "wal");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(store.pool())
+                .await
+                .expect("pragma");
+            assert_eq!(fk, 1);
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_opened_concurrently_on_a_new_file_both_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("new.db").display());
+        let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
+        let (a, b) = (a.expect("first open"), b.expect("second open"));
+        claim_one(&a, new_run("job-a", 0, Trigger::Schedule)).await;
+        assert_eq!(b.history("job-a", 1).await.expect("history").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_proceed_while_another_process_holds_the_write_lock() {
+        let (_dir, path, daemon) = temp_store().await;
+        let id = claim_one(&daemon, new_run("job-a", 0, Trigger::Schedule)).await;
+        let cli = SqliteStore::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+
+        // The "daemon" sits in an exclusive write transaction with an uncommitted row.
+        let mut tx = daemon
+            .pool()
+            .begin_with("BEGIN EXCLUSIVE")
+            .await
+            .expect("begin");
+        sqlx::query(
+            "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at) \
+             VALUES ('job-a', 1000, 'schedule', 'running', 1000)",
+        )
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+
+        // WAL lets the reader see the last commit at once; a rollback journal would make it wait
+        // for the busy timeout (5 s) and fail.
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            (cli.history("job-a", 10).await, cli.last_runs().await)
+        })
+        .await
+        .expect("reads must not wait for the writer");
+        let history = read.0.expect("history");
+        assert_eq!(history.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
+        assert_eq!(read.1.expect("last runs").len(), 1);
+        tx.rollback().await.expect("rollback");
+    }
+
+    #[tokio::test]
+    async fn throughput_smoke_claim_and_finish() {
+        let (_dir, _path, store) = temp_store().await;
+        for i in 0..1_000_i64 {
+            let tick = i * 1_000;
+            let id = claim_one(&store, new_run("bench", tick, Trigger::Schedule)).await;
+            let done = finish(RunStatus::Succeeded, tick + 5);
+            assert!(store.finish_run(id, &done).await.expect("finish"));
+        }
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+        assert_eq!(count, 1_000);
+        store.close().await;
+    }
+}

@@ -1,0 +1,13 @@
+//! Built-in job implementations, and the platforms (config section, client, jobs) they use.
+//!
+//! soarjobd-jobs. Nothing here is known to the core: the composition root (`app`) registers [`exec::Exec`]
+//! and installs [`SoarPlatform`] and [`ThreatConnectPlatform`], which build their clients and
+//! hand them to their jobs.
+
+pub mod cases;
+pub mod comment_on_tagged_cases;
+pub mod exec;
+pub mod platforms;
+pub mod push_case_iocs;
+
+pub use platforms::{SoarPlatform, ThreatConnectPlatform};
