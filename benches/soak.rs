@@ -154,6 +154,8 @@ struct Report {
     runs: u64,
     rss_start_kb: u64,
     rss_end_kb: u64,
+    /// RSS sampled every second: (seconds since the start, KiB).
+    rss_samples: Vec<(u64, u64)>,
     cpu_s: f64,
     missed_in_stop: u64,
     missed_outside: u64,
@@ -200,6 +202,19 @@ fn soak(size: &Size) -> Report {
     sleep_until(at(size.warmup));
     let warm_wall = Utc::now();
     let rss_start_kb = rss_kb(pid);
+    // RSS once a second, to tell a plateau (caches filling up) from steady growth (a leak).
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                out.push((t0.elapsed().as_secs(), rss_kb(pid)));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            out
+        })
+    };
     let cpu_start = cpu_ticks(pid);
 
     // Edits at fixed offsets; the stop in between. Edits are skipped while the daemon is
@@ -233,6 +248,8 @@ fn soak(size: &Size) -> Report {
     sleep_until(at(end));
     let end_wall = Utc::now();
     let rss_end_kb = rss_kb(pid);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rss_samples = sampler.join().unwrap_or_default();
     let cpu_end = cpu_ticks(pid);
 
     // SAFETY: as above.
@@ -256,6 +273,7 @@ fn soak(size: &Size) -> Report {
         runs,
         rss_start_kb,
         rss_end_kb,
+        rss_samples,
         cpu_s: (cpu_end.saturating_sub(cpu_start)) as f64 / clock_ticks_per_s(),
         missed_in_stop,
         missed_outside,
@@ -294,6 +312,23 @@ impl Report {
         println!(
             "| RSS after warm-up -> at the end | {:.1} MB -> {:.1} MB ({growth:+.1} %) |",
             self.rss_start_kb as f64 / 1024.0,
+            self.rss_end_kb as f64 / 1024.0
+        );
+        // RSS at each quarter of the measured time: a plateau is caches (SQLite's page cache
+        // per connection, allocator arenas) filling up; steady growth would be a leak.
+        let at = |q: u64| {
+            let t = size.warmup + (size.secs - size.warmup) * q / 4;
+            self.rss_samples
+                .iter()
+                .rfind(|(s, _)| *s <= t)
+                .map(|(_, kb)| format!("{:.1}", *kb as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "| RSS at 1/4, 1/2, 3/4 of the measured time and at the end | {} / {} / {} / {:.1} MB |",
+            at(1),
+            at(2),
+            at(3),
             self.rss_end_kb as f64 / 1024.0
         );
         println!(

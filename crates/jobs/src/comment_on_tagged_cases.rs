@@ -113,6 +113,27 @@ impl JobSpec for CommentOnTaggedCases {
         ]
     }
 
+    /// Besides [`JobSpec::validate`]: a `Concurrency` above `soar.max_concurrency` is warned
+    /// about when the file is loaded (the job holds its client, so it knows the cap), once per
+    /// file and setting.
+    fn validate_file(
+        &self,
+        file: &std::path::Path,
+        params: &Parameters,
+        extra: &Map<String, Value>,
+    ) -> Vec<FieldError> {
+        if let (Ok(soar), Ok(Some(c))) = (self.soar.get(), params.int("Concurrency"))
+            && let Ok(requested) = usize::try_from(c)
+        {
+            effective_concurrency(
+                &file.display().to_string(),
+                requested,
+                soar.max_concurrency(),
+            );
+        }
+        self.validate(params, extra)
+    }
+
     fn validate(&self, params: &Parameters, _extra: &Map<String, Value>) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if let Ok(Some(h)) = params.int("Max Hours Backwards")
@@ -208,7 +229,11 @@ impl Job for CommentOnTaggedCases {
             .int("Concurrency")?
             .unwrap_or(DEFAULT_CONCURRENCY)
             .clamp(1, MAX_CONCURRENCY) as usize;
-        let concurrency = effective_concurrency(ctx.job_id(), requested, soar.max_concurrency());
+        let concurrency = effective_concurrency(
+            &ctx.definition().source.display().to_string(),
+            requested,
+            soar.max_concurrency(),
+        );
 
         let settle = chrono::Duration::seconds(
             ctx.params()
@@ -436,9 +461,9 @@ static CAPPED_WARNED: Mutex<BTreeSet<(String, usize, usize)>> = Mutex::new(BTree
 
 /// The job's `Concurrency`, capped at the client's `soar.max_concurrency`: more cases in
 /// flight than requests allowed would only queue inside the client. A capped value is warned
-/// about on the job's first run in this process (the job-file check cannot see the daemon's
-/// `soar` settings).
-fn effective_concurrency(job_id: &str, requested: usize, max_concurrency: usize) -> usize {
+/// about once per process for each job file and setting: when the file is loaded, or at the
+/// latest when the job runs (a definition built in code skips the load check).
+fn effective_concurrency(who: &str, requested: usize, max_concurrency: usize) -> usize {
     let cap = max_concurrency.max(1);
     if requested <= cap {
         return requested;
@@ -446,9 +471,10 @@ fn effective_concurrency(job_id: &str, requested: usize, max_concurrency: usize)
     let first = CAPPED_WARNED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert((job_id.to_string(), requested, cap));
+        .insert((who.to_string(), requested, cap));
     if first {
         tracing::warn!(
+            job = who,
             requested,
             max_concurrency = cap,
             effective = cap,
@@ -685,6 +711,32 @@ mod tests {
             whole_second_after(at("2026-12-01T20:31:00Z")),
             "2026-12-01T20:31:00Z"
         );
+    }
+
+    /// The cap is warned about when the job file is loaded, before any run: the job holds its
+    /// client, so it knows `soar.max_concurrency`.
+    #[test]
+    fn a_concurrency_above_the_cap_is_warned_about_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("capped.yaml");
+        std::fs::write(
+            &file,
+            "name: Capped\njob: comment-on-tagged-cases\nschedule: {every: 5m}\nparameters:\n\
+             \x20 - {name: Tags, type: string, is_mandatory: true, value: Phishing}\n\
+             \x20 - {name: Comment, type: string, is_mandatory: true, value: Seen}\n\
+             \x20 - {name: Concurrency, type: integer, is_mandatory: false, value: \"32\"}\n",
+        )
+        .unwrap();
+        let mut cfg = soarjobd_clients::soar::SoarConfig::legacy("http://127.0.0.1:9", "k");
+        cfg.max_concurrency = 2;
+        let client = SoarClient::new(&cfg).unwrap();
+        let mut registry = soarjobd_core::job::Registry::new();
+        registry.register(CommentOnTaggedCases::new(Configured::ready(client)));
+        let report = soarjobd_core::definition::load_dir(dir.path(), &registry);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.jobs.len(), 1);
+        let key = (file.display().to_string(), 32, 2);
+        assert!(CAPPED_WARNED.lock().unwrap().contains(&key));
     }
 
     #[test]

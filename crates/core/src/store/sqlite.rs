@@ -360,8 +360,7 @@ async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Erro
             // SQLITE_BUSY (5) or SQLITE_LOCKED (6), in any of their extended forms.
             Err(sqlx::Error::Database(e))
                 if attempt < CONNECT_ATTEMPTS
-                    && e
-                        .code()
+                    && e.code()
                         .and_then(|c| c.parse::<i32>().ok())
                         .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
             {
