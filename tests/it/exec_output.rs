@@ -9,8 +9,6 @@ use soarjobd::store::RunStatus;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
-
 async fn run_once(app: &TestApp, id: &str) -> i32 {
     soarjobd::inspect::run_once(&app.app(), id, &[]).await
 }
@@ -142,16 +140,7 @@ async fn a_failed_context_write_fails_the_run() {
 }
 
 fn soarjobd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
-        .env(
-            "SOARJOBD__DATABASE_URL",
-            format!("sqlite:{}", dir.join("state.db").display()),
-        );
-    c
+    soarjobd_in(dir, args)
 }
 
 #[test]

@@ -10,20 +10,9 @@ use soarjobd::store::{RunStatus, Trigger};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
-
 fn soarjobd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
-        .env(
-            "SOARJOBD__DATABASE_URL",
-            format!("sqlite:{}", dir.join("state.db").display()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut c = soarjobd_in(dir, args);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
 

@@ -9,24 +9,14 @@ use base64::Engine;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
-
 /// The password parameter's value: `/` and `+` make its URL encoding differ.
 const PASSWORD: &str = "hunter2/Secret+Value-9f3a";
 /// A platform credential of the daemon.
 const APP_KEY: &str = "platform-app-key-77c1d2";
 
 fn soarjobd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
-        .env("SOARJOBD__SOAR__APP_KEY", APP_KEY)
-        .env(
-            "SOARJOBD__DATABASE_URL",
-            format!("sqlite:{}", dir.join("state.db").display()),
-        );
+    let mut c = soarjobd_in(dir, args);
+    c.env("SOARJOBD__SOAR__APP_KEY", APP_KEY);
     c
 }
 

@@ -231,3 +231,21 @@ pub fn sleep_job(name: &str, schedule: &str, millis: u64, extra: &str) -> String
         "name: {name}\njob: sleep\nschedule: {schedule}\nparameters:\n  - {{name: Millis, type: integer, value: {millis}}}\n{extra}"
     )
 }
+
+/// The real `soarjobd` binary built by cargo for these tests.
+pub const SOARJOBD_BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
+
+/// The real binary run in `dir`, on `dir/jobs` and `dir/state.db`, without the caller's
+/// `RUST_LOG` (tests read its default output).
+pub fn soarjobd_in(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(SOARJOBD_BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
+        .env(
+            "SOARJOBD__DATABASE_URL",
+            format!("sqlite:{}", dir.join("state.db").display()),
+        );
+    c
+}

@@ -55,11 +55,13 @@ pub async fn run_all(f: &dyn StoreFactory) {
     concurrent_claims_from_two_handles_take_each_tick_once(f).await;
 }
 
-fn at(ms: i64) -> DateTime<Utc> {
+/// An instant from Unix milliseconds (test data).
+pub fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).expect("valid instant")
 }
 
-fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
+/// A run to claim at `scheduled_ms`, started 3 ms later (test data).
+pub fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
     NewRun {
         job_id: job_id.to_owned(),
         scheduled_at: at(scheduled_ms),
@@ -70,7 +72,8 @@ fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
     }
 }
 
-fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
+/// A run end at `finished_ms` with a message and stats (test data).
+pub fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
     RunFinish {
         status,
         finished_at: at(finished_ms),

@@ -1341,7 +1341,6 @@ mod tests {
     }
 
     use super::*;
-    use serde_json::json;
     use tempfile::TempDir;
 
     async fn temp_store() -> (TempDir, PathBuf, SqliteStore) {
@@ -1353,30 +1352,7 @@ mod tests {
         (dir, path, store)
     }
 
-    fn at(ms: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(ms).expect("valid instant")
-    }
-
-    fn new_run(job_id: &str, scheduled_ms: i64, trigger: Trigger) -> NewRun {
-        NewRun {
-            job_id: job_id.to_owned(),
-            scheduled_at: at(scheduled_ms),
-            trigger,
-            status: RunStatus::Running,
-            started_at: at(scheduled_ms + 3),
-            message: None,
-        }
-    }
-
-    fn finish(status: RunStatus, finished_ms: i64) -> RunFinish {
-        RunFinish {
-            status,
-            finished_at: at(finished_ms),
-            message: Some(format!("{status} at {finished_ms}")),
-            error: None,
-            stats: json!({"processed": 2}),
-        }
-    }
+    use crate::store::contract::{at, finish, new_run};
 
     async fn claim_one(store: &SqliteStore, run: NewRun) -> i64 {
         let ids = store.claim_runs(&[run]).await.expect("claim");
