@@ -351,7 +351,7 @@ async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
     assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
     let runner = Runner::new(store.clone(), registry);
     let tracker = TaskTracker::new();
-    let scheduler = Scheduler::new(runner, RunningRuns::default(), tracker.clone()).unwrap();
+    let scheduler = Scheduler::new(runner, RunningRuns::default(), tracker.clone());
     let shutdown = CancellationToken::new();
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
     let (logs, _g) = capture_logs();

@@ -35,8 +35,6 @@ pub enum DaemonError {
     /// Another daemon uses the database (or its lock file cannot be taken).
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("cannot start the timer thread")]
-    Timer(#[source] std::io::Error),
     #[error("cannot listen for SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
     #[error("stopped by SIGTERM/SIGINT while loading the jobs folder")]
@@ -157,8 +155,7 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
-        let scheduler =
-            Scheduler::new(runner, running.clone(), tracker.clone()).map_err(DaemonError::Timer)?;
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(

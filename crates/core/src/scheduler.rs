@@ -198,14 +198,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(
-        runner: Runner,
-        running: RunningRuns,
-        tracker: TaskTracker,
-    ) -> std::io::Result<Scheduler> {
+    pub fn new(runner: Runner, running: RunningRuns, tracker: TaskTracker) -> Scheduler {
         // The scheduler reads the runner's clock, so ticks and the runs they start agree on
         // the time (and a test drives both with one `VirtualClock`).
-        Ok(Scheduler {
+        Scheduler {
             clock: runner.clock().clone(),
             runner,
             slots: HashMap::new(),
@@ -216,7 +212,7 @@ impl Scheduler {
             tracker,
             broken: HashMap::new(),
             outage: None,
-        })
+        }
     }
 
     /// Loads the initial jobs, makes the catch-up runs `misfire: run_once` asks for, and runs

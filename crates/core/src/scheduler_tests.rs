@@ -116,7 +116,7 @@ impl Harness {
             Runner::new(store.clone(), registry.clone()).with_clock(Arc::new(clock.clone()));
         let running = RunningRuns::default();
         let tracker = TaskTracker::new();
-        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone()).expect("new");
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
         let report = LoadReport {
             jobs: jobs
                 .iter()

@@ -1386,65 +1386,33 @@ mod tests {
         }
     }
 
+    /// The SQLite side of the owner rule (live and dead owners, and finishing never before
+    /// the start, are the contract's `interrupt_running_spares_live_owners`): a row written
+    /// before owners were recorded counts as dead, and a claim records the owner's pid.
     #[tokio::test]
-    async fn interrupt_running_spares_live_owners_and_never_finishes_before_the_start() {
-        let (_dir, path, daemon) = temp_store().await;
-        let url = path.to_str().expect("utf-8").to_owned();
-        // A run-once next to the daemon: its store is open, so its row is live.
-        let cli = SqliteStore::open(&url).await.expect("open");
-        let live = claim_one(&cli, new_run("job-a", 1_000, Trigger::Manual)).await;
-        // A store that claimed a tick ahead of its instant and died.
-        let dead_store = SqliteStore::open(&url).await.expect("open");
-        let ahead = claim_one(
-            &dead_store,
-            NewRun {
-                started_at: at(50_000),
-                ..new_run("job-b", 50_000, Trigger::Schedule)
-            },
-        )
-        .await;
-        dead_store.close().await;
-        // A row written before owners were recorded.
+    async fn rows_without_an_owner_are_dead_and_claims_record_the_owner() {
+        let (_dir, _path, daemon) = temp_store().await;
         let legacy = claim_one(&daemon, new_run("job-c", 2_000, Trigger::Schedule)).await;
         sqlx::query("UPDATE job_runs SET owner_pid = NULL, owner_host = NULL WHERE id = ?")
             .bind(legacy)
             .execute(daemon.pool())
             .await
             .expect("clear owner");
-        // The daemon's own running row is live too.
         let own = claim_one(&daemon, new_run("job-d", 3_000, Trigger::Schedule)).await;
-
-        let interrupted = daemon.interrupt_running(at(10_000)).await.expect("sweep");
-        let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
-        assert_eq!(ids, [ahead, legacy]);
-        assert_eq!(
-            interrupted[0].finished_at,
-            Some(at(50_000)),
-            "not before its start"
-        );
-        assert_eq!(interrupted[0].duration_ms, Some(0));
-        for id in [live, own] {
-            let r = daemon.run(id).await.expect("run").expect("exists");
-            assert_eq!(r.status, RunStatus::Running);
-        }
         let owner = daemon
-            .run(live)
+            .run(own)
             .await
             .unwrap()
             .unwrap()
             .owner
             .expect("owner");
         assert_eq!(owner.pid, i64::from(std::process::id()));
-        // Once the run-once process is gone, its row is found dead.
-        cli.close().await;
-        let ids: Vec<i64> = daemon
-            .interrupt_running(at(11_000))
-            .await
-            .expect("sweep")
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, [live]);
+
+        let interrupted = daemon.interrupt_running(at(10_000)).await.expect("sweep");
+        let ids: Vec<i64> = interrupted.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [legacy]);
+        let r = daemon.run(own).await.expect("run").expect("exists");
+        assert_eq!(r.status, RunStatus::Running);
     }
 
     /// A size-limited database (`PRAGMA max_page_count` on every connection, no root needed):
