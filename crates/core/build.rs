@@ -1,4 +1,4 @@
-// Rebuild when a migration is added: `sqlx::migrate!` embeds the root `migrations/` folder at
+// Rebuild when a migration is added: `sqlx::migrate!` embeds the root `migrations/<backend>/` folders at
 // compile time but cannot tell cargo to watch it.
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations");

@@ -38,8 +38,8 @@ use super::{
     RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
 
-/// The migrations in `migrations/`, embedded at compile time.
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+/// The migrations in `migrations/sqlite/`, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// How long a writer waits for another process's write transaction before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
