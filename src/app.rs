@@ -62,6 +62,8 @@ impl App {
             .register(crate::jobs::exec::Exec)
             .platform(crate::jobs::SoarPlatform)
             .platform(crate::jobs::ThreatConnectPlatform)
+            // After SoarPlatform: its scripts' requests go through the SOAR client.
+            .platform(crate::jobs::SecopsPlatform)
     }
 
     /// No job and no platform.

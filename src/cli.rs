@@ -42,6 +42,9 @@ pub enum Cmd {
     Check {
         #[arg(long)]
         json: bool,
+        /// Also list, per job, the definition it uses and the SecOps-only keys it ignores.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Show the next fire times of a cron expression or `@every 15m`.
     Next {
@@ -145,8 +148,8 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
         },
         &app.section_specs(),
     );
-    if let Cmd::Check { json } = command {
-        return check(app, loaded, json);
+    if let Cmd::Check { json, verbose } = command {
+        return check(app, loaded, json, verbose);
     }
     let mut settings = match loaded {
         Ok(s) => s,
@@ -265,7 +268,12 @@ pub fn format_instant(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
 }
 
 /// `soarjobd check`.
-fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_out: bool) -> i32 {
+fn check(
+    app: AppBuilder,
+    loaded: Result<Settings, config::ConfigError>,
+    json_out: bool,
+    verbose: bool,
+) -> i32 {
     let mut errors: Vec<LoadError> = Vec::new();
     let settings = match loaded {
         Ok(s) => s,
@@ -302,7 +310,7 @@ fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_ou
         message,
     }));
     let report = app.load_jobs();
-    errors.extend(report.errors);
+    errors.extend(report.errors.iter().cloned());
     let now = Utc::now();
     let jobs: Vec<_> = report
         .jobs
@@ -331,6 +339,14 @@ fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_ou
                 "enabled": d.enabled,
                 "schedule": d.schedule.describe(),
                 "next": next,
+                "uses": d.uses.as_ref().map(|u| u.display().to_string()),
+                "ignored_keys": d.ignored_keys,
+            })).collect::<Vec<_>>(),
+            "warnings": report.warnings.iter().map(|e| json!({
+                "file": e.file.display().to_string(),
+                "line": e.line,
+                "column": e.column,
+                "message": e.message,
             })).collect::<Vec<_>>(),
             "errors": errors.iter().map(|e| json!({
                 "file": e.file.display().to_string(),
@@ -359,6 +375,21 @@ fn check(app: AppBuilder, loaded: Result<Settings, config::ConfigError>, json_ou
                     next.join(", ")
                 }
             );
+            if verbose {
+                if let Some(u) = &d.uses {
+                    let _ = writeln!(out, "  uses: {}", u.display());
+                }
+                if !d.ignored_keys.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "  ignored SecOps-only keys: {}",
+                        d.ignored_keys.join(", ")
+                    );
+                }
+            }
+        }
+        for w in &report.warnings {
+            let _ = writeln!(out, "warning: {w}");
         }
         for e in &errors {
             let _ = writeln!(out, "{e}");

@@ -13,6 +13,8 @@ mod process;
 mod redaction;
 mod reload;
 mod runtime;
+#[cfg(feature = "sim")]
+mod secops;
 // These two drive the simulators (`soarjobd::sim`, the default feature `sim`).
 #[cfg(feature = "sim")]
 mod soar;

@@ -34,6 +34,8 @@ pub enum OutcomeStatus {
     Partial,
     /// The run did not do its work (exit code 1).
     Failed,
+    /// The job itself says it ran out of time (a SecOps script's `ExecutionState` 3).
+    TimedOut,
 }
 
 /// What a job returns.
@@ -59,6 +61,12 @@ impl Outcome {
     pub fn failed(message: impl Into<String>) -> Outcome {
         Outcome {
             status: OutcomeStatus::Failed,
+            message: message.into(),
+        }
+    }
+    pub fn timed_out(message: impl Into<String>) -> Outcome {
+        Outcome {
+            status: OutcomeStatus::TimedOut,
             message: message.into(),
         }
     }

@@ -456,6 +456,7 @@ fn map_result(
                 OutcomeStatus::Succeeded => RunStatus::Succeeded,
                 OutcomeStatus::Partial => RunStatus::Partial,
                 OutcomeStatus::Failed => RunStatus::Failed,
+                OutcomeStatus::TimedOut => RunStatus::TimedOut,
             };
             // A job that finished its work while being stopped still gets its real status;
             // only a job that gave up because of the stop is timed_out / cancelled.

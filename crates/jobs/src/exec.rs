@@ -37,10 +37,11 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use soarjobd_core::containment::RunContainment;
 use soarjobd_core::definition::{FieldError, JobSpec, Parameters};
 use soarjobd_core::job::{Job, JobContext, JobError, Outcome, error_chain};
 use soarjobd_core::redact::{Redactor, escape_controls};
+
+use crate::process::Contained;
 
 /// Time between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -283,8 +284,7 @@ impl Job for Exec {
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for k in PASS_ENV {
             if let Ok(v) = std::env::var(k) {
                 cmd.env(k, v);
@@ -313,39 +313,11 @@ impl Job for Exec {
             "context": ctx.context_all().await?,
         });
 
-        // Containment: own group, run token, cgroup where possible. Recorded before the
-        // program starts, so a crash at any later point leaves a record the next start uses.
-        let mut cont = RunContainment::prepare(ctx.processes().clone());
-        cont.configure(&mut cmd);
-        if let Err(e) = ctx.processes().record(&cont.record()).await {
-            cont.finish().await;
-            return Err(JobError::context("cannot record the run's processes", e));
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                cont.finish().await;
-                return Err(JobError::context(
-                    format!("cannot start `{}`", cfg.command[0]),
-                    e,
-                ));
-            }
-        };
-        let pid = child.id().unwrap_or(0);
-        cont.started(pid);
-        tracing::debug!(pid, "process started");
-        if let Err(e) = ctx.processes().record(&cont.record()).await {
-            // Without the record a crash could leave the program running: do not run it.
-            cont.signal(libc::SIGKILL);
-            let _ = child.wait().await;
-            cont.leader_reaped();
-            cont.finish().await;
-            return Err(JobError::context("cannot record the run's processes", e));
-        }
-
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        // Containment: own group, run token, cgroup where possible (see `process`).
+        let mut child = Contained::spawn(ctx, &mut cmd, &cfg.command[0]).await?;
+        let stdin = child.take_stdin();
+        let stdout = child.take_stdout();
+        let stderr = child.take_stderr();
         let write_input = async move {
             if let Some(mut s) = stdin {
                 let mut bytes = serde_json::to_vec(&input).unwrap_or_default();
@@ -377,28 +349,9 @@ impl Job for Exec {
             }
         };
         let cancel = ctx.cancellation().clone();
-        // The waiter owns the child and its containment. When the program exits, whatever it
-        // left running is killed at once (`finish`): that also closes the pipes a background
-        // process may hold, so the readers above reach their end. If this future is dropped
-        // (the run abandoned), dropping the containment kills everything.
-        let wait = async move {
-            let status = tokio::select! {
-                status = child.wait() => Some(status),
-                _ = cancel.cancelled() => {
-                    tracing::info!(grace_s = KILL_GRACE.as_secs(), "stopping the process (SIGTERM)");
-                    cont.signal(libc::SIGTERM);
-                    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
-                        tracing::warn!("the process ignored SIGTERM; killing it (SIGKILL)");
-                        cont.signal(libc::SIGKILL);
-                        let _ = child.wait().await;
-                    }
-                    None
-                }
-            };
-            cont.leader_reaped();
-            cont.finish().await;
-            status
-        };
+        // The waiter owns the child and its containment; if this future is dropped (the run
+        // abandoned), dropping the containment kills everything.
+        let wait = async move { child.wait(&cancel, KILL_GRACE).await };
         let ((), (), (), status) = tokio::join!(write_input, read_stdout, read_stderr, wait);
         out.summarise();
 

@@ -8,6 +8,8 @@ pub mod cases;
 pub mod comment_on_tagged_cases;
 pub mod exec;
 pub mod platforms;
+pub mod process;
 pub mod push_case_iocs;
+pub mod secops_script;
 
-pub use platforms::{SoarPlatform, ThreatConnectPlatform};
+pub use platforms::{SecopsPlatform, SoarPlatform, ThreatConnectPlatform};

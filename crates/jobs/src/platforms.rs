@@ -10,11 +10,12 @@ use serde_json::Value;
 
 use soarjobd_clients::soar::{SoarClient, SoarConfig};
 use soarjobd_clients::threatconnect::{ThreatConnectClient, ThreatConnectConfig};
-use soarjobd_core::config::SectionSpec;
+use soarjobd_core::config::{Origins, Problem, Section, SectionSpec};
 use soarjobd_core::platform::{Configured, Installer, Platform, section_secrets};
 
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
 use super::push_case_iocs::PushCaseIocs;
+use super::secops_script::SecopsScript;
 
 /// What a job needing SOAR fails with when the `soar` section has no `url`.
 pub const SOAR_NOT_CONFIGURED: &str = "no SOAR platform is configured (set soar.url and \
@@ -101,5 +102,38 @@ impl Platform for ThreatConnectPlatform {
         cx.register(PushCaseIocs::new(soar, client.clone()));
         cx.provide(client);
         problems
+    }
+}
+
+/// SecOps job scripts (`secops-script`): the `secops` section (`python`, default `python3`),
+/// run against the SOAR client [`SoarPlatform`] shares (install it first).
+pub struct SecopsPlatform;
+
+impl SecopsPlatform {
+    /// How the config loader checks the `secops` section.
+    pub const SECTION: SectionSpec = SectionSpec {
+        name: "secops",
+        check: |value, origins| SecopsPlatform::read(value, origins).1,
+    };
+
+    fn read(value: Option<&Value>, origins: &Origins) -> (Option<String>, Vec<Problem>) {
+        let mut s = Section::new("secops", value, origins);
+        let python = s.string("python").filter(|p| !p.trim().is_empty());
+        (python, s.finish())
+    }
+}
+
+impl Platform for SecopsPlatform {
+    fn spec(&self) -> SectionSpec {
+        Self::SECTION
+    }
+
+    fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
+        let (python, problems) = Self::read(Some(section), &cx.settings().origins);
+        let soar = cx
+            .get::<Configured<SoarClient>>()
+            .unwrap_or_else(|| Configured::missing(SOAR_NOT_CONFIGURED));
+        cx.register(SecopsScript::new(soar, python));
+        problems.iter().map(ToString::to_string).collect()
     }
 }

@@ -369,6 +369,115 @@ impl SoarClient {
     }
 }
 
+/// The answer to a forwarded request, whatever its status: the script sees what the platform
+/// said (or a 502 naming why there was no answer).
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl SoarClient {
+    /// Sends a request a SecOps script made (`path_and_query` after `/api/`, e.g.
+    /// `external/v1/sdk/AddTag?format=snake`) with this client's credentials, through the
+    /// transport policy. In one-platform mode the SDK controller paths are translated to their
+    /// 1P form (spec §2); the comments endpoints stay legacy, as in the SDK. Reads (GET, the
+    /// case search) are retried; other writes are not, except AddTag (idempotent).
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: bytes::Bytes,
+    ) -> Forwarded {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if segs.len() < 2
+            || segs[..2] != ["external", "v1"]
+            || segs.iter().any(|s| *s == ".." || *s == ".")
+        {
+            return Forwarded {
+                status: 404,
+                body: bytes::Bytes::from_static(b"not an external/v1 path"),
+            };
+        }
+        let url = match (&self.inner.op_base, segs.get(2)) {
+            (Some(base), Some(&"sdk")) if segs.len() >= 4 => {
+                one_platform_url(base, &segs[3..], query)
+            }
+            _ => {
+                let mut u = self.inner.api_root.clone();
+                push_segments(&mut u, &segs);
+                u.set_query(query);
+                u
+            }
+        };
+        let name = segs.get(3).copied().unwrap_or("");
+        let idempotent = method == Method::GET
+            || matches!(name, "GetCasesIdByFilter" | "AddTag" | "GetContextProperty");
+        let mut req = Request::new(method.clone(), url).idempotent(idempotent);
+        if !body.is_empty() {
+            req.headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            req.body = Some(body);
+        }
+        match self.send(req).await {
+            Ok(resp) => Forwarded {
+                status: resp.status.as_u16(),
+                body: resp.body,
+            },
+            Err(e) => {
+                let status = match &e {
+                    SoarError::Auth { .. } => 502,
+                    SoarError::Http(h) => match h {
+                        http::HttpError::Rejected { status, body, .. }
+                        | http::HttpError::Server { status, body, .. } => {
+                            return Forwarded {
+                                status: status.as_u16(),
+                                body: bytes::Bytes::from(body.clone()),
+                            };
+                        }
+                        other => other.status().map_or(502, |s| s.as_u16()),
+                    },
+                    _ => 502,
+                };
+                Forwarded {
+                    status,
+                    body: bytes::Bytes::from(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// A legacy SDK controller path (`<Name>/<path params...>`) in its 1P form: the path
+/// parameters become the query parameters spec §2 names.
+fn one_platform_url(base: &Url, sdk: &[&str], query: Option<&str>) -> Url {
+    let name = sdk[0];
+    let mut params: Vec<String> = Vec::new();
+    match (name, &sdk[1..]) {
+        ("AlertsTicketIdsByCaseId" | "GetCaseComments", [id, ..]) => {
+            params.push(format!("caseId={id}"));
+        }
+        ("CaseFullDetails", [id, populate, ..]) => {
+            params.push(format!("caseId={id}"));
+            params.push(format!("populateOriginalFile={populate}"));
+        }
+        _ => {}
+    }
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        params.push(q.to_string());
+    }
+    let mut u = base.clone();
+    push_segments(&mut u, &[&format!("legacySdk:legacy{name}")]);
+    u.set_query((!params.is_empty()).then(|| params.join("&")).as_deref());
+    u
+}
+
 fn one_platform_base(cfg: &SoarConfig, op_root: &Url) -> Result<Url, SoarError> {
     let need = |key: &str, v: &Option<String>| -> Result<String, SoarError> {
         match v.as_deref().map(str::trim) {

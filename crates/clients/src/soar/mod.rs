@@ -18,7 +18,9 @@ use reqwest::{Method, StatusCode};
 
 use crate::http::HttpError;
 
-pub use client::{APP_KEY_HEADER, CommentTimeField, CommentsSince, Endpoint, SoarClient};
+pub use client::{
+    APP_KEY_HEADER, CommentTimeField, CommentsSince, Endpoint, Forwarded, SoarClient,
+};
 pub use config::{ApiFlavor, SoarConfig};
 pub use filter::{
     CASE_FILTER_MAX_RESULTS, CaseFilter, CaseFilterBody, CaseStatusFilter, DEFAULT_MAX_RESULTS,

@@ -11,6 +11,7 @@
 //! passes it in as a [`Catalog`].
 
 pub mod limits;
+mod marketplace;
 pub use crate::config::located;
 pub mod params;
 pub mod secrets;
@@ -26,6 +27,7 @@ use yaml_serde::Value as Yaml;
 
 use crate::schedule::{self, Schedule};
 use located::{Pos, Positions};
+pub use marketplace::{SECOPS_ONLY_KEYS, job_id_from_stem};
 pub use params::{ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
 pub use secrets::SecretsPolicy;
 
@@ -84,6 +86,12 @@ pub struct JobDefinition {
     /// A hash of the file's bytes (and of the environment/file values it read), so a reload can
     /// tell whether anything changed.
     pub fingerprint: u64,
+    /// The marketplace definition an instance file `uses:`, if any.
+    pub uses: Option<PathBuf>,
+    /// SecOps-only keys the file carries and soarjobd has no use for (`check --verbose`).
+    pub ignored_keys: Vec<String>,
+    /// Problems that do not stop the job from loading (a template default of the wrong type).
+    pub warnings: Vec<LoadError>,
 }
 
 /// A located problem in a job file or the config.
@@ -147,6 +155,12 @@ pub trait JobSpec: Send + Sync {
     fn extra_keys(&self) -> &'static [&'static str] {
         &[]
     }
+    /// The extension of the scripts this implementation runs when a definition without `job:`
+    /// has a script of its stem beside it (a SecOps marketplace `<Name>.yaml` + `<Name>.py`).
+    /// The loader then puts the script's path under the `script` key.
+    fn script_extension(&self) -> Option<&'static str> {
+        None
+    }
     /// Checks the extra keys and parameter values (ranges, cross-field rules).
     fn validate(
         &self,
@@ -180,6 +194,8 @@ pub struct LoadReport {
     pub errors: Vec<LoadError>,
     /// Files that had errors (so a reload can keep their last good version).
     pub failed_files: Vec<PathBuf>,
+    /// Warnings of the loaded jobs (also in each [`JobDefinition::warnings`]).
+    pub warnings: Vec<LoadError>,
     /// Files the definitions read besides themselves (`value_from_file` targets, symbolic
     /// links resolved where they exist), sorted: a change to one of them changes a job.
     pub inputs: Vec<PathBuf>,
@@ -257,6 +273,10 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
         }
     }
     files.sort();
+    // Marketplace definitions that instance files of this folder `uses:` are templates, not
+    // jobs of their own.
+    let used = marketplace::used_definitions(&files);
+    files.retain(|f| !used.contains(&marketplace::canonical(f)));
     report.errors.sort_by(|a, b| a.file.cmp(&b.file));
     let mut inputs = std::collections::BTreeSet::new();
     let mut by_id: HashMap<String, PathBuf> = HashMap::new();
@@ -284,6 +304,7 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
                 if errs.is_empty() {
                     by_id.insert(def.id.clone(), file.clone());
                     by_name.insert(def.name.clone(), file.clone());
+                    report.warnings.extend(def.warnings.iter().cloned());
                     report.jobs.push(def);
                 } else {
                     let pos = std::fs::read_to_string(&file)
@@ -443,6 +464,17 @@ fn load_text(
     catalog: &dyn Catalog,
     opts: &LoadOptions,
 ) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
+    load_text_as(path, text, catalog, opts, false)
+}
+
+/// [`load_text`]; `template`: a marketplace definition an instance file uses.
+fn load_text_as(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+    template: bool,
+) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
     let located = |pos: Pos, message: String| {
         vec![LoadError {
             file: path.to_path_buf(),
@@ -472,6 +504,9 @@ fn load_text(
         fingerprint: std::collections::hash_map::DefaultHasher::new(),
         opts,
         inputs: Vec::new(),
+        warnings: Vec::new(),
+        template,
+        instance: None,
     };
     text.hash(&mut cx.fingerprint);
     let doc: Yaml = match yaml_serde::from_str(text) {
@@ -584,19 +619,34 @@ struct Cx<'o> {
     opts: &'o LoadOptions,
     /// Files read besides the job file.
     inputs: Vec<PathBuf>,
+    /// Warnings (located): they do not stop the job from loading.
+    warnings: Vec<LoadError>,
+    /// Loading a marketplace definition for an instance file: mandatory values may be missing
+    /// (the instance gives them) and the implementation's checks wait for the instance.
+    template: bool,
+    /// Loading the merge of an instance file and its definition (see `marketplace`).
+    instance: Option<marketplace::InstanceCx>,
 }
 
 impl Cx<'_> {
     /// An error about the key at `path`.
     fn key_err(&mut self, path: &str, message: impl Into<String>) {
+        let message = match self.instance_place(path, message.into(), false) {
+            Ok((p, message)) => return self.push(p, message),
+            Err(message) => message,
+        };
         let p = self.pos.key(path).unwrap_or(Pos { line: 1, column: 1 });
-        self.push(p, message.into());
+        self.push(p, message);
     }
 
     /// An error about the value at `path`.
     fn val_err(&mut self, path: &str, message: impl Into<String>) {
+        let message = match self.instance_place(path, message.into(), true) {
+            Ok((p, message)) => return self.push(p, message),
+            Err(message) => message,
+        };
         let p = self.pos.value(path).unwrap_or(Pos { line: 1, column: 1 });
-        self.push(p, message.into());
+        self.push(p, message);
     }
 
     fn push(&mut self, p: Pos, message: String) {
@@ -639,23 +689,49 @@ impl Cx<'_> {
             return None;
         };
 
-        let id = path
+        if self.instance.is_none() && map.contains_key("uses") {
+            if self.template {
+                self.key_err(
+                    "uses",
+                    "a definition used by an instance file cannot itself `uses:` another",
+                );
+                return None;
+            }
+            return self.instance_file(path, map, catalog);
+        }
+
+        let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+            .unwrap_or_default();
+        let id = job_id_from_stem(stem);
         if !valid_id(&id) {
             self.push(
                 Pos { line: 1, column: 1 },
                 format!(
-                    "invalid job id `{id}` (the file name without extension must match \
-                     [a-z0-9][a-z0-9_-]*)"
+                    "the file name `{stem}` gives no job id (it needs at least one letter or \
+                     digit)"
                 ),
             );
         }
 
-        // Which implementation? Its extra keys decide what else is allowed.
-        let implementation = self.req_str(map, "job");
+        // Which implementation? Its extra keys decide what else is allowed. Without `job:`, a
+        // script of the file's stem beside it names it (a SecOps marketplace definition).
+        let mut inferred_script = None;
+        let implementation = match map.get("job") {
+            None | Some(Yaml::Null) => match marketplace::script_beside(path, catalog) {
+                Some((job, script)) => {
+                    inferred_script = Some(script);
+                    Some(job)
+                }
+                None => {
+                    let msg = marketplace::missing_job_message(path, catalog);
+                    self.push(Pos { line: 1, column: 1 }, msg);
+                    None
+                }
+            },
+            Some(_) => self.req_str(map, "job"),
+        };
         let spec = match &implementation {
             Some(j) => match catalog.spec(j) {
                 Some(s) => Some(s),
@@ -673,10 +749,19 @@ impl Cx<'_> {
             None => None,
         };
         let mut known: Vec<&str> = TOP_KEYS.to_vec();
+        known.extend_from_slice(SECOPS_ONLY_KEYS);
         if let Some(s) = spec {
             known.extend_from_slice(s.extra_keys());
         }
-        self.check_keys("", map, &known);
+        if self.instance.is_none() {
+            self.check_keys("", map, &known);
+        }
+        let ignored_keys: Vec<String> = map
+            .keys()
+            .filter_map(Yaml::as_str)
+            .filter(|k| SECOPS_ONLY_KEYS.contains(k))
+            .map(str::to_string)
+            .collect();
 
         let name = self.req_str(map, "name");
         if let Some(n) = &name {
@@ -693,18 +778,15 @@ impl Cx<'_> {
                 "`description` must be at most 2050 characters",
             );
         }
+        // Free text: marketplace files carry display names (`Google Chronicle`).
         let integration = self.opt_str(map, "integration");
-        if let Some(i) = &integration {
-            let ok = !i.is_empty()
-                && i.len() <= 150
-                && i.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !ok {
-                self.val_err(
-                    "integration",
-                    "`integration` must be 1-150 characters of letters, digits, `-` and `_`",
-                );
-            }
+        if let Some(i) = &integration
+            && i.chars().count() > 150
+        {
+            self.val_err(
+                "integration",
+                "`integration` must be at most 150 characters",
+            );
         }
         let creator = self.opt_str(map, "creator");
         let documentation_link = self.opt_str(map, "documentation_link");
@@ -777,7 +859,17 @@ impl Cx<'_> {
                     extra.insert((*key).to_string(), yaml_to_json(v));
                 }
             }
-            if let Some(p) = &parameters {
+            if let Some(script) = inferred_script
+                && !extra.contains_key("script")
+            {
+                extra.insert(
+                    "script".into(),
+                    serde_json::Value::String(script.display().to_string()),
+                );
+            }
+            if let Some(p) = &parameters
+                && !self.template
+            {
                 for fe in s.validate_file(path, p, &extra) {
                     let path = self.param_path(map, &fe.path);
                     self.val_err(&path, fe.message);
@@ -804,6 +896,9 @@ impl Cx<'_> {
             extra,
             source: path.to_path_buf(),
             fingerprint: self.fingerprint.finish(),
+            uses: None,
+            ignored_keys,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -1117,7 +1212,23 @@ impl Cx<'_> {
             let Some((raw, from)) = self.raw_value(&p, m, base_dir, declared_spec) else {
                 continue;
             };
-            match params::resolve(&name, ty, mandatory, &raw) {
+            // A template's default of the wrong type (SecOps does not check them): a warning,
+            // and the value stays text, so it fails only where a job reads it typed.
+            if from == Some("default_value")
+                && let Err(e) = params::resolve(&name, ty, false, &raw)
+            {
+                self.warn(&format!("{p}.default_value"), format!("{e}; kept as text"));
+                out.push(Parameter {
+                    snake_name: params::snake_case(&name),
+                    name,
+                    ty,
+                    mandatory,
+                    description,
+                    value: ParamValue::Str(raw.as_text().unwrap_or_default()),
+                });
+                continue;
+            }
+            match params::resolve(&name, ty, mandatory && !self.template, &raw) {
                 Ok(value) => out.push(Parameter {
                     snake_name: params::snake_case(&name),
                     name,
@@ -1258,7 +1369,7 @@ fn compatible(declared: ParamType, file: ParamType) -> bool {
     declared == file || matches!((declared, file), (ParamType::Csv, ParamType::String))
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     let mut chars = id.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')

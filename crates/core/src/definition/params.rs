@@ -96,7 +96,7 @@ impl fmt::Debug for RawValue {
 
 impl RawValue {
     /// The text form, as a SecOps platform would pass it on stdin.
-    fn as_text(&self) -> Option<String> {
+    pub(crate) fn as_text(&self) -> Option<String> {
         match self {
             RawValue::Bool(b) => Some(if *b { "true" } else { "false" }.to_string()),
             RawValue::Int(i) => Some(i.to_string()),

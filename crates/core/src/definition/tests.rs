@@ -237,18 +237,24 @@ fn strict_yaml_12_booleans() {
 }
 
 #[test]
-fn bad_file_names_are_rejected() {
-    let e = load_str(
-        Path::new("jobs/Bad Name.yaml"),
-        "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: a}]\n",
+fn file_names_give_ids_and_names_without_letters_are_rejected() {
+    // Marketplace file names (spaces, CamelCase) give a derived id (issue 12)...
+    let body = "name: X\njob: echo\nparameters: [{name: Tags, type: csv, value: a}]\n";
+    let d = load_str(Path::new("jobs/Bad Name.yaml"), body, &TestCatalog).unwrap();
+    assert_eq!(d.id, "bad-name");
+    let d = load_str(
+        Path::new("jobs/CloseCasesBasedOnSearch.yaml"),
+        body,
         &TestCatalog,
     )
-    .unwrap_err();
-    assert!(
-        e[0].message.contains("invalid job id `Bad Name`"),
-        "{}",
-        e[0]
-    );
+    .unwrap();
+    assert_eq!(d.id, "close-cases-based-on-search");
+    // ...today's ids are unchanged...
+    let d = load_str(Path::new("jobs/nightly_sync-2.yaml"), body, &TestCatalog).unwrap();
+    assert_eq!(d.id, "nightly_sync-2");
+    // ...and a name with no letter or digit is still an error.
+    let e = load_str(Path::new("jobs/!!!.yaml"), body, &TestCatalog).unwrap_err();
+    assert!(e[0].message.contains("gives no job id"), "{}", e[0]);
 }
 
 /// A policy that allows the test's variables (`value_from_env` is refused by default).

@@ -1,0 +1,632 @@
+//! SecOps marketplace definitions as they are, and the instance files that use them.
+//!
+//! A marketplace job is `jobs/<Name>.yaml` + `jobs/<Name>.py` (CamelCase or spaced names, no
+//! `job:` key, SecOps-only keys). Such a definition is a template: its mandatory parameters
+//! usually have no value. An instance file (`uses: ../integrations/tools/jobs/X.yaml`) gives
+//! what a SecOps job instance gives — `schedule` (or `run_interval_in_seconds`), `enabled`,
+//! `timeout`, `values:` — so the vendored files stay unmodified.
+//!
+//! Loading an instance is two passes over the ordinary loader: the definition alone in
+//! template mode (its own errors located in its own file), then the definition merged with the
+//! instance's keys, located in the instance file. A merged parameter path the instance did not
+//! write (a missing mandatory value) is reported against the instance, with the definition's
+//! location as a note.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+
+use yaml_serde::Value as Yaml;
+
+use super::located::{Pos, Positions};
+use super::{Catalog, Cx, JobDefinition, LoadError, params, valid_id};
+
+/// Keys SecOps exports carry that soarjobd has no use for: accepted, and listed by
+/// `check --verbose`. (Action/connector-shaped metadata some job files also carry.)
+pub const SECOPS_ONLY_KEYS: &[&str] = &[
+    "default_result_value",
+    "dynamic_results_metadata",
+    "script_result_name",
+    "simulation_data_json",
+    "is_async",
+    "async_polling_interval_seconds",
+    "async_total_timeout_seconds",
+    "script_timeout",
+    "python_version",
+    "ai_generated",
+    "synthetic",
+    "job_definition_id",
+    "identifier",
+];
+
+/// The keys an instance file may have (besides its implementation's own keys).
+const INSTANCE_KEYS: &[&str] = &[
+    "uses",
+    "name",
+    "enabled",
+    "is_enabled",
+    "schedule",
+    "run_interval_in_seconds",
+    "timeout",
+    "overlap",
+    "misfire",
+    "values",
+];
+const VALUE_KEYS: &[&str] = &["value", "value_from_env", "value_from_file"];
+
+/// The job id a file name gives: today's ids (`[a-z0-9][a-z0-9_-]*`) unchanged; otherwise
+/// lower-case, camel-case boundaries split, runs of other characters as one `-`:
+/// `CloseCasesBasedOnSearch` -> `close-cases-based-on-search`, `DRP Deduplication Job` ->
+/// `drp-deduplication-job`. Empty when the name has no letter or digit.
+pub fn job_id_from_stem(stem: &str) -> String {
+    if valid_id(stem) {
+        return stem.to_string();
+    }
+    let chars: Vec<char> = stem.chars().collect();
+    let mut out = String::new();
+    let mut gap = false;
+    for (i, &c) in chars.iter().enumerate() {
+        if !(c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            gap = true;
+            continue;
+        }
+        let prev = i.checked_sub(1).map(|j| chars[j]);
+        let next = chars.get(i + 1).copied();
+        let boundary = c.is_ascii_uppercase()
+            && match prev {
+                Some(p) if p.is_ascii_lowercase() || p.is_ascii_digit() => true,
+                // `HTTPSync`: the last capital of an acronym starts the next word.
+                Some(p) if p.is_ascii_uppercase() => next.is_some_and(|n| n.is_ascii_lowercase()),
+                _ => false,
+            };
+        if (gap || boundary) && !out.is_empty() && !out.ends_with(['-', '_']) {
+            out.push('-');
+        }
+        gap = false;
+        out.push(c.to_ascii_lowercase());
+    }
+    out.trim_matches(|c| c == '-' || c == '_').to_string()
+}
+
+/// `path` resolved through symbolic links where it exists (so two spellings compare equal).
+pub(super) fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The definitions the instance files among `files` use (canonical paths). A light line scan
+/// for a top-level `uses:` (no YAML parse: the full load parses and checks each file later).
+pub(super) fn used_definitions(files: &[PathBuf]) -> HashSet<PathBuf> {
+    let mut used = HashSet::new();
+    for f in files {
+        let Ok(bytes) =
+            super::secrets::read_regular_prefix(f, super::limits::MAX_FILE_BYTES as u64)
+        else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("uses:") {
+                let v = rest.split(" #").next().unwrap_or("").trim();
+                let v = v.trim_matches(|c| c == '"' || c == '\'');
+                if !v.is_empty() {
+                    let base = f.parent().unwrap_or(Path::new("."));
+                    used.insert(canonical(&base.join(v)));
+                }
+            }
+        }
+    }
+    used
+}
+
+/// The implementation and script for a definition without `job:`: the first implementation
+/// (in catalog order) whose script extension names a file of the definition's stem beside it.
+pub(super) fn script_beside(path: &Path, catalog: &dyn Catalog) -> Option<(String, PathBuf)> {
+    catalog.ids().into_iter().find_map(|id| {
+        let ext = catalog.spec(&id)?.script_extension()?;
+        let script = path.with_extension(ext);
+        script.is_file().then(|| (id, canonical(&script)))
+    })
+}
+
+/// What a file without `job:` and without a script beside it is told.
+pub(super) fn missing_job_message(path: &Path, catalog: &dyn Catalog) -> String {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let scripts: Vec<String> = catalog
+        .ids()
+        .into_iter()
+        .filter_map(|id| {
+            let ext = catalog.spec(&id)?.script_extension()?;
+            Some(format!(
+                "script `{stem}.{ext}` beside this file to run as a `{id}` job"
+            ))
+        })
+        .collect();
+    if scripts.is_empty() {
+        "missing required key `job`".into()
+    } else {
+        format!(
+            "missing required key `job` (the implementation to run), and there is no {}",
+            scripts.join(" nor ")
+        )
+    }
+}
+
+/// What the merged pass of an instance file needs to locate its errors.
+pub(super) struct InstanceCx {
+    definition: PathBuf,
+    def_pos: Positions,
+    /// `parameters[i]` of the merged document -> `values.<Name>` of the instance, and whether
+    /// the value was written as a plain scalar (no `value:` key under it).
+    aliases: Vec<(String, String, bool)>,
+}
+
+impl Cx<'_> {
+    /// A warning at `path` (not in the merged pass of an instance: its template pass already
+    /// warned, located in the definition).
+    pub(super) fn warn(&mut self, path: &str, message: String) {
+        if self.instance.is_some() {
+            return;
+        }
+        let p = self.pos.value(path).unwrap_or(Pos { line: 1, column: 1 });
+        self.warnings.push(LoadError {
+            file: self.file.clone(),
+            line: p.line,
+            column: p.column,
+            message,
+        });
+    }
+
+    /// In the merged pass of an instance file: where an error at `path` of the merged
+    /// document belongs in the instance file, with a note pointing into the definition when
+    /// the instance did not write that part. `Err(message)`: locate it as usual.
+    pub(super) fn instance_place(
+        &self,
+        path: &str,
+        message: String,
+        value: bool,
+    ) -> Result<(Pos, String), String> {
+        let Some(inst) = self.instance.as_ref() else {
+            return Err(message);
+        };
+        if path.starts_with("parameters[")
+            && let Some(end) = path.find(']').map(|e| e + 1)
+        {
+            let (prefix, rest) = path.split_at(end);
+            if let Some((_, alias, scalar)) = inst.aliases.iter().find(|(p, _, _)| p == prefix) {
+                let target = match rest {
+                    ".value" | ".name" | "" if *scalar => alias.clone(),
+                    ".name" | "" => alias.clone(),
+                    r => format!("{alias}{r}"),
+                };
+                let pos = if value {
+                    self.pos.value(&target)
+                } else {
+                    self.pos.key(&target)
+                };
+                return Ok((pos.unwrap_or(Pos { line: 1, column: 1 }), message));
+            }
+        } else if self.pos.key(path).is_some() {
+            return Err(message);
+        }
+        // A part of the definition the instance did not write.
+        let at = self
+            .pos
+            .key("values")
+            .or_else(|| self.pos.key("uses"))
+            .unwrap_or(Pos { line: 1, column: 1 });
+        // A parameter is best named by its `name` line in the definition.
+        let def_path = match path.find(']') {
+            Some(end) if path.starts_with("parameters[") => format!("{}.name", &path[..=end]),
+            _ => path.to_string(),
+        };
+        let d = inst
+            .def_pos
+            .key(&def_path)
+            .unwrap_or(Pos { line: 1, column: 1 });
+        let hint = if message.starts_with("missing mandatory parameter") {
+            "; give it under `values:`"
+        } else {
+            ""
+        };
+        Ok((
+            at,
+            format!(
+                "{message}{hint} (note: defined at {}:{}:{})",
+                inst.definition.display(),
+                d.line,
+                d.column
+            ),
+        ))
+    }
+
+    /// Loads an instance file (`uses:`): see the module documentation.
+    pub(super) fn instance_file(
+        &mut self,
+        path: &Path,
+        map: &yaml_serde::Mapping,
+        catalog: &dyn Catalog,
+    ) -> Option<JobDefinition> {
+        let uses = match map.get("uses") {
+            Some(Yaml::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                self.val_err(
+                    "uses",
+                    "`uses` must be the path of a SecOps job definition, relative to this file",
+                );
+                return None;
+            }
+        };
+        let def_path = path.parent().unwrap_or(Path::new(".")).join(&uses);
+        let text = match super::read_job_file(&def_path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.val_err("uses", format!("cannot use `{uses}`: {e}"));
+                return None;
+            }
+        };
+        // The definition is part of this job: a change to it is a change of the job.
+        self.inputs.push(canonical(&def_path));
+        text.hash(&mut self.fingerprint);
+
+        let (template, inputs) = super::load_text_as(&def_path, &text, catalog, self.opts, true);
+        self.inputs.extend(inputs);
+        let template = match template {
+            Ok(t) => t,
+            Err(errs) => {
+                self.errors.extend(errs);
+                return None;
+            }
+        };
+
+        let mut known: Vec<&str> = INSTANCE_KEYS.to_vec();
+        if let Some(s) = catalog.spec(&template.implementation) {
+            known.extend_from_slice(s.extra_keys());
+        }
+        self.check_keys("", map, &known);
+
+        // Parsed again as it was loaded just now: cannot fail.
+        let def_doc: Yaml = yaml_serde::from_str(&text).ok()?;
+        let mut merged = def_doc.as_mapping()?.clone();
+        if map.contains_key("schedule") || map.contains_key("run_interval_in_seconds") {
+            merged.remove("schedule");
+            merged.remove("run_interval_in_seconds");
+        }
+        if map.contains_key("enabled") || map.contains_key("is_enabled") {
+            merged.remove("enabled");
+            merged.remove("is_enabled");
+        }
+        for (k, v) in map {
+            if !matches!(k.as_str(), Some("uses" | "values")) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged.insert("job".into(), Yaml::String(template.implementation.clone()));
+        // The script stays beside the definition, wherever the instance is.
+        if let Some(script) = template.extra.get("script").and_then(|v| v.as_str())
+            && !map.contains_key("script")
+        {
+            let dir = def_path.parent().unwrap_or(Path::new("."));
+            let full = canonical(&dir.join(script));
+            merged.insert("script".into(), Yaml::String(full.display().to_string()));
+        }
+
+        let aliases = self.apply_values(map, &mut merged);
+        self.instance = Some(InstanceCx {
+            definition: canonical(&def_path),
+            def_pos: Positions::scan(&text),
+            aliases,
+        });
+        let mut def = self.definition(path, &Yaml::Mapping(merged), catalog)?;
+        def.uses = Some(canonical(&def_path));
+        def.ignored_keys = template.ignored_keys;
+        def.warnings = template.warnings;
+        Some(def)
+    }
+
+    /// Writes the instance's `values:` into the merged parameters; returns the aliases that
+    /// locate their errors in the instance file.
+    fn apply_values(
+        &mut self,
+        map: &yaml_serde::Mapping,
+        merged: &mut yaml_serde::Mapping,
+    ) -> Vec<(String, String, bool)> {
+        let mut aliases = Vec::new();
+        let values = match map.get("values") {
+            None | Some(Yaml::Null) => return aliases,
+            Some(Yaml::Mapping(v)) => v.clone(),
+            Some(_) => {
+                self.val_err(
+                    "values",
+                    "`values` must be a mapping of parameter names to values",
+                );
+                return aliases;
+            }
+        };
+        let names: Vec<String> = merged
+            .get("parameters")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                p.get("name")
+                    .and_then(Yaml::as_str)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        for (k, v) in &values {
+            let Some(name) = k.as_str() else {
+                self.key_err("values", "parameter names must be strings");
+                continue;
+            };
+            let at = format!("values.{name}");
+            let Some(i) = names.iter().position(|n| {
+                n.eq_ignore_ascii_case(name.trim()) || params::snake_case(n) == name.trim()
+            }) else {
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = super::suggest(name, &known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_else(|| format!(" (the definition has: {})", known.join(", ")));
+                self.key_err(&at, format!("unknown parameter `{name}`{hint}"));
+                continue;
+            };
+            let Some(item) = merged
+                .get_mut("parameters")
+                .and_then(Yaml::as_sequence_mut)
+                .and_then(|s| s.get_mut(i))
+                .and_then(Yaml::as_mapping_mut)
+            else {
+                continue;
+            };
+            for key in VALUE_KEYS {
+                item.remove(*key);
+            }
+            let scalar = match v {
+                Yaml::Mapping(m) => {
+                    self.check_keys(&at, m, VALUE_KEYS);
+                    for key in VALUE_KEYS {
+                        if let Some(x) = m.get(*key) {
+                            item.insert((*key).into(), x.clone());
+                        }
+                    }
+                    false
+                }
+                other => {
+                    item.insert("value".into(), other.clone());
+                    true
+                }
+            };
+            aliases.push((format!("parameters[{i}]"), at, scalar));
+        }
+        aliases
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::job_id_from_stem as id;
+    use crate::definition::{
+        Catalog, FieldError, JobSpec, ParamValue, Parameters, load_dir, load_file,
+    };
+
+    #[test]
+    fn ids_from_file_names() {
+        assert_eq!(id("CloseCasesBasedOnSearch"), "close-cases-based-on-search");
+        assert_eq!(id("DRP Deduplication Job"), "drp-deduplication-job");
+        assert_eq!(id("HTTPSyncJob"), "http-sync-job");
+        assert_eq!(id("Tag Untouched Cases"), "tag-untouched-cases");
+        assert_eq!(id("sync_closed_incidents"), "sync_closed_incidents");
+        assert_eq!(id("nightly-report"), "nightly-report");
+        assert_eq!(id("Sync  (v2)"), "sync-v2");
+        assert_eq!(id("_Hidden"), "hidden");
+        assert_eq!(id("Sync2Cases"), "sync2-cases");
+        assert_eq!(id("Émoji"), "moji");
+        assert_eq!(id("!!!"), "");
+    }
+
+    /// A catalog with one script-running implementation, as `secops-script` is.
+    struct Scripts;
+    struct ScriptSpec;
+    impl JobSpec for ScriptSpec {
+        fn extra_keys(&self) -> &'static [&'static str] {
+            &["script", "python"]
+        }
+        fn script_extension(&self) -> Option<&'static str> {
+            Some("py")
+        }
+        fn validate(
+            &self,
+            _p: &Parameters,
+            extra: &serde_json::Map<String, serde_json::Value>,
+        ) -> Vec<FieldError> {
+            match extra.get("script").and_then(|s| s.as_str()) {
+                Some(s) if Path::new(s).is_file() => Vec::new(),
+                _ => vec![FieldError::new("script", "no script")],
+            }
+        }
+    }
+    impl Catalog for Scripts {
+        fn ids(&self) -> Vec<String> {
+            vec!["run-script".into()]
+        }
+        fn spec(&self, id: &str) -> Option<&dyn JobSpec> {
+            (id == "run-script").then_some(&ScriptSpec as &dyn JobSpec)
+        }
+    }
+
+    const CLOSE_CASES: &str = "\
+name: Close Cases Based On Search
+integration: Google Chronicle
+creator: Admin
+description: Closes cases a search finds.
+default_result_value: ''
+script_result_name: is_success
+run_interval_in_seconds: 900
+parameters:
+-   name: Search Query
+    type: string
+    default_value: ''
+    is_mandatory: true
+    description: The query.
+-   name: Close Comment
+    type: string
+    default_value: Closed by job
+    is_mandatory: false
+    description: The comment.
+-   name: Timezone String
+    type: boolean
+    default_value: UTC
+    is_mandatory: false
+    description: Declared boolean, a string in practice.
+";
+
+    fn vendored(root: &Path) -> std::path::PathBuf {
+        let jobs = root.join("integrations/tools/jobs");
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::write(jobs.join("CloseCasesBasedOnSearch.yaml"), CLOSE_CASES).unwrap();
+        std::fs::write(jobs.join("CloseCasesBasedOnSearch.py"), "print('hi')\n").unwrap();
+        std::fs::create_dir_all(root.join("jobs")).unwrap();
+        jobs.join("CloseCasesBasedOnSearch.yaml")
+    }
+
+    #[test]
+    fn an_instance_file_uses_a_vendored_definition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let def_path = vendored(tmp.path());
+        std::fs::write(
+            tmp.path().join("jobs/close-cases.yaml"),
+            "uses: ../integrations/tools/jobs/CloseCasesBasedOnSearch.yaml\n\
+             schedule: {every: 1h}\ntimeout: 5m\nvalues:\n  Search Query: 'status:open'\n",
+        )
+        .unwrap();
+        let report = load_dir(&tmp.path().join("jobs"), &Scripts);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let d = &report.jobs[0];
+        assert_eq!(d.id, "close-cases");
+        assert_eq!(d.name, "Close Cases Based On Search");
+        assert_eq!(d.implementation, "run-script");
+        assert_eq!(d.timeout, std::time::Duration::from_secs(300));
+        assert_eq!(d.schedule.describe(), "every 1h");
+        assert_eq!(
+            d.parameters.str("Search Query").unwrap(),
+            Some("status:open")
+        );
+        assert_eq!(
+            d.parameters.str("Close Comment").unwrap(),
+            Some("Closed by job")
+        );
+        // The mistyped default is text: a warning in the definition, an error only when read
+        // as the boolean it claims to be.
+        assert!(matches!(
+            &d.parameters.get("Timezone String").unwrap().value,
+            ParamValue::Str(s) if s == "UTC"
+        ));
+        assert!(d.parameters.bool("Timezone String").is_err());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0]
+                .file
+                .ends_with("CloseCasesBasedOnSearch.yaml")
+        );
+        assert_eq!(report.warnings[0].line, 21, "{}", report.warnings[0]);
+        assert_eq!(
+            d.ignored_keys,
+            ["default_result_value", "script_result_name"]
+        );
+        let script = d.extra["script"].as_str().unwrap();
+        assert!(script.ends_with("integrations/tools/jobs/CloseCasesBasedOnSearch.py"));
+        // A change of the definition is a change of the job (reload).
+        let canon = def_path.canonicalize().unwrap();
+        assert!(report.inputs.contains(&canon), "{:?}", report.inputs);
+    }
+
+    #[test]
+    fn a_missing_mandatory_value_is_reported_against_the_instance() {
+        let tmp = tempfile::tempdir().unwrap();
+        vendored(tmp.path());
+        let inst = tmp.path().join("jobs/close-cases.yaml");
+        std::fs::write(
+            &inst,
+            "# instance\nuses: ../integrations/tools/jobs/CloseCasesBasedOnSearch.yaml\n\
+             values:\n  Close Coment: x\n",
+        )
+        .unwrap();
+        let errs = load_file(&inst, &Scripts).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{text:#?}");
+        assert!(errs.iter().all(|e| e.file == inst), "{text:#?}");
+        let unknown = text
+            .iter()
+            .find(|t| t.contains("unknown parameter"))
+            .unwrap();
+        assert!(unknown.contains(":4:3: ") && unknown.contains("did you mean `Close Comment`"));
+        let missing = text.iter().find(|t| t.contains("Search Query")).unwrap();
+        assert!(missing.contains("missing mandatory parameter"), "{missing}");
+        assert!(
+            missing.contains("CloseCasesBasedOnSearch.yaml:9:5"),
+            "the note points at the definition: {missing}"
+        );
+    }
+
+    #[test]
+    fn definitions_beside_their_instances_are_templates_and_job_is_inferred() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = tmp.path();
+        std::fs::write(jobs.join("DRP Deduplication Job.yaml"), CLOSE_CASES).unwrap();
+        std::fs::write(jobs.join("DRP Deduplication Job.py"), "").unwrap();
+        std::fs::write(
+            jobs.join("Lonely.yaml"),
+            CLOSE_CASES.replace("Close Cases", "L"),
+        )
+        .unwrap();
+        std::fs::write(
+            jobs.join("dedup.yaml"),
+            "uses: DRP Deduplication Job.yaml\nvalues: {Search Query: x}\n",
+        )
+        .unwrap();
+        let report = load_dir(jobs, &Scripts);
+        let ids: Vec<&str> = report.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["dedup"], "{:?}", report.errors);
+        assert!(
+            report
+                .errors
+                .iter()
+                .all(|e| e.file.ends_with("Lonely.yaml"))
+        );
+        let e = &report.errors[0];
+        assert!(
+            e.message.contains("missing required key `job`")
+                && e.message.contains(
+                    "no script `Lonely.py` beside this file to run as a `run-script` job"
+                ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_definition_loaded_directly_needs_its_mandatory_values_and_ids_must_differ() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = tmp.path();
+        let filled = CLOSE_CASES.replacen("default_value: ''", "default_value: 'q'", 1);
+        std::fs::write(jobs.join("CloseCases.yaml"), &filled).unwrap();
+        std::fs::write(jobs.join("CloseCases.py"), "").unwrap();
+        std::fs::write(
+            jobs.join("close cases.yml"),
+            filled.replace("Close Cases B", "B"),
+        )
+        .unwrap();
+        std::fs::write(jobs.join("close cases.py"), "").unwrap();
+        let report = load_dir(jobs, &Scripts);
+        assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.jobs[0].id, "close-cases");
+        assert_eq!(report.errors.len(), 1);
+        assert!(
+            report.errors[0]
+                .message
+                .contains("job id `close-cases` is already used")
+        );
+    }
+}
