@@ -563,3 +563,35 @@ fn marketplace_shaped_definitions_and_instance_files_pass_check() {
         "{stdout}"
     );
 }
+
+/// The example shipped in `examples/secops/` (`SOARJOBD__JOBS_DIR=examples/secops/jobs
+/// soarjobd demo`) runs against the simulator and tags what it says.
+#[tokio::test]
+async fn the_shipped_example_runs_against_the_simulator() {
+    let now = Utc::now().timestamp_millis();
+    let sim = start_sim().await;
+    let stale = add_case(&sim, now, true, 72);
+    add_case(&sim, now, true, 1);
+    let mut app = app_for(&sim);
+    app.settings.jobs_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/secops/jobs");
+    let code = soarjobd::inspect::run_once(&app.app(), "tag-stale-cases", &[]).await;
+    let store = app.store().await;
+    let run = runs(&store, "tag-stale-cases").await.pop().unwrap();
+    assert_eq!(code, 0, "{run:?}");
+    assert_eq!(run.message.as_deref(), Some("Tagged 1 stale cases"));
+    let tagged: Vec<u64> = sim
+        .state()
+        .cases()
+        .into_iter()
+        .filter(|c| c.tags.iter().any(|t| t == "Stale"))
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(tagged, [stale]);
+    assert!(
+        store
+            .get_timestamp("tag-stale-cases", "timestamp")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

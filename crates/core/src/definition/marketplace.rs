@@ -544,6 +544,31 @@ parameters:
     }
 
     #[test]
+    fn a_change_of_the_used_definition_changes_the_job() {
+        let tmp = tempfile::tempdir().unwrap();
+        let def = vendored(tmp.path());
+        std::fs::write(
+            tmp.path().join("jobs/close-cases.yaml"),
+            "uses: ../integrations/tools/jobs/CloseCasesBasedOnSearch.yaml\n\
+             values: {Search Query: q}\n",
+        )
+        .unwrap();
+        let jobs = tmp.path().join("jobs");
+        let before = load_dir(&jobs, &Scripts).jobs[0].fingerprint;
+        assert_eq!(load_dir(&jobs, &Scripts).jobs[0].fingerprint, before);
+        std::fs::write(&def, CLOSE_CASES.replace("Closed by job", "Closed")).unwrap();
+        let after = load_dir(&jobs, &Scripts);
+        assert_ne!(
+            after.jobs[0].fingerprint, before,
+            "a reload would miss the change"
+        );
+        assert_eq!(
+            after.jobs[0].parameters.str("Close Comment").unwrap(),
+            Some("Closed")
+        );
+    }
+
+    #[test]
     fn a_missing_mandatory_value_is_reported_against_the_instance() {
         let tmp = tempfile::tempdir().unwrap();
         vendored(tmp.path());
