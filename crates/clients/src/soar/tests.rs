@@ -509,3 +509,75 @@ async fn added_case_without_alerts_has_no_ticket_ids() {
             .is_empty()
     );
 }
+
+/// `forward` (the SecOps SDK gateway's path to SOAR): a script's legacy request reaches the
+/// platform with this client's credentials, in the legacy and the one-platform form, and the
+/// platform's answer comes back whatever its status.
+#[tokio::test]
+async fn forward_sends_sdk_requests_in_both_api_forms() {
+    use bytes::Bytes;
+    use reqwest::Method;
+    let h = start(sim_cfg(3)).await;
+    let ids: Vec<u64> = h.state().cases().iter().map(|c| c.id).collect();
+    let filter = serde_json::json!({
+        "start_time_from_unix_time_in_ms": BASE - 49 * 3600 * 1000,
+        "start_time_to_unix_time_in_ms": BASE, "close_time_from_unix_time_in_ms": null,
+        "close_time_to_unix_time_in_ms": null, "update_time_from_unix_time_in_ms": null,
+        "update_time_to_unix_time_in_ms": null, "status": "BOTH", "operator": null,
+        "sort_by": "START_TIME", "sort_order": "DESC", "max_results": 100,
+        "environments": null, "tags": null,
+    });
+    let filter = Bytes::from(serde_json::to_vec(&filter).unwrap());
+    let legacy = client_with(&h, KEY, |_| {});
+    let one_p = client_with(&h, KEY, |c| {
+        c.api = ApiFlavor::OnePlatform;
+        c.bearer_token = Some(SecretString::from("tok".to_string()));
+        c.project = Some("p".into());
+        c.location = Some("us".into());
+        c.instance = Some("i".into());
+    });
+    for c in [&legacy, &one_p] {
+        let a = c
+            .forward(
+                Method::POST,
+                "external/v1/sdk/GetCasesIdByFilter?format=snake",
+                filter.clone(),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let mut got: Vec<u64> = serde_json::from_slice(&a.body).unwrap();
+        got.sort();
+        assert_eq!(got, ids);
+        let path = format!(
+            "external/v1/sdk/CaseFullDetails/{}/False?format=snake",
+            ids[0]
+        );
+        let a = c.forward(Method::GET, &path, Bytes::new()).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let tag = serde_json::json!({"case_id": ids[0], "alert_identifier": null, "tag": "T"});
+        let a = c
+            .forward(
+                Method::POST,
+                "external/v1/sdk/AddTag?format=snake",
+                Bytes::from(serde_json::to_vec(&tag).unwrap()),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        // The platform's refusal is the script's answer.
+        let a = c
+            .forward(
+                Method::GET,
+                "external/v1/sdk/CaseFullDetails/999999/False?format=snake",
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(a.status, 404, "{a:?}");
+        // Only external/v1 paths, no escapes.
+        for bad in ["internal/x", "external/v1/../../_sim/cases"] {
+            assert_eq!(c.forward(Method::GET, bad, Bytes::new()).await.status, 404);
+        }
+    }
+    let s = h.state().stats();
+    assert_eq!(s.unauthorized, 0);
+    assert_eq!(s.bad_requests, 0);
+}

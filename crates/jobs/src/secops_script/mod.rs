@@ -33,7 +33,7 @@ use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
 use soarjobd_core::platform::Configured;
 use soarjobd_core::redact::escape_controls;
 
-use crate::exec::KILL_GRACE;
+use crate::exec::{KILL_GRACE, LINE_MAX, RUN_LINES_MAX};
 use crate::process::Contained;
 use gateway::{ContextOp, Gateway, OpKind};
 
@@ -388,14 +388,26 @@ impl Job for SecopsScript {
         let read_stderr = async {
             let mut tail: VecDeque<String> = VecDeque::new();
             let Some(pipe) = stderr else { return tail };
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let text = escape_controls(&redactor.redact(&line)).into_owned();
-                tracing::info!(stream = "stderr", line = %text, "script output");
+            let mut logged = 0usize;
+            // Lines are bounded (a line without a newline cannot fill the memory), the log
+            // is bounded as for `exec`, and the pipe is always drained.
+            bounded_lines(pipe, LINE_MAX + redactor.longest(), |line| {
+                let text = shown(&redactor.redact(&line));
+                logged += 1;
+                if logged <= RUN_LINES_MAX {
+                    tracing::info!(stream = "stderr", line = %text, "script output");
+                }
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();
                 }
                 tail.push_back(text);
+            })
+            .await;
+            if logged > RUN_LINES_MAX {
+                tracing::warn!(
+                    lines = logged - RUN_LINES_MAX,
+                    "stderr lines not logged (limit)"
+                );
             }
             tail
         };
@@ -459,7 +471,7 @@ impl Job for SecopsScript {
 /// The run's outcome from the script's output object (`end_script`), logging its
 /// `DebugOutput` lines as the run's events.
 fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
-    let redact = |s: &str| escape_controls(&ctx.redactor().redact(s)).into_owned();
+    let redact = |s: &str| shown(&ctx.redactor().redact(s));
     let text = String::from_utf8_lossy(out);
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -481,8 +493,15 @@ fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
         return Outcome::failed("the script's output is not an SDK output object");
     };
     if let Some(debug) = obj.get("DebugOutput").and_then(Value::as_str) {
-        for line in debug.lines().filter(|l| !l.trim().is_empty()) {
+        let lines: Vec<&str> = debug.lines().filter(|l| !l.trim().is_empty()).collect();
+        for line in lines.iter().take(RUN_LINES_MAX) {
             tracing::info!(stream = "debug_output", line = %redact(line), "script output");
+        }
+        if lines.len() > RUN_LINES_MAX {
+            tracing::warn!(
+                lines = lines.len() - RUN_LINES_MAX,
+                "DebugOutput lines not logged (limit)"
+            );
         }
     }
     if let Some(v) = obj.get("ResultValue") {
@@ -505,6 +524,50 @@ fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
             "unknown ExecutionState {n}: {}",
             message.unwrap_or_default()
         )),
+    }
+}
+
+/// A line as logged: control characters escaped, at most [`LINE_MAX`] bytes.
+fn shown(text: &str) -> String {
+    let text = escape_controls(text);
+    if text.len() <= LINE_MAX {
+        return text.into_owned();
+    }
+    let mut end = LINE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [cut {} bytes]", &text[..end], text.len() - end)
+}
+
+/// Calls `f` with each line of `pipe` (lossy UTF-8), keeping at most `max` bytes of a line
+/// and discarding the rest as it arrives, until the end of the stream.
+async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
+    pipe: R,
+    max: usize,
+    mut f: impl FnMut(String),
+) {
+    let mut r = BufReader::new(pipe);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let (used, newline) = match r.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => {
+                let nl = buf.iter().position(|b| *b == b'\n');
+                let chunk = &buf[..nl.unwrap_or(buf.len())];
+                let room = max.saturating_sub(line.len()).min(chunk.len());
+                line.extend_from_slice(&chunk[..room]);
+                (chunk.len() + usize::from(nl.is_some()), nl.is_some())
+            }
+            _ => break,
+        };
+        r.consume(used);
+        if newline {
+            f(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        f(String::from_utf8_lossy(&line).into_owned());
     }
 }
 
@@ -578,6 +641,16 @@ mod tests {
     use std::path::Path;
 
     use super::{Launch, launch_for};
+
+    #[tokio::test]
+    async fn output_lines_are_bounded_and_the_pipe_drained() {
+        let data = format!("{}\nshort\nlast", "x".repeat(100_000));
+        let mut got = Vec::new();
+        super::bounded_lines(data.as_bytes(), 10, |l| got.push(l)).await;
+        assert_eq!(got, ["xxxxxxxxxx", "short", "last"]);
+        let long = super::shown(&"é".repeat(20_000));
+        assert!(long.ends_with("bytes]") && long.len() < super::LINE_MAX + 40);
+    }
 
     #[test]
     fn package_relative_imports_run_as_a_module() {
