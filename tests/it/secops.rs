@@ -251,7 +251,8 @@ name: Stateful Job
 integration: Tools
 creator: Admin
 description: Remembers things between runs.
-parameters: []
+parameters:
+-   {name: Note, type: string, default_value: kept, is_mandatory: false, description: n}
 ";
 
 const STATEFUL_PY: &str = r#"
@@ -267,6 +268,10 @@ def main():
     runs = int(siemplify.get_scoped_job_context_property("runs") or 0) + 1
     siemplify.set_scoped_job_context_property("runs", str(runs))
     first = siemplify.try_set_context_property(3, "Stateful Job", "first", "yes")
+    installed = siemplify._request("GET", "external/v1/jobs/GetInstalledJobs")
+    mine = [j for j in installed if j["uniqueIdentifier"] == siemplify.unique_identifier]
+    assert [p["displayName"] for p in mine[0]["parameters"]] == ["Note"], installed
+    assert mine[0]["parameters"][0]["value"] == "kept", installed
     siemplify.save_timestamp(new_timestamp=1700000000000 + runs)
     siemplify.end("previous={} runs={} first={}".format(previous, runs, first), True)
 

@@ -52,6 +52,9 @@ pub(crate) struct Session {
     pub requests: AtomicU64,
     /// The run's span, so the gateway's events about a run are in its log.
     span: tracing::Span,
+    /// The answer to `GET external/v1/jobs/GetInstalledJobs`: this job instance, where
+    /// TIPCommon's `Job` reads its parameter list.
+    installed: Value,
 }
 
 struct Shared {
@@ -111,7 +114,11 @@ impl Gateway {
     }
 
     /// A new session with a fresh random token; its context requests arrive on the receiver.
-    pub fn open(&self, span: tracing::Span) -> (SessionGuard, mpsc::Receiver<ContextOp>) {
+    pub fn open(
+        &self,
+        span: tracing::Span,
+        installed: Value,
+    ) -> (SessionGuard, mpsc::Receiver<ContextOp>) {
         use rand::Rng;
         let bytes: [u8; 32] = rand::rng().random();
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -121,6 +128,7 @@ impl Gateway {
             ops: tx,
             requests: AtomicU64::new(0),
             span,
+            installed,
         });
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -224,6 +232,14 @@ async fn handle(
             Ok((status, body)) => json(status, body),
             Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the run is over").into_response(),
         };
+    }
+    if method == Method::GET && rest.trim_end_matches('/') == "external/v1/jobs/GetInstalledJobs" {
+        // The platform does not know soarjobd's job instances: answered from the job's own
+        // definition.
+        return json(
+            200,
+            serde_json::to_vec(&session.installed).unwrap_or_default(),
+        );
     }
     session.requests.fetch_add(1, Ordering::Relaxed);
     let client = match shared.soar.get() {

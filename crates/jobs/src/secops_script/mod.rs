@@ -262,6 +262,49 @@ impl JobSpec for SecopsScript {
     }
 }
 
+/// This job instance as `GetInstalledJobs` lists it (TIPCommon reads its parameter list from
+/// there, matching `uniqueIdentifier` with the stdin's `unique_identifier`). Values are the
+/// instance's, except passwords, which travel only on stdin.
+fn installed_job(ctx: &JobContext) -> Value {
+    use soarjobd_core::definition::ParamType;
+    let parameters: Vec<Value> = ctx
+        .params()
+        .iter()
+        .map(|p| {
+            // ScriptParamType codes (soar-api.md §6); csv is a string there.
+            let code = match p.ty {
+                ParamType::Boolean => 0,
+                ParamType::Integer => 1,
+                ParamType::String | ParamType::Csv => 2,
+                ParamType::Password => 3,
+                ParamType::Ip => 4,
+                ParamType::IpOrHost => 5,
+                ParamType::Url => 6,
+                ParamType::Domain => 7,
+                ParamType::Email => 8,
+            };
+            let value = match p.ty {
+                ParamType::Password => String::new(),
+                _ => param_text(&p.value),
+            };
+            json!({
+                "name": p.name,
+                "displayName": p.name,
+                "isMandatory": p.mandatory,
+                "mandatory": p.mandatory,
+                "type": code,
+                "value": value,
+            })
+        })
+        .collect();
+    json!([{
+        "uniqueIdentifier": ctx.job_id(),
+        "name": ctx.definition().name,
+        "isEnabled": ctx.definition().enabled,
+        "parameters": parameters,
+    }])
+}
+
 /// A parameter as the SDK gets it: its text, as typed in the SecOps UI.
 fn param_text(v: &ParamValue) -> String {
     match v.to_exposed_json() {
@@ -302,7 +345,7 @@ impl Job for SecopsScript {
             .get_or_try_init(|| Gateway::start(self.soar.clone()))
             .await
             .map_err(|e| JobError::context("cannot start the SecOps SDK gateway", e))?;
-        let (guard, mut ops) = gateway.open(ctx.span().clone());
+        let (guard, mut ops) = gateway.open(ctx.span().clone(), installed_job(ctx));
         let token = guard.session.token().to_string();
 
         let python = cfg.python.clone().unwrap_or_else(|| self.python.clone());
