@@ -315,10 +315,13 @@ async fn timestamps_and_context_saved_by_the_script_survive_runs_and_restarts() 
     );
 
     // And through the real binary, as a separate process (a real restart).
-    let out = soarjobd_in(app.dir.path(), &["run-once", "stateful"])
+    let mut cmd =
+        tokio::process::Command::from(soarjobd_in(app.dir.path(), &["run-once", "stateful"]));
+    let out = cmd
         .env("SOARJOBD__SOAR__URL", sim.url())
         .env("SOARJOBD__SOAR__APP_KEY", KEY)
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -598,5 +601,31 @@ async fn the_shipped_example_runs_against_the_simulator() {
             .await
             .unwrap()
             .is_some()
+    );
+
+    // As the README runs it: the real binary from the repository, a relative jobs folder
+    // (the script runs elsewhere, so its paths must not stay relative). The first run's tag
+    // touched the stale case, so nothing is stale now.
+    // Async: the simulator serves from this test's (single-threaded) runtime meanwhile.
+    let out = tokio::process::Command::new(SOARJOBD_BIN)
+        .args(["run-once", "tag-stale-cases"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env("SOARJOBD__JOBS_DIR", "examples/secops/jobs")
+        .env(
+            "SOARJOBD__DATABASE_URL",
+            format!("sqlite:{}", app.path("cli.db").display()),
+        )
+        .env("SOARJOBD__SOAR__URL", sim.url())
+        .env("SOARJOBD__SOAR__APP_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("Tagged 0 stale cases"),
+        "{stdout}\n{stderr}"
     );
 }

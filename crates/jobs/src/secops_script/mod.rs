@@ -144,13 +144,26 @@ impl Config {
         })
     }
 
-    /// The script's path: absolute, or relative to the job file's folder.
+    /// The script's path: absolute, or relative to the job file's folder. Made absolute,
+    /// since the script runs in another working directory than the daemon's.
     fn script_path(&self, job_file: &Path) -> PathBuf {
-        job_file
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(&self.script)
+        absolute(
+            &job_file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(&self.script),
+        )
     }
+}
+
+/// `p` against the daemon's working directory (a relative jobs folder gives relative paths).
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Whether the script imports its integration package-relatively, and if so how to run it
@@ -356,7 +369,7 @@ impl Job for SecopsScript {
                 cmd.env(k, v);
             }
         }
-        let base = job_file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let base = absolute(job_file.parent().unwrap_or(Path::new("")));
         let mut pythonpath: Vec<PathBuf> = Vec::new();
         for (k, v) in &cfg.env {
             if k == "PYTHONPATH" {
