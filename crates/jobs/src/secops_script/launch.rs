@@ -1,0 +1,246 @@
+//! What a SecOps script is given: how it is started (a script, or a module of its
+//! integration package), its job keys (`script`, `python`, `env`), its parameters as the SDK
+//! reads them, and the job instance `GetInstalledJobs` lists.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use soarjobd_core::definition::{FieldError, ParamValue};
+use soarjobd_core::job::JobContext;
+
+/// How a script is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Launch {
+    /// `python <script>`, in the script's folder.
+    Script,
+    /// `python -m <module>`, in `root` (on `PYTHONPATH` too).
+    Module { module: String, root: PathBuf },
+}
+
+pub(super) struct Config {
+    pub script: PathBuf,
+    pub python: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    pub(super) fn parse(extra: &Map<String, Value>, errs: &mut Vec<FieldError>) -> Option<Config> {
+        let script = match extra.get("script") {
+            Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+            Some(_) => {
+                errs.push(FieldError::new("script", "`script` must be a path"));
+                None
+            }
+            None => {
+                errs.push(FieldError::new(
+                    "job",
+                    "a `secops-script` job needs `script` (or a `<Name>.py` beside its definition)",
+                ));
+                None
+            }
+        };
+        let python = match extra.get("python") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => {
+                errs.push(FieldError::new(
+                    "python",
+                    "`python` must be a program name or path",
+                ));
+                None
+            }
+        };
+        let mut env = Vec::new();
+        match extra.get("env") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    match v {
+                        Value::String(s) => env.push((k.clone(), s.clone())),
+                        Value::Number(_) | Value::Bool(_) => env.push((k.clone(), v.to_string())),
+                        _ => errs.push(FieldError::new(
+                            format!("env.{k}"),
+                            "environment values must be strings",
+                        )),
+                    }
+                    if matches!(k.as_str(), "APP_IP" | "APP_PORT" | "APP_USE_SSL") {
+                        errs.push(FieldError::new(
+                            format!("env.{k}"),
+                            format!("`{k}` is set by soarjobd (it points at the SDK gateway)"),
+                        ));
+                    }
+                }
+            }
+            Some(_) => errs.push(FieldError::new(
+                "env",
+                "`env` must be a mapping of variable names to values",
+            )),
+        }
+        Some(Config {
+            script: script?,
+            python,
+            env,
+        })
+    }
+
+    /// The script's path: absolute, or relative to the job file's folder. Made absolute,
+    /// since the script runs in another working directory than the daemon's.
+    pub(super) fn script_path(&self, job_file: &Path) -> PathBuf {
+        absolute(
+            &job_file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(&self.script),
+        )
+    }
+}
+
+/// `p` against the daemon's working directory (a relative jobs folder gives relative paths).
+pub(super) fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Whether the script imports its integration package-relatively, and if so how to run it
+/// as a module: `<integration>/jobs/<Name>.py` -> `<integration>.jobs.<Name>` from the
+/// integration's parent.
+pub(super) fn launch_for(script: &Path, source: &str) -> Result<Launch, String> {
+    let relative = source.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("from .") || l.starts_with("import .")
+    });
+    if !relative {
+        return Ok(Launch::Script);
+    }
+    let ident = |s: &str| {
+        let mut c = s.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    };
+    let stem = script.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let jobs = script.parent();
+    let integration = jobs.and_then(Path::parent);
+    let (Some(jobs), Some(integration)) = (jobs, integration) else {
+        return Err(
+            "a script with package-relative imports must sit in <integration>/jobs/".into(),
+        );
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let parts = [name(integration), name(jobs), stem.to_string()];
+    if let Some(bad) = parts.iter().find(|p| !ident(p)) {
+        return Err(format!(
+            "the script uses package-relative imports, so it runs as the module \
+             `{}`; `{bad}` is not a Python identifier",
+            parts.join(".")
+        ));
+    }
+    Ok(Launch::Module {
+        module: parts.join("."),
+        root: integration.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    })
+}
+
+/// Whether `program` can be started: a path to a file, or a name found in `PATH`.
+pub(super) fn find_program(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// This job instance as `GetInstalledJobs` lists it (TIPCommon reads its parameter list from
+/// there, matching `uniqueIdentifier` with the stdin's `unique_identifier`). Values are the
+/// instance's, except passwords, which travel only on stdin.
+pub(super) fn installed_job(ctx: &JobContext) -> Value {
+    use soarjobd_core::definition::ParamType;
+    let parameters: Vec<Value> = ctx
+        .params()
+        .iter()
+        .map(|p| {
+            // ScriptParamType codes (soar-api.md §6); csv is a string there.
+            let code = match p.ty {
+                ParamType::Boolean => 0,
+                ParamType::Integer => 1,
+                ParamType::String | ParamType::Csv => 2,
+                ParamType::Password => 3,
+                ParamType::Ip => 4,
+                ParamType::IpOrHost => 5,
+                ParamType::Url => 6,
+                ParamType::Domain => 7,
+                ParamType::Email => 8,
+            };
+            let value = match p.ty {
+                ParamType::Password => String::new(),
+                _ => param_text(&p.value),
+            };
+            json!({
+                "name": p.name,
+                "displayName": p.name,
+                "isMandatory": p.mandatory,
+                "mandatory": p.mandatory,
+                "type": code,
+                "value": value,
+            })
+        })
+        .collect();
+    json!([{
+        "uniqueIdentifier": ctx.job_id(),
+        "name": ctx.definition().name,
+        "isEnabled": ctx.definition().enabled,
+        "parameters": parameters,
+    }])
+}
+
+/// A parameter as the SDK gets it: its text, as typed in the SecOps UI.
+pub(super) fn param_text(v: &ParamValue) -> String {
+    match v.to_exposed_json() {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{Launch, launch_for};
+
+    #[test]
+    fn package_relative_imports_run_as_a_module() {
+        let script = Path::new("/srv/integrations/tools/jobs/TagCases.py");
+        assert_eq!(launch_for(script, "import json\n"), Ok(Launch::Script));
+        assert_eq!(
+            launch_for(script, "from ..core.Manager import Manager\n"),
+            Ok(Launch::Module {
+                module: "tools.jobs.TagCases".into(),
+                root: "/srv/integrations".into(),
+            })
+        );
+        let spaced = Path::new("/srv/integrations/tools/jobs/Tag Cases.py");
+        let e = launch_for(spaced, "from ..core import x\n").unwrap_err();
+        assert!(e.contains("`Tag Cases` is not a Python identifier"), "{e}");
+    }
+}
