@@ -53,8 +53,8 @@ pub struct AppBuilder {
 }
 
 impl App {
-    /// The built-in jobs and platforms: `exec`, SecOps SOAR (`comment-on-tagged-cases`) and
-    /// ThreatConnect (`push-case-iocs-to-threatconnect`). Add your own with
+    /// The built-in jobs and platforms: `exec`, SecOps SOAR (`comment-on-tagged-cases`),
+    /// ThreatConnect (`push-case-iocs-to-threatconnect`) and SecOps scripts (`secops-script`). Add your own with
     /// [`AppBuilder::register`] (a job with a built-in's id replaces it) and
     /// [`AppBuilder::platform`].
     pub fn builder() -> AppBuilder {
@@ -239,14 +239,18 @@ mod tests {
             [
                 "comment-on-tagged-cases",
                 "exec",
-                "push-case-iocs-to-threatconnect"
+                "push-case-iocs-to-threatconnect",
+                "secops-script"
             ]
         );
     }
 
     #[test]
     fn no_platform_section_is_no_problem_and_the_secrets_are_collected() {
-        assert_eq!(App::builder().sections(), ["soar", "threatconnect"]);
+        assert_eq!(
+            App::builder().sections(),
+            ["soar", "threatconnect", "secops"]
+        );
         assert!(App::builder().build().is_ok());
         let mut settings = Settings::default();
         settings.set_section(
