@@ -145,7 +145,12 @@ fn the_binary_runs_with_the_container_layout_and_stops_on_sigterm() {
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    let rest: Vec<String> = rx.try_iter().collect();
+    // The reader thread may still be passing on the last lines after the exit: read until it
+    // hangs up (stderr closed), with a bound in case a leftover child kept it open.
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
     assert!(
         rest.iter().any(|l| l.contains("daemon stopped")),
         "{rest:?}"

@@ -190,7 +190,23 @@ async fn a_sigkilled_daemon_neither_loses_nor_repeats_a_tick() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(3200)).await;
+        // Wait for two more runs to have started (not a fixed time: a loaded machine starts
+        // the binary slowly). The second one is then in its `sleep`, so the signal lands
+        // mid-run.
+        let lines = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
+        let before = lines(&log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while lines(&log) < before + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the daemon ran no two ticks in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if round == 0 {
             signal(&child, libc::SIGKILL);
             let _ = child.wait();
