@@ -18,8 +18,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
+use crate::ops::PauseControl;
 use crate::runner::{Runner, StopReason};
-use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use crate::scheduler::{LoadedJobs, PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
 
 /// How often old runs are pruned.
@@ -122,7 +123,8 @@ impl DaemonBuilder {
             );
         }
         let registry = Arc::new(self.registry);
-        let runner = Runner::new(store.clone(), registry.clone());
+        let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+        let runner = Runner::new(store.clone(), registry.clone()).with_run_logs(run_logs.clone());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
@@ -155,7 +157,22 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
-        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (jobs_tx, jobs) = tokio::sync::watch::channel(LoadedJobs::default());
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone())
+            .with_pauses(PauseWiring {
+                store: store.clone(),
+                wake: wake.clone(),
+            })
+            .publishing(jobs_tx);
+        let pauses = {
+            let jobs = jobs.clone();
+            PauseControl::new(
+                store.clone(),
+                Arc::new(move |id: &str| jobs.borrow().contains_key(id)),
+            )
+            .waking(wake)
+        };
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(
@@ -179,6 +196,9 @@ impl DaemonBuilder {
             tracker,
             running,
             store,
+            jobs,
+            pauses,
+            run_logs,
             grace: settings.shutdown_grace,
             tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
             signals,
@@ -193,6 +213,10 @@ pub struct RunningDaemon {
     tracker: TaskTracker,
     running: RunningRuns,
     store: Arc<dyn Store>,
+    /// The loaded definitions, as the scheduler publishes them.
+    jobs: tokio::sync::watch::Receiver<LoadedJobs>,
+    pauses: PauseControl,
+    run_logs: crate::ops::RunLogs,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
@@ -203,6 +227,16 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The loaded job definitions by id (updated after every reload).
+    pub fn jobs(&self) -> tokio::sync::watch::Receiver<LoadedJobs> {
+        self.jobs.clone()
+    }
+
+    /// Pauses and resumes jobs; the scheduler reacts at once (see [`crate::ops::pause`]).
+    pub fn pauses(&self) -> PauseControl {
+        self.pauses.clone()
     }
 
     /// The token that stops the daemon when cancelled.
@@ -253,6 +287,8 @@ impl RunningDaemon {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The runs are over: their last log lines go to the store before it closes.
+        self.run_logs.close().await;
         self.store.close().await;
         tracing::info!("daemon stopped");
     }
