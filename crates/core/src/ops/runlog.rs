@@ -367,3 +367,110 @@ pub fn format_line(l: &RunLogLine) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRun, RunStatus, Store, Trigger};
+    use tracing_subscriber::prelude::*;
+
+    async fn store_with_run() -> (tempfile::TempDir, Arc<dyn Store>, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&url).await.expect("open");
+        let now = Utc::now();
+        let ids = store
+            .claim_runs(&[NewRun {
+                job_id: "j".into(),
+                scheduled_at: now,
+                trigger: Trigger::Manual,
+                status: RunStatus::Running,
+                started_at: now,
+                message: None,
+            }])
+            .await
+            .expect("claim");
+        (dir, store, ids[0].expect("claimed"))
+    }
+
+    /// Events inside the run's span are stored in order, redacted, with their fields; events
+    /// outside it are not; beyond the bound the first and last halves stay around a marker.
+    #[tokio::test]
+    async fn a_runs_events_are_stored_redacted_and_bounded() {
+        let (_dir, store, run_id) = store_with_run().await;
+        let logs = RunLogs::start(store.clone(), 4096);
+        let sub = tracing_subscriber::registry().with(RunLogLayer);
+        let _guard = tracing::subscriber::set_default(sub);
+        let buffer = logs.open(run_id, Redactor::new(["hunter2-secret"]));
+        let span = capture_into(Some(&buffer), || tracing::info_span!("run", run_id));
+        tracing::info!("outside the run");
+        span.in_scope(|| {
+            tracing::info!(stream = "stdout", line = %"token hunter2-secret here", "process output");
+            for i in 0..400 {
+                tracing::warn!(i, "line {i}");
+            }
+            tracing::info!("the very last line");
+        });
+        buffer.close();
+        logs.close().await;
+        let lines = store.run_logs(run_id, 0, 10_000).await.expect("read");
+        let texts: Vec<String> = lines.iter().map(format_line).collect();
+        let all = texts.join("\n");
+        assert!(!all.contains("hunter2-secret"), "{all}");
+        assert!(!all.contains("outside the run"), "{all}");
+        assert_eq!(lines[0].seq, 1);
+        assert_eq!(lines[0].message, "process output");
+        assert_eq!(lines[0].fields["stream"], "stdout");
+        assert!(
+            lines[0].fields["line"]
+                .as_str()
+                .unwrap()
+                .contains("[redacted]")
+        );
+        assert_eq!(lines[1].message, "line 0");
+        assert_eq!(lines[1].level, "WARN");
+        assert_eq!(lines[1].fields["i"], 0);
+        let marker = lines
+            .iter()
+            .position(|l| l.message.starts_with("[... ") && l.message.ends_with(" lines cut ...]"))
+            .expect("a cut marker");
+        let cut = lines[marker].fields["cut_lines"].as_u64().expect("count");
+        assert!(cut > 300, "{cut}");
+        assert_eq!(lines.last().unwrap().message, "the very last line");
+        // Every line is either kept or counted as cut, and seqs stay in order.
+        assert_eq!(lines.len() as u64 - 1 + cut, 402);
+        assert!(lines.windows(2).all(|w| w[0].seq < w[1].seq));
+        let bytes: usize = lines
+            .iter()
+            .map(|l| l.message.len() + l.target.len() + l.fields.to_string().len())
+            .sum();
+        assert!(bytes <= 4096, "{bytes}");
+        store.close().await;
+    }
+
+    /// Without a buffer (or outside a `run` span) nothing is kept and nothing leaks into the
+    /// next span made on the thread.
+    #[tokio::test]
+    async fn a_span_made_without_a_buffer_keeps_nothing() {
+        let (_dir, store, run_id) = store_with_run().await;
+        let logs = RunLogs::start(store.clone(), DEFAULT_MAX_BYTES);
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(RunLogLayer));
+        let buffer = logs.open(run_id, Redactor::new(std::iter::empty::<&str>()));
+        // The buffer is offered to a span of another name: it must not stay pending.
+        let other = capture_into(Some(&buffer), || tracing::info_span!("other"));
+        let run = capture_into(None, || tracing::info_span!("run"));
+        other.in_scope(|| tracing::info!("in other"));
+        run.in_scope(|| tracing::info!("in a run without buffer"));
+        buffer.close();
+        logs.close().await;
+        assert!(
+            store
+                .run_logs(run_id, 0, 100)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        store.close().await;
+    }
+}
