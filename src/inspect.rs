@@ -134,7 +134,7 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
             );
         }
     }
-    for p in &pauses {
+    for p in pauses.iter().filter(|_| !json_out) {
         let _ = writeln!(
             out,
             "paused: {} since {} by {}{}",
