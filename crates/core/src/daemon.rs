@@ -19,6 +19,8 @@ use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
 use crate::ops::PauseControl;
+use crate::ops::alerts::evaluate::InvalidFiles;
+use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{LoadedJobs, PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
@@ -28,6 +30,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How often `running` rows of dead processes (a `run-once` killed with SIGKILL) are marked
 /// `interrupted`. A claim of the same job finds them sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long shutdown leaves queued alert notifications to go out.
+const ALERTS_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -54,6 +58,7 @@ impl Daemon {
             registry: Registry::new(),
             settings: Settings::default(),
             options: SchedulerOptions::default(),
+            notifiers: Vec::new(),
         }
     }
 }
@@ -62,6 +67,7 @@ pub struct DaemonBuilder {
     registry: Registry,
     settings: Settings,
     options: SchedulerOptions,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl DaemonBuilder {
@@ -91,6 +97,13 @@ impl DaemonBuilder {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Sends alert notifications to these sinks (the composition root builds them from
+    /// `alerts:`; see [`crate::ops::alerts`]).
+    pub fn notifiers(mut self, notifiers: Vec<Arc<dyn Notifier>>) -> DaemonBuilder {
+        self.notifiers = notifiers;
+        self
     }
 
     /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
@@ -124,7 +137,10 @@ impl DaemonBuilder {
         }
         let registry = Arc::new(self.registry);
         let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
-        let runner = Runner::new(store.clone(), registry.clone()).with_run_logs(run_logs.clone());
+        let ended = Arc::new(RunEnded::default());
+        let runner = Runner::new(store.clone(), registry.clone())
+            .with_run_logs(run_logs.clone())
+            .with_run_ended(ended.clone());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
@@ -159,12 +175,14 @@ impl DaemonBuilder {
         let (tx, rx) = mpsc::channel(4);
         let wake = Arc::new(tokio::sync::Notify::new());
         let (jobs_tx, jobs) = tokio::sync::watch::channel(LoadedJobs::default());
+        let (invalid_tx, invalid) = tokio::sync::watch::channel(InvalidFiles::default());
         let scheduler = Scheduler::new(runner, running.clone(), tracker.clone())
             .with_pauses(PauseWiring {
                 store: store.clone(),
                 wake: wake.clone(),
             })
-            .publishing(jobs_tx);
+            .publishing(jobs_tx)
+            .publishing_invalid(invalid_tx);
         let pauses = {
             let jobs = jobs.clone();
             PauseControl::new(
@@ -191,6 +209,22 @@ impl DaemonBuilder {
             shutdown.clone(),
         ));
         let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
+        // Alerts: the dispatcher outlives the evaluator a little (see `shutdown`), so an
+        // episode that opened just before a stop is still sent if the sink answers.
+        let alerts_stop = CancellationToken::new();
+        let dispatcher =
+            Dispatcher::start(self.notifiers, settings.alerts.queue, alerts_stop.clone());
+        let evaluator_task = tokio::spawn(
+            Evaluator {
+                store: store.clone(),
+                settings: settings.alerts.clone(),
+                jobs: jobs.clone(),
+                invalid: invalid.clone(),
+                ended,
+                dispatcher: dispatcher.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         Ok(RunningDaemon {
             shutdown,
             tracker,
@@ -200,7 +234,16 @@ impl DaemonBuilder {
             pauses,
             run_logs,
             grace: settings.shutdown_grace,
-            tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
+            tasks: vec![
+                scheduler_task,
+                watcher_task,
+                pruner_task,
+                sweeper_task,
+                evaluator_task,
+            ],
+            invalid,
+            dispatcher,
+            alerts_stop,
             signals,
             _lock: lock,
         })
@@ -217,6 +260,10 @@ pub struct RunningDaemon {
     jobs: tokio::sync::watch::Receiver<LoadedJobs>,
     pauses: PauseControl,
     run_logs: crate::ops::RunLogs,
+    /// The job files that fail to load, as the scheduler publishes them.
+    invalid: tokio::sync::watch::Receiver<InvalidFiles>,
+    dispatcher: Dispatcher,
+    alerts_stop: CancellationToken,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
@@ -232,6 +279,16 @@ impl RunningDaemon {
     /// The loaded job definitions by id (updated after every reload).
     pub fn jobs(&self) -> tokio::sync::watch::Receiver<LoadedJobs> {
         self.jobs.clone()
+    }
+
+    /// The job files that fail to load, with their errors (updated after every reload).
+    pub fn invalid_jobs(&self) -> tokio::sync::watch::Receiver<InvalidFiles> {
+        self.invalid.clone()
+    }
+
+    /// Alert notifications dropped by a full sink queue so far, by sink name.
+    pub fn alerts_dropped(&self) -> Vec<(String, u64)> {
+        self.dispatcher.dropped()
     }
 
     /// Pauses and resumes jobs; the scheduler reacts at once (see [`crate::ops::pause`]).
@@ -289,6 +346,9 @@ impl RunningDaemon {
         }
         // The runs are over: their last log lines go to the store before it closes.
         self.run_logs.close().await;
+        // Queued notifications get a moment to go out; a dead sink does not hold the exit.
+        tokio::time::sleep(ALERTS_GRACE).await;
+        self.alerts_stop.cancel();
         self.store.close().await;
         tracing::info!("daemon stopped");
     }

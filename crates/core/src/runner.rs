@@ -136,6 +136,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     /// Where each run's log lines are kept (`None`: only the process log has them).
     run_logs: Option<crate::ops::RunLogs>,
+    /// Told of every recorded run end (the alert evaluator).
+    ended: Option<Arc<crate::ops::alerts::RunEnded>>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -150,7 +152,14 @@ impl Runner {
             redactors: Arc::default(),
             clock: Arc::new(RealClock::new()),
             run_logs: None,
+            ended: None,
         }
+    }
+
+    /// Tells `ended` of every run end once it is recorded (see [`crate::ops::alerts`]).
+    pub fn with_run_ended(mut self, ended: Arc<crate::ops::alerts::RunEnded>) -> Runner {
+        self.ended = Some(ended);
+        self
     }
 
     /// Keeps every run's log lines with the run (see [`crate::ops::runlog`]).
@@ -313,6 +322,9 @@ impl Runner {
         }
         if let Some(log) = log {
             log.close();
+        }
+        if let Some(ended) = &self.ended {
+            ended.ended(&def.id);
         }
         RunSummary {
             run_id: req.run_id,

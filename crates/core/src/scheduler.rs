@@ -215,6 +215,9 @@ pub struct Scheduler {
     paused: HashMap<String, JobPause>,
     /// Where the loaded definitions are published.
     published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
+    /// Where the job files that fail to load are published (alerts, admin).
+    published_invalid:
+        Option<tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>>,
 }
 
 impl Scheduler {
@@ -235,7 +238,17 @@ impl Scheduler {
             pause_wiring: None,
             paused: HashMap::new(),
             published: None,
+            published_invalid: None,
         }
+    }
+
+    /// Publishes the job files that fail to load (with their errors) after every load.
+    pub fn publishing_invalid(
+        mut self,
+        tx: tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>,
+    ) -> Scheduler {
+        self.published_invalid = Some(tx);
+        self
     }
 
     /// Honours the pauses in this store (re-read every [`PAUSE_REFRESH`] and on `wake`).
@@ -540,6 +553,22 @@ impl Scheduler {
             self.broken.insert(file, text);
         }
         self.broken.retain(|f, _| now_broken.contains(f));
+        if let Some(tx) = &self.published_invalid {
+            let files: std::collections::BTreeMap<PathBuf, String> = self
+                .broken
+                .iter()
+                .map(|(f, e)| (f.clone(), e.clone()))
+                .collect();
+            // Only a change wakes the readers (a reload of unchanged files is no news).
+            tx.send_if_modified(|cur| {
+                if **cur == files {
+                    false
+                } else {
+                    *cur = Arc::new(files);
+                    true
+                }
+            });
+        }
     }
 
     /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].

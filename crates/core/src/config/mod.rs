@@ -88,6 +88,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub history: HistorySettings,
     pub run_logs: RunLogSettings,
+    /// `alerts:` (rules and sinks; see `crate::ops::alerts`).
+    pub alerts: crate::ops::alerts::AlertSettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
@@ -145,6 +147,7 @@ impl Default for Settings {
                 keep_runs: 1000,
                 keep_days: 30,
             },
+            alerts: Default::default(),
             run_logs: RunLogSettings {
                 max_bytes: crate::ops::runlog::DEFAULT_MAX_BYTES,
             },
@@ -187,6 +190,7 @@ const CORE_KEYS: &[&str] = &[
     "shutdown_grace",
     "history",
     "run_logs",
+    "alerts",
     "reload_poll",
     "secrets",
 ];
@@ -363,7 +367,8 @@ fn resolve_relative_paths(v: &mut Value, base: &Path) {
     }
     if let Value::Object(top) = v {
         for (name, section) in top.iter_mut() {
-            if CORE_KEYS.contains(&name.as_str()) {
+            // `alerts` is the core's, but its `*_file` keys are relative to the file too.
+            if CORE_KEYS.contains(&name.as_str()) && name != "alerts" {
                 continue;
             }
             if let Value::Object(m) = section {
@@ -487,6 +492,11 @@ fn validate(
     s.run_logs.max_bytes = run_logs.uint("max_bytes", s.run_logs.max_bytes, 1024);
     let run_logs = run_logs.finish();
     top.absorb(run_logs);
+
+    let mut alerts = top.section("alerts");
+    s.alerts = crate::ops::alerts::AlertSettings::read(&mut alerts);
+    let alerts = alerts.finish();
+    top.absorb(alerts);
 
     let mut secrets = top.section("secrets");
     if let Some(list) = secrets.string_list("env_allow") {

@@ -3,6 +3,7 @@
 //! ([`alerts`]). The admin HTTP server and the CLI call these; the state lives in the store
 //! ([`crate::store::OpsStore`]).
 
+pub mod alerts;
 pub mod pause;
 pub mod runlog;
 
