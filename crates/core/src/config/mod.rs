@@ -715,6 +715,52 @@ mod tests {
     }
 
     #[test]
+    fn alerts_and_run_logs_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&dir.path().join("hook"), "https://hooks.example/T/B/x\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "run_logs: {max_bytes: 65536}\nalerts:\n  failed_runs_in_a_row: 5\n  no_success_for: 2h\n  slack_url_file: hook\n  queue: 10\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[("SOARJOBD__ALERTS__JOB_INVALID", "off")]),
+        })
+        .unwrap();
+        assert_eq!(s.run_logs.max_bytes, 65536);
+        assert_eq!(s.alerts.failed_runs_in_a_row, 5);
+        assert_eq!(
+            s.alerts.no_success_for,
+            crate::ops::alerts::NoSuccessFor::After(Duration::from_secs(7200))
+        );
+        assert!(!s.alerts.job_invalid);
+        assert_eq!(s.alerts.queue, 10);
+        // The file is relative to the config's folder.
+        assert!(matches!(
+            &s.alerts.slack_url,
+            Some(grammar::SecretSource::File(p)) if p == &dir.path().join("hook")
+        ));
+        std::fs::write(
+            &cfg,
+            "alerts:\n  failed_runs_in_a_row: -1\n  no_success_for: soon\n  slak_url: x\nrun_logs: {max_bytes: 10}\n",
+        )
+        .unwrap();
+        let e = load(&Sources {
+            file: Some(cfg),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.problems.len(), 4, "{text}");
+        assert!(text.contains("c.yaml:2:"), "{text}");
+        assert!(text.contains("alerts.no_success_for"), "{text}");
+        assert!(text.contains("did you mean `slack_url`"), "{text}");
+        assert!(text.contains("run_logs.max_bytes"), "{text}");
+    }
+
+    #[test]
     fn secrets_section() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.yaml");

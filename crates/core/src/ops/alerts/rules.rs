@@ -199,6 +199,58 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    struct Any;
+    struct Spec;
+    impl crate::definition::JobSpec for Spec {}
+    impl crate::definition::Catalog for Any {
+        fn ids(&self) -> Vec<String> {
+            vec!["x".into()]
+        }
+        fn spec(&self, _id: &str) -> Option<&dyn crate::definition::JobSpec> {
+            Some(&Spec)
+        }
+    }
+
+    /// A job file's `alerts:` key: read into the definition, its mistakes located.
+    #[test]
+    fn a_job_files_alerts_key_is_read_and_its_errors_located() {
+        let path = std::path::Path::new("jobs/j.yaml");
+        let def = crate::definition::load_str(
+            path,
+            "name: J\njob: x\nschedule: {every: 10m}\nalerts: {failed_runs_in_a_row: 5}\n",
+            &Any,
+        )
+        .expect("loads");
+        let rules = AlertSettings::default().for_job(&def);
+        assert_eq!(rules.failed_runs_in_a_row, 5);
+        assert_eq!(rules.no_success_for, Some(Duration::from_secs(1800)));
+        let off = crate::definition::load_str(path, "name: J\njob: x\nalerts: off\n", &Any)
+            .expect("loads");
+        assert_eq!(
+            AlertSettings::default().for_job(&off),
+            JobRules {
+                failed_runs_in_a_row: 0,
+                no_success_for: None
+            }
+        );
+        let cron = crate::definition::load_str(
+            path,
+            "name: J\njob: x\nschedule: {cron: '0 3 * * *'}\n",
+            &Any,
+        )
+        .expect("loads");
+        assert_eq!(
+            AlertSettings::default().for_job(&cron).no_success_for,
+            Some(CRON_NO_SUCCESS)
+        );
+        let errs =
+            crate::definition::load_str(path, "name: J\njob: x\nalerts:\n  failed_runs: 2\n", &Any)
+                .expect_err("refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 4, "{errs:?}");
+        assert!(errs[0].message.contains("alerts.failed_runs"), "{errs:?}");
+    }
+
     #[test]
     fn job_overrides_are_read_and_checked() {
         let (a, e) =
