@@ -237,3 +237,49 @@ async fn a_dead_sink_delays_no_run() {
     drop(dead);
     store.close().await;
 }
+
+/// `no_success_for` (here a job's own override) fires for a job that has not succeeded for
+/// that long, and resolves with its next success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_success_for_fires_and_resolves_with_a_success() {
+    let (base, got) = receiver().await;
+    let mut app = TestApp::new();
+    app.settings.alerts.webhook_url = secret(format!("{base}/hook"));
+    app.settings.alerts.check_every = Duration::from_secs(1);
+    let flag = app.path("fail");
+    std::fs::write(&flag, "").unwrap();
+    app.write_job(
+        "quiet",
+        &format!(
+            "name: Quiet\njob: exec\nschedule: {{every: 1s}}\nalerts: {{failed_runs_in_a_row: 0, no_success_for: 2s}}\ncommand: [/bin/sh, -c, 'test ! -e {}']\n",
+            flag.display()
+        ),
+    );
+    let daemon = app.start().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            count_state(&got, "firing") >= 1
+        })
+        .await
+    );
+    let firing = bodies(&got, "hook")[0].clone();
+    assert_eq!(firing["rule"], "no_success_for");
+    assert_eq!(firing["subject"], "quiet");
+    assert!(
+        firing["summary"]
+            .as_str()
+            .unwrap()
+            .contains("has not succeeded for more than 2s"),
+        "{firing}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            count_state(&got, "resolved") >= 1
+        })
+        .await
+    );
+    daemon.shutdown().await;
+    assert_eq!(count_state(&got, "firing"), 1, "{:?}", got.lock().unwrap());
+    assert_eq!(count_state(&got, "resolved"), 1);
+}

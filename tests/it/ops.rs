@@ -188,7 +188,7 @@ async fn resume_with_catch_up_makes_one_catch_up_run() {
     assert_eq!(pauses.pauses().await.unwrap().len(), 1);
     // Applied at once (the control wakes the scheduler): a claim made just before the pause
     // may still run, nothing after.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = runs(&store, "s").await.len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(runs(&store, "s").await.len(), before);
@@ -212,5 +212,43 @@ async fn resume_with_catch_up_makes_one_catch_up_run() {
         .filter(|r| r.trigger == Trigger::CatchUp)
         .count();
     assert_eq!(catch_ups, 1);
+    store.close().await;
+}
+
+/// `logs --follow` prints a run's lines as they come and returns once the run has ended.
+#[tokio::test]
+async fn logs_follow_prints_lines_until_the_run_ends() {
+    // Run logs are captured by the subscriber's layer (the daemon's global one in production).
+    let (_logs, _guard) = capture_logs();
+    let app = TestApp::new();
+    app.write_job(
+        "slowly",
+        "name: Slowly\njob: exec\nschedule: {every: 1h}\ncommand: [/bin/sh, -c, 'echo first line; sleep 2; echo second line']\n",
+    );
+    let store = app.store().await;
+    let daemon = app.builder().run_at_start(true).start().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !runs(&store, "slowly").await.is_empty()
+        })
+        .await
+    );
+    let run = runs(&store, "slowly").await[0].id;
+    let dir = app.dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        soarjobd_in(&dir, &["logs", &run.to_string(), "--follow"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let first = text.find("first line").expect("first line");
+    let second = text.find("second line").expect("second line");
+    let finished = text.find("run finished").expect("the end of the run");
+    assert!(first < second && second < finished, "{text}");
+    assert!(runs(&store, "slowly").await[0].status.is_final());
+    daemon.shutdown().await;
     store.close().await;
 }

@@ -347,7 +347,9 @@ impl RunningDaemon {
         // The runs are over: their last log lines go to the store before it closes.
         self.run_logs.close().await;
         // Queued notifications get a moment to go out; a dead sink does not hold the exit.
-        tokio::time::sleep(ALERTS_GRACE).await;
+        if self.dispatcher.has_sinks() {
+            tokio::time::sleep(ALERTS_GRACE).await;
+        }
         self.alerts_stop.cancel();
         self.store.close().await;
         tracing::info!("daemon stopped");

@@ -69,6 +69,11 @@ impl Dispatcher {
         }
     }
 
+    /// True when at least one sink is configured.
+    pub fn has_sinks(&self) -> bool {
+        !self.queues.is_empty()
+    }
+
     /// Notifications dropped so far by each sink's full queue, by sink name.
     pub fn dropped(&self) -> Vec<(String, u64)> {
         self.queues
