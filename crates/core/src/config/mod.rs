@@ -718,7 +718,7 @@ mod tests {
     fn alerts_and_run_logs_sections() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.yaml");
-        std::fs::write(&dir.path().join("hook"), "https://hooks.example/T/B/x\n").unwrap();
+        std::fs::write(dir.path().join("hook"), "https://hooks.example/T/B/x\n").unwrap();
         std::fs::write(
             &cfg,
             "run_logs: {max_bytes: 65536}\nalerts:\n  failed_runs_in_a_row: 5\n  no_success_for: 2h\n  slack_url_file: hook\n  queue: 10\n",
