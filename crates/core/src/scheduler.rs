@@ -213,6 +213,8 @@ pub struct Scheduler {
     pause_wiring: Option<PauseWiring>,
     /// The pauses in force, as last read: these jobs claim no ticks.
     paused: HashMap<String, JobPause>,
+    /// The last read of the pauses failed (logged once until a read works).
+    pauses_unreadable: bool,
     /// Where the loaded definitions are published.
     published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
     /// Where the job files that fail to load are published (alerts, admin).
@@ -237,6 +239,7 @@ impl Scheduler {
             outage: None,
             pause_wiring: None,
             paused: HashMap::new(),
+            pauses_unreadable: false,
             published: None,
             published_invalid: None,
         }
@@ -282,9 +285,16 @@ impl Scheduler {
         };
         let store = wiring.store.clone();
         let list = match store.pauses().await {
-            Ok(l) => l,
+            Ok(l) => {
+                self.pauses_unreadable = false;
+                l
+            }
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot read the paused jobs");
+                // Once per outage: the claims' own failures are logged already.
+                if !self.pauses_unreadable {
+                    tracing::warn!(error = %error_chain(&e), effect = "the pauses last read stay in force", "cannot read the paused jobs");
+                }
+                self.pauses_unreadable = true;
                 return;
             }
         };
