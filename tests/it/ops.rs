@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use soarjobd::ops::OpsError;
 use soarjobd::store::ops::PauseOutcome;
-use soarjobd::store::{RunStatus, Trigger};
+use soarjobd::store::{OpsStore, RunStatus, Trigger};
 
 use crate::support::*;
 
@@ -250,5 +250,43 @@ async fn logs_follow_prints_lines_until_the_run_ends() {
     assert!(first < second && second < finished, "{text}");
     assert!(runs(&store, "slowly").await[0].status.is_final());
     daemon.shutdown().await;
+    store.close().await;
+}
+
+/// A `resume --catch-up` made while no daemon ran is honoured when one starts.
+#[tokio::test]
+async fn a_catch_up_asked_while_the_daemon_was_down_runs_at_its_start() {
+    let app = TestApp::new();
+    app.write_job("s", &sleep_job("S", "{every: 1s}", 0, "misfire: skip\n"));
+    let store = app.store().await;
+    let now = chrono::Utc::now();
+    store
+        .pause_job(
+            "s",
+            Some("window"),
+            "test",
+            now - chrono::Duration::seconds(10),
+        )
+        .await
+        .unwrap();
+    store.resume_job("s", true, "test", now).await.unwrap();
+    let daemon = app.start().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            runs(&store, "s")
+                .await
+                .iter()
+                .any(|r| r.trigger == Trigger::CatchUp)
+        })
+        .await,
+        "no catch-up run"
+    );
+    daemon.shutdown().await;
+    let all = runs(&store, "s").await;
+    assert_eq!(
+        all.iter().filter(|r| r.trigger == Trigger::CatchUp).count(),
+        1
+    );
+    assert!(store.take_catch_ups().await.unwrap().is_empty());
     store.close().await;
 }

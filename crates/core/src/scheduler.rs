@@ -278,10 +278,18 @@ impl Scheduler {
     }
 
     /// Re-reads the pauses: releases the claims of newly paused jobs and makes the catch-up
-    /// runs that `resume --catch-up` asked for. A store failure keeps the pauses last read.
+    /// runs that `resume --catch-up` asked for.
     async fn refresh_pauses(&mut self) {
+        if self.read_pauses().await {
+            self.resume_catch_ups().await;
+        }
+    }
+
+    /// Reads the pauses in force and releases the claims of newly paused jobs. A store
+    /// failure keeps the pauses last read (and answers false).
+    async fn read_pauses(&mut self) -> bool {
         let Some(wiring) = &self.pause_wiring else {
-            return;
+            return false;
         };
         let store = wiring.store.clone();
         let list = match store.pauses().await {
@@ -295,7 +303,7 @@ impl Scheduler {
                     tracing::warn!(error = %error_chain(&e), effect = "the pauses last read stay in force", "cannot read the paused jobs");
                 }
                 self.pauses_unreadable = true;
-                return;
+                return false;
             }
         };
         let now_paused: HashMap<String, JobPause> =
@@ -324,6 +332,17 @@ impl Scheduler {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
+        true
+    }
+
+    /// Makes the one catch-up run each `resume --catch-up` asked for (taking the request, so
+    /// another replica does not make it too). Needs the jobs loaded: a request for a job that
+    /// is not loaded is dropped.
+    async fn resume_catch_ups(&mut self) {
+        let Some(wiring) = &self.pause_wiring else {
+            return;
+        };
+        let store = wiring.store.clone();
         let taken = match store.take_catch_ups().await {
             Ok(t) => t,
             Err(e) => {
@@ -364,7 +383,9 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         self.log_errors(&initial);
-        self.refresh_pauses().await;
+        // Pauses before the jobs are added (a paused job neither catches up nor counts missed
+        // ticks); the catch-ups a resume asked for after them, once the jobs are known.
+        self.read_pauses().await;
         let now = self.clock.now();
         let mut catch_up = Vec::new();
         for def in initial.jobs {
@@ -382,6 +403,7 @@ impl Scheduler {
         }
         self.publish();
         self.claim(catch_up).await;
+        self.resume_catch_ups().await;
         self.fire_pending().await;
 
         let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
