@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use soarjobd::ops::OpsError;
 use soarjobd::store::ops::PauseOutcome;
-use soarjobd::store::{OpsStore, RunStatus, Trigger};
+use soarjobd::store::{RunStatus, Trigger};
 
 use crate::support::*;
 
