@@ -27,6 +27,7 @@ use crate::config::{SectionSpec, Settings};
 use crate::daemon::{Daemon, DaemonBuilder};
 use crate::definition::{self, LoadReport};
 use crate::job::{Job, Registry};
+use crate::ops::alerts::Notifier;
 use crate::platform::{Installer, Platform};
 use crate::runner::Runner;
 use crate::store::{self, Store, StoreError};
@@ -43,6 +44,8 @@ pub struct AppError {
 pub struct App {
     settings: Settings,
     registry: Arc<Registry>,
+    /// The alert sinks of `alerts:` (HTTP webhooks from `soarjobd-clients`).
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 /// Collects platforms, jobs and settings; see [`App::builder`].
@@ -118,6 +121,7 @@ impl App {
         Daemon::builder()
             .with_registry(self.registry.as_ref().clone())
             .settings(self.settings.clone())
+            .notifiers(self.notifiers.clone())
     }
 }
 
@@ -176,10 +180,16 @@ impl AppBuilder {
         }
         // The binary's own jobs last: they replace platform jobs with the same id.
         registry.extend(self.jobs);
+        let notifiers =
+            soarjobd_clients::alert_sinks::sinks(&self.settings.alerts).unwrap_or_else(|e| {
+                problems.push(e);
+                Vec::new()
+            });
         (
             App {
                 settings: self.settings,
                 registry: Arc::new(registry),
+                notifiers,
             },
             problems,
         )

@@ -15,11 +15,12 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
+pub mod ops_cli;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{
-    clock, config, containment, daemon, definition, exit, job, platform, redact, runner, schedule,
-    scheduler, store, telemetry, timer, watch,
+    clock, config, containment, daemon, definition, exit, job, ops, platform, redact, runner,
+    schedule, scheduler, store, telemetry, timer, watch,
 };
 pub use soarjobd_jobs as jobs;
 #[cfg(feature = "sim")]

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so they link once.
 
+mod alerts;
 mod app;
 mod config;
 mod containment;
@@ -8,6 +9,7 @@ mod example;
 mod exec;
 mod exec_output;
 mod limits;
+mod ops;
 mod overlap;
 mod process;
 mod redaction;

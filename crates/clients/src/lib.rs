@@ -5,6 +5,7 @@
 //! config grammar and know nothing of jobs or the simulators (which their tests use as
 //! dev-dependency only).
 
+pub mod alert_sinks;
 pub mod http;
 pub mod soar;
 pub mod threatconnect;

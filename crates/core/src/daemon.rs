@@ -18,8 +18,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
+use crate::ops::PauseControl;
+use crate::ops::alerts::evaluate::InvalidFiles;
+use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
-use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use crate::scheduler::{LoadedJobs, PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
 
 /// How often old runs are pruned.
@@ -27,6 +30,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How often `running` rows of dead processes (a `run-once` killed with SIGKILL) are marked
 /// `interrupted`. A claim of the same job finds them sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long shutdown leaves queued alert notifications to go out.
+const ALERTS_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -53,6 +58,7 @@ impl Daemon {
             registry: Registry::new(),
             settings: Settings::default(),
             options: SchedulerOptions::default(),
+            notifiers: Vec::new(),
         }
     }
 }
@@ -61,6 +67,7 @@ pub struct DaemonBuilder {
     registry: Registry,
     settings: Settings,
     options: SchedulerOptions,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl DaemonBuilder {
@@ -90,6 +97,13 @@ impl DaemonBuilder {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Sends alert notifications to these sinks (the composition root builds them from
+    /// `alerts:`; see [`crate::ops::alerts`]).
+    pub fn notifiers(mut self, notifiers: Vec<Arc<dyn Notifier>>) -> DaemonBuilder {
+        self.notifiers = notifiers;
+        self
     }
 
     /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
@@ -122,7 +136,11 @@ impl DaemonBuilder {
             );
         }
         let registry = Arc::new(self.registry);
-        let runner = Runner::new(store.clone(), registry.clone());
+        let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+        let ended = Arc::new(RunEnded::default());
+        let runner = Runner::new(store.clone(), registry.clone())
+            .with_run_logs(run_logs.clone())
+            .with_run_ended(ended.clone());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
@@ -155,7 +173,24 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
-        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (jobs_tx, jobs) = tokio::sync::watch::channel(LoadedJobs::default());
+        let (invalid_tx, invalid) = tokio::sync::watch::channel(InvalidFiles::default());
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone())
+            .with_pauses(PauseWiring {
+                store: store.clone(),
+                wake: wake.clone(),
+            })
+            .publishing(jobs_tx)
+            .publishing_invalid(invalid_tx);
+        let pauses = {
+            let jobs = jobs.clone();
+            PauseControl::new(
+                store.clone(),
+                Arc::new(move |id: &str| jobs.borrow().contains_key(id)),
+            )
+            .waking(wake)
+        };
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(
@@ -174,13 +209,41 @@ impl DaemonBuilder {
             shutdown.clone(),
         ));
         let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
+        // Alerts: the dispatcher outlives the evaluator a little (see `shutdown`), so an
+        // episode that opened just before a stop is still sent if the sink answers.
+        let alerts_stop = CancellationToken::new();
+        let dispatcher =
+            Dispatcher::start(self.notifiers, settings.alerts.queue, alerts_stop.clone());
+        let evaluator_task = tokio::spawn(
+            Evaluator {
+                store: store.clone(),
+                settings: settings.alerts.clone(),
+                jobs: jobs.clone(),
+                invalid: invalid.clone(),
+                ended,
+                dispatcher: dispatcher.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         Ok(RunningDaemon {
             shutdown,
             tracker,
             running,
             store,
+            jobs,
+            pauses,
+            run_logs,
             grace: settings.shutdown_grace,
-            tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
+            tasks: vec![
+                scheduler_task,
+                watcher_task,
+                pruner_task,
+                sweeper_task,
+                evaluator_task,
+            ],
+            invalid,
+            dispatcher,
+            alerts_stop,
             signals,
             _lock: lock,
         })
@@ -193,6 +256,14 @@ pub struct RunningDaemon {
     tracker: TaskTracker,
     running: RunningRuns,
     store: Arc<dyn Store>,
+    /// The loaded definitions, as the scheduler publishes them.
+    jobs: tokio::sync::watch::Receiver<LoadedJobs>,
+    pauses: PauseControl,
+    run_logs: crate::ops::RunLogs,
+    /// The job files that fail to load, as the scheduler publishes them.
+    invalid: tokio::sync::watch::Receiver<InvalidFiles>,
+    dispatcher: Dispatcher,
+    alerts_stop: CancellationToken,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
@@ -203,6 +274,26 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The loaded job definitions by id (updated after every reload).
+    pub fn jobs(&self) -> tokio::sync::watch::Receiver<LoadedJobs> {
+        self.jobs.clone()
+    }
+
+    /// The job files that fail to load, with their errors (updated after every reload).
+    pub fn invalid_jobs(&self) -> tokio::sync::watch::Receiver<InvalidFiles> {
+        self.invalid.clone()
+    }
+
+    /// Alert notifications dropped by a full sink queue so far, by sink name.
+    pub fn alerts_dropped(&self) -> Vec<(String, u64)> {
+        self.dispatcher.dropped()
+    }
+
+    /// Pauses and resumes jobs; the scheduler reacts at once (see [`crate::ops::pause`]).
+    pub fn pauses(&self) -> PauseControl {
+        self.pauses.clone()
     }
 
     /// The token that stops the daemon when cancelled.
@@ -253,6 +344,13 @@ impl RunningDaemon {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The runs are over: their last log lines go to the store before it closes.
+        self.run_logs.close().await;
+        // Queued notifications get a moment to go out; a dead sink does not hold the exit.
+        if self.dispatcher.has_sinks() {
+            tokio::time::sleep(ALERTS_GRACE).await;
+        }
+        self.alerts_stop.cancel();
         self.store.close().await;
         tracing::info!("daemon stopped");
     }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod definition;
 pub mod exit;
 pub mod job;
+pub mod ops;
 pub mod platform;
 pub mod redact;
 pub mod runner;

@@ -134,6 +134,10 @@ pub struct Runner {
     redactors: Arc<std::sync::Mutex<RedactorCache>>,
     /// Run starts, ends, timeouts and grace periods; the scheduler reads the same clock.
     clock: Arc<dyn Clock>,
+    /// Where each run's log lines are kept (`None`: only the process log has them).
+    run_logs: Option<crate::ops::RunLogs>,
+    /// Told of every recorded run end (the alert evaluator).
+    ended: Option<Arc<crate::ops::alerts::RunEnded>>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -147,7 +151,21 @@ impl Runner {
             registry,
             redactors: Arc::default(),
             clock: Arc::new(RealClock::new()),
+            run_logs: None,
+            ended: None,
         }
+    }
+
+    /// Tells `ended` of every run end once it is recorded (see [`crate::ops::alerts`]).
+    pub fn with_run_ended(mut self, ended: Arc<crate::ops::alerts::RunEnded>) -> Runner {
+        self.ended = Some(ended);
+        self
+    }
+
+    /// Keeps every run's log lines with the run (see [`crate::ops::runlog`]).
+    pub fn with_run_logs(mut self, logs: crate::ops::RunLogs) -> Runner {
+        self.run_logs = Some(logs);
+        self
     }
 
     /// The same runner on another clock (tests: a `VirtualClock`).
@@ -230,16 +248,23 @@ impl Runner {
     /// error: whatever happens becomes the run's status.
     pub async fn execute(&self, req: RunRequest) -> RunSummary {
         let def = req.definition.clone();
-        let span = tracing::info_span!(
-            "run",
-            job_id = %def.id,
-            run_id = req.run_id,
-            scheduled_at = %req.scheduled_at.to_rfc3339(),
-            trigger = req.trigger.as_str(),
-        );
+        let redactor = self.redactor(&req);
+        // The run's log buffer rides on its span: every event inside it is kept with the run.
+        let log = self
+            .run_logs
+            .as_ref()
+            .map(|l| l.open(req.run_id, redactor.clone()));
+        let span = crate::ops::runlog::capture_into(log.as_ref(), || {
+            tracing::info_span!(
+                "run",
+                job_id = %def.id,
+                run_id = req.run_id,
+                scheduled_at = %req.scheduled_at.to_rfc3339(),
+                trigger = req.trigger.as_str(),
+            )
+        });
         let started_at = self.clock.now();
         let stats = Stats::default();
-        let redactor = self.redactor(&req);
         let (status, mut message, mut error) = self
             .drive(
                 &req,
@@ -294,6 +319,12 @@ impl Runner {
                 outcome = message.as_deref().unwrap_or(""),
                 error = error.as_deref().unwrap_or(""), "run finished"
             ),
+        }
+        if let Some(log) = log {
+            log.close();
+        }
+        if let Some(ended) = &self.ended {
+            ended.ended(&def.id);
         }
         RunSummary {
             run_id: req.run_id,

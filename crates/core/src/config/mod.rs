@@ -70,6 +70,14 @@ pub struct HistorySettings {
 }
 
 /// The whole daemon configuration, validated.
+/// `run_logs:` — the log lines kept with each run.
+#[derive(Debug, Clone)]
+pub struct RunLogSettings {
+    /// The most bytes of log kept per run (`max_bytes`, default 1 MiB); beyond it the first and
+    /// last halves are kept.
+    pub max_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The file the settings came from, if one was read.
@@ -79,6 +87,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown_grace: Duration,
     pub history: HistorySettings,
+    pub run_logs: RunLogSettings,
+    /// `alerts:` (rules and sinks; see `crate::ops::alerts`).
+    pub alerts: crate::ops::alerts::AlertSettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
@@ -136,6 +147,10 @@ impl Default for Settings {
                 keep_runs: 1000,
                 keep_days: 30,
             },
+            alerts: Default::default(),
+            run_logs: RunLogSettings {
+                max_bytes: crate::ops::runlog::DEFAULT_MAX_BYTES,
+            },
             reload_poll: Duration::from_secs(30),
             secrets: SecretsSettings::default(),
             sections: BTreeMap::new(),
@@ -174,6 +189,8 @@ const CORE_KEYS: &[&str] = &[
     "log",
     "shutdown_grace",
     "history",
+    "run_logs",
+    "alerts",
     "reload_poll",
     "secrets",
 ];
@@ -350,7 +367,8 @@ fn resolve_relative_paths(v: &mut Value, base: &Path) {
     }
     if let Value::Object(top) = v {
         for (name, section) in top.iter_mut() {
-            if CORE_KEYS.contains(&name.as_str()) {
+            // `alerts` is the core's, but its `*_file` keys are relative to the file too.
+            if CORE_KEYS.contains(&name.as_str()) && name != "alerts" {
                 continue;
             }
             if let Value::Object(m) = section {
@@ -469,6 +487,16 @@ fn validate(
     s.history.keep_days = history.uint("keep_days", s.history.keep_days, 0);
     let history = history.finish();
     top.absorb(history);
+
+    let mut run_logs = top.section("run_logs");
+    s.run_logs.max_bytes = run_logs.uint("max_bytes", s.run_logs.max_bytes, 1024);
+    let run_logs = run_logs.finish();
+    top.absorb(run_logs);
+
+    let mut alerts = top.section("alerts");
+    s.alerts = crate::ops::alerts::AlertSettings::read(&mut alerts);
+    let alerts = alerts.finish();
+    top.absorb(alerts);
 
     let mut secrets = top.section("secrets");
     if let Some(list) = secrets.string_list("env_allow") {
@@ -684,6 +712,52 @@ mod tests {
         assert!(text.contains("shutdown_grace"), "{text}");
         assert!(text.contains("log.format"), "{text}");
         assert!(text.contains("history.keep_runs"), "{text}");
+    }
+
+    #[test]
+    fn alerts_and_run_logs_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(dir.path().join("hook"), "https://hooks.example/T/B/x\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "run_logs: {max_bytes: 65536}\nalerts:\n  failed_runs_in_a_row: 5\n  no_success_for: 2h\n  slack_url_file: hook\n  queue: 10\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[("SOARJOBD__ALERTS__JOB_INVALID", "off")]),
+        })
+        .unwrap();
+        assert_eq!(s.run_logs.max_bytes, 65536);
+        assert_eq!(s.alerts.failed_runs_in_a_row, 5);
+        assert_eq!(
+            s.alerts.no_success_for,
+            crate::ops::alerts::NoSuccessFor::After(Duration::from_secs(7200))
+        );
+        assert!(!s.alerts.job_invalid);
+        assert_eq!(s.alerts.queue, 10);
+        // The file is relative to the config's folder.
+        assert!(matches!(
+            &s.alerts.slack_url,
+            Some(grammar::SecretSource::File(p)) if p == &dir.path().join("hook")
+        ));
+        std::fs::write(
+            &cfg,
+            "alerts:\n  failed_runs_in_a_row: -1\n  no_success_for: soon\n  slak_url: x\nrun_logs: {max_bytes: 10}\n",
+        )
+        .unwrap();
+        let e = load(&Sources {
+            file: Some(cfg),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.problems.len(), 4, "{text}");
+        assert!(text.contains("c.yaml:2:"), "{text}");
+        assert!(text.contains("alerts.no_success_for"), "{text}");
+        assert!(text.contains("did you mean `slack_url`"), "{text}");
+        assert!(text.contains("run_logs.max_bytes"), "{text}");
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct JobDefinition {
     pub timeout: Duration,
     pub overlap: Overlap,
     pub misfire: Misfire,
+    /// The job's own alert rules (`alerts:`), over the config's.
+    pub alerts: crate::ops::alerts::JobAlerts,
     pub parameters: Parameters,
     /// The implementation's own keys (already validated by it), as JSON.
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -597,6 +599,7 @@ const TOP_KEYS: &[&str] = &[
     "overlap",
     "misfire",
     "parameters",
+    "alerts",
 ];
 const SCHEDULE_KEYS: &[&str] = &["every", "cron", "timezone", "jitter"];
 const PARAM_KEYS: &[&str] = &[
@@ -850,6 +853,16 @@ impl Cx<'_> {
             }
         };
 
+        let alerts = match map.get("alerts") {
+            None => Default::default(),
+            Some(v) => {
+                let (a, problems) = crate::ops::alerts::JobAlerts::from_json(&yaml_to_json(v));
+                for (p, m) in problems {
+                    self.val_err(&p, m);
+                }
+                a
+            }
+        };
         let parameters = self.parameters(path, map, spec);
 
         let mut extra = serde_json::Map::new();
@@ -892,6 +905,7 @@ impl Cx<'_> {
             timeout: timeout?,
             overlap,
             misfire,
+            alerts,
             parameters: parameters?,
             extra,
             source: path.to_path_buf(),

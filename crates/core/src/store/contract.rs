@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
+use super::ops::{AlertRule, PauseOutcome, RunLogLine};
 use super::{
     Claim, NewRun, RunFinish, RunProcess, RunStatus, SeenEntry, SeenState, Store, StoreError,
     Trigger,
@@ -53,6 +54,10 @@ pub async fn run_all(f: &dyn StoreFactory) {
     unclaim_releases_only_unstarted_claims(f).await;
     run_processes_are_recorded_updated_listed_and_forgotten(f).await;
     concurrent_claims_from_two_handles_take_each_tick_once(f).await;
+    pauses_are_kept_resumed_and_catch_ups_taken_once(f).await;
+    run_logs_are_kept_in_order_and_pruned_with_their_run(f).await;
+    alert_episodes_open_once_and_resolve_once(f).await;
+    last_successes_gives_each_jobs_newest_success(f).await;
 }
 
 /// An instant from Unix milliseconds (test data).
@@ -861,4 +866,234 @@ pub async fn run_processes_are_recorded_updated_listed_and_forgotten(f: &dyn Sto
     // Only existing runs can have processes.
     p.run_id = run_id + 100;
     assert!(store.record_run_process(&p).await.is_err());
+}
+
+// --- The operator's part (`OpsStore`): pauses, run logs, alert episodes. ---
+
+/// A pause is kept once (a second pause keeps the first), ended once, remembered after it ended,
+/// and its catch-up request is taken by exactly one taker.
+pub async fn pauses_are_kept_resumed_and_catch_ups_taken_once(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    let other = db.open().await;
+    let p = s
+        .pause_job("a", Some("maint"), "cli:x", at(1_000))
+        .await
+        .expect("pause");
+    assert!(
+        matches!(&p, PauseOutcome::Paused(j) if j.since == at(1_000)
+            && j.reason.as_deref() == Some("maint") && j.actor == "cli:x"),
+        "{p:?}"
+    );
+    let again = other
+        .pause_job("a", None, "y", at(2_000))
+        .await
+        .expect("pause again");
+    assert!(
+        matches!(&again, PauseOutcome::AlreadyPaused(j) if j.since == at(1_000) && j.actor == "cli:x"),
+        "{again:?}"
+    );
+    s.pause_job("b", None, "y", at(1_500))
+        .await
+        .expect("pause b");
+    let ids: Vec<String> = other
+        .pauses()
+        .await
+        .expect("pauses")
+        .into_iter()
+        .map(|p| p.job_id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(
+        s.resume_job("nope", false, "x", at(3_000))
+            .await
+            .expect("resume unknown")
+            .is_none()
+    );
+    let ended = s
+        .resume_job("a", true, "cli:z", at(3_000))
+        .await
+        .expect("resume")
+        .expect("was paused");
+    assert_eq!(ended.pause.since, at(1_000));
+    assert_eq!(ended.resumed_at, at(3_000));
+    assert_eq!(ended.resumed_by, "cli:z");
+    assert!(ended.catch_up);
+    assert!(
+        s.resume_job("a", false, "x", at(3_500))
+            .await
+            .expect("resume twice")
+            .is_none()
+    );
+    assert_eq!(
+        other
+            .last_resume("a")
+            .await
+            .expect("last resume")
+            .map(|e| e.resumed_at),
+        Some(at(3_000))
+    );
+    assert!(other.last_resume("b").await.expect("b").is_none());
+    let taken = other.take_catch_ups().await.expect("take");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].pause.job_id, "a");
+    assert!(taken[0].catch_up);
+    assert!(s.take_catch_ups().await.expect("take again").is_empty());
+    let ids: Vec<String> = s
+        .pauses()
+        .await
+        .expect("pauses")
+        .into_iter()
+        .map(|p| p.job_id)
+        .collect();
+    assert_eq!(ids, ["b"]);
+    // Paused again after a resume: a new pause, from its own start.
+    let p = s
+        .pause_job("a", None, "x", at(4_000))
+        .await
+        .expect("repause");
+    assert!(
+        matches!(&p, PauseOutcome::Paused(j) if j.since == at(4_000)),
+        "{p:?}"
+    );
+    s.close().await;
+    other.close().await;
+}
+
+/// Run log lines are stored once per `(run, seq)`, read in order from a seq on, dropped for
+/// runs that do not exist, and deleted with their run when it is pruned.
+pub async fn run_logs_are_kept_in_order_and_pruned_with_their_run(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    let run = claim_one(&s, new_run("j", 1_000, Trigger::Schedule)).await;
+    let line = |run_id: i64, seq: i64, msg: &str| RunLogLine {
+        run_id,
+        seq,
+        at: at(1_000 + seq),
+        level: "INFO".into(),
+        target: "soarjobd_jobs::exec".into(),
+        message: msg.into(),
+        fields: json!({"seq": seq, "line": msg}),
+    };
+    s.append_run_logs(&[line(run, 2, "b"), line(run, 1, "a")])
+        .await
+        .expect("append");
+    s.append_run_logs(&[
+        line(run, 2, "duplicate"),
+        line(run, 3, "c"),
+        line(run + 1_000, 1, "no such run"),
+    ])
+    .await
+    .expect("append again");
+    // A batch larger than any one statement needs.
+    let many: Vec<RunLogLine> = (4..=503).map(|i| line(run, i, &format!("l{i}"))).collect();
+    s.append_run_logs(&many).await.expect("append many");
+    let got = s.run_logs(run, 0, 3).await.expect("read");
+    assert_eq!(
+        got,
+        [line(run, 1, "a"), line(run, 2, "b"), line(run, 3, "c")]
+    );
+    let rest = s.run_logs(run, 3, 1_000).await.expect("read on");
+    assert_eq!(rest.len(), 500);
+    assert_eq!(rest.last().map(|l| l.seq), Some(503));
+    assert!(
+        s.run_logs(run + 1_000, 0, 10)
+            .await
+            .expect("orphans")
+            .is_empty()
+    );
+    assert!(
+        s.finish_run(run, &finish(RunStatus::Succeeded, 2_000))
+            .await
+            .expect("finish")
+    );
+    assert_eq!(s.prune(0, at(10_000)).await.expect("prune"), 1);
+    assert!(s.run_logs(run, 0, 10).await.expect("pruned").is_empty());
+    s.close().await;
+}
+
+/// At most one open episode per rule and subject, across handles; resolving ends it once; a
+/// later episode is a new one.
+pub async fn alert_episodes_open_once_and_resolve_once(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    let other = db.open().await;
+    let ep = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "3 failed", at(1_000))
+        .await
+        .expect("open")
+        .expect("new");
+    assert_eq!(ep.rule, AlertRule::FailedRunsInARow);
+    assert_eq!((ep.subject.as_str(), ep.detail.as_str()), ("j", "3 failed"));
+    assert_eq!((ep.opened_at, ep.resolved_at), (at(1_000), None));
+    assert!(
+        other
+            .open_alert(AlertRule::FailedRunsInARow, "j", "again", at(2_000))
+            .await
+            .expect("open again")
+            .is_none()
+    );
+    other
+        .open_alert(AlertRule::NoSuccessFor, "j", "quiet", at(2_000))
+        .await
+        .expect("other rule")
+        .expect("new");
+    assert_eq!(s.open_alerts().await.expect("open").len(), 2);
+    let r = other
+        .resolve_alert(AlertRule::FailedRunsInARow, "j", at(3_000))
+        .await
+        .expect("resolve")
+        .expect("was open");
+    assert_eq!((r.id, r.resolved_at), (ep.id, Some(at(3_000))));
+    assert!(
+        s.resolve_alert(AlertRule::FailedRunsInARow, "j", at(3_500))
+            .await
+            .expect("resolve twice")
+            .is_none()
+    );
+    let next = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "4 failed", at(4_000))
+        .await
+        .expect("reopen")
+        .expect("new");
+    assert!(next.id > ep.id);
+    let rules: Vec<AlertRule> = s
+        .open_alerts()
+        .await
+        .expect("open")
+        .iter()
+        .map(|e| e.rule)
+        .collect();
+    assert_eq!(
+        rules,
+        [AlertRule::NoSuccessFor, AlertRule::FailedRunsInARow]
+    );
+    s.close().await;
+    other.close().await;
+}
+
+/// The newest `succeeded` finish of each job; jobs without one are absent.
+pub async fn last_successes_gives_each_jobs_newest_success(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    for (job, start, status) in [
+        ("j1", 1_000, RunStatus::Succeeded),
+        ("j1", 2_000, RunStatus::Failed),
+        ("j2", 1_000, RunStatus::Failed),
+        ("j3", 3_000, RunStatus::Succeeded),
+        ("j3", 4_000, RunStatus::Succeeded),
+        ("j4", 1_000, RunStatus::Partial),
+    ] {
+        let id = claim_one(&s, new_run(job, start, Trigger::Schedule)).await;
+        assert!(
+            s.finish_run(id, &finish(status, start + 500))
+                .await
+                .expect("finish")
+        );
+    }
+    assert_eq!(
+        s.last_successes().await.expect("successes"),
+        [("j1".to_string(), at(1_500)), ("j3".to_string(), at(4_500))]
+    );
+    s.close().await;
 }

@@ -1,0 +1,286 @@
+//! The evaluator task: decides when an episode opens and when it resolves, and keeps the
+//! episodes in the store ([`OpsStore::open_alert`] opens at most one per rule and subject, so
+//! a restart, or two evaluators, never notify twice).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::rules::AlertSettings;
+use super::{AlertState, Dispatcher, Notification, RunEnded};
+use crate::job::error_chain;
+use crate::scheduler::LoadedJobs;
+use crate::store::ops::{AlertEpisode, AlertRule};
+use crate::store::{RunRecord, RunStatus, Store, StoreResult};
+
+/// The job files that failed to load, with their errors, as the scheduler publishes them.
+pub type InvalidFiles = Arc<BTreeMap<PathBuf, String>>;
+
+/// Runs that count in a streak, newest first: failures until the first success. `running`,
+/// `skipped` and `cancelled` runs neither count nor break it.
+pub fn consecutive_failures(history: &[RunRecord]) -> u32 {
+    let mut n = 0;
+    for r in history {
+        match r.status {
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Interrupted => n += 1,
+            RunStatus::Succeeded | RunStatus::Partial => break,
+            RunStatus::Running | RunStatus::Skipped | RunStatus::Cancelled => {}
+        }
+    }
+    n
+}
+
+/// The newest run that decides a streak (not running, skipped or cancelled).
+fn last_decisive(history: &[RunRecord]) -> Option<&RunRecord> {
+    history.iter().find(|r| {
+        !matches!(
+            r.status,
+            RunStatus::Running | RunStatus::Skipped | RunStatus::Cancelled
+        )
+    })
+}
+
+/// The first line of a run's message or error, cut to a reasonable length.
+fn run_text(r: &RunRecord) -> String {
+    let text = r
+        .error
+        .as_deref()
+        .or(r.message.as_deref())
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if text.chars().count() > 300 {
+        let cut: String = text.chars().take(300).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The evaluator (see the module docs); [`Evaluator::run`] is the task.
+pub struct Evaluator {
+    pub store: Arc<dyn Store>,
+    pub settings: AlertSettings,
+    pub jobs: watch::Receiver<LoadedJobs>,
+    pub invalid: watch::Receiver<InvalidFiles>,
+    pub ended: Arc<RunEnded>,
+    pub dispatcher: Dispatcher,
+}
+
+impl Evaluator {
+    /// Evaluates everything once, then on every run end, every change of the invalid files and
+    /// every `check_every`, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let started = Utc::now();
+        // Nothing to judge before the scheduler published its first load (an empty map would
+        // read as "every job was removed").
+        let mut jobs = self.jobs.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = jobs.changed() => if r.is_err() { return },
+        }
+        let ended = self.ended.clone();
+        let mut invalid = self.invalid.clone();
+        let mut sweep = tokio::time::interval(self.settings.check_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first sweep (at once) looks at every job, so a restart catches up on state.
+        let mut first = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = ended.wait() => {
+                    let jobs = ended.take();
+                    for id in jobs {
+                        self.log_err(self.on_run_end(&id).await);
+                    }
+                }
+                r = invalid.changed() => {
+                    if r.is_err() {
+                        return; // The scheduler is gone: shutting down.
+                    }
+                    self.log_err(self.on_invalid().await);
+                }
+                _ = sweep.tick() => {
+                    if first {
+                        first = false;
+                        let ids: Vec<String> = self.jobs.borrow().keys().cloned().collect();
+                        for id in ids {
+                            self.log_err(self.on_run_end(&id).await);
+                        }
+                        self.log_err(self.on_invalid().await);
+                    }
+                    self.log_err(self.on_sweep(started).await);
+                }
+            }
+        }
+    }
+
+    fn log_err(&self, r: StoreResult<()>) {
+        if let Err(e) = r {
+            tracing::warn!(error = %error_chain(&e), "cannot evaluate alerts");
+        }
+    }
+
+    fn notify(&self, state: AlertState, ep: &AlertEpisode, summary: String) {
+        let n = Notification {
+            state,
+            rule: ep.rule,
+            subject: ep.subject.clone(),
+            summary,
+            episode_id: ep.id,
+            opened_at: ep.opened_at,
+            resolved_at: ep.resolved_at,
+        };
+        match state {
+            AlertState::Firing => {
+                tracing::warn!(rule = ep.rule.as_str(), subject = %ep.subject, episode = ep.id, summary = %n.summary, "alert firing")
+            }
+            AlertState::Resolved => {
+                tracing::info!(rule = ep.rule.as_str(), subject = %ep.subject, episode = ep.id, summary = %n.summary, "alert resolved")
+            }
+        }
+        self.dispatcher.send(&n);
+    }
+
+    async fn open(&self, rule: AlertRule, subject: &str, summary: String) -> StoreResult<()> {
+        if let Some(ep) = self
+            .store
+            .open_alert(rule, subject, &summary, Utc::now())
+            .await?
+        {
+            self.notify(AlertState::Firing, &ep, summary);
+        }
+        Ok(())
+    }
+
+    async fn resolve(&self, rule: AlertRule, subject: &str, summary: String) -> StoreResult<()> {
+        if let Some(ep) = self.store.resolve_alert(rule, subject, Utc::now()).await? {
+            self.notify(AlertState::Resolved, &ep, summary);
+        }
+        Ok(())
+    }
+
+    /// `failed_runs_in_a_row` after a run of `job_id` ended; a success also ends a
+    /// `no_success_for` episode.
+    async fn on_run_end(&self, job_id: &str) -> StoreResult<()> {
+        let Some(def) = self.jobs.borrow().get(job_id).cloned() else {
+            return Ok(());
+        };
+        let rules = self.settings.for_job(&def);
+        let history = self
+            .store
+            .history(job_id, rules.failed_runs_in_a_row.max(1) + 10)
+            .await?;
+        let streak = consecutive_failures(&history);
+        let Some(last) = last_decisive(&history) else {
+            return Ok(());
+        };
+        if rules.failed_runs_in_a_row > 0 && streak >= rules.failed_runs_in_a_row {
+            let summary = format!(
+                "job `{job_id}` ({}) failed {streak} runs in a row; last: run {} {}: {}",
+                def.name,
+                last.id,
+                last.status,
+                run_text(last)
+            );
+            self.open(AlertRule::FailedRunsInARow, job_id, summary)
+                .await?;
+        } else if streak == 0 {
+            let summary = format!(
+                "job `{job_id}` ({}) runs again: run {} {}",
+                def.name, last.id, last.status
+            );
+            self.resolve(AlertRule::FailedRunsInARow, job_id, summary.clone())
+                .await?;
+            if last.status == RunStatus::Succeeded {
+                self.resolve(AlertRule::NoSuccessFor, job_id, summary)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `job_invalid`: an episode per job file that does not load; resolved when it loads again
+    /// or is removed.
+    async fn on_invalid(&self) -> StoreResult<()> {
+        let files = self.invalid.borrow().clone();
+        let subjects: HashSet<String> = files.keys().map(|f| f.display().to_string()).collect();
+        if self.settings.job_invalid {
+            for (file, errors) in files.iter() {
+                let summary = format!("job file {} does not load: {errors}", file.display());
+                self.open(AlertRule::JobInvalid, &file.display().to_string(), summary)
+                    .await?;
+            }
+        }
+        for ep in self.store.open_alerts().await? {
+            if ep.rule == AlertRule::JobInvalid && !subjects.contains(&ep.subject) {
+                let summary = format!("job file {} loads again (or was removed)", ep.subject);
+                self.resolve(AlertRule::JobInvalid, &ep.subject, summary)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `no_success_for` for every loaded, enabled, unpaused job; episodes of jobs no longer
+    /// loaded are resolved.
+    async fn on_sweep(&self, started: DateTime<Utc>) -> StoreResult<()> {
+        let now = Utc::now();
+        let jobs = self.jobs.borrow().clone();
+        let successes: HashMap<String, DateTime<Utc>> =
+            self.store.last_successes().await?.into_iter().collect();
+        let paused: HashSet<String> = self
+            .store
+            .pauses()
+            .await?
+            .into_iter()
+            .map(|p| p.job_id)
+            .collect();
+        for (id, def) in jobs.iter() {
+            if !def.enabled || paused.contains(id) {
+                continue;
+            }
+            let Some(limit) = self.settings.for_job(def).no_success_for else {
+                continue;
+            };
+            // A job that never succeeded is measured from this daemon's start.
+            let since = successes.get(id).copied().unwrap_or(started);
+            let quiet = (now - since).to_std().unwrap_or_default();
+            if quiet > limit {
+                let last = successes
+                    .get(id)
+                    .map(|t| format!("last success {}", t.to_rfc3339()))
+                    .unwrap_or_else(|| "no success recorded".into());
+                let summary = format!(
+                    "job `{id}` ({}) has not succeeded for more than {} ({last})",
+                    def.name,
+                    human(limit)
+                );
+                self.open(AlertRule::NoSuccessFor, id, summary).await?;
+            }
+        }
+        for ep in self.store.open_alerts().await? {
+            if ep.rule != AlertRule::JobInvalid && !jobs.contains_key(&ep.subject) {
+                let summary = format!("job `{}` was removed", ep.subject);
+                self.resolve(ep.rule, &ep.subject, summary).await?;
+            }
+        }
+        Ok(())
+    }
+}

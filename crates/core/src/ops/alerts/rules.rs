@@ -1,0 +1,271 @@
+//! The alert settings: `alerts:` in the config (rules, sinks) and the per-job overrides of a
+//! job file's `alerts:` key, and what they add up to for one job.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Section;
+use crate::config::grammar::{SecretSource, duration_value};
+use crate::definition::JobDefinition;
+use crate::schedule::ScheduleKind;
+
+/// `no_success_for`: how long a job may go without a successful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSuccessFor {
+    /// 3 x the job's interval, or 25 h for a cron schedule.
+    Default,
+    Off,
+    After(Duration),
+}
+
+/// The default `failed_runs_in_a_row`.
+pub const DEFAULT_FAILED_RUNS: u32 = 3;
+/// The default `no_success_for` of a cron job.
+pub const CRON_NO_SUCCESS: Duration = Duration::from_secs(25 * 3600);
+/// The default sweep period (`alerts.check_every`) for `no_success_for`.
+pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// The default queue length per sink (`alerts.queue`).
+pub const DEFAULT_QUEUE: usize = 100;
+
+/// `alerts:` in the config.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// Consecutive failed runs that open an episode (0: the rule is off).
+    pub failed_runs_in_a_row: u32,
+    pub no_success_for: NoSuccessFor,
+    pub job_invalid: bool,
+    /// A generic JSON webhook (its URL is treated as a secret: it often carries a token).
+    pub webhook_url: Option<SecretSource>,
+    /// A Slack-compatible incoming webhook (`{"text": ...}`).
+    pub slack_url: Option<SecretSource>,
+    pub check_every: Duration,
+    pub queue: usize,
+}
+
+impl Default for AlertSettings {
+    fn default() -> AlertSettings {
+        AlertSettings {
+            failed_runs_in_a_row: DEFAULT_FAILED_RUNS,
+            no_success_for: NoSuccessFor::Default,
+            job_invalid: true,
+            webhook_url: None,
+            slack_url: None,
+            check_every: DEFAULT_CHECK_EVERY,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+impl AlertSettings {
+    /// Reads the `alerts:` section; its problems stay in `s` (located, reported with the rest).
+    pub fn read(s: &mut Section<'_>) -> AlertSettings {
+        let d = AlertSettings::default();
+        let no_success_for = match s.value("no_success_for") {
+            None => d.no_success_for,
+            Some(v) => match no_success_value(v) {
+                Ok(n) => n,
+                Err(e) => {
+                    let msg = format!("`{}`: {e}", s.key_path("no_success_for"));
+                    s.problem("no_success_for", msg);
+                    d.no_success_for
+                }
+            },
+        };
+        AlertSettings {
+            failed_runs_in_a_row: s.uint("failed_runs_in_a_row", d.failed_runs_in_a_row, 0),
+            no_success_for,
+            job_invalid: s.bool("job_invalid", d.job_invalid),
+            webhook_url: s.secret("webhook_url", "webhook_url_file"),
+            slack_url: s.secret("slack_url", "slack_url_file"),
+            check_every: s.positive_duration("check_every", d.check_every),
+            queue: s.uint("queue", d.queue, 1),
+        }
+    }
+}
+
+/// `default`, `off` (or `false`), or a duration.
+fn no_success_value(v: &Value) -> Result<NoSuccessFor, String> {
+    match v {
+        Value::String(s) if s.trim() == "default" => Ok(NoSuccessFor::Default),
+        Value::String(s) if matches!(s.trim(), "off" | "false" | "no") => Ok(NoSuccessFor::Off),
+        Value::Bool(false) => Ok(NoSuccessFor::Off),
+        other => match duration_value(other) {
+            Ok(d) if d.is_zero() => Ok(NoSuccessFor::Off),
+            Ok(d) => Ok(NoSuccessFor::After(d)),
+            Err(e) => Err(format!("expected a duration, `default` or `off`: {e}")),
+        },
+    }
+}
+
+/// A job file's `alerts:` key: `off`, or a mapping overriding the config's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobAlerts {
+    /// `alerts: off`: no alert about this job (a broken file still is `job_invalid`).
+    pub off: bool,
+    pub failed_runs_in_a_row: Option<u32>,
+    pub no_success_for: Option<NoSuccessFor>,
+}
+
+impl JobAlerts {
+    /// Reads the value of a job file's `alerts:` key (as JSON). Problems come back as
+    /// `(key path, message)` for the loader to locate.
+    pub fn from_json(v: &Value) -> (JobAlerts, Vec<(String, String)>) {
+        let mut errors = Vec::new();
+        let mut a = JobAlerts::default();
+        match v {
+            Value::Null => {}
+            Value::Bool(false) => a.off = true,
+            Value::String(s) if matches!(s.trim(), "off" | "false" | "no") => a.off = true,
+            Value::Object(m) => {
+                for (k, val) in m {
+                    match k.as_str() {
+                        "failed_runs_in_a_row" => match val.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                            Some(n) => a.failed_runs_in_a_row = Some(n),
+                            None => errors.push((
+                                "alerts.failed_runs_in_a_row".into(),
+                                "`alerts.failed_runs_in_a_row` must be a whole number (0: off)".into(),
+                            )),
+                        },
+                        "no_success_for" => match no_success_value(val) {
+                            Ok(n) => a.no_success_for = Some(n),
+                            Err(e) => errors.push((
+                                "alerts.no_success_for".into(),
+                                format!("`alerts.no_success_for`: {e}"),
+                            )),
+                        },
+                        other => errors.push((
+                            format!("alerts.{other}"),
+                            format!(
+                                "unknown key `alerts.{other}` (expected failed_runs_in_a_row or no_success_for)"
+                            ),
+                        )),
+                    }
+                }
+            }
+            _ => errors.push((
+                "alerts".into(),
+                "`alerts` must be `off` or a mapping with failed_runs_in_a_row / no_success_for"
+                    .into(),
+            )),
+        }
+        (a, errors)
+    }
+}
+
+/// The rules in force for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRules {
+    /// 0: off.
+    pub failed_runs_in_a_row: u32,
+    pub no_success_for: Option<Duration>,
+}
+
+impl AlertSettings {
+    /// The config's rules with the job's overrides applied.
+    pub fn for_job(&self, def: &JobDefinition) -> JobRules {
+        let own = &def.alerts;
+        if own.off {
+            return JobRules {
+                failed_runs_in_a_row: 0,
+                no_success_for: None,
+            };
+        }
+        let failed = own
+            .failed_runs_in_a_row
+            .unwrap_or(self.failed_runs_in_a_row);
+        let no_success = match own.no_success_for.unwrap_or(self.no_success_for) {
+            NoSuccessFor::Off => None,
+            NoSuccessFor::After(d) => Some(d),
+            NoSuccessFor::Default => Some(match def.schedule.kind() {
+                ScheduleKind::Every(period) => *period * 3,
+                _ => CRON_NO_SUCCESS,
+            }),
+        };
+        JobRules {
+            failed_runs_in_a_row: failed,
+            no_success_for: no_success,
+        }
+    }
+
+    /// True when a sink is configured (without one the evaluator still keeps episodes).
+    pub fn has_sinks(&self) -> bool {
+        self.webhook_url.is_some() || self.slack_url.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Any;
+    struct Spec;
+    impl crate::definition::JobSpec for Spec {}
+    impl crate::definition::Catalog for Any {
+        fn ids(&self) -> Vec<String> {
+            vec!["x".into()]
+        }
+        fn spec(&self, _id: &str) -> Option<&dyn crate::definition::JobSpec> {
+            Some(&Spec)
+        }
+    }
+
+    /// A job file's `alerts:` key: read into the definition, its mistakes located.
+    #[test]
+    fn a_job_files_alerts_key_is_read_and_its_errors_located() {
+        let path = std::path::Path::new("jobs/j.yaml");
+        let def = crate::definition::load_str(
+            path,
+            "name: J\njob: x\nschedule: {every: 10m}\nalerts: {failed_runs_in_a_row: 5}\n",
+            &Any,
+        )
+        .expect("loads");
+        let rules = AlertSettings::default().for_job(&def);
+        assert_eq!(rules.failed_runs_in_a_row, 5);
+        assert_eq!(rules.no_success_for, Some(Duration::from_secs(1800)));
+        let off = crate::definition::load_str(path, "name: J\njob: x\nalerts: off\n", &Any)
+            .expect("loads");
+        assert_eq!(
+            AlertSettings::default().for_job(&off),
+            JobRules {
+                failed_runs_in_a_row: 0,
+                no_success_for: None
+            }
+        );
+        let cron = crate::definition::load_str(
+            path,
+            "name: J\njob: x\nschedule: {cron: '0 3 * * *'}\n",
+            &Any,
+        )
+        .expect("loads");
+        assert_eq!(
+            AlertSettings::default().for_job(&cron).no_success_for,
+            Some(CRON_NO_SUCCESS)
+        );
+        let errs =
+            crate::definition::load_str(path, "name: J\njob: x\nalerts:\n  failed_runs: 2\n", &Any)
+                .expect_err("refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 4, "{errs:?}");
+        assert!(errs[0].message.contains("alerts.failed_runs"), "{errs:?}");
+    }
+
+    #[test]
+    fn job_overrides_are_read_and_checked() {
+        let (a, e) =
+            JobAlerts::from_json(&json!({"failed_runs_in_a_row": 5, "no_success_for": "2h"}));
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(a.failed_runs_in_a_row, Some(5));
+        assert_eq!(
+            a.no_success_for,
+            Some(NoSuccessFor::After(Duration::from_secs(7200)))
+        );
+        assert!(JobAlerts::from_json(&json!("off")).0.off);
+        let (_, e) = JobAlerts::from_json(&json!({"failed_runs": 5, "no_success_for": "soon"}));
+        let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["alerts.failed_runs", "alerts.no_success_for"]);
+        let (_, e) = JobAlerts::from_json(&json!([1]));
+        assert_eq!(e.len(), 1);
+    }
+}
