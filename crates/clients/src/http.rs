@@ -98,6 +98,9 @@ pub struct HttpConfig {
     /// Headers sent with every request (auth, content negotiation). Mark secrets with
     /// [`sensitive_header`].
     pub default_headers: HeaderMap,
+    /// The platform's name, the `platform` label of the request metrics
+    /// (`soarjobd_core::observe::platform_request`).
+    pub platform: &'static str,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +113,7 @@ impl Default for HttpConfig {
             rate_limit: None,
             retry: RetryPolicy::default(),
             default_headers: HeaderMap::new(),
+            platform: "unknown",
         }
     }
 }
@@ -402,6 +406,7 @@ struct Inner {
     permits: Semaphore,
     pacer: Option<Pacer>,
     retry: RetryPolicy,
+    platform: &'static str,
 }
 
 /// The shared transport: cheap to clone (an `Arc` inside); all clones share the connection pool,
@@ -451,6 +456,7 @@ impl HttpClient {
                 permits: Semaphore::new(cfg.max_concurrency),
                 pacer,
                 retry: cfg.retry,
+                platform: cfg.platform,
             }),
         })
     }
@@ -537,16 +543,34 @@ impl HttpClient {
         if let Some(body) = &req.body {
             builder = builder.body(body.clone());
         }
+        // Every attempt is reported (not only the last of a retried request), so the metrics
+        // show the rate limits and failures the retries hid.
+        let sent = Instant::now();
+        let observe = |status: Option<StatusCode>| {
+            soarjobd_core::observe::platform_request(
+                self.inner.platform,
+                method.as_str(),
+                status.map(|s| s.as_u16()),
+                sent.elapsed(),
+            )
+        };
         let resp = match builder.send().await {
             Ok(r) => r,
-            Err(e) => return Err(transport_failure(method, path, e, req.idempotent)),
+            Err(e) => {
+                observe(None);
+                return Err(transport_failure(method, path, e, req.idempotent));
+            }
         };
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) => return Err(transport_failure(method, path, e, req.idempotent)),
+            Err(e) => {
+                observe(None);
+                return Err(transport_failure(method, path, e, req.idempotent));
+            }
         };
+        observe(Some(status));
         if status.is_success() {
             return Ok(Response {
                 status,

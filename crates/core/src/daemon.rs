@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
+use crate::observe::{Control, Observer, Status};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
@@ -53,6 +54,7 @@ impl Daemon {
             registry: Registry::new(),
             settings: Settings::default(),
             options: SchedulerOptions::default(),
+            observer: None,
         }
     }
 }
@@ -61,6 +63,7 @@ pub struct DaemonBuilder {
     registry: Registry,
     settings: Settings,
     options: SchedulerOptions,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl DaemonBuilder {
@@ -90,6 +93,12 @@ impl DaemonBuilder {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Reports ticks and runs to `observer` (the admin server's metrics).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> DaemonBuilder {
+        self.observer = Some(observer);
+        self
     }
 
     /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
@@ -122,7 +131,11 @@ impl DaemonBuilder {
             );
         }
         let registry = Arc::new(self.registry);
-        let runner = Runner::new(store.clone(), registry.clone());
+        let mut runner = Runner::new(store.clone(), registry.clone());
+        if let Some(o) = self.observer {
+            runner = runner.with_observer(o);
+        }
+        let status = Status::default();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
@@ -155,7 +168,14 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
-        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone());
+        let control = Control {
+            status: status.clone(),
+            store: store.clone(),
+            commands: tx.clone(),
+            running: running.clone(),
+        };
+        let scheduler =
+            Scheduler::new(runner, running.clone(), tracker.clone()).with_status(status.clone());
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(
@@ -174,13 +194,24 @@ impl DaemonBuilder {
             shutdown.clone(),
         ));
         let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
+        let systemd_task = tokio::spawn(crate::systemd::notify_loop(
+            status.clone(),
+            shutdown.clone(),
+        ));
         Ok(RunningDaemon {
             shutdown,
             tracker,
             running,
             store,
             grace: settings.shutdown_grace,
-            tasks: vec![scheduler_task, watcher_task, pruner_task, sweeper_task],
+            tasks: vec![
+                scheduler_task,
+                watcher_task,
+                pruner_task,
+                sweeper_task,
+                systemd_task,
+            ],
+            control,
             signals,
             _lock: lock,
         })
@@ -196,6 +227,7 @@ pub struct RunningDaemon {
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
+    control: Control,
     /// Held until the daemon is dropped (after the store is closed at shutdown).
     _lock: DaemonLock,
 }
@@ -203,6 +235,11 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// What the admin server reads and does (status, manual runs, cancellation).
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The token that stops the daemon when cancelled.
@@ -237,6 +274,9 @@ impl RunningDaemon {
     /// Stops firing, waits up to the grace period for running jobs, cancels the rest, and
     /// closes the store.
     pub async fn shutdown(self) {
+        // Not ready from here on (`/readyz` answers 503), and systemd is told.
+        self.control.status.set_stopping();
+        crate::systemd::stopping();
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(self.grace, self.tracker.wait())
