@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so they link once.
 
+mod admin;
 mod app;
 mod config;
 mod containment;

@@ -136,6 +136,9 @@ impl DaemonBuilder {
             runner = runner.with_observer(o);
         }
         let status = Status::default();
+        // The loop gets the usual allowance from now to start turning: `/livez` is healthy
+        // while the first schedule loads, and fails if the loop never starts.
+        status.heartbeat.beat();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
