@@ -77,6 +77,31 @@ pub enum Cmd {
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
     },
+    /// Pause a job: it claims no ticks (and misses none) until resumed. Works next to a
+    /// running daemon, which applies it within seconds.
+    Pause {
+        job_id: String,
+        /// Why (shown by `list` and in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused job. The ticks inside the pause are skipped unless --catch-up.
+    Resume {
+        job_id: String,
+        /// Make one catch-up run for the ticks that fell inside the pause.
+        #[arg(long)]
+        catch_up: bool,
+    },
+    /// Show what a run logged (kept with the run; pruned with it).
+    Logs {
+        run_id: i64,
+        /// Keep printing new lines until the run has finished.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the product end to end with built-in simulators and nothing external.
     Demo {
         /// Where to keep the demo's database (default: a temporary folder).
@@ -196,6 +221,22 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
                 exit::USAGE
             }
         },
+        Cmd::Pause { job_id, reason } => {
+            let app = app.settings(settings).assemble().0;
+            crate::ops_cli::pause(&app, &job_id, reason.as_deref()).await
+        }
+        Cmd::Resume { job_id, catch_up } => {
+            let app = app.settings(settings).assemble().0;
+            crate::ops_cli::resume(&app, &job_id, catch_up).await
+        }
+        Cmd::Logs {
+            run_id,
+            follow,
+            json,
+        } => {
+            let app = app.settings(settings).assemble().0;
+            crate::ops_cli::logs(&app, run_id, follow, json).await
+        }
         Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
         Cmd::Probe { addr, path } => probe(&settings, addr, &path).await,

@@ -40,7 +40,16 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    let pauses = match store.pauses().await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
     store.close().await;
+    let paused: HashMap<&str, &crate::store::ops::JobPause> =
+        pauses.iter().map(|p| (p.job_id.as_str(), p)).collect();
     let last: HashMap<&str, &RunRecord> =
         last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
     let success: HashMap<&str, i64> = stamps
@@ -53,8 +62,8 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
         .jobs
         .iter()
         .map(|d| {
-            let next = d
-                .enabled
+            let pause = paused.get(d.id.as_str());
+            let next = (d.enabled && pause.is_none())
                 .then(|| d.schedule.next_tick_after(now))
                 .flatten()
                 .map(|t| ts(d.schedule.fire_at(&d.id, t)));
@@ -74,6 +83,11 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                     .get(d.id.as_str())
                     .and_then(|ms| DateTime::from_timestamp_millis(*ms))
                     .map(ts),
+                "paused": pause.map(|p| json!({
+                    "since": ts(p.since),
+                    "reason": p.reason,
+                    "actor": p.actor,
+                })),
                 "next": next,
             })
         })
@@ -106,7 +120,9 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                 out,
                 "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21}",
                 r["id"].as_str().unwrap_or(""),
-                if r["enabled"].as_bool().unwrap_or(false) {
+                if r["paused"].is_object() {
+                    "paused"
+                } else if r["enabled"].as_bool().unwrap_or(false) {
                     "yes"
                 } else {
                     "no"
@@ -117,6 +133,19 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                 r["next"].as_str().unwrap_or("-"),
             );
         }
+    }
+    for p in pauses.iter().filter(|_| !json_out) {
+        let _ = writeln!(
+            out,
+            "paused: {} since {} by {}{}",
+            p.job_id,
+            ts(p.since),
+            p.actor,
+            p.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
     }
     for e in &report.errors {
         eprintln!("{e}");
@@ -259,7 +288,9 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let runner = app.runner(store.clone());
+    // The run's log lines are kept with it, as the daemon's are (`soarjobd logs RUN_ID`).
+    let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+    let runner = app.runner(store.clone()).with_run_logs(run_logs.clone());
     let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
     // with `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim
@@ -320,6 +351,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         })
         .await;
     stopper.abort();
+    run_logs.close().await;
     store.close().await;
     println!(
         "run {} {}{}",

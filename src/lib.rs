@@ -16,11 +16,12 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
+pub mod ops_cli;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{
-    clock, config, containment, daemon, definition, exit, job, observe, platform, redact, runner,
-    schedule, scheduler, store, systemd, telemetry, timer, watch,
+    clock, config, containment, daemon, definition, exit, job, observe, ops, platform, redact,
+    runner, schedule, scheduler, store, systemd, telemetry, timer, watch,
 };
 pub use soarjobd_jobs as jobs;
 #[cfg(feature = "sim")]

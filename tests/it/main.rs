@@ -9,6 +9,7 @@ mod example;
 mod exec;
 mod exec_output;
 mod limits;
+mod ops;
 mod overlap;
 mod process;
 mod redaction;

@@ -15,6 +15,9 @@ use chrono::{DateTime, Utc};
 
 use soarjobd::runner::Runner;
 use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use soarjobd::store::ops::{
+    AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
+};
 use soarjobd::store::{
     Claim, JobStateStore, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
     SeenState, Store, StoreError, StoreResult, Trigger,
@@ -515,4 +518,70 @@ async fn a_file_size_limit_on_the_real_daemon_stalls_nothing_once_lifted() {
     };
     assert_eq!(status.code(), Some(0), "{}", text());
     assert_eq!(count(&runs(&store, "tick").await, RunStatus::Running), 0);
+}
+
+/// Pauses, run logs and alert episodes go straight to the real store (only claims fail).
+#[async_trait]
+impl OpsStore for FlakyStore {
+    async fn pause_job(
+        &self,
+        job_id: &str,
+        reason: Option<&str>,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<PauseOutcome> {
+        self.inner.pause_job(job_id, reason, actor, at).await
+    }
+    async fn resume_job(
+        &self,
+        job_id: &str,
+        catch_up: bool,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<EndedPause>> {
+        self.inner.resume_job(job_id, catch_up, actor, at).await
+    }
+    async fn pauses(&self) -> StoreResult<Vec<JobPause>> {
+        self.inner.pauses().await
+    }
+    async fn last_resume(&self, job_id: &str) -> StoreResult<Option<EndedPause>> {
+        self.inner.last_resume(job_id).await
+    }
+    async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>> {
+        self.inner.take_catch_ups().await
+    }
+    async fn append_run_logs(&self, lines: &[RunLogLine]) -> StoreResult<()> {
+        self.inner.append_run_logs(lines).await
+    }
+    async fn run_logs(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLogLine>> {
+        self.inner.run_logs(run_id, after_seq, limit).await
+    }
+    async fn open_alert(
+        &self,
+        rule: AlertRule,
+        subject: &str,
+        detail: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<AlertEpisode>> {
+        self.inner.open_alert(rule, subject, detail, at).await
+    }
+    async fn resolve_alert(
+        &self,
+        rule: AlertRule,
+        subject: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<AlertEpisode>> {
+        self.inner.resolve_alert(rule, subject, at).await
+    }
+    async fn open_alerts(&self) -> StoreResult<Vec<AlertEpisode>> {
+        self.inner.open_alerts().await
+    }
+    async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        self.inner.last_successes().await
+    }
 }

@@ -19,8 +19,9 @@ use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
 use crate::observe::{Control, Observer, Status};
+use crate::ops::PauseControl;
 use crate::runner::{Runner, StopReason};
-use crate::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use crate::scheduler::{LoadedJobs, PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
 
 /// How often old runs are pruned.
@@ -131,7 +132,9 @@ impl DaemonBuilder {
             );
         }
         let registry = Arc::new(self.registry);
-        let mut runner = Runner::new(store.clone(), registry.clone());
+        let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+        let mut runner =
+            Runner::new(store.clone(), registry.clone()).with_run_logs(run_logs.clone());
         if let Some(o) = self.observer {
             runner = runner.with_observer(o);
         }
@@ -171,14 +174,30 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (jobs_tx, jobs) = tokio::sync::watch::channel(LoadedJobs::default());
+        let scheduler = Scheduler::new(runner, running.clone(), tracker.clone())
+            .with_pauses(PauseWiring {
+                store: store.clone(),
+                wake: wake.clone(),
+            })
+            .publishing(jobs_tx)
+            .with_status(status.clone());
+        let pauses = {
+            let jobs = jobs.clone();
+            PauseControl::new(
+                store.clone(),
+                Arc::new(move |id: &str| jobs.borrow().contains_key(id)),
+            )
+            .waking(wake)
+        };
         let control = Control {
             status: status.clone(),
             store: store.clone(),
             commands: tx.clone(),
             running: running.clone(),
+            pauses: pauses.clone(),
         };
-        let scheduler =
-            Scheduler::new(runner, running.clone(), tracker.clone()).with_status(status.clone());
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(
@@ -206,6 +225,9 @@ impl DaemonBuilder {
             tracker,
             running,
             store,
+            jobs,
+            pauses,
+            run_logs,
             grace: settings.shutdown_grace,
             tasks: vec![
                 scheduler_task,
@@ -227,6 +249,10 @@ pub struct RunningDaemon {
     tracker: TaskTracker,
     running: RunningRuns,
     store: Arc<dyn Store>,
+    /// The loaded definitions, as the scheduler publishes them.
+    jobs: tokio::sync::watch::Receiver<LoadedJobs>,
+    pauses: PauseControl,
+    run_logs: crate::ops::RunLogs,
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
@@ -243,6 +269,16 @@ impl RunningDaemon {
     /// What the admin server reads and does (status, manual runs, cancellation).
     pub fn control(&self) -> Control {
         self.control.clone()
+    }
+
+    /// The loaded job definitions by id (updated after every reload).
+    pub fn jobs(&self) -> tokio::sync::watch::Receiver<LoadedJobs> {
+        self.jobs.clone()
+    }
+
+    /// Pauses and resumes jobs; the scheduler reacts at once (see [`crate::ops::pause`]).
+    pub fn pauses(&self) -> PauseControl {
+        self.pauses.clone()
     }
 
     /// The token that stops the daemon when cancelled.
@@ -296,6 +332,8 @@ impl RunningDaemon {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The runs are over: their last log lines go to the store before it closes.
+        self.run_logs.close().await;
         self.store.close().await;
         tracing::info!("daemon stopped");
     }

@@ -12,6 +12,7 @@ pub mod definition;
 pub mod exit;
 pub mod job;
 pub mod observe;
+pub mod ops;
 pub mod platform;
 pub mod redact;
 pub mod runner;

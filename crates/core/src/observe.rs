@@ -219,6 +219,8 @@ pub struct Control {
     pub store: Arc<dyn Store>,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) running: RunningRuns,
+    /// Pause and resume (persisted; the scheduler reacts at once).
+    pub pauses: crate::ops::PauseControl,
 }
 
 impl Control {

@@ -140,6 +140,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     /// Run starts and ends are reported here (metrics); the scheduler reports to it too.
     observer: Arc<dyn Observer>,
+    /// Where each run's log lines are kept (`None`: only the process log has them).
+    run_logs: Option<crate::ops::RunLogs>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -154,6 +156,7 @@ impl Runner {
             redactors: Arc::default(),
             clock: Arc::new(RealClock::new()),
             observer: Arc::new(NoObserver),
+            run_logs: None,
         }
     }
 
@@ -166,6 +169,12 @@ impl Runner {
     /// Where runs are reported.
     pub fn observer(&self) -> &Arc<dyn Observer> {
         &self.observer
+    }
+
+    /// Keeps every run's log lines with the run (see [`crate::ops::runlog`]).
+    pub fn with_run_logs(mut self, logs: crate::ops::RunLogs) -> Runner {
+        self.run_logs = Some(logs);
+        self
     }
 
     /// The same runner on another clock (tests: a `VirtualClock`).
@@ -248,17 +257,24 @@ impl Runner {
     /// error: whatever happens becomes the run's status.
     pub async fn execute(&self, req: RunRequest) -> RunSummary {
         let def = req.definition.clone();
-        let span = tracing::info_span!(
-            "run",
-            job_id = %def.id,
-            run_id = req.run_id,
-            scheduled_at = %req.scheduled_at.to_rfc3339(),
-            trigger = req.trigger.as_str(),
-        );
+        let redactor = self.redactor(&req);
+        // The run's log buffer rides on its span: every event inside it is kept with the run.
+        let log = self
+            .run_logs
+            .as_ref()
+            .map(|l| l.open(req.run_id, redactor.clone()));
+        let span = crate::ops::runlog::capture_into(log.as_ref(), || {
+            tracing::info_span!(
+                "run",
+                job_id = %def.id,
+                run_id = req.run_id,
+                scheduled_at = %req.scheduled_at.to_rfc3339(),
+                trigger = req.trigger.as_str(),
+            )
+        });
         let started_at = self.clock.now();
         self.observer.run_started(&def.id);
         let stats = Stats::default();
-        let redactor = self.redactor(&req);
         let (status, mut message, mut error) = self
             .drive(
                 &req,
@@ -315,6 +331,9 @@ impl Runner {
                 outcome = message.as_deref().unwrap_or(""),
                 error = error.as_deref().unwrap_or(""), "run finished"
             ),
+        }
+        if let Some(log) = log {
+            log.close();
         }
         RunSummary {
             run_id: req.run_id,

@@ -30,6 +30,7 @@ use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
 use crate::observe::{JobsView, Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
+use crate::store::ops::{JobPause, OpsStore};
 use crate::store::{Claim, RunStatus, Trigger};
 
 /// The longest the loop sleeps before looking at the wall clock again.
@@ -52,6 +53,19 @@ pub const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// While the store fails and ticks wait for a catch-up, the claim is retried this often, so
 /// that recovery does not wait for the next tick of some job (which may be a day away).
 pub const STORE_RETRY: Duration = Duration::from_secs(2);
+/// How often the pauses are re-read from the store, so that a pause made by the CLI or another
+/// replica applies here too (the daemon's own `PauseControl` wakes the loop at once).
+pub const PAUSE_REFRESH: Duration = Duration::from_secs(3);
+
+/// The loaded job definitions by id, as the scheduler last published them (after the first
+/// load and every reload); the admin API and `PauseControl` read it.
+pub type LoadedJobs = Arc<std::collections::BTreeMap<String, Arc<JobDefinition>>>;
+
+/// What the scheduler needs for pauses: the store and a wake-up from the daemon's control.
+pub struct PauseWiring {
+    pub store: Arc<dyn OpsStore>,
+    pub wake: Arc<tokio::sync::Notify>,
+}
 
 /// Messages to the scheduler task.
 pub enum Command {
@@ -215,6 +229,12 @@ pub struct Scheduler {
     status: Status,
     /// Lateness and missed ticks are reported here (the runner's observer).
     observer: Arc<dyn Observer>,
+    /// Pauses are read from here (`None`: no pauses, as in the scheduler's unit tests).
+    pause_wiring: Option<PauseWiring>,
+    /// The pauses in force, as last read: these jobs claim no ticks.
+    paused: HashMap<String, JobPause>,
+    /// Where the loaded definitions are published.
+    published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
 }
 
 impl Scheduler {
@@ -234,6 +254,9 @@ impl Scheduler {
             broken: HashMap::new(),
             outage: None,
             status: Status::default(),
+            pause_wiring: None,
+            paused: HashMap::new(),
+            published: None,
         }
     }
 
@@ -297,6 +320,98 @@ impl Scheduler {
         }
     }
 
+    /// Honours the pauses in this store (re-read every [`PAUSE_REFRESH`] and on `wake`).
+    pub fn with_pauses(mut self, wiring: PauseWiring) -> Scheduler {
+        self.pause_wiring = Some(wiring);
+        self
+    }
+
+    /// Publishes the loaded definitions to `tx` after every load.
+    pub fn publishing(mut self, tx: tokio::sync::watch::Sender<LoadedJobs>) -> Scheduler {
+        self.published = Some(tx);
+        self
+    }
+
+    fn publish(&self) {
+        if let Some(tx) = &self.published {
+            let jobs: std::collections::BTreeMap<_, _> = self
+                .slots
+                .iter()
+                .map(|(id, s)| (id.clone(), s.def.clone()))
+                .collect();
+            tx.send_replace(Arc::new(jobs));
+        }
+    }
+
+    /// Re-reads the pauses: releases the claims of newly paused jobs and makes the catch-up
+    /// runs that `resume --catch-up` asked for. A store failure keeps the pauses last read.
+    async fn refresh_pauses(&mut self) {
+        let Some(wiring) = &self.pause_wiring else {
+            return;
+        };
+        let store = wiring.store.clone();
+        let list = match store.pauses().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot read the paused jobs");
+                return;
+            }
+        };
+        let now_paused: HashMap<String, JobPause> =
+            list.into_iter().map(|p| (p.job_id.clone(), p)).collect();
+        for (id, p) in &now_paused {
+            if !self.paused.contains_key(id) {
+                tracing::info!(job_id = %id, since = %p.since.to_rfc3339(), actor = %p.actor, reason = p.reason.as_deref().unwrap_or(""), "job paused: no ticks until resumed");
+            }
+        }
+        for id in self.paused.keys() {
+            if !now_paused.contains_key(id) {
+                tracing::info!(job_id = %id, "job resumed");
+            }
+        }
+        self.paused = now_paused;
+        // Ticks claimed ahead for a job that is paused now do not run: released, not skipped,
+        // so they leave no row (a paused job records nothing).
+        let (keep, release): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|Reverse(c)| {
+                c.trigger == Trigger::Manual || !self.paused.contains_key(&c.job_id)
+            });
+        self.pending = keep.into_iter().collect();
+        for Reverse(c) in release {
+            if let Err(e) = self.runner.release(c.run_id).await {
+                tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
+            }
+        }
+        let taken = match store.take_catch_ups().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot read the catch-up requests of resumed jobs");
+                return;
+            }
+        };
+        let mut due = Vec::new();
+        for ended in taken {
+            let Some(slot) = self.slots.get(&ended.pause.job_id) else {
+                continue;
+            };
+            if !slot.def.enabled || self.paused.contains_key(&slot.def.id) {
+                continue;
+            }
+            // The latest tick inside the pause, if any fell in it.
+            match slot.def.schedule.last_tick_at_or_before(ended.resumed_at) {
+                Some(t) if t > ended.pause.since => {
+                    tracing::info!(job_id = %slot.def.id, tick = %t.to_rfc3339(), "catch-up run for the ticks inside the pause");
+                    due.push(Due::now(slot.def.clone(), t, Trigger::CatchUp));
+                }
+                _ => {
+                    tracing::info!(job_id = %slot.def.id, "no tick fell inside the pause: no catch-up run")
+                }
+            }
+        }
+        self.claim(due).await;
+    }
+
     /// Loads the initial jobs, makes the catch-up runs `misfire: run_once` asks for, and runs
     /// the loop until `shutdown` fires. Returns when the loop stopped firing; runs still in
     /// progress are tracked by the tracker, which the caller waits on.
@@ -308,12 +423,14 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         self.log_errors(&initial);
+        self.refresh_pauses().await;
         let now = self.clock.now();
         let mut catch_up = Vec::new();
         for def in initial.jobs {
             let def = Arc::new(def);
             log_loaded(&def, false);
-            if def.enabled {
+            // A paused job neither catches up nor counts the ticks of its pause as missed.
+            if def.enabled && !self.paused.contains_key(&def.id) {
                 if options.run_at_start {
                     catch_up.push(Due::now(def.clone(), now, Trigger::Manual));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
@@ -322,11 +439,16 @@ impl Scheduler {
             }
             self.add(def, now);
         }
+        self.publish();
         self.claim(catch_up).await;
         self.fire_pending().await;
         self.publish_jobs();
         self.status.set_scheduled();
 
+        let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
+        let mut refresh = tokio::time::interval(PAUSE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
             // One relaxed atomic store per turn: what `/livez` and the watchdog look at.
             self.status.heartbeat.beat();
@@ -361,6 +483,13 @@ impl Scheduler {
                     }
                     None => break,
                 },
+                _ = async {
+                    match &pause_wake {
+                        Some(w) => w.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.refresh_pauses().await,
+                _ = refresh.tick(), if self.pause_wiring.is_some() => self.refresh_pauses().await,
                 _ = clock.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
@@ -386,6 +515,14 @@ impl Scheduler {
                 tracing::error!(job_id = %def.id, error = %error_chain(&e), "cannot read the last tick");
                 return None;
             }
+        };
+        // Ticks inside a pause were not missed: count from the end of the last pause.
+        let last = match &self.pause_wiring {
+            Some(w) => match w.store.last_resume(&def.id).await {
+                Ok(Some(r)) if r.resumed_at > last => r.resumed_at,
+                _ => last,
+            },
+            None => last,
         };
         let missed = def.schedule.count_ticks_between(last, now, MISSED_CAP);
         if missed == 0 {
@@ -467,6 +604,7 @@ impl Scheduler {
             let running = self.running.of_job(&id).len();
             tracing::info!(job_id = %id, running, "job removed");
         }
+        self.publish();
     }
 
     fn log_errors(&mut self, report: &LoadReport) {
@@ -519,6 +657,13 @@ impl Scheduler {
             }
             let def = slot.def.clone();
             let generation = slot.generation;
+            if self.paused.contains_key(&def.id) {
+                // Paused: the tick is neither claimed nor missed; the job moves on to its
+                // next tick, so a resume starts from the future, never with a burst.
+                let after = if now > e.tick { now } else { e.tick };
+                self.push_next(&def, generation, after);
+                continue;
+            }
             // The next tick comes from the wall clock, not from the previous tick: after a
             // stall the job resumes at the first tick after now instead of replaying a burst.
             let after = if now > e.tick { now } else { e.tick };
@@ -726,6 +871,12 @@ impl Scheduler {
         }
 
         for c in firing {
+            if c.trigger != Trigger::Manual && self.paused.contains_key(&c.job_id) {
+                if let Err(e) = self.runner.release(c.run_id).await {
+                    tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
+                }
+                continue;
+            }
             if c.trigger == Trigger::Schedule {
                 let lateness = (now - c.fire_at).to_std().unwrap_or_default();
                 self.observer.tick_fired(&c.job_id, lateness);

@@ -12,7 +12,12 @@
 //! format needs no such step: JSON strings escape control characters.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::prelude::*;
+
+use crate::ops::RunLogLayer;
 
 use crate::config::LogFormat;
 
@@ -25,7 +30,9 @@ pub fn filter(level: &str) -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
-/// Builds a subscriber writing to `writer` (tests pass a buffer).
+/// Builds a subscriber writing to `writer` (tests pass a buffer). Besides the formatted log,
+/// it carries [`RunLogLayer`], which keeps the events of each run with the run (at `info` and
+/// above, whatever the console's filter: a run's stored log does not depend on `log.level`).
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
@@ -34,24 +41,29 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let runs = RunLogLayer.with_filter(LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(runs);
     match format {
         LogFormat::Json => Box::new(
-            builder
-                .with_writer(writer)
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .finish(),
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_writer(writer)
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            ),
         ),
         LogFormat::Pretty => Box::new(
-            builder
-                .with_ansi(false)
-                .with_writer(Escaping(writer))
-                .finish(),
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .with_writer(Escaping(writer))
+                    .with_filter(filter),
+            ),
         ),
     }
 }

@@ -70,6 +70,14 @@ pub struct HistorySettings {
 }
 
 /// The whole daemon configuration, validated.
+/// `run_logs:` — the log lines kept with each run.
+#[derive(Debug, Clone)]
+pub struct RunLogSettings {
+    /// The most bytes of log kept per run (`max_bytes`, default 1 MiB); beyond it the first and
+    /// last halves are kept.
+    pub max_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The file the settings came from, if one was read.
@@ -79,6 +87,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown_grace: Duration,
     pub history: HistorySettings,
+    pub run_logs: RunLogSettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
@@ -136,6 +145,9 @@ impl Default for Settings {
                 keep_runs: 1000,
                 keep_days: 30,
             },
+            run_logs: RunLogSettings {
+                max_bytes: crate::ops::runlog::DEFAULT_MAX_BYTES,
+            },
             reload_poll: Duration::from_secs(30),
             secrets: SecretsSettings::default(),
             sections: BTreeMap::new(),
@@ -174,6 +186,7 @@ const CORE_KEYS: &[&str] = &[
     "log",
     "shutdown_grace",
     "history",
+    "run_logs",
     "reload_poll",
     "secrets",
 ];
@@ -469,6 +482,11 @@ fn validate(
     s.history.keep_days = history.uint("keep_days", s.history.keep_days, 0);
     let history = history.finish();
     top.absorb(history);
+
+    let mut run_logs = top.section("run_logs");
+    s.run_logs.max_bytes = run_logs.uint("max_bytes", s.run_logs.max_bytes, 1024);
+    let run_logs = run_logs.finish();
+    top.absorb(run_logs);
 
     let mut secrets = top.section("secrets");
     if let Some(list) = secrets.string_list("env_allow") {

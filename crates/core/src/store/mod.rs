@@ -9,10 +9,12 @@
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
 pub mod lock;
+pub mod ops;
 pub mod owner;
 pub mod sqlite;
 
 pub use lock::{DaemonLock, LockError};
+pub use ops::OpsStore;
 pub use owner::RunOwner;
 
 use async_trait::async_trait;
@@ -418,9 +420,11 @@ pub trait JobStateStore: Send + Sync + 'static {
 /// process whose rows it claims), and both halves must share them; closing it closes both.
 /// The split is in what each part is handed: the runner keeps the `RunStore` view, a job's
 /// `JobContext` gets only the `JobStateStore` view.
-pub trait Store: RunStore + JobStateStore {}
+///
+/// [`OpsStore`] (paused jobs, run logs, alert episodes) is the operator's third part.
+pub trait Store: RunStore + JobStateStore + OpsStore {}
 
-impl<T: RunStore + JobStateStore + ?Sized> Store for T {}
+impl<T: RunStore + JobStateStore + OpsStore + ?Sized> Store for T {}
 
 /// The one slice of [`RunStore`] a running job may use: the process record of its own run
 /// (process containment, `crate::containment`). It cannot read or change any run row, nor the

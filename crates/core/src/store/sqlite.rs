@@ -38,6 +38,8 @@ use super::{
     RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
 
+mod ops;
+
 /// The migrations in `migrations/sqlite/`, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 

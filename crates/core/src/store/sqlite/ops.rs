@@ -1,0 +1,304 @@
+//! [`OpsStore`] on SQLite: paused jobs, run logs, alert episodes. A child module of `sqlite`
+//! so it shares its write gate and write transactions; the SQL stays portable (`ON CONFLICT`,
+//! `RETURNING`, no SQLite-only functions), so the PostgreSQL port is a transliteration.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, WriteTx, from_millis, millis, opt_from_millis, parse_json};
+use crate::store::ops::{
+    AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
+};
+use crate::store::{StoreError, StoreResult};
+
+/// Log lines per INSERT statement (7 parameters each, far below SQLite's limit) and per write
+/// transaction: small, so a tick waiting for the write gate is not held up by a chatty run.
+const LOG_CHUNK: usize = 100;
+
+fn pause_from_row(row: &SqliteRow) -> StoreResult<JobPause> {
+    Ok(JobPause {
+        job_id: row.try_get("job_id")?,
+        since: from_millis("since", row.try_get("since")?)?,
+        reason: row.try_get("reason")?,
+        actor: row.try_get("actor")?,
+    })
+}
+
+fn ended_from_row(row: &SqliteRow) -> StoreResult<Option<EndedPause>> {
+    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at")?)? else {
+        return Ok(None);
+    };
+    Ok(Some(EndedPause {
+        pause: pause_from_row(row)?,
+        resumed_at,
+        resumed_by: row
+            .try_get::<Option<String>, _>("resumed_by")?
+            .unwrap_or_default(),
+        catch_up: row.try_get::<i64, _>("catch_up")? != 0,
+    }))
+}
+
+fn episode_from_row(row: &SqliteRow) -> StoreResult<AlertEpisode> {
+    let rule: String = row.try_get("rule")?;
+    Ok(AlertEpisode {
+        id: row.try_get("id")?,
+        rule: AlertRule::parse(&rule).ok_or(StoreError::Corrupt {
+            column: "rule",
+            value: rule,
+        })?,
+        subject: row.try_get("subject")?,
+        opened_at: from_millis("opened_at", row.try_get("opened_at")?)?,
+        detail: row.try_get("detail")?,
+        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at")?)?,
+    })
+}
+
+const PAUSE_COLUMNS: &str = "job_id, since, reason, actor, resumed_at, resumed_by, catch_up";
+const EPISODE_COLUMNS: &str = "id, rule, subject, opened_at, detail, resolved_at";
+
+#[async_trait]
+impl OpsStore for SqliteStore {
+    async fn pause_job(
+        &self,
+        job_id: &str,
+        reason: Option<&str>,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<PauseOutcome> {
+        let mut tx = WriteTx::begin(self).await?;
+        let body = async {
+            // Only a row without a pause in force is (re)written: a second pause keeps the
+            // first one's start, so the ticks it covers stay covered.
+            let changed = sqlx::query(
+                "INSERT INTO job_pauses (job_id, since, reason, actor, catch_up) \
+                 VALUES (?, ?, ?, ?, 0) \
+                 ON CONFLICT (job_id) DO UPDATE SET since = excluded.since, \
+                     reason = excluded.reason, actor = excluded.actor, resumed_at = NULL, \
+                     resumed_by = NULL, catch_up = 0 \
+                 WHERE job_pauses.resumed_at IS NOT NULL",
+            )
+            .bind(job_id)
+            .bind(millis(at))
+            .bind(reason)
+            .bind(actor)
+            .execute(tx.conn())
+            .await?
+            .rows_affected()
+                > 0;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {PAUSE_COLUMNS} FROM job_pauses WHERE job_id = ?"
+            )))
+            .bind(job_id)
+            .fetch_one(tx.conn())
+            .await?;
+            let pause = pause_from_row(&row)?;
+            Ok(if changed {
+                PauseOutcome::Paused(pause)
+            } else {
+                PauseOutcome::AlreadyPaused(pause)
+            })
+        }
+        .await;
+        tx.finish(body).await
+    }
+
+    async fn resume_job(
+        &self,
+        job_id: &str,
+        catch_up: bool,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<EndedPause>> {
+        let _gate = self.write_lock().await;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE job_pauses SET resumed_at = ?, resumed_by = ?, catch_up = ? \
+             WHERE job_id = ? AND resumed_at IS NULL RETURNING {PAUSE_COLUMNS}"
+        )))
+        .bind(millis(at))
+        .bind(actor)
+        .bind(i64::from(catch_up))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => ended_from_row(&r),
+            None => Ok(None),
+        }
+    }
+
+    async fn pauses(&self) -> StoreResult<Vec<JobPause>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PAUSE_COLUMNS} FROM job_pauses WHERE resumed_at IS NULL ORDER BY job_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pause_from_row).collect()
+    }
+
+    async fn last_resume(&self, job_id: &str) -> StoreResult<Option<EndedPause>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PAUSE_COLUMNS} FROM job_pauses WHERE job_id = ? AND resumed_at IS NOT NULL"
+        )))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => ended_from_row(&r),
+            None => Ok(None),
+        }
+    }
+
+    async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>> {
+        let _gate = self.write_lock().await;
+        // One statement: of two schedulers taking at once, each request goes to one.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE job_pauses SET catch_up = 0 \
+             WHERE catch_up <> 0 AND resumed_at IS NOT NULL RETURNING {PAUSE_COLUMNS}"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = Vec::new();
+        for r in &rows {
+            if let Some(mut e) = ended_from_row(r)? {
+                // RETURNING shows the row after the update; the request was there before it.
+                e.catch_up = true;
+                taken.push(e);
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn append_run_logs(&self, lines: &[RunLogLine]) -> StoreResult<()> {
+        for chunk in lines.chunks(LOG_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO run_logs (run_id, seq, at, level, target, message, fields) \
+                 SELECT v.run_id, v.seq, v.at, v.level, v.target, v.message, v.fields FROM (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" UNION ALL ");
+                }
+                // Aliased columns on the first row name the derived table's columns.
+                sql.push_str(if i == 0 {
+                    "SELECT ? AS run_id, ? AS seq, ? AS at, ? AS level, ? AS target, \
+                     ? AS message, ? AS fields"
+                } else {
+                    "SELECT ?, ?, ?, ?, ?, ?, ?"
+                });
+            }
+            // Only lines of runs that still exist (a pruned run takes its lines with it).
+            sql.push_str(
+                ") v WHERE EXISTS (SELECT 1 FROM job_runs r WHERE r.id = v.run_id) \
+                 ON CONFLICT (run_id, seq) DO NOTHING",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for l in chunk {
+                q = q
+                    .bind(l.run_id)
+                    .bind(l.seq)
+                    .bind(millis(l.at))
+                    .bind(&l.level)
+                    .bind(&l.target)
+                    .bind(&l.message)
+                    .bind(l.fields.to_string());
+            }
+            let _gate = self.write_lock().await;
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_logs(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLogLine>> {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, at, level, target, message, fields FROM run_logs \
+             WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunLogLine {
+                    run_id: r.try_get("run_id")?,
+                    seq: r.try_get("seq")?,
+                    at: from_millis("at", r.try_get("at")?)?,
+                    level: r.try_get("level")?,
+                    target: r.try_get("target")?,
+                    message: r.try_get("message")?,
+                    fields: parse_json("fields", r.try_get("fields")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn open_alert(
+        &self,
+        rule: AlertRule,
+        subject: &str,
+        detail: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<AlertEpisode>> {
+        let _gate = self.write_lock().await;
+        // The partial unique index refuses a second open episode of (rule, subject).
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO alert_episodes (rule, subject, opened_at, detail) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING RETURNING {EPISODE_COLUMNS}"
+        )))
+        .bind(rule.as_str())
+        .bind(subject)
+        .bind(millis(at))
+        .bind(detail)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(episode_from_row).transpose()
+    }
+
+    async fn resolve_alert(
+        &self,
+        rule: AlertRule,
+        subject: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<AlertEpisode>> {
+        let _gate = self.write_lock().await;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE alert_episodes SET resolved_at = ? \
+             WHERE rule = ? AND subject = ? AND resolved_at IS NULL RETURNING {EPISODE_COLUMNS}"
+        )))
+        .bind(millis(at))
+        .bind(rule.as_str())
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(episode_from_row).transpose()
+    }
+
+    async fn open_alerts(&self) -> StoreResult<Vec<AlertEpisode>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EPISODE_COLUMNS} FROM alert_episodes WHERE resolved_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(episode_from_row).collect()
+    }
+
+    async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT job_id, MAX(finished_at) AS at FROM job_runs \
+             WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY job_id ORDER BY job_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("job_id")?, from_millis("at", r.try_get("at")?)?)))
+            .collect()
+    }
+}
