@@ -164,6 +164,19 @@ async fn api_auth_audit_metrics_and_readiness() {
         (run["trigger"].as_str(), run["job_id"].as_str()),
         (Some("manual"), Some("nap"))
     );
+    // The run's log lines are kept with it (written shortly after the run ends).
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let (_, logs) = api
+                .get(&format!("/api/v1/runs/{run_id}/logs"), Some(READ))
+                .await;
+            logs["lines"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|l| l["message"] == "run finished"))
+        })
+        .await
+    );
+    assert_eq!(api.get("/api/v1/runs/999999/logs", Some(READ)).await.0, 404);
     let (_, page) = api.get("/api/v1/jobs/nap/runs?limit=5", Some(READ)).await;
     assert_eq!(page["runs"][0]["id"].as_i64(), Some(run_id));
     let (_, page) = api
@@ -229,6 +242,65 @@ async fn api_auth_audit_metrics_and_readiness() {
         .await;
     assert_eq!(run["message"], "cancelled by an operator");
 
+    // Pause and resume, persisted, with the reason; the page and the metrics show it.
+    assert_eq!(
+        api.post("/api/v1/jobs/nap/pause", Some(READ), None).await.0,
+        403
+    );
+    let (status, body) = api
+        .post(
+            "/api/v1/jobs/nap/pause",
+            Some(OPERATOR),
+            Some(json!({"reason": "maintenance window"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["already_paused"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let (_, job) = api.get("/api/v1/jobs/nap", Some(READ)).await;
+    assert_eq!(job["paused"], true);
+    assert_eq!(job["pause"]["reason"], "maintenance window");
+    assert_eq!(job["pause"]["actor"], "admin:operator");
+    assert_eq!(job["next_fires"].as_array().unwrap().len(), 0);
+    let metrics = api
+        .http
+        .get(format!("{}metrics", api.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("soarjobd_job_paused{job_name=\"nap\"} 1"),
+        "{metrics}"
+    );
+    let (status, body) = api
+        .post(
+            "/api/v1/jobs/nap/resume",
+            Some(OPERATOR),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["was_paused"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    assert_eq!(
+        api.get("/api/v1/jobs/nap", Some(READ)).await.1["paused"],
+        false
+    );
+    assert_eq!(
+        api.post("/api/v1/jobs/ghost/pause", Some(OPERATOR), None)
+            .await
+            .0,
+        404
+    );
+
     // Bodies are limited and must be what the API expects; other sites cannot post.
     let big = json!({"reason": "x".repeat(64 * 1024)});
     assert_eq!(
@@ -263,10 +335,10 @@ async fn api_auth_audit_metrics_and_readiness() {
     let audits: Vec<Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "audit")
+        .filter(|v| v.get("actor").is_some() && v.get("action").is_some())
         .collect();
     assert!(
-        audits.iter().any(|a| a["who"] == "operator"
+        audits.iter().any(|a| a["actor"] == "admin:operator"
             && a["action"] == "run"
             && a["job_id"] == "nap"
             && a["reason"] == "checking the fix"),
@@ -276,6 +348,14 @@ async fn api_auth_audit_metrics_and_readiness() {
         audits
             .iter()
             .any(|a| a["action"] == "cancel" && a["reason"] == "stuck")
+    );
+    assert!(audits.iter().any(|a| a["action"] == "pause"
+        && a["actor"] == "admin:operator"
+        && a["reason"] == "maintenance window"));
+    assert!(
+        audits
+            .iter()
+            .any(|a| a["action"] == "resume" && a["reason"] == "done")
     );
     assert!(!text.contains(OPERATOR) && !text.contains(READ));
 

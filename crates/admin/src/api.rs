@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use soarjobd_core::definition::JobDefinition;
 use soarjobd_core::observe::RunNowError;
+use soarjobd_core::ops::OpsError;
 use soarjobd_core::schedule::ScheduleKind;
+use soarjobd_core::store::ops::{JobPause, PauseOutcome, RunLogLine};
 use soarjobd_core::store::{RunRecord, RunStatus};
 
 use crate::Shared;
@@ -32,10 +34,19 @@ pub const MAX_LIMIT: u32 = 500;
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
     pub reason: Option<String>,
+    /// `resume` only: one catch-up run for the ticks inside the pause.
+    #[serde(default)]
+    pub catch_up: bool,
 }
 
-/// Records a mutating call: who (the token's name, never the token), what, on which job/run,
-/// why. A target of its own, so it can be routed to an audit log.
+/// The actor an audit event names: `admin:` and the token's name (never the token).
+pub fn actor(caller: &Caller) -> String {
+    format!("admin:{}", caller.name)
+}
+
+/// Records a mutating call: who, what, on which job/run, why, and how it went. The target is
+/// the one every audit event of the daemon uses (`soarjobd::audit`, also the CLI's pause and
+/// resume), so one filter routes them all to an audit log.
 pub fn audit(
     caller: &Caller,
     action: &str,
@@ -45,8 +56,8 @@ pub fn audit(
     outcome: &str,
 ) {
     tracing::info!(
-        target: "soarjobd_admin::audit",
-        who = caller.name,
+        target: "soarjobd::audit",
+        actor = %actor(caller),
         action,
         job_id = job_id.unwrap_or(""),
         run_id,
@@ -60,10 +71,11 @@ pub fn job_json(
     shared: &Shared,
     def: &JobDefinition,
     last: Option<&RunRecord>,
+    pause: Option<&JobPause>,
     now: DateTime<Utc>,
 ) -> Value {
     let runs = shared.metrics.job_runs(&def.id);
-    let paused = shared.is_paused(&def.id);
+    let paused = pause.is_some();
     let next: Vec<String> = if def.enabled && !paused {
         def.schedule
             .ticks_after(now, NEXT_FIRES)
@@ -88,6 +100,7 @@ pub fn job_json(
         "description": def.description,
         "enabled": def.enabled,
         "paused": paused,
+        "pause": pause,
         "schedule": schedule,
         "timeout_seconds": def.timeout.as_secs(),
         "overlap": def.overlap,
@@ -107,11 +120,15 @@ pub async fn jobs(
     s.tokens.caller(&headers)?;
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.map_err(ApiError::store)?;
+    let pauses = s.pauses().await?;
     let now = Utc::now();
     let jobs: Vec<Value> = view
         .jobs
         .iter()
-        .map(|d| job_json(&s, d, last.iter().find(|r| r.job_id == d.id), now))
+        .map(|d| {
+            let last = last.iter().find(|r| r.job_id == d.id);
+            job_json(&s, d, last, pauses.get(&d.id), now)
+        })
         .collect();
     let invalid: Vec<Value> = view
         .invalid
@@ -145,7 +162,14 @@ pub async fn job(
         .history(&id, 1)
         .await
         .map_err(ApiError::store)?;
-    Ok(Json(job_json(&s, &def, last.first(), Utc::now())))
+    let pauses = s.pauses().await?;
+    Ok(Json(job_json(
+        &s,
+        &def,
+        last.first(),
+        pauses.get(&id),
+        Utc::now(),
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,4 +349,132 @@ pub async fn cancel(
         StatusCode::ACCEPTED,
         Json(json!({"run_id": run_id, "cancelling": true})),
     ))
+}
+
+fn ops_error(e: OpsError, id: &str) -> ApiError {
+    match e {
+        OpsError::UnknownJob(_) => ApiError::no_job(id),
+        OpsError::Store(e) => ApiError::store(e),
+    }
+}
+
+/// Pauses a job (persisted; the scheduler stops claiming its ticks at once). The pause is
+/// audited by the core's `PauseControl`, with the caller as actor.
+pub async fn pause_job(
+    s: &Shared,
+    caller: &Caller,
+    id: &str,
+    reason: Option<&str>,
+) -> Result<PauseOutcome, ApiError> {
+    find_job(s, id)?;
+    s.control
+        .pauses
+        .pause(id, reason, &actor(caller))
+        .await
+        .map_err(|e| ops_error(e, id))
+}
+
+/// Resumes a job; `catch_up` asks for one run for the ticks inside the pause.
+pub async fn resume_job(
+    s: &Shared,
+    caller: &Caller,
+    id: &str,
+    catch_up: bool,
+    reason: Option<&str>,
+) -> Result<Value, ApiError> {
+    find_job(s, id)?;
+    let ended = s
+        .control
+        .pauses
+        .resume(id, catch_up, &actor(caller))
+        .await
+        .map_err(|e| ops_error(e, id))?;
+    // The core's event has no reason; this one records it.
+    if reason.is_some() {
+        audit(
+            caller,
+            "resume",
+            Some(id),
+            None,
+            reason,
+            if ended.is_some() {
+                "resumed"
+            } else {
+                "was not paused"
+            },
+        );
+    }
+    Ok(
+        json!({"job_id": id, "was_paused": ended.is_some(), "catch_up": catch_up, "ended_pause": ended.map(|e| e.pause)}),
+    )
+}
+
+pub async fn pause(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.tokens.operator(&headers)?;
+    let body = action_body(&body)?;
+    let outcome = pause_job(&s, &caller, &id, body.reason.as_deref()).await?;
+    let already = matches!(outcome, PauseOutcome::AlreadyPaused(_));
+    Ok(Json(
+        json!({"job_id": id, "already_paused": already, "pause": outcome.pause()}),
+    ))
+}
+
+pub async fn resume(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.tokens.operator(&headers)?;
+    let body = action_body(&body)?;
+    Ok(Json(
+        resume_job(&s, &caller, &id, body.catch_up, body.reason.as_deref()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    /// Only lines after this sequence number (the last one seen: follow by polling).
+    pub after: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// The most log lines one call returns.
+pub const MAX_LOG_LINES: u32 = 5000;
+
+/// A page of a run's stored log lines (secrets were redacted when they were stored).
+pub async fn log_lines(
+    s: &Shared,
+    run_id: i64,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<RunLogLine>, ApiError> {
+    s.control
+        .store
+        .run_logs(run_id, after, limit.clamp(1, MAX_LOG_LINES))
+        .await
+        .map_err(ApiError::store)
+}
+
+pub async fn logs(
+    State(s): State<Arc<Shared>>,
+    Path(run_id): Path<i64>,
+    Query(q): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.tokens.caller(&headers)?;
+    let run = get_run(&s, run_id).await?;
+    let lines = log_lines(&s, run_id, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?;
+    let last_seq = lines.last().map(|l| l.seq);
+    Ok(Json(json!({
+        "run_id": run_id,
+        "status": run.status,
+        "lines": lines,
+        "last_seq": last_seq,
+    })))
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod page;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use serde_json::json;
 use soarjobd_core::observe::{Control, heartbeat_limit};
+use soarjobd_core::store::ops::JobPause;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,9 +55,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Whether a job is paused.
-    pub fn is_paused(&self, _job_id: &str) -> bool {
-        false
+    /// The pauses in force, by job id.
+    pub async fn pauses(&self) -> Result<HashMap<String, JobPause>, ApiError> {
+        let list = self
+            .control
+            .pauses
+            .pauses()
+            .await
+            .map_err(|e| ApiError::store(e))?;
+        Ok(list.into_iter().map(|p| (p.job_id.clone(), p)).collect())
     }
 }
 
@@ -71,12 +79,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}/run", post(api::run_job))
         .route("/api/v1/runs/{run_id}", get(api::run))
         .route("/api/v1/runs/{run_id}/cancel", post(api::cancel))
+        .route("/api/v1/jobs/{id}/pause", post(api::pause))
+        .route("/api/v1/jobs/{id}/resume", post(api::resume))
+        .route("/api/v1/runs/{run_id}/logs", get(api::logs))
         .route("/", get(page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/jobs/{id}", get(page::job))
         .route("/jobs/{id}/run", post(page::run_now))
         .route("/runs/{run_id}", get(page::run))
         .route("/runs/{run_id}/cancel", post(page::cancel))
+        .route("/jobs/{id}/pause", post(page::pause))
+        .route("/jobs/{id}/resume", post(page::resume))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -171,7 +184,10 @@ async fn metrics_text(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     s.tokens.caller(&headers)?;
-    let text = s.metrics.encode(&s.control, &|id| s.is_paused(id));
+    // One query per scrape; a failing store leaves the paused gauge at 0 rather than failing
+    // the whole scrape (`/readyz` reports the store).
+    let pauses = s.pauses().await.unwrap_or_default();
+    let text = s.metrics.encode(&s.control, &|id| pauses.contains_key(id));
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -209,9 +225,4 @@ pub fn serve(
         }
     });
     Ok(Server { addr, task })
-}
-
-/// The run's stored logs as HTML (an empty note until per-run logs are stored).
-async fn run_logs_html(_s: &Shared, _run_id: i64) -> String {
-    "<p class=\"muted\">No logs stored for this run.</p>".into()
 }

@@ -73,8 +73,11 @@ impl JobRuns {
                 self.last_success = Some(finished_at);
                 self.consecutive_failures = 0;
             }
+            // A partial success ends a failure streak (as the alerts count it), but is no
+            // success.
+            RunStatus::Partial => self.consecutive_failures = 0,
             s if is_failure(s) => self.consecutive_failures += 1,
-            // Partial, cancelled and skipped runs neither break nor extend a failure streak.
+            // Cancelled and skipped runs neither break nor extend a failure streak.
             _ => {}
         }
     }

@@ -15,6 +15,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use soarjobd_core::definition::JobDefinition;
+use soarjobd_core::ops::runlog::format_line;
 use soarjobd_core::store::{RunRecord, RunStatus};
 
 use crate::Shared;
@@ -112,13 +113,23 @@ fn guard(s: &Shared, headers: &HeaderMap) -> Result<Role, Response> {
     }
 }
 
-fn run_button(def: &JobDefinition, role: Role) -> String {
+/// The job's buttons: Run now, and Pause or Resume (operators only).
+fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
     if role != Role::Operator {
         return String::new();
     }
+    let id = seg(&def.id);
+    let toggle = if paused {
+        format!(
+            "<form method=\"post\" action=\"/jobs/{id}/resume\"><button type=\"submit\" class=\"resume\">Resume</button></form>"
+        )
+    } else {
+        format!(
+            "<form method=\"post\" action=\"/jobs/{id}/pause\"><button type=\"submit\" class=\"pause\">Pause</button></form>"
+        )
+    };
     format!(
-        "<form method=\"post\" action=\"/jobs/{}/run\"><button type=\"submit\" class=\"run-now\">Run now</button></form>",
-        seg(&def.id)
+        "<form method=\"post\" action=\"/jobs/{id}/run\"><button type=\"submit\" class=\"run-now\">Run now</button></form> {toggle}"
     )
 }
 
@@ -129,12 +140,13 @@ pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
     };
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.unwrap_or_default();
+    let pauses = s.pauses().await.unwrap_or_default();
     let now = Utc::now();
     let mut rows = String::new();
     for def in &view.jobs {
         let runs = s.metrics.job_runs(&def.id);
         let last = last.iter().find(|r| r.job_id == def.id);
-        let paused = s.is_paused(&def.id);
+        let paused = pauses.contains_key(&def.id);
         let state = match (def.enabled, paused) {
             (false, _) => "disabled",
             (true, true) => "paused",
@@ -164,7 +176,7 @@ pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
             last_success = when(runs.last_success),
             next = when(next),
             failures = runs.consecutive_failures,
-            button = run_button(def, role),
+            button = buttons(def, role, paused),
         );
     }
     let mut invalid = String::new();
@@ -234,10 +246,21 @@ pub async fn job(
         );
     }
     let info = s.metrics.job_runs(&def.id);
+    let pauses = s.pauses().await.unwrap_or_default();
+    let pause = pauses.get(&def.id);
+    let paused = pause.is_some();
+    let pause_note = pause.map_or_else(String::new, |p| {
+        format!(
+            "<p id=\"pause\">Paused since {} by <code>{}</code>: {}</p>",
+            when(Some(p.since)),
+            esc(&p.actor),
+            esc(p.reason.as_deref().unwrap_or("no reason given"))
+        )
+    });
     let body = format!(
         "<h1>{name}</h1><p>{desc}</p><p><code>{id}</code> · job <code>{imp}</code> · {schedule} · \
          overlap {overlap:?} · timeout {timeout} s · {enabled} · failures in a row: {failures} · \
-         last success: {success}</p><p>{button}</p><h2>Runs</h2><table id=\"runs\"><thead><tr><th>Run</th>\
+         last success: {success}</p>{pause_note}<p>{button}</p><h2>Runs</h2><table id=\"runs\"><thead><tr><th>Run</th>\
          <th>Status</th><th>Trigger</th><th>Tick</th><th>Started</th><th>Duration</th><th>Message</th>\
          </tr></thead><tbody>{rows}</tbody></table>",
         name = esc(&def.name),
@@ -249,14 +272,14 @@ pub async fn job(
         timeout = def.timeout.as_secs(),
         enabled = if !def.enabled {
             "disabled"
-        } else if s.is_paused(&def.id) {
+        } else if paused {
             "paused"
         } else {
             "enabled"
         },
         failures = info.consecutive_failures,
         success = when(info.last_success),
-        button = run_button(&def, role),
+        button = buttons(&def, role, paused),
     );
     layout(&def.name, &body, true).into_response()
 }
@@ -282,7 +305,19 @@ pub async fn run(
     } else {
         String::new()
     };
-    let logs = crate::run_logs_html(&s, r.id).await;
+    let logs = match api::log_lines(&s, r.id, 0, api::MAX_LOG_LINES).await {
+        Ok(lines) if lines.is_empty() => {
+            "<p class=\"muted\" id=\"logs\">No log lines stored (yet).</p>".to_string()
+        }
+        Ok(lines) => {
+            let text: Vec<String> = lines.iter().map(format_line).collect();
+            format!("<pre id=\"logs\">{}</pre>", esc(&text.join("\n")))
+        }
+        Err(e) => format!(
+            "<p id=\"logs\">Cannot read the logs: {}</p>",
+            esc(&e.message)
+        ),
+    };
     let body = format!(
         "<h1>Run {id} of <a href=\"/jobs/{seg}\">{job}</a></h1><p id=\"run-status\">{status} {cancel}</p>\
          <table><tr><th>Trigger</th><td>{trigger}</td></tr><tr><th>Tick</th><td>{scheduled}</td></tr>\
@@ -380,5 +415,35 @@ pub async fn login(State(s): State<Arc<Shared>>, Form(f): Form<LoginForm>) -> Re
             r
         }
         Err(_) => ApiError::bad_request("the token cannot be stored in a cookie").into_response(),
+    }
+}
+
+pub async fn pause(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match s.tokens.operator(&headers) {
+        Ok(c) => c,
+        Err(e) => return error_page(e),
+    };
+    match api::pause_job(&s, &caller, &id, Some("status page")).await {
+        Ok(_) => Redirect::to(&format!("/jobs/{}", seg(&id))).into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+pub async fn resume(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match s.tokens.operator(&headers) {
+        Ok(c) => c,
+        Err(e) => return error_page(e),
+    };
+    match api::resume_job(&s, &caller, &id, false, None).await {
+        Ok(_) => Redirect::to(&format!("/jobs/{}", seg(&id))).into_response(),
+        Err(e) => error_page(e),
     }
 }
