@@ -2,6 +2,7 @@
 
 mod admin;
 mod app;
+mod browser;
 mod config;
 mod containment;
 mod deploy;
