@@ -40,23 +40,34 @@ impl Admin {
     pub async fn bind_or_any(settings: &Settings) -> Result<Admin, String> {
         let mut admin = soarjobd_admin::config::from_settings(settings)
             .map_err(|p| soarjobd_core::config::grammar::join(&p))?;
+        // Both attempts fail loudly: the demo's point is the page.
+        admin.listen_set = true;
         match Admin::bind_with(admin.clone()).await {
             Ok(a) => Ok(a),
-            Err(_) => {
+            Err(_) if admin.listen.is_some() => {
                 admin.listen = Some(([127, 0, 0, 1], 0).into());
                 Admin::bind_with(admin).await
             }
+            Err(e) => Err(e),
         }
     }
 
     async fn bind_with(settings: AdminSettings) -> Result<Admin, String> {
         let listener = match settings.listen {
             None => None,
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?,
-            ),
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) if !settings.listen_set => {
+                    tracing::warn!(
+                        address = %addr,
+                        error = %e,
+                        "the admin server's default address is taken: running without it \
+                         (set admin.listen to another address, or `off`)"
+                    );
+                    None
+                }
+                Err(e) => return Err(format!("cannot listen on {addr} (admin.listen): {e}")),
+            },
         };
         Ok(Admin {
             settings,

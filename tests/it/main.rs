@@ -21,5 +21,6 @@ mod runtime;
 mod soar;
 mod store_faults;
 mod support;
+mod systemd;
 #[cfg(feature = "sim")]
 mod threatconnect;

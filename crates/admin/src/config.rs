@@ -27,6 +27,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9180";
 pub struct AdminSettings {
     /// `None`: the server is off.
     pub listen: Option<SocketAddr>,
+    /// `listen` was written in the config (not the default): a busy address is then an
+    /// error, while the default address being taken (another daemon on the host) only
+    /// leaves this daemon without its admin server, with a warning.
+    pub listen_set: bool,
     /// Read-only calls (status page, GETs, metrics are open on loopback only).
     pub read_token: Option<SecretString>,
     /// Mutating calls (run now, pause, resume, cancel); reads too.
@@ -63,6 +67,7 @@ pub fn from_settings(settings: &Settings) -> Result<AdminSettings, Vec<Problem>>
 
 fn read(value: Option<&Value>, origins: &Origins) -> Result<AdminSettings, Vec<Problem>> {
     let mut s = Section::new(SECTION, value, origins);
+    let listen_set = s.is_set("listen");
     let listen_text = s.string("listen").unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = if listen_text.trim() == "off" {
         None
@@ -101,6 +106,7 @@ fn read(value: Option<&Value>, origins: &Origins) -> Result<AdminSettings, Vec<P
     if problems.is_empty() {
         Ok(AdminSettings {
             listen,
+            listen_set,
             read_token,
             operator_token,
         })
