@@ -933,6 +933,60 @@ mod tests {
         assert_eq!(c.count("flaky"), 3);
     }
 
+    /// Records what the transport reports for one platform name.
+    struct Seen {
+        platform: &'static str,
+        calls: std::sync::Mutex<Vec<(String, Option<u16>)>>,
+    }
+
+    impl soarjobd_core::observe::HttpObserver for Seen {
+        fn platform_request(&self, platform: &str, method: &str, status: Option<u16>, _: Duration) {
+            if platform == self.platform {
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), status));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_reported_to_the_metrics_hook() {
+        let (base, _) = start().await;
+        let seen = Arc::new(Seen {
+            platform: "hook-test",
+            calls: Default::default(),
+        });
+        let hook: Arc<dyn soarjobd_core::observe::HttpObserver> = seen.clone();
+        soarjobd_core::observe::add_http_observer(&hook);
+        let http = client(|c| c.platform = "hook-test");
+        let _: serde_json::Value = http.get_json(base.join("flaky/2").unwrap()).await.unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let req = Request::json(Method::POST, url, &1).unwrap();
+        let _ = client(|c| {
+            c.platform = "hook-test";
+            c.retry = RetryPolicy::none();
+        })
+        .send(req)
+        .await;
+        // Two 503s, the success, then a refused connection: no status.
+        let calls = seen.calls.lock().unwrap().clone();
+        let get = |s: Option<u16>| ("GET".to_string(), s);
+        assert_eq!(
+            calls,
+            [
+                get(Some(503)),
+                get(Some(503)),
+                get(Some(200)),
+                ("POST".to_string(), None)
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn get_gives_up_after_max_retries_with_server_error() {
         let (base, c) = start().await;
