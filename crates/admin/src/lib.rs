@@ -226,3 +226,25 @@ pub fn serve(
     });
     Ok(Server { addr, task })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every API route of the router is documented in `docs/openapi.yaml`.
+    #[test]
+    fn the_openapi_file_documents_every_route() {
+        let spec = include_str!("../../../docs/openapi.yaml");
+        let routes: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .filter(|p| p.starts_with("/api/") || ["/livez", "/readyz", "/metrics"].contains(p))
+            .collect();
+        assert!(routes.len() >= 12, "{routes:?}");
+        for r in routes {
+            assert!(
+                spec.contains(&format!("\n  {r}:\n")),
+                "{r} is not in docs/openapi.yaml"
+            );
+        }
+    }
+}
