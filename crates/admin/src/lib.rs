@@ -62,7 +62,7 @@ impl Shared {
             .pauses
             .pauses()
             .await
-            .map_err(|e| ApiError::store(e))?;
+            .map_err(ApiError::store)?;
         Ok(list.into_iter().map(|p| (p.job_id.clone(), p)).collect())
     }
 }

@@ -106,10 +106,10 @@ fn duration(r: &RunRecord) -> String {
 }
 
 /// A page, or the way to the login form when a token is needed.
-fn guard(s: &Shared, headers: &HeaderMap) -> Result<Role, Response> {
+fn guard(s: &Shared, headers: &HeaderMap) -> Result<Role, Box<Response>> {
     match s.tokens.caller(headers) {
         Ok(c) => Ok(c.role),
-        Err(_) => Err(Redirect::to("/login").into_response()),
+        Err(_) => Err(Box::new(Redirect::to("/login").into_response())),
     }
 }
 
@@ -136,7 +136,7 @@ fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
 pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let role = match guard(&s, &headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.unwrap_or_default();
@@ -211,7 +211,7 @@ pub async fn job(
 ) -> Response {
     let role = match guard(&s, &headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let def = match api::find_job(&s, &id) {
         Ok(d) => d,
@@ -291,7 +291,7 @@ pub async fn run(
 ) -> Response {
     let role = match guard(&s, &headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r = match api::get_run(&s, run_id).await {
         Ok(r) => r,
