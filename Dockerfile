@@ -12,10 +12,11 @@ COPY crates/core/Cargo.toml ./crates/core/
 COPY crates/clients/Cargo.toml ./crates/clients/
 COPY crates/jobs/Cargo.toml ./crates/jobs/
 COPY crates/sim/Cargo.toml ./crates/sim/
+COPY crates/admin/Cargo.toml ./crates/admin/
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
-    && for c in core clients jobs sim; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
+    && for c in core clients jobs sim admin; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
     && echo 'fn main() {}' > crates/core/build.rs \
     && for b in scheduler soar batch soak; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin soarjobd \
@@ -45,5 +46,10 @@ USER soarjobd
 WORKDIR /var/lib/soarjobd
 # tini reaps the process groups of `exec` jobs and forwards SIGTERM to the daemon, which then
 # shuts down gracefully.
+# The admin server listens on 127.0.0.1:9180 in the container (`admin.listen`); the health
+# check asks its `/livez` from inside, with the binary itself (the image has no curl). To scrape
+# metrics or probe from outside, set `admin.listen: 0.0.0.0:9180` and the token files.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/soarjobd", "probe"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/soarjobd"]
 CMD ["run"]

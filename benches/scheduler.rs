@@ -52,6 +52,7 @@ fn main() {
         return;
     }
     let ours = run_child("ours", full);
+    let ours_admin = run_child("ours+admin", full);
     let tcs = run_child("tokio-cron-scheduler", full);
     let (load_ms, loaded) = load_files(size.files);
     let (store_single, store_batched) = store_throughput(size.store_runs);
@@ -62,7 +63,11 @@ fn main() {
     );
     println!("| engine | runs | p50 lateness | p99 lateness | max lateness | CPU s | peak RSS |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, r) in [("soarjobd", &ours), ("tokio-cron-scheduler 0.15", &tcs)] {
+    for (name, r) in [
+        ("soarjobd", &ours),
+        ("soarjobd + admin server, scraped every 100 ms", &ours_admin),
+        ("tokio-cron-scheduler 0.15", &tcs),
+    ] {
         println!(
             "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} | {:.1} MB |",
             r["runs"],
@@ -147,7 +152,8 @@ fn engine_child(engine: &str, jobs: usize, secs: u64) -> Value {
     let cpu0 = cpu_seconds();
     rt.block_on(async {
         match engine {
-            "ours" => run_ours(jobs, secs, lateness.clone()).await,
+            "ours" => run_ours(jobs, secs, lateness.clone(), false).await,
+            "ours+admin" => run_ours(jobs, secs, lateness.clone(), true).await,
             _ => run_tcs(jobs, secs, lateness.clone()).await,
         }
     });
@@ -170,7 +176,10 @@ fn engine_child(engine: &str, jobs: usize, secs: u64) -> Value {
     })
 }
 
-async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>) {
+/// Our daemon; with `admin`, its admin server too (metrics fed by every tick and run), scraped
+/// (`/metrics`, `/api/v1/jobs`, the status page) every 100 ms while the benchmark runs: far
+/// more often than Prometheus would, to show what the server costs the scheduler.
+async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>, admin: bool) {
     let dir = tempfile::tempdir().unwrap();
     let jobs_dir = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs_dir).unwrap();
@@ -181,25 +190,51 @@ async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>) {
         )
         .unwrap();
     }
-    let settings = Settings {
+    let mut settings = Settings {
         jobs_dir,
         database_url: format!("sqlite:{}", dir.path().join("bench.db").display()),
         shutdown_grace: Duration::from_secs(5),
         ..Settings::default()
     };
+    settings.set_section(
+        "admin",
+        json!({ "listen": if admin { "127.0.0.1:0" } else { "off" } }),
+    );
+    let server = soarjobd::admin::Admin::bind(&settings).await.unwrap();
     let probe = Probe {
         lateness_us: lateness,
         by_tick: Default::default(),
     };
     let by_tick = probe.by_tick.clone();
-    let d = Daemon::builder()
-        .settings(settings)
-        .register(probe)
+    let d = server
+        .daemon(Daemon::builder().settings(settings).register(probe))
         .start()
         .await
         .unwrap();
+    let server = server.start(&d).unwrap();
+    let scraper = server.as_ref().map(|s| {
+        let base = s.url();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                for path in ["metrics", "api/v1/jobs", ""] {
+                    let r = http.get(format!("{base}{path}")).send().await.unwrap();
+                    assert!(r.status().is_success());
+                    let _ = r.bytes().await;
+                }
+            }
+        })
+    });
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    if let Some(s) = scraper {
+        s.abort();
+    }
     d.shutdown().await;
+    if let Some(s) = server {
+        s.stop().await;
+    }
     for (tick, mut l) in std::mem::take(&mut *by_tick.lock().unwrap()) {
         l.sort_unstable();
         eprintln!(

@@ -153,7 +153,10 @@ impl AppBuilder {
     /// The platforms' section declarations, for [`crate::config::load_with`], so a config
     /// file is checked whole (its own keys and every platform section) at once.
     pub fn section_specs(&self) -> Vec<SectionSpec> {
-        self.platforms.iter().map(|p| p.spec()).collect()
+        let mut specs: Vec<SectionSpec> = self.platforms.iter().map(|p| p.spec()).collect();
+        // The admin server's section is the root's own (not a platform's).
+        specs.push(soarjobd_admin::config::spec());
+        specs
     }
 
     /// Builds the app, or fails with every problem found.

@@ -114,6 +114,16 @@ pub enum Cmd {
         #[arg(long, default_value_t = 200)]
         cases: usize,
     },
+    /// Ask the running daemon's admin server whether it is alive (exit 0) or not (exit 1):
+    /// the container HEALTHCHECK, without curl in the image.
+    Probe {
+        /// The admin server's address (default: `admin.listen` of the config).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// The path to ask.
+        #[arg(long, default_value = "/livez")]
+        path: String,
+    },
     /// Run a platform simulator.
     Sim {
         #[command(subcommand)]
@@ -232,6 +242,7 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
         }
         Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
+        Cmd::Probe { addr, path } => probe(&settings, addr, &path).await,
         Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
     }
 }
@@ -244,9 +255,27 @@ async fn run(app: AppBuilder) -> i32 {
             return exit::FAILURE;
         }
     };
-    match app.daemon().start().await {
+    let admin = match crate::admin::Admin::bind(app.settings()).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the admin server");
+            return exit::FAILURE;
+        }
+    };
+    match admin.daemon(app.daemon()).start().await {
         Ok(d) => {
+            let server = match admin.start(&d) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the admin server");
+                    d.shutdown().await;
+                    return exit::FAILURE;
+                }
+            };
             d.run_until_signal().await;
+            if let Some(s) = server {
+                s.stop().await;
+            }
             exit::SUCCESS
         }
         Err(crate::daemon::DaemonError::StoppedDuringStart) => {
@@ -263,6 +292,40 @@ async fn run(app: AppBuilder) -> i32 {
                 }
                 _ => exit::FAILURE,
             }
+        }
+    }
+}
+
+/// `soarjobd probe`.
+async fn probe(settings: &Settings, addr: Option<std::net::SocketAddr>, path: &str) -> i32 {
+    let addr = match addr {
+        Some(a) => a,
+        None => match soarjobd_admin::config::from_settings(settings) {
+            Ok(a) => match a.listen {
+                Some(a) if a.ip().is_unspecified() => {
+                    std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+                }
+                Some(a) => a,
+                None => {
+                    eprintln!("error: the admin server is off (admin.listen: off)");
+                    return exit::USAGE;
+                }
+            },
+            Err(p) => {
+                eprintln!("error: {}", crate::config::grammar::join(&p));
+                return exit::USAGE;
+            }
+        },
+    };
+    match crate::admin::probe(addr, path).await {
+        Ok(true) => exit::SUCCESS,
+        Ok(false) => {
+            eprintln!("unhealthy: http://{addr}{path} did not answer 200");
+            exit::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            exit::FAILURE
         }
     }
 }

@@ -72,6 +72,18 @@ pub async fn run(
     data_dir: Option<PathBuf>,
     cases: usize,
 ) -> i32 {
+    // The status page first: its address is the first line the demo prints, so a newcomer
+    // can open it and watch the jobs run.
+    let admin = match crate::admin::Admin::bind_or_any(&settings).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the admin server");
+            return exit::FAILURE;
+        }
+    };
+    if let Some(url) = admin.url() {
+        println!("status page: {url}");
+    }
     // A fresh random key per demo: the simulator checks it like the real platform would.
     let app_key = uuid::Uuid::new_v4().to_string();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -144,14 +156,25 @@ pub async fn run(
             return exit::FAILURE;
         }
     };
-    let daemon = match app.daemon().run_at_start(true).start().await {
+    let daemon = match admin.daemon(app.daemon()).run_at_start(true).start().await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
             return exit::FAILURE;
         }
     };
+    let server = match admin.start(&daemon) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the admin server");
+            daemon.shutdown().await;
+            return exit::FAILURE;
+        }
+    };
     daemon.run_until_signal().await;
+    if let Some(s) = server {
+        s.stop().await;
+    }
     let stats = soar.state().stats();
     let comments = soar.state().comments(None).len();
     tracing::info!(

@@ -11,6 +11,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map and the invariants each crate boundary enforces.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
@@ -19,8 +20,8 @@ pub mod ops_cli;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{
-    clock, config, containment, daemon, definition, exit, job, ops, platform, redact, runner,
-    schedule, scheduler, store, telemetry, timer, watch,
+    clock, config, containment, daemon, definition, exit, job, observe, ops, platform, redact,
+    runner, schedule, scheduler, store, systemd, telemetry, timer, watch,
 };
 pub use soarjobd_jobs as jobs;
 #[cfg(feature = "sim")]

@@ -1,7 +1,9 @@
 //! Integration tests, in one binary so they link once.
 
+mod admin;
 mod alerts;
 mod app;
+mod browser;
 mod config;
 mod containment;
 mod deploy;
@@ -22,5 +24,6 @@ mod secops;
 mod soar;
 mod store_faults;
 mod support;
+mod systemd;
 #[cfg(feature = "sim")]
 mod threatconnect;

@@ -98,6 +98,9 @@ pub struct HttpConfig {
     /// Headers sent with every request (auth, content negotiation). Mark secrets with
     /// [`sensitive_header`].
     pub default_headers: HeaderMap,
+    /// The platform's name, the `platform` label of the request metrics
+    /// (`soarjobd_core::observe::platform_request`).
+    pub platform: &'static str,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +113,7 @@ impl Default for HttpConfig {
             rate_limit: None,
             retry: RetryPolicy::default(),
             default_headers: HeaderMap::new(),
+            platform: "unknown",
         }
     }
 }
@@ -402,6 +406,7 @@ struct Inner {
     permits: Semaphore,
     pacer: Option<Pacer>,
     retry: RetryPolicy,
+    platform: &'static str,
 }
 
 /// The shared transport: cheap to clone (an `Arc` inside); all clones share the connection pool,
@@ -451,6 +456,7 @@ impl HttpClient {
                 permits: Semaphore::new(cfg.max_concurrency),
                 pacer,
                 retry: cfg.retry,
+                platform: cfg.platform,
             }),
         })
     }
@@ -537,16 +543,34 @@ impl HttpClient {
         if let Some(body) = &req.body {
             builder = builder.body(body.clone());
         }
+        // Every attempt is reported (not only the last of a retried request), so the metrics
+        // show the rate limits and failures the retries hid.
+        let sent = Instant::now();
+        let observe = |status: Option<StatusCode>| {
+            soarjobd_core::observe::platform_request(
+                self.inner.platform,
+                method.as_str(),
+                status.map(|s| s.as_u16()),
+                sent.elapsed(),
+            )
+        };
         let resp = match builder.send().await {
             Ok(r) => r,
-            Err(e) => return Err(transport_failure(method, path, e, req.idempotent)),
+            Err(e) => {
+                observe(None);
+                return Err(transport_failure(method, path, e, req.idempotent));
+            }
         };
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) => return Err(transport_failure(method, path, e, req.idempotent)),
+            Err(e) => {
+                observe(None);
+                return Err(transport_failure(method, path, e, req.idempotent));
+            }
         };
+        observe(Some(status));
         if status.is_success() {
             return Ok(Response {
                 status,
@@ -907,6 +931,60 @@ mod tests {
             .unwrap();
         assert_eq!(v["ok"], true);
         assert_eq!(c.count("flaky"), 3);
+    }
+
+    /// Records what the transport reports for one platform name.
+    struct Seen {
+        platform: &'static str,
+        calls: std::sync::Mutex<Vec<(String, Option<u16>)>>,
+    }
+
+    impl soarjobd_core::observe::HttpObserver for Seen {
+        fn platform_request(&self, platform: &str, method: &str, status: Option<u16>, _: Duration) {
+            if platform == self.platform {
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), status));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_reported_to_the_metrics_hook() {
+        let (base, _) = start().await;
+        let seen = Arc::new(Seen {
+            platform: "hook-test",
+            calls: Default::default(),
+        });
+        let hook: Arc<dyn soarjobd_core::observe::HttpObserver> = seen.clone();
+        soarjobd_core::observe::add_http_observer(&hook);
+        let http = client(|c| c.platform = "hook-test");
+        let _: serde_json::Value = http.get_json(base.join("flaky/2").unwrap()).await.unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let req = Request::json(Method::POST, url, &1).unwrap();
+        let _ = client(|c| {
+            c.platform = "hook-test";
+            c.retry = RetryPolicy::none();
+        })
+        .send(req)
+        .await;
+        // Two 503s, the success, then a refused connection: no status.
+        let calls = seen.calls.lock().unwrap().clone();
+        let get = |s: Option<u16>| ("GET".to_string(), s);
+        assert_eq!(
+            calls,
+            [
+                get(Some(503)),
+                get(Some(503)),
+                get(Some(200)),
+                ("POST".to_string(), None)
+            ]
+        );
     }
 
     #[tokio::test]

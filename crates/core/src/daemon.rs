@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::definition;
 use crate::job::{Job, Registry, error_chain};
+use crate::observe::{Control, Observer, Status};
 use crate::ops::PauseControl;
 use crate::ops::alerts::evaluate::InvalidFiles;
 use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
@@ -59,6 +60,7 @@ impl Daemon {
             settings: Settings::default(),
             options: SchedulerOptions::default(),
             notifiers: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -68,6 +70,7 @@ pub struct DaemonBuilder {
     settings: Settings,
     options: SchedulerOptions,
     notifiers: Vec<Arc<dyn Notifier>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl DaemonBuilder {
@@ -106,6 +109,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Reports ticks and runs to `observer` (the admin server's metrics).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> DaemonBuilder {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Opens the store, recovers from a previous crash, loads the jobs and starts every task.
     pub async fn start(self) -> Result<RunningDaemon, DaemonError> {
         // Listen for SIGTERM/SIGINT before anything else: once `daemon started` is logged a
@@ -138,9 +147,16 @@ impl DaemonBuilder {
         let registry = Arc::new(self.registry);
         let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
         let ended = Arc::new(RunEnded::default());
-        let runner = Runner::new(store.clone(), registry.clone())
+        let mut runner = Runner::new(store.clone(), registry.clone())
             .with_run_logs(run_logs.clone())
             .with_run_ended(ended.clone());
+        if let Some(o) = self.observer {
+            runner = runner.with_observer(o);
+        }
+        let status = Status::default();
+        // The loop gets the usual allowance from now to start turning: `/livez` is healthy
+        // while the first schedule loads, and fails if the loop never starts.
+        status.heartbeat.beat();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = RunningRuns::default();
@@ -182,7 +198,8 @@ impl DaemonBuilder {
                 wake: wake.clone(),
             })
             .publishing(jobs_tx)
-            .publishing_invalid(invalid_tx);
+            .publishing_invalid(invalid_tx)
+            .with_status(status.clone());
         let pauses = {
             let jobs = jobs.clone();
             PauseControl::new(
@@ -190,6 +207,13 @@ impl DaemonBuilder {
                 Arc::new(move |id: &str| jobs.borrow().contains_key(id)),
             )
             .waking(wake)
+        };
+        let control = Control {
+            status: status.clone(),
+            store: store.clone(),
+            commands: tx.clone(),
+            running: running.clone(),
+            pauses: pauses.clone(),
         };
         let scheduler_task =
             tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
@@ -225,6 +249,10 @@ impl DaemonBuilder {
             }
             .run(shutdown.clone()),
         );
+        let systemd_task = tokio::spawn(crate::systemd::notify_loop(
+            status.clone(),
+            shutdown.clone(),
+        ));
         Ok(RunningDaemon {
             shutdown,
             tracker,
@@ -240,10 +268,12 @@ impl DaemonBuilder {
                 pruner_task,
                 sweeper_task,
                 evaluator_task,
+                systemd_task,
             ],
             invalid,
             dispatcher,
             alerts_stop,
+            control,
             signals,
             _lock: lock,
         })
@@ -267,6 +297,7 @@ pub struct RunningDaemon {
     grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
+    control: Control,
     /// Held until the daemon is dropped (after the store is closed at shutdown).
     _lock: DaemonLock,
 }
@@ -274,6 +305,11 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// What the admin server reads and does (status, manual runs, cancellation).
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The loaded job definitions by id (updated after every reload).
@@ -328,6 +364,9 @@ impl RunningDaemon {
     /// Stops firing, waits up to the grace period for running jobs, cancels the rest, and
     /// closes the store.
     pub async fn shutdown(self) {
+        // Not ready from here on (`/readyz` answers 503), and systemd is told.
+        self.control.status.set_stopping();
+        crate::systemd::stopping();
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(self.grace, self.tracker.wait())

@@ -30,6 +30,7 @@ use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::observe::{NoObserver, Observer};
 use crate::redact::Redactor;
 use crate::store::{
     Claim, JobStateStore, NewRun, RunFinish, RunProcessLog, RunStatus, RunStore, Store,
@@ -48,6 +49,8 @@ pub enum StopReason {
     Replaced,
     /// The daemon is shutting down and the grace period ran out.
     Shutdown,
+    /// An operator cancelled the run (the admin API).
+    Operator,
 }
 
 /// A handle to stop a running run.
@@ -75,6 +78,7 @@ impl RunControl {
     fn cause(&self) -> StopCause {
         match *self.reason.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(StopReason::Replaced) => StopCause::Replaced,
+            Some(StopReason::Operator) => StopCause::Operator,
             _ => StopCause::Shutdown,
         }
     }
@@ -134,6 +138,8 @@ pub struct Runner {
     redactors: Arc<std::sync::Mutex<RedactorCache>>,
     /// Run starts, ends, timeouts and grace periods; the scheduler reads the same clock.
     clock: Arc<dyn Clock>,
+    /// Run starts and ends are reported here (metrics); the scheduler reports to it too.
+    observer: Arc<dyn Observer>,
     /// Where each run's log lines are kept (`None`: only the process log has them).
     run_logs: Option<crate::ops::RunLogs>,
     /// Told of every recorded run end (the alert evaluator).
@@ -151,6 +157,7 @@ impl Runner {
             registry,
             redactors: Arc::default(),
             clock: Arc::new(RealClock::new()),
+            observer: Arc::new(NoObserver),
             run_logs: None,
             ended: None,
         }
@@ -160,6 +167,17 @@ impl Runner {
     pub fn with_run_ended(mut self, ended: Arc<crate::ops::alerts::RunEnded>) -> Runner {
         self.ended = Some(ended);
         self
+    }
+
+    /// The same runner reporting runs to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Runner {
+        self.observer = observer;
+        self
+    }
+
+    /// Where runs are reported.
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.observer
     }
 
     /// Keeps every run's log lines with the run (see [`crate::ops::runlog`]).
@@ -264,6 +282,7 @@ impl Runner {
             )
         });
         let started_at = self.clock.now();
+        self.observer.run_started(&def.id);
         let stats = Stats::default();
         let (status, mut message, mut error) = self
             .drive(
@@ -290,6 +309,8 @@ impl Runner {
             stats: stats_value.clone(),
         };
         let duration = (finished_at - started_at).to_std().unwrap_or_default();
+        self.observer
+            .run_finished(&def.id, status, duration, finished_at);
         // The record is written inside the run's span as an instrumented future: an entered
         // guard held across the await would leave the span entered on this worker thread
         // while it polls other tasks, and their events would be logged under this run.
@@ -457,6 +478,7 @@ enum StopCause {
     Timeout,
     Replaced,
     Shutdown,
+    Operator,
 }
 
 impl StopCause {
@@ -471,6 +493,7 @@ impl StopCause {
                 RunStatus::Cancelled,
                 "cancelled: the daemon shut down before the run finished".into(),
             ),
+            StopCause::Operator => (RunStatus::Cancelled, "cancelled by an operator".into()),
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::job::error_chain;
+use crate::observe::{JobsView, Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
 use crate::store::ops::{JobPause, OpsStore};
 use crate::store::{Claim, RunStatus, Trigger};
@@ -70,6 +71,11 @@ pub struct PauseWiring {
 pub enum Command {
     /// A fresh load of the jobs folder.
     Reload(LoadReport),
+    /// A manual run of a loaded job, now (the admin API); answers the claimed run id.
+    RunNow {
+        job_id: String,
+        reply: tokio::sync::oneshot::Sender<Result<i64, crate::observe::RunNowError>>,
+    },
 }
 
 /// Runs currently in progress, by job. Indexed by job so the overlap check at each tick costs
@@ -116,6 +122,16 @@ impl RunningRuns {
 
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// Asks one run to stop; false when it is not running here.
+    pub fn stop_run(&self, run_id: i64, reason: StopReason) -> bool {
+        let found = self
+            .lock()
+            .values()
+            .find_map(|runs| runs.get(&run_id).cloned());
+        // Stopped outside the lock: `stop` takes the control's own lock.
+        found.map(|c| c.stop(reason)).is_some()
     }
 
     /// Asks every running run to stop.
@@ -209,6 +225,10 @@ pub struct Scheduler {
     broken: HashMap<PathBuf, String>,
     /// Set while claims fail (see [`Outage`]).
     outage: Option<Outage>,
+    /// Heartbeat, readiness and the jobs view the admin server reads.
+    status: Status,
+    /// Lateness and missed ticks are reported here (the runner's observer).
+    observer: Arc<dyn Observer>,
     /// Pauses are read from here (`None`: no pauses, as in the scheduler's unit tests).
     pause_wiring: Option<PauseWiring>,
     /// The pauses in force, as last read: these jobs claim no ticks.
@@ -228,6 +248,7 @@ impl Scheduler {
         // the time (and a test drives both with one `VirtualClock`).
         Scheduler {
             clock: runner.clock().clone(),
+            observer: runner.observer().clone(),
             runner,
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
@@ -237,6 +258,7 @@ impl Scheduler {
             tracker,
             broken: HashMap::new(),
             outage: None,
+            status: Status::default(),
             pause_wiring: None,
             paused: HashMap::new(),
             pauses_unreadable: false,
@@ -252,6 +274,66 @@ impl Scheduler {
     ) -> Scheduler {
         self.published_invalid = Some(tx);
         self
+    }
+
+    /// Reports heartbeat, readiness and the loaded jobs to `status`.
+    pub fn with_status(mut self, status: Status) -> Scheduler {
+        self.status = status;
+        self
+    }
+
+    /// Publishes the loaded jobs and the files that failed (replaced whole, off the hot path).
+    fn publish_jobs(&self) {
+        let mut jobs: Vec<Arc<JobDefinition>> =
+            self.slots.values().map(|s| s.def.clone()).collect();
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut invalid: Vec<(PathBuf, String)> = self
+            .broken
+            .iter()
+            .map(|(f, e)| (f.clone(), e.clone()))
+            .collect();
+        invalid.sort();
+        self.status.set_jobs(JobsView { jobs, invalid });
+    }
+
+    /// A manual run requested through the admin API: claimed now like `run-once` (so overlap
+    /// with other processes is decided atomically with the insert), then fired through the
+    /// same path as ticks, where overlap with this daemon's own runs applies.
+    async fn run_now(&mut self, job_id: &str) -> Result<i64, RunNowError> {
+        let def = match self.slots.get(job_id) {
+            Some(slot) => slot.def.clone(),
+            None => return Err(RunNowError::NoSuchJob(job_id.to_string())),
+        };
+        if def.overlap == Overlap::Skip
+            && let Some((id, _)) = self.running.of_job(job_id).first()
+        {
+            return Err(RunNowError::Busy(format!("run {id}")));
+        }
+        let now = self.clock.now();
+        let claim = TickClaim {
+            definition: &def,
+            scheduled_at: now,
+            trigger: Trigger::Manual,
+            started_at: now,
+        };
+        let claimed = self.runner.claim(&[claim]).await;
+        match claimed.map(|mut c| c.pop()) {
+            Ok(Some(Claim::Claimed(run_id))) => {
+                self.pending.push(Reverse(Claimed {
+                    fire_at: now,
+                    run_id,
+                    job_id: def.id.clone(),
+                    tick: now,
+                    trigger: Trigger::Manual,
+                    claimed_start: now,
+                }));
+                self.fire_pending().await;
+                Ok(run_id)
+            }
+            Ok(Some(Claim::Busy { holder, .. })) => Err(RunNowError::Busy(holder.to_string())),
+            Ok(_) => Err(RunNowError::Store("the claim was not recorded".into())),
+            Err(e) => Err(RunNowError::Store(error_chain(&e))),
+        }
     }
 
     /// Honours the pauses in this store (re-read every [`PAUSE_REFRESH`] and on `wake`).
@@ -405,12 +487,16 @@ impl Scheduler {
         self.claim(catch_up).await;
         self.resume_catch_ups().await;
         self.fire_pending().await;
+        self.publish_jobs();
+        self.status.set_scheduled();
 
         let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
         let mut refresh = tokio::time::interval(PAUSE_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
         loop {
+            // One relaxed atomic store per turn: what `/livez` and the watchdog look at.
+            self.status.heartbeat.beat();
             let now = self.clock.now();
             let claim_at = self.heap.peek().map(|Reverse(e)| {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
@@ -432,7 +518,14 @@ impl Scheduler {
                 biased;
                 _ = shutdown.cancelled() => break,
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Reload(report)) => self.reload(report),
+                    Some(Command::Reload(report)) => {
+                        self.reload(report);
+                        self.publish_jobs();
+                    }
+                    Some(Command::RunNow { job_id, reply }) => {
+                        let answer = self.run_now(&job_id).await;
+                        let _ = reply.send(answer);
+                    }
                     None => break,
                 },
                 _ = async {
@@ -455,6 +548,7 @@ impl Scheduler {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
+        self.status.set_loop_stopped();
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
     }
 
@@ -479,6 +573,7 @@ impl Scheduler {
         if missed == 0 {
             return None;
         }
+        self.observer.ticks_missed(&def.id, missed);
         let action = match def.misfire {
             Misfire::RunOnce => "one catch-up run now",
             Misfire::Skip => "waiting for the next tick",
@@ -635,6 +730,7 @@ impl Scheduler {
             let after = if now > e.tick { now } else { e.tick };
             let skipped = def.schedule.count_ticks_between(e.tick, now, MISSED_CAP);
             if skipped > 0 {
+                self.observer.ticks_missed(&def.id, skipped);
                 tracing::warn!(job_id = %def.id, missed = skipped, "ticks missed");
             }
             self.push_next(&def, generation, after);
@@ -841,6 +937,10 @@ impl Scheduler {
                     tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
                 }
                 continue;
+            }
+            if c.trigger == Trigger::Schedule {
+                let lateness = (now - c.fire_at).to_std().unwrap_or_default();
+                self.observer.tick_fired(&c.job_id, lateness);
             }
             // The job may have changed since the claim: run the current definition, or record
             // why the tick did not run.

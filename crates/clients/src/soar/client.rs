@@ -199,6 +199,7 @@ impl SoarClient {
             rate_limit: cfg.rate_limit,
             retry,
             default_headers: headers,
+            platform: "soar",
         })
         .map_err(|e| SoarError::Config(e.to_string()))?;
 

@@ -225,6 +225,7 @@ impl ThreatConnectClient {
             max_concurrency: cfg.max_concurrency,
             rate_limit: cfg.rate_limit,
             default_headers,
+            platform: "threatconnect",
             ..HttpConfig::default()
         })?;
         Ok(ThreatConnectClient {

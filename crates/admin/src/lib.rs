@@ -1,0 +1,250 @@
+//! soarjobd-admin: the admin HTTP server of a running daemon.
+//!
+//! * `GET /livez`: the scheduler loop turned recently (its heartbeat); never the database or
+//!   the platforms, so their outage does not become a restart loop.
+//! * `GET /readyz`: the jobs folder was loaded, the scheduler runs, the database answers.
+//! * `GET /metrics`: Prometheus/OpenMetrics text ([`metrics`]).
+//! * `/api/v1/...`: the JSON API ([`api`], `docs/openapi.yaml`).
+//! * `/`: the status page ([`page`]).
+//!
+//! The server depends on the core only: it sees the daemon through
+//! [`soarjobd_core::observe::Control`], and feeds metrics through the core's observer hooks.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod page;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde_json::json;
+use soarjobd_core::observe::{Control, heartbeat_limit};
+use soarjobd_core::store::ops::JobPause;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::Tokens;
+pub use config::AdminSettings;
+pub use metrics::Metrics;
+
+use crate::error::ApiError;
+
+/// The largest request body accepted (the bodies are a reason or a login form).
+pub const BODY_LIMIT: usize = 16 * 1024;
+/// How long `/readyz` waits for the database.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every handler shares.
+pub struct Shared {
+    pub control: Control,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Tokens,
+}
+
+impl Shared {
+    /// The pauses in force, by job id.
+    pub async fn pauses(&self) -> Result<HashMap<String, JobPause>, ApiError> {
+        let list = self
+            .control
+            .pauses
+            .pauses()
+            .await
+            .map_err(ApiError::store)?;
+        Ok(list.into_iter().map(|p| (p.job_id.clone(), p)).collect())
+    }
+}
+
+/// The router of the admin server.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/jobs", get(api::jobs))
+        .route("/api/v1/jobs/{id}", get(api::job))
+        .route("/api/v1/jobs/{id}/runs", get(api::job_runs))
+        .route("/api/v1/jobs/{id}/run", post(api::run_job))
+        .route("/api/v1/runs/{run_id}", get(api::run))
+        .route("/api/v1/runs/{run_id}/cancel", post(api::cancel))
+        .route("/api/v1/jobs/{id}/pause", post(api::pause))
+        .route("/api/v1/jobs/{id}/resume", post(api::resume))
+        .route("/api/v1/runs/{run_id}/logs", get(api::logs))
+        .route("/", get(page::index))
+        .route("/login", get(page::login_form).post(page::login))
+        .route("/jobs/{id}", get(page::job))
+        .route("/jobs/{id}/run", post(page::run_now))
+        .route("/runs/{run_id}", get(page::run))
+        .route("/runs/{run_id}/cancel", post(page::cancel))
+        .route("/jobs/{id}/pause", post(page::pause))
+        .route("/jobs/{id}/resume", post(page::resume))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(middleware::from_fn(same_origin))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(shared)
+}
+
+/// A browser on the operator's machine could be made to POST to a loopback admin server by
+/// any web site; browsers send `Origin` with such requests, so a POST whose origin is not this
+/// server is refused. (API clients such as curl send no `Origin`.)
+async fn same_origin(req: Request, next: Next) -> Response {
+    if req.method() == Method::POST
+        && let Some(origin) = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+    {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin_host != host {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "a request from another site is refused",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn livez(State(s): State<Arc<Shared>>) -> Response {
+    let hb = &s.control.status.heartbeat;
+    let last = hb.last().map(|t| t.to_rfc3339());
+    if hb.fresh(Utc::now(), heartbeat_limit()) {
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ok", "last_tick": last})),
+        )
+            .into_response()
+    } else {
+        let reason = if last.is_none() {
+            "the scheduler loop has not started"
+        } else {
+            "the scheduler loop has not turned in time"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unhealthy", "reason": reason, "last_tick": last})),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let status = &s.control.status;
+    let not_ready = |code: &str, reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "code": code, "reason": reason})),
+        )
+            .into_response()
+    };
+    if status.is_stopping() {
+        return not_ready("shutting_down", "the daemon is shutting down".into());
+    }
+    if !status.is_scheduled() {
+        return not_ready(
+            "jobs_not_loaded",
+            "the jobs folder was not loaded yet".into(),
+        );
+    }
+    if !status.is_running() {
+        return not_ready("scheduler_stopped", "the scheduler is not running".into());
+    }
+    // A lookup by primary key: the cheapest question the store answers.
+    match tokio::time::timeout(READY_DB_TIMEOUT, s.control.store.run(0)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return not_ready("database", format!("the database fails: {e}")),
+        Err(_) => return not_ready("database", "the database does not answer".into()),
+    }
+    (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+}
+
+async fn metrics_text(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.tokens.caller(&headers)?;
+    // One query per scrape; a failing store leaves the paused gauge at 0 rather than failing
+    // the whole scrape (`/readyz` reports the store).
+    let pauses = s.pauses().await.unwrap_or_default();
+    let text = s.metrics.encode(&s.control, &|id| pauses.contains_key(id));
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+/// A running admin server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the server on `listener`; it stops when `shutdown` fires. The per-job metrics are
+/// seeded from the run history once the first schedule is loaded.
+pub fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let seed = shared.clone();
+    tokio::spawn(async move {
+        seed.control.status.scheduled().await;
+        seed.metrics.seed(&seed.control).await;
+    });
+    let app = router(shared);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(Server { addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every API route of the router is documented in `docs/openapi.yaml`.
+    #[test]
+    fn the_openapi_file_documents_every_route() {
+        let spec = include_str!("../../../docs/openapi.yaml");
+        let routes: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .filter(|p| p.starts_with("/api/") || ["/livez", "/readyz", "/metrics"].contains(p))
+            .collect();
+        assert!(routes.len() >= 12, "{routes:?}");
+        for r in routes {
+            assert!(
+                spec.contains(&format!("\n  {r}:\n")),
+                "{r} is not in docs/openapi.yaml"
+            );
+        }
+    }
+}
