@@ -86,6 +86,11 @@ pub enum Cmd {
         #[arg(long, default_value_t = 200)]
         cases: usize,
     },
+    /// List the replicas registered on a PostgreSQL database, with their last heartbeat.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a platform simulator.
     Sim {
         #[command(subcommand)]
@@ -188,6 +193,9 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
         },
         Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
+        Cmd::Nodes { json } => {
+            crate::replicas::nodes(&app.settings(settings).assemble().0, json).await
+        }
         Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
     }
 }

@@ -15,6 +15,7 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
+pub mod replicas;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{

@@ -357,7 +357,12 @@ impl Runner {
             scheduled_at: req.scheduled_at,
             trigger: req.trigger,
             started_at,
-            store: self.state.clone(),
+            // On a backend with run leases (PostgreSQL) the job's writes are fenced by this
+            // run's lease: a replica that lost the run cannot write over the new owner's state.
+            store: self
+                .state
+                .for_run(req.run_id)
+                .unwrap_or_else(|| self.state.clone()),
             processes: RunProcessLog::new(self.runs.clone(), req.run_id),
             cancel: token.clone(),
             stats,

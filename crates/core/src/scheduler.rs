@@ -56,6 +56,9 @@ pub const STORE_RETRY: Duration = Duration::from_secs(2);
 pub enum Command {
     /// A fresh load of the jobs folder.
     Reload(LoadReport),
+    /// A run of the job (its tick `tick`) was taken over from a dead replica and marked
+    /// `interrupted`; `misfire: run_once` makes one catch-up run for it.
+    TakenOver { job_id: String, tick: DateTime<Utc> },
 }
 
 /// Runs currently in progress, by job. Indexed by job so the overlap check at each tick costs
@@ -102,6 +105,17 @@ impl RunningRuns {
 
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// Asks one run to stop; returns whether it was running here.
+    pub fn stop_run(&self, run_id: i64, reason: StopReason) -> bool {
+        for runs in self.lock().values() {
+            if let Some(c) = runs.get(&run_id) {
+                c.stop(reason);
+                return true;
+            }
+        }
+        false
     }
 
     /// Asks every running run to stop.
@@ -266,6 +280,9 @@ impl Scheduler {
                 _ = shutdown.cancelled() => break,
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(report)) => self.reload(report),
+                    Some(Command::TakenOver { job_id, tick }) => {
+                        self.take_over(&job_id, tick).await;
+                    }
                     None => break,
                 },
                 _ = clock.sleep_until(deadline) => {
@@ -282,6 +299,31 @@ impl Scheduler {
             }
         }
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
+    }
+
+    /// The catch-up run for a run taken over from a dead replica, when the job's misfire is
+    /// `run_once`. Its claim key is the interrupted tick plus 1 ms: interval and cron ticks
+    /// are whole seconds, so it can meet no real tick, and only the one replica that took
+    /// the run over (the sweep hands each row to exactly one) ever claims it.
+    async fn take_over(&mut self, job_id: &str, tick: DateTime<Utc>) {
+        let Some(slot) = self.slots.get(job_id) else {
+            return;
+        };
+        if !slot.def.enabled || slot.def.misfire != Misfire::RunOnce {
+            return;
+        }
+        tracing::info!(
+            job_id,
+            tick = %tick.to_rfc3339(),
+            "catch-up run for a run taken over from a dead replica"
+        );
+        let due = Due::now(
+            slot.def.clone(),
+            tick + chrono::Duration::milliseconds(1),
+            Trigger::CatchUp,
+        );
+        self.claim(vec![due]).await;
+        self.fire_pending().await;
     }
 
     /// Logs missed ticks after a restart and returns the catch-up tick, if one should run.
