@@ -389,6 +389,14 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Asks the owner of a `running` run in another process to cancel it (overlap `replace`
+    /// across replicas): the owner polls the request at its next heartbeat. Returns whether a
+    /// request was recorded; `false` on single-node backends, which have no such channel.
+    async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {
+        let _ = run_id;
+        Ok(false)
+    }
+
     /// The events of this handle's membership in a cluster (lease lost, cancel requests),
     /// once: the first call takes the receiver. `None` on single-node backends.
     fn cluster_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>> {

@@ -930,6 +930,17 @@ impl RunStore for PgStore {
             .map(Some)
     }
 
+    async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE job_runs SET cancel_requested = TRUE WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     fn cluster_events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
         self.inner
             .events_rx

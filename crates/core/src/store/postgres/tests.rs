@@ -301,3 +301,31 @@ async fn the_heartbeat_notices_its_node_was_removed() {
     assert_eq!(nodes.iter().filter(|n| !n.this).count(), 0);
     reader.close().await;
 }
+
+/// `replace` across replicas: a cancel request reaches the run's owner at its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_reaches_the_owner_within_a_heartbeat() {
+    let db = TestDb::create().await;
+    let owner = PgStore::open(db.url(), &fast()).await.expect("open");
+    let mut events = owner.cluster_events().expect("events");
+    let other = PgStore::open(db.url(), &fast()).await.expect("open");
+    let run = owner
+        .claim_runs(&[new_run("job-a", 1_000, Trigger::Schedule)])
+        .await
+        .unwrap()[0]
+        .unwrap();
+    assert!(other.request_cancel(run).await.unwrap());
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event")
+        .unwrap();
+    assert_eq!(event, ClusterEvent::CancelRequested(vec![run]));
+    // A finished run cannot be asked any more.
+    owner
+        .finish_run(run, &finish(RunStatus::Cancelled, 2_000))
+        .await
+        .unwrap();
+    assert!(!other.request_cancel(run).await.unwrap());
+    owner.close().await;
+    other.close().await;
+}
