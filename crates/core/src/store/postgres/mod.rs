@@ -24,7 +24,6 @@
 
 mod fenced;
 mod node;
-#[cfg(any(test, feature = "store-contract"))]
 pub mod testdb;
 #[cfg(test)]
 mod tests;

@@ -47,7 +47,13 @@ impl Inner {
         }
         let new = register(&self.pool, &self.host, self.pid, self.role).await?;
         self.node.store(new, Ordering::SeqCst);
-        let lost = std::mem::take(&mut *self.leases.lock().unwrap_or_else(|p| p.into_inner()));
+        // The leases stay in the map: they are void (the new owner interrupted their rows),
+        // and keeping them is what lets a late finish be recognised and logged as fenced.
+        let lost = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tracing::error!(
             old_node = old,
             new_node = new,
