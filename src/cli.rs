@@ -91,6 +91,16 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a SQLite state database (history, timestamps, context, seen-sets) into an empty
+    /// PostgreSQL database, to move to several replicas. Stop the daemon first.
+    MigrateState {
+        /// The SQLite database: sqlite:PATH.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://USER@HOST/DB (created tables if new).
+        #[arg(long)]
+        to: String,
+    },
     /// Run a platform simulator.
     Sim {
         #[command(subcommand)]
@@ -140,6 +150,10 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
     // `next` needs no config at all.
     if let Cmd::Next { expr, tz, from, n } = &command {
         return next(expr, tz, from.as_deref(), *n);
+    }
+    // Nor does `migrate-state`: both databases are named on the command line.
+    if let Cmd::MigrateState { from, to } = &command {
+        return crate::replicas::migrate_state(from, to).await;
     }
     // The platform sections are checked with the rest: `check` and `run` report every
     // problem of the file and the environment at once.
@@ -196,7 +210,9 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
         Cmd::Nodes { json } => {
             crate::replicas::nodes(&app.settings(settings).assemble().0, json).await
         }
-        Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
+        Cmd::Check { .. } | Cmd::Next { .. } | Cmd::MigrateState { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -73,3 +73,32 @@ pub async fn nodes(app: &App, json_out: bool) -> i32 {
     }
     exit::SUCCESS
 }
+
+/// `soarjobd migrate-state --from sqlite:... --to postgres://...`.
+pub async fn migrate_state(from: &str, to: &str) -> i32 {
+    use crate::store::migrate_state::{MigrateStateError, migrate_state};
+    match migrate_state(from, to).await {
+        Ok(c) => {
+            println!(
+                "copied {} runs, {} timestamps, {} context keys and {} seen-set entries \
+                 from {from} to {}",
+                c.runs,
+                c.timestamps,
+                c.context,
+                c.seen,
+                crate::daemon::redact_url(to)
+            );
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            match e {
+                MigrateStateError::From(_)
+                | MigrateStateError::To
+                | MigrateStateError::NotEmpty { .. }
+                | MigrateStateError::Locked(_) => exit::USAGE,
+                MigrateStateError::Store(_) => exit::FAILURE,
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
 pub mod lock;
+pub mod migrate_state;
 pub mod owner;
 pub mod postgres;
 pub mod sqlite;
