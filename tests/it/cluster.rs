@@ -470,3 +470,115 @@ async fn comment_on_tagged_cases_on_two_replicas_comments_each_case_once() {
     pool.close().await;
     sim.shutdown().await.unwrap();
 }
+
+/// `migrate-state` moves a SQLite database holding history, timestamps and seen-sets to
+/// PostgreSQL, and `comment-on-tagged-cases` carries on there: the cases it commented on
+/// SQLite are not commented again, the new ones are, once each. A second copy is refused.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
+    use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
+    use soarjobd::store::migrate_state::{MigrateStateError, migrate_state};
+    const KEY: &str = "it-migrate-key-93be";
+    let sim = sim::start(
+        SoarSimConfig {
+            app_key: KEY.into(),
+            cases: 150,
+            seed: 43,
+            ..SoarSimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let tag_all = || {
+        for c in sim.state().cases() {
+            sim.state()
+                .upsert_case(CasePatch {
+                    id: Some(c.id),
+                    status: Some("OPEN".into()),
+                    tags: Some(vec!["Phishing".into()]),
+                    ..CasePatch::default()
+                })
+                .unwrap();
+        }
+    };
+    tag_all();
+    let with_alerts = || -> BTreeSet<u64> {
+        sim.state()
+            .cases()
+            .iter()
+            .filter(|c| !c.ticket_ids.is_empty())
+            .map(|c| c.id)
+            .collect()
+    };
+    let mut app = TestApp::new();
+    app.settings.set_section(
+        "soar",
+        serde_json::json!({ "url": sim.url(), "app_key": KEY }),
+    );
+    app.write_job(
+        "tagged",
+        "name: Tagged\njob: comment-on-tagged-cases\nschedule: {every: 1h}\nparameters:\n\
+         \x20 - {name: Tags, type: string, value: \"Phishing\"}\n\
+         \x20 - {name: Comment, type: string, value: \"moved\"}\n\
+         \x20 - {name: Max Hours Backwards, type: integer, value: 72}\n",
+    );
+    assert_eq!(
+        soarjobd::inspect::run_once(&app.app(), "tagged", &[]).await,
+        0,
+        "the run on SQLite"
+    );
+    let first = with_alerts();
+    assert_eq!(sim.state().comments(None).len(), first.len());
+
+    let db = TestDb::create().await;
+    let copied = migrate_state(&app.settings.database_url, db.url())
+        .await
+        .expect("migrate-state");
+    assert_eq!(copied.runs, 1);
+    assert!(
+        copied.timestamps >= 1 && copied.seen >= first.len() as u64,
+        "{copied:?}"
+    );
+
+    // New cases arrive; the job now runs on PostgreSQL.
+    for _ in 0..10 {
+        sim.state()
+            .upsert_case(CasePatch {
+                status: Some("OPEN".into()),
+                tags: Some(vec!["Phishing".into()]),
+                alerts: Some(1),
+                creation_time: Some(sim.state().now_ms()),
+                modification_time: Some(sim.state().now_ms()),
+                ..CasePatch::default()
+            })
+            .unwrap();
+    }
+    let sqlite_url = app.settings.database_url.clone();
+    app.settings.database_url = db.url().to_string();
+    assert_eq!(
+        soarjobd::inspect::run_once(&app.app(), "tagged", &[]).await,
+        0,
+        "the run on PostgreSQL"
+    );
+    let mut per_case: BTreeMap<u64, usize> = BTreeMap::new();
+    for c in sim.state().comments(None) {
+        *per_case.entry(c.case_id).or_default() += 1;
+    }
+    let all = with_alerts();
+    assert_eq!(all.len(), first.len() + 10);
+    assert_eq!(per_case.keys().copied().collect::<BTreeSet<_>>(), all);
+    let doubled: Vec<_> = per_case.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "cases commented twice: {doubled:?}");
+    let history = app.store().await.history("tagged", 10).await.unwrap();
+    assert_eq!(history.len(), 2, "the copied run and the new one");
+    assert_eq!(history[0].stats["commented"], 10, "{:?}", history[0]);
+
+    // Copying again would mix two histories.
+    assert!(matches!(
+        migrate_state(&sqlite_url, db.url()).await,
+        Err(MigrateStateError::NotEmpty { runs: 2, .. })
+    ));
+    sim.shutdown().await.unwrap();
+}
