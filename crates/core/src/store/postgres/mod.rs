@@ -376,24 +376,26 @@ impl PgStore {
             }
         }
         order.sort_by_key(|&i| (runs[i].job_id.as_str(), millis(runs[i].scheduled_at)));
-        let mut cols: (Vec<String>, Vec<i64>, Vec<String>, Vec<String>) = Default::default();
-        let mut times: (
-            Vec<i64>,
-            Vec<Option<i64>>,
-            Vec<Option<i64>>,
-            Vec<Option<String>>,
-        ) = Default::default();
+        let n = order.len();
+        let mut job_ids: Vec<String> = Vec::with_capacity(n);
+        let mut ticks: Vec<i64> = Vec::with_capacity(n);
+        let mut triggers: Vec<&str> = Vec::with_capacity(n);
+        let mut statuses: Vec<&str> = Vec::with_capacity(n);
+        let mut starts: Vec<i64> = Vec::with_capacity(n);
+        let mut finishes: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut durations: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut messages: Vec<Option<String>> = Vec::with_capacity(n);
         for &i in &order {
             let run = &runs[i];
             let (started_at, finished_at, duration_ms) = claim_times(run);
-            cols.0.push(run.job_id.clone());
-            cols.1.push(millis(run.scheduled_at));
-            cols.2.push(run.trigger.as_str().to_owned());
-            cols.3.push(run.status.as_str().to_owned());
-            times.0.push(started_at);
-            times.1.push(finished_at);
-            times.2.push(duration_ms);
-            times.3.push(run.message.clone());
+            job_ids.push(run.job_id.clone());
+            ticks.push(millis(run.scheduled_at));
+            triggers.push(run.trigger.as_str());
+            statuses.push(run.status.as_str());
+            starts.push(started_at);
+            finishes.push(finished_at);
+            durations.push(duration_ms);
+            messages.push(run.message.clone());
         }
         let rows = sqlx::query(
             "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at, \
@@ -405,14 +407,14 @@ impl PgStore {
              ORDER BY n \
              ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at, fence",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(times.0)
-        .bind(times.1)
-        .bind(times.2)
-        .bind(times.3)
+        .bind(job_ids)
+        .bind(ticks)
+        .bind(triggers)
+        .bind(statuses)
+        .bind(starts)
+        .bind(finishes)
+        .bind(durations)
+        .bind(messages)
         .bind(self.inner.pid)
         .bind(self.inner.host.clone())
         .bind(me)
