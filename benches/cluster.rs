@@ -61,8 +61,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    eprintln!("cluster bench: 3 replicas on PostgreSQL...");
     let pg = rt.block_on(load(&size, 3, true));
+    eprintln!("cluster bench: 1 daemon on SQLite...");
     let sqlite = rt.block_on(load(&size, 1, false));
+    eprintln!("cluster bench: takeover...");
     let takeover = rt.block_on(takeover(&size));
     println!();
     println!(
@@ -197,7 +200,33 @@ struct Load {
     cpu_s: Vec<f64>,
 }
 
-fn spawn(dir: &Path, db: &str, timings: Option<(&str, &str)>) -> Child {
+/// A daemon child, SIGKILLed on drop if still running (a failed assertion must not leave
+/// daemons behind).
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, db: &str, timings: Option<(&str, &str)>) -> Proc {
     let mut c = Command::new(std::env::current_exe().expect("current exe"));
     c.env("SOARJOBD_CLUSTER_CHILD", dir)
         .env("SOARJOBD_CLUSTER_DB", db)
@@ -209,7 +238,7 @@ fn spawn(dir: &Path, db: &str, timings: Option<(&str, &str)>) -> Child {
         c.env("SOARJOBD_CLUSTER_HEARTBEAT", h)
             .env("SOARJOBD_CLUSTER_DEAD_AFTER", d);
     }
-    c.spawn().expect("start a daemon child")
+    Proc(c.spawn().expect("start a daemon child"))
 }
 
 /// utime + stime of a process, in seconds.
@@ -250,7 +279,7 @@ async fn load(size: &Size, replicas: usize, postgres: bool) -> Load {
         None => format!("sqlite:{}", dir.path().join("state.db").display()),
     };
     let start = Utc::now();
-    let mut children: Vec<Child> = (0..replicas)
+    let mut children: Vec<Proc> = (0..replicas)
         .map(|_| spawn(dir.path(), &url, None))
         .collect();
     tokio::time::sleep(Duration::from_secs(size.secs)).await;
@@ -303,7 +332,7 @@ async fn takeover(size: &Size) -> (f64, f64) {
     .unwrap();
     let db = TestDb::create().await;
     let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
-    let mut children: Vec<Child> = (0..3)
+    let mut children: Vec<Proc> = (0..3)
         .map(|_| spawn(dir.path(), db.url(), size.takeover_timings))
         .collect();
     // The job's first run: a manual claim through `run-once` would end with its process, so
@@ -328,10 +357,15 @@ async fn takeover(size: &Size) -> (f64, f64) {
     for c in &mut children {
         stop(c);
     }
-    let mut children: Vec<Child> = (0..3)
+    let mut children: Vec<Proc> = (0..3)
         .map(|_| spawn(dir.path(), db.url(), size.takeover_timings))
         .collect();
+    let waited = Instant::now();
     let (run, pid) = loop {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the long job's catch-up run never started"
+        );
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT id, owner_pid FROM job_runs WHERE status = 'running' AND job_id = 'long'",
         )

@@ -19,8 +19,34 @@ use crate::support::*;
 const HEARTBEAT: &str = "500ms";
 const DEAD_AFTER: &str = "1500ms";
 
+/// A replica process, SIGKILLed on drop if still running: a failing assertion must not leave
+/// replicas behind (they would outlive the test's database and folder).
+struct Replica(Child);
+
+impl std::ops::Deref for Replica {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A replica: `soarjobd run` on `db`, its log in `<dir>/<name>.log`.
-fn replica(dir: &Path, db: &TestDb, name: &str, env: &[(&str, &str)]) -> Child {
+fn replica(dir: &Path, db: &TestDb, name: &str, env: &[(&str, &str)]) -> Replica {
     let out = File::create(dir.join(format!("{name}.log"))).unwrap();
     let err = out.try_clone().unwrap();
     let mut c = soarjobd_in(dir, &["run"]);
@@ -33,7 +59,7 @@ fn replica(dir: &Path, db: &TestDb, name: &str, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().expect("spawn a replica")
+    Replica(c.spawn().expect("spawn a replica"))
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -114,7 +140,7 @@ async fn three_replicas_run_each_tick_once_while_one_is_killed_every_15s() {
         )
         .unwrap();
     }
-    let mut replicas: Vec<Child> = (0..3)
+    let mut replicas: Vec<Replica> = (0..3)
         .map(|i| replica(dir.path(), &db, &format!("r{i}-0"), &[]))
         .collect();
     let started = chrono::Utc::now();
