@@ -158,7 +158,7 @@ impl PgStore {
             stop: CancellationToken::new(),
         });
         tokio::spawn(node::heartbeat_loop(
-            inner.clone(),
+            Arc::downgrade(&inner),
             options.heartbeat,
             inner.stop.clone(),
         ));

@@ -4,7 +4,7 @@
 //! Liveness is judged on the database server's clock (`NOW_MS`), never a replica's: two hosts
 //! whose clocks disagree still agree on which heartbeats are fresh.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -100,16 +100,21 @@ impl Inner {
     }
 }
 
-/// Beats every `every` until `stop` fires. A failing database is logged (once per outage),
-/// not fatal: if it lasts past `dead_after`, another replica takes the runs over and the
-/// next successful beat finds the row gone.
-pub(super) async fn heartbeat_loop(inner: Arc<Inner>, every: Duration, stop: CancellationToken) {
+/// Beats every `every` until `stop` fires or the store is dropped (the task holds it
+/// weakly: a store dropped without `close` stops heartbeating, and its node is declared dead
+/// in time instead of looking alive for as long as the process lives). A failing database is
+/// logged (once per outage), not fatal: if it lasts past `dead_after`, another replica takes
+/// the runs over and the next successful beat finds the row gone.
+pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: CancellationToken) {
     let mut failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
         match inner.beat().await {
             Ok(()) if failing => {
                 failing = false;
