@@ -516,6 +516,7 @@ impl PgStore {
             }
             let rows = sqlx::query(concat!(
                 "SELECT r.id, r.job_id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node, \
+                        n.id IS NOT NULL AS registered, \
                         (n.id IS NOT NULL AND n.heartbeat_at > ",
                 NOW_MS!(),
                 " - $2) AS live \
@@ -529,7 +530,9 @@ impl PgStore {
             .bind(me)
             .fetch_all(&mut *tx)
             .await?;
-            let mut dead = Vec::new();
+            // Rows of a node that stopped heartbeating (killed, frozen) and of a node that
+            // is gone (closed with the run still running): told apart in their message.
+            let (mut dead, mut gone) = (Vec::new(), Vec::new());
             for row in &rows {
                 let id: i64 = row.try_get("id")?;
                 if row.try_get::<bool, _>("live")? {
@@ -539,11 +542,17 @@ impl PgStore {
                         trigger: parse_trigger(row.try_get("trigger")?)?,
                         owner: owner_from_row(row)?,
                     });
-                } else {
+                } else if row.try_get::<bool, _>("registered")? {
                     dead.push(id);
+                } else {
+                    gone.push(id);
                 }
             }
-            for r in Self::interrupt_ids(&mut tx, &dead, Utc::now(), GONE_MESSAGE).await? {
+            let mut interrupted =
+                Self::interrupt_ids(&mut tx, &dead, Utc::now(), DEAD_MESSAGE).await?;
+            interrupted
+                .extend(Self::interrupt_ids(&mut tx, &gone, Utc::now(), GONE_MESSAGE).await?);
+            for r in interrupted {
                 tracing::warn!(
                     job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
                     "run interrupted: the process running it is gone"
