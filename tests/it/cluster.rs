@@ -608,3 +608,52 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     ));
     sim.shutdown().await.unwrap();
 }
+
+/// `soarjobd nodes` lists the replicas with their last heartbeat (not itself); on SQLite it
+/// says the database is single-node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lists_the_replicas_and_sqlite_says_single_node() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    let mut r = replica(dir.path(), &db, "a", &[]);
+    let pid = r.id().to_string();
+    let nodes = || {
+        soarjobd_in(dir.path(), &["nodes"])
+            .env("SOARJOBD__DATABASE_URL", db.url())
+            .output()
+            .unwrap()
+    };
+    let listed = poll(Duration::from_secs(20), || async {
+        let out = nodes();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains(&pid)).then_some(text)
+    })
+    .await
+    .expect("the replica is listed");
+    let line = listed.lines().find(|l| l.contains(&pid)).unwrap();
+    assert!(
+        line.contains("daemon") && line.contains("alive"),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "the header and the replica only: {listed}"
+    );
+    assert_eq!(stop(&mut r, Duration::from_secs(30)).await, Some(0));
+    let out = nodes();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("no replica"),
+        "a stopped replica is gone at once: {text}"
+    );
+
+    let out = soarjobd_in(dir.path(), &["nodes"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("single-node"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
