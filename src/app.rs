@@ -96,9 +96,16 @@ impl App {
         )
     }
 
-    /// Opens the state store the settings name.
+    /// Opens the state store the settings name (as a client of a cluster: `list`, `history`,
+    /// `run-once` and `nodes` judge liveness with the settings' `cluster.*` timings).
     pub async fn open_store(&self) -> Result<Arc<dyn Store>, StoreError> {
-        store::open(&self.settings.database_url).await
+        let cluster = &self.settings.cluster;
+        let options = store::OpenOptions {
+            role: "client",
+            heartbeat: cluster.heartbeat,
+            dead_after: cluster.dead_after,
+        };
+        store::open_with(&self.settings.database_url, &options).await
     }
 
     /// A runner over `store` with this app's jobs (for `run-once`).

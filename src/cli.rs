@@ -124,6 +124,21 @@ pub enum Cmd {
         #[arg(long, default_value = "/livez")]
         path: String,
     },
+    /// List the replicas registered on a PostgreSQL database, with their last heartbeat.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a SQLite state database (history, timestamps, context, seen-sets) into an empty
+    /// PostgreSQL database, to move to several replicas. Stop the daemon first.
+    MigrateState {
+        /// The SQLite database: sqlite:PATH.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://USER@HOST/DB (created tables if new).
+        #[arg(long)]
+        to: String,
+    },
     /// Run a platform simulator.
     Sim {
         #[command(subcommand)]
@@ -173,6 +188,10 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
     // `next` needs no config at all.
     if let Cmd::Next { expr, tz, from, n } = &command {
         return next(expr, tz, from.as_deref(), *n);
+    }
+    // Nor does `migrate-state`: both databases are named on the command line.
+    if let Cmd::MigrateState { from, to } = &command {
+        return crate::replicas::migrate_state(from, to).await;
     }
     // The platform sections are checked with the rest: `check` and `run` report every
     // problem of the file and the environment at once.
@@ -243,7 +262,12 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
         Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
         Cmd::Probe { addr, path } => probe(&settings, addr, &path).await,
-        Cmd::Check { .. } | Cmd::Next { .. } => unreachable!("handled above"),
+        Cmd::Nodes { json } => {
+            crate::replicas::nodes(&app.settings(settings).assemble().0, json).await
+        }
+        Cmd::Check { .. } | Cmd::Next { .. } | Cmd::MigrateState { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

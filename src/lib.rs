@@ -17,6 +17,7 @@ pub mod cli;
 pub mod demo;
 pub mod inspect;
 pub mod ops_cli;
+pub mod replicas;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{

@@ -4,6 +4,7 @@ mod admin;
 mod alerts;
 mod app;
 mod browser;
+mod cluster;
 mod config;
 mod containment;
 mod deploy;

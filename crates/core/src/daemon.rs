@@ -122,10 +122,20 @@ impl DaemonBuilder {
         // is registered kills the process without a graceful shutdown.
         let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
-        let store = store::open(&settings.database_url).await?;
-        // One daemon per database file, before anything is changed in it: a second daemon
+        let clustered = store::postgres::is_postgres_url(&settings.database_url);
+        let store = store::open_with(
+            &settings.database_url,
+            &store::OpenOptions {
+                role: "daemon",
+                heartbeat: settings.cluster.heartbeat,
+                dead_after: settings.cluster.dead_after,
+            },
+        )
+        .await?;
+        // One daemon per SQLite file, before anything is changed in it: a second daemon
         // would mark the first one's live runs interrupted and run its ticks. `list`,
-        // `history` and `run-once` do not take this lock.
+        // `history` and `run-once` do not take this lock. On PostgreSQL several daemons
+        // (replicas) share the database by design: there is no lock.
         let lock = match store::lock_daemon(&settings.database_url) {
             Ok(l) => l,
             Err(e) => {
@@ -189,6 +199,7 @@ impl DaemonBuilder {
         // The channel is small on purpose: reloads are whole-folder snapshots, so a backlog
         // would only hold stale ones.
         let (tx, rx) = mpsc::channel(4);
+        let takeover_tx = tx.clone();
         let wake = Arc::new(tokio::sync::Notify::new());
         let (jobs_tx, jobs) = tokio::sync::watch::channel(LoadedJobs::default());
         let (invalid_tx, invalid) = tokio::sync::watch::channel(InvalidFiles::default());
@@ -232,7 +243,20 @@ impl DaemonBuilder {
             settings.history.keep_days,
             shutdown.clone(),
         ));
-        let sweeper_task = tokio::spawn(sweep_loop(store.clone(), shutdown.clone()));
+        // On PostgreSQL the sweep is the takeover: it runs every heartbeat, so a dead
+        // replica's runs are taken over within `dead_after` + one heartbeat.
+        let sweep = if clustered {
+            Sweep {
+                every: settings.cluster.heartbeat,
+                take_over: Some(takeover_tx),
+            }
+        } else {
+            Sweep {
+                every: SWEEP_EVERY,
+                take_over: None,
+            }
+        };
+        let sweeper_task = tokio::spawn(sweep_loop(store.clone(), sweep, shutdown.clone()));
         // Alerts: the dispatcher outlives the evaluator a little (see `shutdown`), so an
         // episode that opened just before a stop is still sent if the sink answers.
         let alerts_stop = CancellationToken::new();
@@ -253,6 +277,21 @@ impl DaemonBuilder {
             status.clone(),
             shutdown.clone(),
         ));
+        let mut tasks = vec![
+            scheduler_task,
+            watcher_task,
+            pruner_task,
+            sweeper_task,
+            evaluator_task,
+            systemd_task,
+        ];
+        if let Some(events) = store.cluster_events() {
+            tasks.push(tokio::spawn(crate::cluster::follow_events(
+                events,
+                running.clone(),
+                shutdown.clone(),
+            )));
+        }
         Ok(RunningDaemon {
             shutdown,
             tracker,
@@ -262,14 +301,7 @@ impl DaemonBuilder {
             pauses,
             run_logs,
             grace: settings.shutdown_grace,
-            tasks: vec![
-                scheduler_task,
-                watcher_task,
-                pruner_task,
-                sweeper_task,
-                evaluator_task,
-                systemd_task,
-            ],
+            tasks,
             invalid,
             dispatcher,
             alerts_stop,
@@ -298,8 +330,9 @@ pub struct RunningDaemon {
     tasks: Vec<JoinHandle<()>>,
     signals: Signals,
     control: Control,
-    /// Held until the daemon is dropped (after the store is closed at shutdown).
-    _lock: DaemonLock,
+    /// Held until the daemon is dropped (after the store is closed at shutdown). `None` on
+    /// PostgreSQL, where several daemons share the database.
+    _lock: Option<DaemonLock>,
 }
 
 impl RunningDaemon {
@@ -451,10 +484,20 @@ async fn prune_loop(
     }
 }
 
-/// Marks `running` rows of dead processes `interrupted` every [`SWEEP_EVERY`] (the startup
-/// sweep is done in `start`).
-async fn sweep_loop(store: Arc<dyn RunStore>, shutdown: CancellationToken) {
-    let mut timer = tokio::time::interval(SWEEP_EVERY);
+/// How the sweeper runs: how often, and (clustered) where to ask for catch-up runs of the
+/// runs it took over from dead replicas.
+struct Sweep {
+    every: Duration,
+    take_over: Option<mpsc::Sender<crate::scheduler::Command>>,
+}
+
+/// Marks `running` rows of dead processes `interrupted` every `sweep.every` (the startup
+/// sweep is done in `start`). On PostgreSQL this is the takeover of dead replicas' runs: of
+/// several replicas sweeping at once exactly one gets each row back, and asks its scheduler
+/// for the catch-up run `misfire: run_once` wants.
+async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(sweep.every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
     loop {
         tokio::select! {
@@ -466,8 +509,17 @@ async fn sweep_loop(store: Arc<dyn RunStore>, shutdown: CancellationToken) {
                 for r in runs {
                     tracing::warn!(
                         job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                        reason = r.message.as_deref().unwrap_or(""),
                         "run interrupted: the process running it is gone"
                     );
+                    if let Some(tx) = &sweep.take_over {
+                        let _ = tx
+                            .send(crate::scheduler::Command::TakenOver {
+                                job_id: r.job_id.clone(),
+                                tick: r.scheduled_at,
+                            })
+                            .await;
+                    }
                 }
             }
             Err(e) => {

@@ -5,6 +5,7 @@
 //! client, built-in job or simulator crate (the workspace enforces it: see `ARCHITECTURE.md`).
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod containment;
 pub mod daemon;

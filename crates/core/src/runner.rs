@@ -219,7 +219,27 @@ impl Runner {
             .iter()
             .map(|t| t.definition.overlap != Overlap::Allow)
             .collect();
-        self.runs.claim_runs_exclusive(&runs, &exclusive).await
+        let claims = self.runs.claim_runs_exclusive(&runs, &exclusive).await?;
+        // `replace` across processes: the tick cannot start while the other process's run
+        // holds the job, but that run is asked to stop (on PostgreSQL its replica sees the
+        // request within one heartbeat), so the job's next tick runs here. Single-node
+        // backends have no such channel and keep the run.
+        for (t, c) in ticks.iter().zip(&claims) {
+            if let (Overlap::Replace, Claim::Busy { holder, .. }) = (t.definition.overlap, c) {
+                match self.runs.request_cancel(holder.run_id).await {
+                    Ok(true) => tracing::info!(
+                        job_id = %t.definition.id, holder = %holder,
+                        "asked the other replica to cancel its run (overlap: replace)"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        job_id = %t.definition.id, error = %error_chain(&e),
+                        "cannot ask the other replica to cancel its run"
+                    ),
+                }
+            }
+        }
+        Ok(claims)
     }
 
     /// Records the real start of claimed runs that fire noticeably after the start their
@@ -409,7 +429,12 @@ impl Runner {
             scheduled_at: req.scheduled_at,
             trigger: req.trigger,
             started_at,
-            store: self.state.clone(),
+            // On a backend with run leases (PostgreSQL) the job's writes are fenced by this
+            // run's lease: a replica that lost the run cannot write over the new owner's state.
+            store: self
+                .state
+                .for_run(req.run_id)
+                .unwrap_or_else(|| self.state.clone()),
             processes: RunProcessLog::new(self.runs.clone(), req.run_id),
             cancel: token.clone(),
             stats,

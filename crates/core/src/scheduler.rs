@@ -76,6 +76,9 @@ pub enum Command {
         job_id: String,
         reply: tokio::sync::oneshot::Sender<Result<i64, crate::observe::RunNowError>>,
     },
+    /// A run of the job (its tick `tick`) was taken over from a dead replica and marked
+    /// `interrupted`; `misfire: run_once` makes one catch-up run for it.
+    TakenOver { job_id: String, tick: DateTime<Utc> },
 }
 
 /// Runs currently in progress, by job. Indexed by job so the overlap check at each tick costs
@@ -526,6 +529,9 @@ impl Scheduler {
                         let answer = self.run_now(&job_id).await;
                         let _ = reply.send(answer);
                     }
+                    Some(Command::TakenOver { job_id, tick }) => {
+                        self.take_over(&job_id, tick).await;
+                    }
                     None => break,
                 },
                 _ = async {
@@ -550,6 +556,31 @@ impl Scheduler {
         }
         self.status.set_loop_stopped();
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
+    }
+
+    /// The catch-up run for a run taken over from a dead replica, when the job's misfire is
+    /// `run_once`. Its claim key is the interrupted tick plus 1 ms: interval and cron ticks
+    /// are whole seconds, so it can meet no real tick, and only the one replica that took
+    /// the run over (the sweep hands each row to exactly one) ever claims it.
+    async fn take_over(&mut self, job_id: &str, tick: DateTime<Utc>) {
+        let Some(slot) = self.slots.get(job_id) else {
+            return;
+        };
+        if !slot.def.enabled || slot.def.misfire != Misfire::RunOnce {
+            return;
+        }
+        tracing::info!(
+            job_id,
+            tick = %tick.to_rfc3339(),
+            "catch-up run for a run taken over from a dead replica"
+        );
+        let due = Due::now(
+            slot.def.clone(),
+            tick + chrono::Duration::milliseconds(1),
+            Trigger::CatchUp,
+        );
+        self.claim(vec![due]).await;
+        self.fire_pending().await;
     }
 
     /// Logs missed ticks after a restart and returns the catch-up tick, if one should run.

@@ -61,6 +61,26 @@ pub struct SecretsSettings {
     pub dirs: Option<Vec<PathBuf>>,
 }
 
+/// The `cluster` section: how replicas on one PostgreSQL database watch each other
+/// (ignored on SQLite, which is single-node).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// How often a replica refreshes its row in `nodes` (and polls cancel requests).
+    pub heartbeat: Duration,
+    /// A replica whose heartbeat is older than this is dead; its running runs are taken over.
+    /// Default: three heartbeats.
+    pub dead_after: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings {
+            heartbeat: Duration::from_secs(5),
+            dead_after: Duration::from_secs(15),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HistorySettings {
     /// Keep at least the newest this many runs per job.
@@ -90,6 +110,8 @@ pub struct Settings {
     pub run_logs: RunLogSettings,
     /// `alerts:` (rules and sinks; see `crate::ops::alerts`).
     pub alerts: crate::ops::alerts::AlertSettings,
+    /// Replicas on PostgreSQL (`cluster.heartbeat`, `cluster.dead_after`).
+    pub cluster: ClusterSettings,
     /// How often to rescan `jobs/` when file events may be missed (network filesystems).
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
@@ -151,6 +173,7 @@ impl Default for Settings {
             run_logs: RunLogSettings {
                 max_bytes: crate::ops::runlog::DEFAULT_MAX_BYTES,
             },
+            cluster: ClusterSettings::default(),
             reload_poll: Duration::from_secs(30),
             secrets: SecretsSettings::default(),
             sections: BTreeMap::new(),
@@ -193,6 +216,7 @@ const CORE_KEYS: &[&str] = &[
     "alerts",
     "reload_poll",
     "secrets",
+    "cluster",
 ];
 
 /// Loads and validates the configuration. Top-level mappings this module does not know are
@@ -451,7 +475,8 @@ fn validate(
     } else if top.is_set("database_url") {
         top.problem(
             "database_url",
-            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db",
+            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db or a \
+             PostgreSQL URL such as postgres://soarjobd@db/soarjobd",
         );
     }
     s.shutdown_grace = top.duration("shutdown_grace", s.shutdown_grace);
@@ -497,6 +522,19 @@ fn validate(
     s.alerts = crate::ops::alerts::AlertSettings::read(&mut alerts);
     let alerts = alerts.finish();
     top.absorb(alerts);
+    let mut cluster = top.section("cluster");
+    s.cluster.heartbeat = cluster.positive_duration("heartbeat", s.cluster.heartbeat);
+    let dead_after_set = cluster.is_set("dead_after");
+    s.cluster.dead_after = cluster.positive_duration("dead_after", s.cluster.heartbeat * 3);
+    if dead_after_set && s.cluster.dead_after <= s.cluster.heartbeat {
+        cluster.problem(
+            "dead_after",
+            "`cluster.dead_after` must be longer than `cluster.heartbeat` (three heartbeats \
+             is the default): a live replica would be declared dead between two heartbeats",
+        );
+    }
+    let cluster = cluster.finish();
+    top.absorb(cluster);
 
     let mut secrets = top.section("secrets");
     if let Some(list) = secrets.string_list("env_allow") {
@@ -595,12 +633,18 @@ fn validate(
 /// guarantees (a private file, durability). This is the rule of the store's own URL check
 /// (`store::sqlite`), so `check` rejects exactly what `run` would; a test holds them together.
 pub fn check_database_url(url: &str) -> Result<(), String> {
+    if crate::store::postgres::is_postgres_url(url) {
+        return url::Url::parse(url)
+            .map(drop)
+            .map_err(|e| format!("`database_url` is not a valid PostgreSQL URL: {e}"));
+    }
     let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     else {
         return Err(format!(
-            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db, got `{url}`"
+            "`database_url` must be a SQLite URL such as sqlite:data/soarjobd.db or a \
+             PostgreSQL URL such as postgres://soarjobd@db/soarjobd, got `{url}`"
         ));
     };
     if path.is_empty() {
@@ -812,6 +856,47 @@ mod tests {
         }
     }
 
+    /// The `cluster` timings: a shorter heartbeat moves the default `dead_after` with it, and
+    /// a `dead_after` not longer than the heartbeat is a located problem. PostgreSQL URLs are
+    /// accepted as they are (no path resolution).
+    #[test]
+    fn cluster_timings_are_read_and_checked() {
+        let s = load(&Sources {
+            file: None,
+            env: env(&[
+                ("SOARJOBD__CLUSTER__HEARTBEAT", "500ms"),
+                (
+                    "SOARJOBD__DATABASE_URL",
+                    "postgres://soarjobd@db:5432/soarjobd",
+                ),
+            ]),
+        })
+        .expect("valid");
+        assert_eq!(s.cluster.heartbeat, Duration::from_millis(500));
+        assert_eq!(s.cluster.dead_after, Duration::from_millis(1500));
+        assert_eq!(s.database_url, "postgres://soarjobd@db:5432/soarjobd");
+        let d = Settings::default().cluster;
+        assert_eq!(
+            (d.heartbeat, d.dead_after),
+            (Duration::from_secs(5), Duration::from_secs(15))
+        );
+        let e = load(&Sources {
+            file: None,
+            env: env(&[
+                ("SOARJOBD__CLUSTER__HEARTBEAT", "5s"),
+                ("SOARJOBD__CLUSTER__DEAD_AFTER", "2s"),
+                ("SOARJOBD__CLUSTER__HEARTBEET", "1s"),
+            ]),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cluster.dead_after") && e.contains("longer than"),
+            "{e}"
+        );
+        assert!(e.contains("heartbeet"), "unknown keys reported too: {e}");
+    }
+
     /// `check` validates the URL with `check_database_url`; `run` opens the store. They must
     /// agree on every URL.
     #[tokio::test]
@@ -827,7 +912,7 @@ mod tests {
             format!("sqlite://{p}/d.db?cache=shared"),
             "sqlite:".to_string(),
             "sqlite://".to_string(),
-            "postgres://u:p@h/db".to_string(),
+            "mysql://u:p@h/db".to_string(),
         ];
         for url in &urls {
             let checked = check_database_url(url).is_ok();

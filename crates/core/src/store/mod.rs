@@ -10,7 +10,9 @@
 pub mod contract;
 pub mod lock;
 pub mod ops;
+pub mod migrate_state;
 pub mod owner;
+pub mod postgres;
 pub mod sqlite;
 
 pub use lock::{DaemonLock, LockError};
@@ -263,8 +265,31 @@ pub enum StoreError {
     Corrupt { column: &'static str, value: String },
     #[error("run {0} does not exist")]
     NoSuchRun(i64),
-    #[error("unsupported database url {0:?} (expected sqlite:PATH)")]
+    #[error("unsupported database url {0:?} (expected sqlite:PATH or postgres://...)")]
     UnsupportedUrl(String),
+    /// The database has a migration this build does not know: it was used by a newer
+    /// soarjobd. Starting would run old code on a schema it does not understand.
+    #[error(
+        "the database schema is newer than this soarjobd: it has migration {version}, which \
+         this build does not know; run a soarjobd at least as new as the one that upgraded it"
+    )]
+    SchemaTooNew { version: i64 },
+    /// A write on behalf of a run whose lease was lost (another replica declared this one dead
+    /// and took the run over): it was rejected by the run's fencing token, not applied.
+    #[error("run {run_id} lost its lease to another replica; the write was not applied")]
+    LeaseLost { run_id: i64 },
+}
+
+impl StoreError {
+    /// Maps a migration error, telling a schema newer than this build apart.
+    pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
+        match e {
+            sqlx::migrate::MigrateError::VersionMissing(version) => {
+                StoreError::SchemaTooNew { version }
+            }
+            e => StoreError::Migrate(e),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -358,6 +383,78 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Forgets a run's processes (they are all gone). Returns whether a row was deleted.
     async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool>;
+
+    // --- Several replicas (PostgreSQL); single-node backends keep the defaults. ---
+
+    /// The processes registered on the database (replicas and CLI processes), or `None` for a
+    /// single-node backend.
+    async fn nodes(&self) -> StoreResult<Option<Vec<NodeInfo>>> {
+        Ok(None)
+    }
+
+    /// Asks the owner of a `running` run in another process to cancel it (overlap `replace`
+    /// across replicas): the owner polls the request at its next heartbeat. Returns whether a
+    /// request was recorded; `false` on single-node backends, which have no such channel.
+    async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {
+        let _ = run_id;
+        Ok(false)
+    }
+
+    /// The events of this handle's membership in a cluster (lease lost, cancel requests),
+    /// once: the first call takes the receiver. `None` on single-node backends.
+    fn cluster_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>> {
+        None
+    }
+}
+
+/// One registered process of a clustered database (`soarjobd nodes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    pub id: i64,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    /// `daemon` (a replica) or `client` (`list`, `history`, `run-once`).
+    pub role: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Whether the heartbeat is younger than the reader's `cluster.dead_after`.
+    pub alive: bool,
+    /// This handle's own node.
+    pub this: bool,
+}
+
+/// What a clustered store tells the daemon about its membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// Another replica declared this one dead (its heartbeat was older than `dead_after`,
+    /// e.g. after a SIGSTOP or a network partition) and took its runs over. The store has
+    /// registered again under a new node id; the runs still going here must be cancelled,
+    /// and nothing they write is applied any more (fencing).
+    LeaseLost { old_node: i64, new_node: i64 },
+    /// Another replica asked (overlap `replace`) that these runs of this node be cancelled.
+    CancelRequested(Vec<i64>),
+}
+
+/// How a store handle takes part in a cluster (PostgreSQL; ignored by SQLite).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Recorded in `nodes` for people: `daemon` or `client`.
+    pub role: &'static str,
+    /// How often the handle's node row is refreshed (and cancel requests are polled).
+    pub heartbeat: std::time::Duration,
+    /// A node whose heartbeat is older than this is dead.
+    pub dead_after: std::time::Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> OpenOptions {
+        OpenOptions {
+            role: "client",
+            heartbeat: std::time::Duration::from_secs(5),
+            dead_after: std::time::Duration::from_secs(15),
+        }
+    }
 }
 
 /// The state a job may read and change through its `JobContext`: last-success timestamps,
@@ -410,6 +507,16 @@ pub trait JobStateStore: Send + Sync + 'static {
         state: SeenState,
     ) -> StoreResult<Vec<SeenEntry>>;
     async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool>;
+
+    /// The view a run's `JobContext` gets, if the backend fences writes by run lease: every
+    /// write through it is applied only while `run_id` is still `running` under this handle's
+    /// lease, checked in the same statement, and is refused ([`StoreError::LeaseLost`])
+    /// otherwise. `None`: the backend has no leases (SQLite: one daemon per file), and the
+    /// store itself is handed over.
+    fn for_run(&self, run_id: i64) -> Option<std::sync::Arc<dyn JobStateStore>> {
+        let _ = run_id;
+        None
+    }
 }
 
 /// A whole backend: both halves on one database. `store::open` returns one, and the daemon
@@ -459,19 +566,32 @@ impl RunProcessLog {
     }
 }
 
-/// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL.
-pub fn lock_daemon(url: &str) -> Result<DaemonLock, LockError> {
+/// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL. `None` for
+/// PostgreSQL, where several daemons (replicas) share one database by design.
+pub fn lock_daemon(url: &str) -> Result<Option<DaemonLock>, LockError> {
+    if postgres::is_postgres_url(url) {
+        return Ok(None);
+    }
     let path = sqlite::database_path(url).map_err(|e| LockError::Io {
         path: url.into(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    DaemonLock::acquire(&path)
+    DaemonLock::acquire(&path).map(Some)
 }
 
-/// Opens the store a database URL names (`sqlite:PATH`; PostgreSQL comes later).
+/// Opens the store a database URL names (`sqlite:PATH` or `postgres://...`), as a client.
 pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// [`open`] with the cluster options (the daemon: its role and `cluster.*` settings).
+pub async fn open_with(url: &str, options: &OpenOptions) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if postgres::is_postgres_url(url) {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, options).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

@@ -387,7 +387,7 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
                 tokio::time::sleep(MIGRATE_RETRY_DELAY).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(StoreError::from_migrate(e)),
         }
     }
 }
@@ -1574,6 +1574,32 @@ mod tests {
             assert_eq!(fk, 1);
             store.close().await;
         }
+    }
+
+    /// A database a newer soarjobd migrated refuses to open, with an error that says so.
+    #[tokio::test]
+    async fn a_schema_newer_than_this_build_refuses_to_start() {
+        let (_dir, path, store) = temp_store().await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+                                           execution_time) \
+             VALUES (9999, 'from the future', 1, x'00', 1)",
+        )
+        .execute(store.pool())
+        .await
+        .expect("a future migration");
+        store.close().await;
+        let err = SqliteStore::open(path.to_str().expect("utf-8"))
+            .await
+            .expect_err("newer schema");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { version: 9999 }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("newer than this soarjobd"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

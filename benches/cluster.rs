@@ -1,0 +1,425 @@
+//! Cluster benchmark: replicas on PostgreSQL against one daemon on SQLite, and the takeover
+//! of a killed replica's run. Prints a table.
+//!
+//! `cargo bench --bench cluster` runs the full benchmark: 3 replicas, 1,000 jobs `every: 1s`
+//! for 60 s on PostgreSQL, the same jobs on SQLite with one daemon, then the takeover with the
+//! default `cluster.*` timings (5 s heartbeat, dead after 15 s). Under `cargo test` (no
+//! `--bench` argument) it runs a smoke version (20 jobs, 8 s, cluster timings 500 ms / 1.5 s) so CI
+//! proves the benchmark works and its invariants hold: no tick ran twice, and a killed
+//! replica's run is taken over and caught up.
+//!
+//! Each daemon is a child process of this binary (re-executed with `SOARJOBD_CLUSTER_CHILD`),
+//! so its CPU time is its own and it can be SIGKILLed. Its jobs append one line per run
+//! (`job tick lateness_us`) to a shared file; what ran, twice or late, is read from there.
+//! PostgreSQL is the test server (`SOARJOBD_TEST_PG`, default `postgres@127.0.0.1:5432`),
+//! a fresh database per measurement.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use soarjobd::config::{LogFormat, Settings};
+use soarjobd::daemon::Daemon;
+use soarjobd::definition::JobSpec;
+use soarjobd::job::{Job, JobContext, JobError, Outcome};
+use soarjobd::store::postgres::testdb::TestDb;
+
+struct Size {
+    jobs: usize,
+    secs: u64,
+    warmup: u64,
+    /// `cluster.heartbeat` / `cluster.dead_after` for the takeover (None: the defaults).
+    takeover_timings: Option<(&'static str, &'static str)>,
+}
+
+const FULL: Size = Size {
+    jobs: 1000,
+    secs: 60,
+    warmup: 5,
+    takeover_timings: None,
+};
+const SMOKE: Size = Size {
+    jobs: 20,
+    secs: 8,
+    warmup: 2,
+    // Short, but not so short that a loaded CI machine's stalls read as deaths.
+    takeover_timings: Some(("500ms", "1500ms")),
+};
+
+fn main() {
+    if std::env::var("SOARJOBD_CLUSTER_CHILD").is_ok() {
+        daemon_child();
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let size = if full { FULL } else { SMOKE };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    eprintln!("cluster bench: 3 replicas on PostgreSQL...");
+    let pg = rt.block_on(load(&size, 3, true));
+    eprintln!("cluster bench: 1 daemon on SQLite...");
+    let sqlite = rt.block_on(load(&size, 1, false));
+    eprintln!("cluster bench: takeover...");
+    let takeover = rt.block_on(takeover(&size));
+    println!();
+    println!(
+        "cluster benchmark: {} jobs every 1s for {} s (measured after {} s)",
+        size.jobs, size.secs, size.warmup
+    );
+    println!(
+        "| setup | runs/s | p50 lateness ms | p99 lateness ms | doubled ticks | CPU s per replica |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("PostgreSQL, 3 replicas", &pg),
+        ("SQLite, 1 daemon", &sqlite),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            r.runs_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.doubled,
+            r.cpu_s
+                .iter()
+                .map(|c| format!("{c:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+    let timings = size.takeover_timings.unwrap_or(("5s (default)", "15s"));
+    println!(
+        "takeover (heartbeat {}, dead_after {}): SIGKILL -> interrupted {:.1} s, -> catch-up start {:.1} s",
+        timings.0, timings.1, takeover.0, takeover.1
+    );
+    assert_eq!(pg.doubled, 0, "a tick ran twice on PostgreSQL");
+    assert_eq!(sqlite.doubled, 0, "a tick ran twice on SQLite");
+    assert!(
+        pg.runs_per_s > 0.0 && sqlite.runs_per_s > 0.0,
+        "nothing ran"
+    );
+}
+
+// --- The daemon child --------------------------------------------------------------------
+
+/// Appends one line per run to the executions file: the benchmark counts and times runs from
+/// what the jobs saw, not from the rows.
+struct Noop(Mutex<std::fs::File>);
+
+impl JobSpec for Noop {}
+
+#[async_trait]
+impl Job for Noop {
+    fn id(&self) -> &'static str {
+        "noop"
+    }
+    async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
+        let late = (Utc::now() - ctx.scheduled_at())
+            .num_microseconds()
+            .unwrap_or(0);
+        let line = format!(
+            "{} {} {late}\n",
+            ctx.job_id(),
+            ctx.scheduled_at().timestamp_millis()
+        );
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = f.write_all(line.as_bytes());
+        Ok(Outcome::succeeded(""))
+    }
+}
+
+/// Runs until cancelled (the takeover's victim).
+struct Long;
+
+impl JobSpec for Long {}
+
+#[async_trait]
+impl Job for Long {
+    fn id(&self) -> &'static str {
+        "long"
+    }
+    async fn run(&self, ctx: &mut JobContext) -> Result<Outcome, JobError> {
+        tokio::select! {
+            _ = ctx.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+        Ok(Outcome::succeeded(""))
+    }
+}
+
+fn daemon_child() {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let dir = PathBuf::from(env("SOARJOBD_CLUSTER_CHILD"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    soarjobd::telemetry::init(LogFormat::Json, "warn");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("executions"))
+        .expect("executions file");
+    rt.block_on(async {
+        let mut settings = Settings {
+            jobs_dir: dir.join("jobs"),
+            database_url: env("SOARJOBD_CLUSTER_DB"),
+            shutdown_grace: Duration::from_secs(10),
+            ..Settings::default()
+        };
+        if let Ok(h) = std::env::var("SOARJOBD_CLUSTER_HEARTBEAT") {
+            settings.cluster.heartbeat = soarjobd::config::grammar::parse_duration(&h).unwrap();
+            settings.cluster.dead_after =
+                soarjobd::config::grammar::parse_duration(&env("SOARJOBD_CLUSTER_DEAD_AFTER"))
+                    .unwrap();
+        }
+        let daemon = Daemon::builder()
+            .settings(settings)
+            .register(Noop(Mutex::new(out)))
+            .register(Long)
+            .start()
+            .await
+            .expect("daemon starts");
+        daemon.run_until_signal().await;
+    });
+}
+
+// --- The parent ----------------------------------------------------------------------------
+
+struct Load {
+    runs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    doubled: usize,
+    cpu_s: Vec<f64>,
+}
+
+/// A daemon child, SIGKILLed on drop if still running (a failed assertion must not leave
+/// daemons behind).
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, db: &str, timings: Option<(&str, &str)>) -> Proc {
+    let mut c = Command::new(std::env::current_exe().expect("current exe"));
+    c.env("SOARJOBD_CLUSTER_CHILD", dir)
+        .env("SOARJOBD_CLUSTER_DB", db)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(match std::env::var_os("SOARJOBD_CLUSTER_BENCH_LOGS") {
+            Some(_) => Stdio::inherit(),
+            None => Stdio::null(),
+        });
+    if let Some((h, d)) = timings {
+        c.env("SOARJOBD_CLUSTER_HEARTBEAT", h)
+            .env("SOARJOBD_CLUSTER_DEAD_AFTER", d);
+    }
+    Proc(c.spawn().expect("start a daemon child"))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/PID/stat, counted after the `)`: indexes 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+async fn load(size: &Size, replicas: usize, postgres: bool) -> Load {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    for i in 0..size.jobs {
+        std::fs::write(
+            dir.path().join(format!("jobs/j{i:05}.yaml")),
+            format!("name: j{i}\njob: noop\nschedule: {{every: 1s}}\ntimeout: 30s\n"),
+        )
+        .unwrap();
+    }
+    let pg = if postgres {
+        Some(TestDb::create().await)
+    } else {
+        None
+    };
+    let url = match &pg {
+        Some(db) => db.url().to_string(),
+        None => format!("sqlite:{}", dir.path().join("state.db").display()),
+    };
+    let start = Utc::now();
+    let mut children: Vec<Proc> = (0..replicas)
+        .map(|_| spawn(dir.path(), &url, None))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(size.secs)).await;
+    let cpu_s = children.iter().map(|c| cpu_seconds(c.id())).collect();
+    let end = Utc::now();
+    for c in &mut children {
+        stop(c);
+    }
+    let from = (start.timestamp() + size.warmup as i64) * 1000;
+    let to = (end.timestamp() - 1) * 1000;
+    let text = std::fs::read_to_string(dir.path().join("executions")).unwrap_or_default();
+    let mut seen: HashMap<(&str, i64), usize> = HashMap::new();
+    let mut late_us = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(job), Some(tick), Some(late)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let tick: i64 = tick.parse().unwrap_or(0);
+        *seen.entry((job, tick)).or_default() += 1;
+        if (from..to).contains(&tick) {
+            late_us.push(late.parse::<i64>().unwrap_or(0));
+        }
+    }
+    late_us.sort_unstable();
+    let pct = |p: f64| {
+        late_us
+            .get(((late_us.len() as f64 * p) as usize).min(late_us.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Load {
+        runs_per_s: late_us.len() as f64 / ((to - from) as f64 / 1000.0).max(1.0),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        doubled: seen.values().filter(|n| **n > 1).count(),
+        cpu_s,
+    }
+}
+
+/// SIGKILLs the replica running the `long` job; returns the seconds from the kill to the
+/// run's `interrupted` mark and to the start of the catch-up run (on another replica).
+async fn takeover(size: &Size) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::write(
+        dir.path().join("jobs/long.yaml"),
+        "name: long\njob: long\nschedule: {every: 1h}\nmisfire: run_once\noverlap: skip\n\
+         timeout: 30m\n",
+    )
+    .unwrap();
+    let db = TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
+    // The job's first run comes from the replicas' start-up catch-up: a past tick of the job
+    // is recorded before they start (the schema made by opening the store here).
+    let store = soarjobd::store::open(db.url())
+        .await
+        .expect("open the store");
+    store.close().await;
+    sqlx::query(
+        "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at, \
+                               finished_at, duration_ms) \
+         VALUES ('long', 0, 'schedule', 'succeeded', 0, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("seed a past tick");
+    let mut children: Vec<Proc> = (0..3)
+        .map(|_| spawn(dir.path(), db.url(), size.takeover_timings))
+        .collect();
+    let waited = Instant::now();
+    let (run, pid) = loop {
+        if waited.elapsed() > Duration::from_secs(60) {
+            let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+                "SELECT id, \"trigger\", status, scheduled_at FROM job_runs ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            panic!("the long job's catch-up run never started: {rows:?}");
+        }
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, owner_pid FROM job_runs WHERE status = 'running' AND job_id = 'long'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap_or(None);
+        if let Some(r) = row {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim = children
+        .iter()
+        .position(|c| i64::from(c.id()) == pid)
+        .expect("the owner is one of the replicas");
+    let killed = Instant::now();
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(children[victim].id() as i32, libc::SIGKILL);
+    }
+    let _ = children[victim].wait();
+    let (mut interrupted, mut caught_up) = (None, None);
+    let limit = killed + Duration::from_secs(90);
+    while (interrupted.is_none() || caught_up.is_none()) && Instant::now() < limit {
+        if interrupted.is_none() {
+            let s: String = sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&pool)
+                .await
+                .expect("status");
+            if s == "interrupted" {
+                interrupted = Some(killed.elapsed());
+            }
+        }
+        if caught_up.is_none() {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM job_runs WHERE job_id = 'long' AND id > $1 \
+                 AND \"trigger\" = 'catch_up'",
+            )
+            .bind(run)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+            if n > 0 {
+                caught_up = Some(killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, c) in children.iter_mut().enumerate() {
+        if i != victim {
+            stop(c);
+        }
+    }
+    pool.close().await;
+    let interrupted = interrupted.expect("the killed replica's run was never taken over");
+    let caught_up = caught_up.expect("no catch-up run after the takeover");
+    (interrupted.as_secs_f64(), caught_up.as_secs_f64())
+}

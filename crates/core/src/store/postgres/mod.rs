@@ -1,0 +1,1101 @@
+//! The PostgreSQL implementation of [`super::Store`]: several replicas on one database.
+//!
+//! Every opened handle is a *node* (a row in `nodes`, see [`node`]) that heartbeats; a
+//! `running` row is live while its owner node's heartbeat is fresh (younger than
+//! `cluster.dead_after`, on the server's clock). That replaces SQLite's owner flocks, which
+//! cannot work across hosts.
+//!
+//! * **Claims**: the unique `(job_id, scheduled_at)` index makes a tick exactly-once across
+//!   replicas (`ON CONFLICT DO NOTHING`: the loser gets nothing back and logs nothing). Rows of
+//!   one claim are inserted in `(job_id, scheduled_at)` order, the same order on every
+//!   replica, so two replicas claiming the same ticks wait on each other instead of
+//!   deadlocking; a deadlock or serialization failure is retried anyway.
+//! * **Overlap across replicas**: an exclusive claim takes a transaction-scoped advisory lock
+//!   per job (in job order) before it looks for a live `running` row of the job, so the check
+//!   and the insert are atomic with respect to every other exclusive claim of that job.
+//! * **Leases and fencing**: each claimed run records its owner node and a fencing token (the
+//!   `run_fence` sequence). A finish, and every context/timestamp/seen-set write of the run's
+//!   job (through [`fenced::FencedState`]), is applied only while the row is still `running`
+//!   with that token, checked in the same statement; after another replica took the run over
+//!   (the row is `interrupted`) the write is refused and logged, never applied.
+//! * **Takeover**: [`RunStore::interrupt_running`] deletes nodes whose heartbeat is too old
+//!   and marks their `running` rows `interrupted`, in one statement, so exactly one replica
+//!   takes over each run (it gets the rows back and makes the catch-up run).
+
+mod fenced;
+mod node;
+mod ops;
+pub mod testdb;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, RunFinish, RunHolder,
+    RunOwner, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError,
+    StoreResult, Trigger,
+};
+
+/// The migrations in `migrations/postgres/`, embedded at compile time. sqlx's migrator holds
+/// a PostgreSQL advisory lock while it applies them, so replicas starting at once apply each
+/// migration once and the others wait, then find it applied.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The database server's clock in unix milliseconds (the heartbeat and liveness clock).
+macro_rules! NOW_MS {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
+pub(crate) use NOW_MS;
+
+/// The columns of `job_runs` that [`run_from_row`] reads.
+macro_rules! run_columns {
+    () => {
+        "id, job_id, scheduled_at, \"trigger\", status, started_at, finished_at, duration_ms, \
+         message, error, stats, owner_pid, owner_host, owner_node"
+    };
+}
+
+const MAX_CONNECTIONS: u32 = 10;
+/// Attempts at a claim that failed on a deadlock or serialization failure.
+const CLAIM_ATTEMPTS: u32 = 5;
+
+/// The message of a `running` row whose process closed the database or is otherwise gone.
+const GONE_MESSAGE: &str =
+    "the process running it (daemon or run-once) stopped while this run was in progress";
+/// The message of a `running` row taken over from a replica that stopped heartbeating.
+const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
+                            (killed, frozen or cut off); another replica took the run over";
+
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pool: PgPool,
+    /// This handle's current node id (it changes when the handle registers again).
+    node: AtomicI64,
+    host: String,
+    pid: i64,
+    role: &'static str,
+    dead_after_ms: i64,
+    /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
+    leases: std::sync::Mutex<HashMap<i64, i64>>,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+    events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
+    reregistering: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("node", &self.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations (refusing a schema newer than this build),
+    /// registers this handle as a node and starts its heartbeat.
+    pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<PgStore> {
+        let open_error = |source| StoreError::Open {
+            url: crate::daemon::redact_url(url),
+            source,
+        };
+        // PostgreSQL's notices ("relation ... already exists, skipping" from the migrator's
+        // `CREATE TABLE IF NOT EXISTS` at every start) would be logged at info: only
+        // warnings and worse are worth a line.
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(open_error)?
+            .options([("client_min_messages", "warning")]);
+        migrate(&connect).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        let host = super::owner::this_host().to_owned();
+        let pid = i64::from(std::process::id());
+        let id = match node::register(&pool, &host, pid, options.role).await {
+            Ok(id) => id,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pool,
+            node: AtomicI64::new(id),
+            host,
+            pid,
+            role: options.role,
+            dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
+            leases: Default::default(),
+            events,
+            events_rx: std::sync::Mutex::new(Some(events_rx)),
+            reregistering: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(node::heartbeat_loop(
+            Arc::downgrade(&inner),
+            options.heartbeat,
+            inner.stop.clone(),
+        ));
+        Ok(PgStore { inner })
+    }
+
+    /// The connection pool, for tests and `migrate-state`.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// This handle's current node id.
+    pub fn node_id(&self) -> i64 {
+        self.inner.node.load(Ordering::SeqCst)
+    }
+
+    fn me(&self) -> i64 {
+        self.node_id()
+    }
+
+    fn lease(&self, run_id: i64) -> Option<i64> {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run_id)
+            .copied()
+    }
+
+    fn drop_lease(&self, run_id: i64) -> Option<i64> {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id)
+    }
+}
+
+/// Applies pending migrations through a pool of one connection of its own. sqlx's migrator
+/// takes a session advisory lock and does not release it when it fails (a schema newer than
+/// this build): closing that connection releases it, where a connection of the store's pool
+/// would keep it and block the next replica's start.
+async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect.clone())
+        .await
+        .map_err(|source| StoreError::Open {
+            url: format!(
+                "postgres://{}:{}/{}",
+                connect.get_host(),
+                connect.get_port(),
+                connect.get_database().unwrap_or("")
+            ),
+            source,
+        })?;
+    let result = MIGRATOR.run(&pool).await;
+    pool.close().await;
+    result.map_err(StoreError::from_migrate)
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: ms.to_string(),
+    })
+}
+
+fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        column,
+        value: text,
+    })
+}
+
+fn parse_trigger(s: String) -> StoreResult<Trigger> {
+    Trigger::parse(&s).ok_or(StoreError::Corrupt {
+        column: "trigger",
+        value: s,
+    })
+}
+
+fn owner_from_row(row: &PgRow) -> StoreResult<Option<RunOwner>> {
+    let pid: Option<i64> = row.try_get("owner_pid")?;
+    let host: Option<String> = row.try_get("owner_host")?;
+    let node: Option<i64> = row.try_get("owner_node")?;
+    Ok(match (pid, host) {
+        (Some(pid), Some(host)) => Some(RunOwner {
+            pid,
+            host,
+            nonce: node.map(|n| n.to_string()).unwrap_or_default(),
+        }),
+        _ => None,
+    })
+}
+
+fn run_from_row(row: &PgRow) -> StoreResult<RunRecord> {
+    let status: String = row.try_get("status")?;
+    let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+        column: "status",
+        value: status,
+    })?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at")?)?,
+        trigger: parse_trigger(row.try_get("trigger")?)?,
+        status,
+        started_at: from_millis("started_at", row.try_get("started_at")?)?,
+        finished_at: row
+            .try_get::<Option<i64>, _>("finished_at")?
+            .map(|ms| from_millis("finished_at", ms))
+            .transpose()?,
+        duration_ms: row.try_get("duration_ms")?,
+        message: row.try_get("message")?,
+        error: row.try_get("error")?,
+        stats: parse_json("stats", row.try_get("stats")?)?,
+        owner: owner_from_row(row)?,
+    })
+}
+
+fn runs_from_rows(rows: &[PgRow]) -> StoreResult<Vec<RunRecord>> {
+    rows.iter().map(run_from_row).collect()
+}
+
+fn seen_from_row(row: &PgRow) -> StoreResult<SeenEntry> {
+    let state: String = row.try_get("state")?;
+    let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
+        column: "state",
+        value: state,
+    })?;
+    Ok(SeenEntry {
+        item: row.try_get("item")?,
+        state,
+        run_id: row.try_get("run_id")?,
+        updated_at: from_millis("updated_at", row.try_get("updated_at")?)?,
+    })
+}
+
+/// `(started_at, finished_at, duration_ms)` of a row being claimed; a skipped tick ends as it
+/// starts.
+fn claim_times(run: &NewRun) -> (i64, Option<i64>, Option<i64>) {
+    let started_at = millis(run.started_at);
+    if run.status.is_final() {
+        (started_at, Some(started_at), Some(0))
+    } else {
+        (started_at, None, None)
+    }
+}
+
+/// Whether an error is worth retrying the whole transaction for.
+fn is_transient(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(sqlx::Error::Database(d)) => {
+            matches!(d.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+impl PgStore {
+    /// Inserts claimed rows; each gets `Some(id)` or `None` when its tick was taken.
+    async fn insert_runs(
+        &self,
+        conn: &mut PgConnection,
+        runs: &[NewRun],
+        me: i64,
+    ) -> StoreResult<Vec<Option<(i64, i64)>>> {
+        let mut ids = vec![None; runs.len()];
+        let insert_one = |run: &NewRun| {
+            let (started_at, finished_at, duration_ms) = claim_times(run);
+            sqlx::query(
+                "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at, \
+                     finished_at, duration_ms, message, owner_pid, owner_host, owner_node, fence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, nextval('run_fence')) \
+                 ON CONFLICT DO NOTHING RETURNING id, fence",
+            )
+            .bind(run.job_id.clone())
+            .bind(millis(run.scheduled_at))
+            .bind(run.trigger.as_str())
+            .bind(run.status.as_str())
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(duration_ms)
+            .bind(run.message.clone())
+            .bind(self.inner.pid)
+            .bind(self.inner.host.clone())
+            .bind(me)
+        };
+        // Manual runs are not unique by instant, so they cannot be matched back from a
+        // multi-row RETURNING: a slice with one goes row by row, in order.
+        if runs.iter().any(|r| r.trigger == Trigger::Manual) {
+            for (i, run) in runs.iter().enumerate() {
+                let row = insert_one(run).fetch_optional(&mut *conn).await?;
+                ids[i] = row
+                    .map(|r| Ok::<_, sqlx::Error>((r.try_get("id")?, r.try_get("fence")?)))
+                    .transpose()?;
+            }
+            return Ok(ids);
+        }
+        // One statement for all: ticks due together cost one round trip. Sorted by the claim
+        // key, the same order on every replica (see the module docs: no deadlock cycles).
+        let mut keyed: HashMap<(&str, i64), usize> = HashMap::new();
+        let mut order: Vec<usize> = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                keyed.entry((run.job_id.as_str(), millis(run.scheduled_at)))
+            {
+                slot.insert(i);
+                order.push(i);
+            }
+        }
+        order.sort_by_key(|&i| (runs[i].job_id.as_str(), millis(runs[i].scheduled_at)));
+        let n = order.len();
+        let mut job_ids: Vec<String> = Vec::with_capacity(n);
+        let mut ticks: Vec<i64> = Vec::with_capacity(n);
+        let mut triggers: Vec<&str> = Vec::with_capacity(n);
+        let mut statuses: Vec<&str> = Vec::with_capacity(n);
+        let mut starts: Vec<i64> = Vec::with_capacity(n);
+        let mut finishes: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut durations: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut messages: Vec<Option<String>> = Vec::with_capacity(n);
+        for &i in &order {
+            let run = &runs[i];
+            let (started_at, finished_at, duration_ms) = claim_times(run);
+            job_ids.push(run.job_id.clone());
+            ticks.push(millis(run.scheduled_at));
+            triggers.push(run.trigger.as_str());
+            statuses.push(run.status.as_str());
+            starts.push(started_at);
+            finishes.push(finished_at);
+            durations.push(duration_ms);
+            messages.push(run.message.clone());
+        }
+        let rows = sqlx::query(
+            "INSERT INTO job_runs (job_id, scheduled_at, \"trigger\", status, started_at, \
+                 finished_at, duration_ms, message, owner_pid, owner_host, owner_node, fence) \
+             SELECT j, s, t, st, sa, fa, d, m, $9, $10, $11, nextval('run_fence') \
+             FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], \
+                         $6::BIGINT[], $7::BIGINT[], $8::TEXT[]) \
+                  WITH ORDINALITY AS u(j, s, t, st, sa, fa, d, m, n) \
+             ORDER BY n \
+             ON CONFLICT DO NOTHING RETURNING id, job_id, scheduled_at, fence",
+        )
+        .bind(job_ids)
+        .bind(ticks)
+        .bind(triggers)
+        .bind(statuses)
+        .bind(starts)
+        .bind(finishes)
+        .bind(durations)
+        .bind(messages)
+        .bind(self.inner.pid)
+        .bind(self.inner.host.clone())
+        .bind(me)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let job_id: String = row.try_get("job_id")?;
+            let at: i64 = row.try_get("scheduled_at")?;
+            if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
+                ids[i] = Some((row.try_get("id")?, row.try_get("fence")?));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Marks the given rows `interrupted` (those still `running`) with `message`.
+    async fn interrupt_ids(
+        conn: &mut PgConnection,
+        ids: &[i64],
+        now: DateTime<Utc>,
+        message: &str,
+    ) -> StoreResult<Vec<RunRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "UPDATE job_runs SET status = 'interrupted', \
+                 finished_at = GREATEST(started_at, $1), \
+                 duration_ms = GREATEST($1 - started_at, 0), message = $2 \
+             WHERE id = ANY($3) AND status = 'running' RETURNING ",
+            run_columns!()
+        ))
+        .bind(millis(now))
+        .bind(message)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut runs = runs_from_rows(&rows)?;
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    /// One attempt at a claim, in its own transaction.
+    async fn claim_once(&self, runs: &[NewRun], exclusive: &[bool]) -> StoreResult<Vec<Claim>> {
+        let mut tx = self.inner.pool.begin().await?;
+        // This node must still exist: a handle declared dead (after a SIGSTOP) registers
+        // again before it claims, or its rows would belong to a deleted node. FOR SHARE keeps
+        // another replica from deleting the row until this claim commits.
+        let mut me = self.me();
+        let alive: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR SHARE")
+            .bind(me)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if alive.is_none() {
+            tx.rollback().await?;
+            me = self.inner.reregister(me).await?;
+            tx = self.inner.pool.begin().await?;
+        }
+        let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
+        let mut jobs: Vec<&str> = runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_exclusive(*i))
+            .map(|(_, r)| r.job_id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        jobs.sort_unstable();
+        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        // Ticks of exclusive jobs another replica claimed first: taken, not busy. Replicas
+        // claim the same ticks at the same moment, and the loser of that race must neither
+        // record a skip nor log one (under the advisory locks below the answer is stable).
+        let mut taken: HashSet<(String, i64)> = HashSet::new();
+        if !jobs.is_empty() {
+            // Serialises exclusive claims of these jobs across replicas until commit; taken
+            // in job order so two claimers cannot deadlock.
+            for job in &jobs {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7201))")
+                    .bind(*job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let ticks: Vec<i64> = runs
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| is_exclusive(*i) && r.trigger != Trigger::Manual)
+                .map(|(_, r)| millis(r.scheduled_at))
+                .collect();
+            let existing = sqlx::query(
+                "SELECT job_id, scheduled_at FROM job_runs \
+                 WHERE job_id = ANY($1) AND scheduled_at = ANY($2) AND \"trigger\" <> 'manual'",
+            )
+            .bind(&jobs)
+            .bind(&ticks)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &existing {
+                taken.insert((row.try_get("job_id")?, row.try_get("scheduled_at")?));
+            }
+            let rows = sqlx::query(concat!(
+                "SELECT r.id, r.job_id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node, \
+                        n.id IS NOT NULL AS registered, \
+                        (n.id IS NOT NULL AND n.heartbeat_at > ",
+                NOW_MS!(),
+                " - $2) AS live \
+                 FROM job_runs r LEFT JOIN nodes n ON n.id = r.owner_node \
+                 WHERE r.status = 'running' AND r.job_id = ANY($1) \
+                   AND r.owner_node IS DISTINCT FROM $3 \
+                 ORDER BY r.id"
+            ))
+            .bind(&jobs)
+            .bind(self.inner.dead_after_ms)
+            .bind(me)
+            .fetch_all(&mut *tx)
+            .await?;
+            // Rows of a node that stopped heartbeating (killed, frozen) and of a node that
+            // is gone (closed with the run still running): told apart in their message.
+            let (mut dead, mut gone) = (Vec::new(), Vec::new());
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                if row.try_get::<bool, _>("live")? {
+                    let job_id: String = row.try_get("job_id")?;
+                    holders.entry(job_id).or_insert(RunHolder {
+                        run_id: id,
+                        trigger: parse_trigger(row.try_get("trigger")?)?,
+                        owner: owner_from_row(row)?,
+                    });
+                } else if row.try_get::<bool, _>("registered")? {
+                    dead.push(id);
+                } else {
+                    gone.push(id);
+                }
+            }
+            let mut interrupted =
+                Self::interrupt_ids(&mut tx, &dead, Utc::now(), DEAD_MESSAGE).await?;
+            interrupted
+                .extend(Self::interrupt_ids(&mut tx, &gone, Utc::now(), GONE_MESSAGE).await?);
+            for r in interrupted {
+                tracing::warn!(
+                    job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
+                    "run interrupted: the process running it is gone"
+                );
+            }
+        }
+        let mut plan: Vec<(usize, NewRun)> = Vec::with_capacity(runs.len());
+        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        for (i, run) in runs.iter().enumerate() {
+            if is_exclusive(i)
+                && run.trigger != Trigger::Manual
+                && taken.contains(&(run.job_id.clone(), millis(run.scheduled_at)))
+            {
+                continue;
+            }
+            let holder = is_exclusive(i).then(|| holders.get(&run.job_id)).flatten();
+            match holder {
+                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
+                Some(h) => {
+                    busy[i] = Some(h);
+                    plan.push((
+                        i,
+                        NewRun {
+                            status: RunStatus::Skipped,
+                            message: Some(format!("another process is running this job: {h}")),
+                            ..run.clone()
+                        },
+                    ));
+                }
+                None => plan.push((i, run.clone())),
+            }
+        }
+        let rows: Vec<NewRun> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let ids = self.insert_runs(&mut tx, &rows, me).await?;
+        tx.commit().await?;
+
+        let mut claims: Vec<Claim> = busy
+            .iter()
+            .map(|b| match b {
+                Some(h) => Claim::Busy {
+                    skipped_run: None,
+                    holder: (*h).clone(),
+                },
+                None => Claim::Taken,
+            })
+            .collect();
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+        for ((i, run), id) in plan.iter().zip(ids) {
+            if let (Some((id, fence)), RunStatus::Running) = (id, run.status) {
+                leases.insert(id, fence);
+            }
+            match &mut claims[*i] {
+                Claim::Busy { skipped_run, .. } => *skipped_run = id.map(|(id, _)| id),
+                c => *c = id.map_or(Claim::Taken, |(id, _)| Claim::Claimed(id)),
+            }
+        }
+        Ok(claims)
+    }
+}
+
+#[async_trait]
+impl RunStore for PgStore {
+    async fn claim_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Option<i64>>> {
+        let none = vec![false; runs.len()];
+        Ok(self
+            .claim_runs_exclusive(runs, &none)
+            .await?
+            .into_iter()
+            .map(|c| match c {
+                Claim::Claimed(id) => Some(id),
+                Claim::Taken | Claim::Busy { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn claim_runs_exclusive(
+        &self,
+        runs: &[NewRun],
+        exclusive: &[bool],
+    ) -> StoreResult<Vec<Claim>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 1;
+        loop {
+            match self.claim_once(runs, exclusive).await {
+                Err(e) if attempt < CLAIM_ATTEMPTS && is_transient(&e) => {
+                    tracing::debug!(error = %e, attempt, "claim conflicted with another replica, retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
+        let starts: Vec<i64> = runs.iter().map(|(_, at)| millis(*at)).collect();
+        sqlx::query(
+            "UPDATE job_runs r SET started_at = u.s \
+             FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS u(id, s) \
+             WHERE r.id = u.id AND r.status = 'running'",
+        )
+        .bind(ids)
+        .bind(starts)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Fenced: a run this handle claimed is finished only while its row is still `running`
+    /// with the run's token. A finish refused because another replica took the run over is
+    /// logged and returns `false`; the row keeps what the new owner wrote.
+    async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        if !finish.status.is_final() {
+            return Err(StoreError::Corrupt {
+                column: "status",
+                value: finish.status.as_str().to_owned(),
+            });
+        }
+        let fence = self.lease(run_id);
+        let changed = sqlx::query(
+            "UPDATE job_runs SET status = $1, finished_at = $2, \
+                 duration_ms = GREATEST($2 - started_at, 0), message = COALESCE($3, message), \
+                 error = $4, stats = $5 \
+             WHERE id = $6 AND status = 'running' AND ($7::BIGINT IS NULL OR fence = $7)",
+        )
+        .bind(finish.status.as_str())
+        .bind(millis(finish.finished_at))
+        .bind(finish.message.as_deref())
+        .bind(finish.error.as_deref())
+        .bind(finish.stats.to_string())
+        .bind(run_id)
+        .bind(fence)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        self.drop_lease(run_id);
+        if changed > 0 {
+            return Ok(true);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        match status {
+            None => Err(StoreError::NoSuchRun(run_id)),
+            Some(status) => {
+                if fence.is_some() && status == RunStatus::Interrupted.as_str() {
+                    tracing::warn!(
+                        run_id,
+                        fence,
+                        status = finish.status.as_str(),
+                        "run end rejected by its fencing token: another replica took the run \
+                         over while it was going here; the row keeps the interrupted status"
+                    );
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM job_runs WHERE id = $1 AND status = 'running'")
+            .bind(run_id)
+            .execute(&self.inner.pool)
+            .await?;
+        self.drop_lease(run_id);
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes the nodes whose heartbeat is older than `dead_after` and marks `running`
+    /// rows of dead or gone nodes `interrupted`, in one statement: of several replicas
+    /// sweeping at once, exactly one gets each row back (and makes its catch-up run).
+    async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
+        let me = self.me();
+        let rows = sqlx::query(concat!(
+            "WITH gone AS ( \
+                 DELETE FROM nodes WHERE id <> $1 AND heartbeat_at < ",
+            NOW_MS!(),
+            " - $2 RETURNING id \
+             ) \
+             UPDATE job_runs SET status = 'interrupted', \
+                 finished_at = GREATEST(started_at, $3), \
+                 duration_ms = GREATEST($3 - started_at, 0), \
+                 message = CASE WHEN owner_node IN (SELECT id FROM gone) THEN $4 ELSE $5 END \
+             WHERE status = 'running' AND ( \
+                 owner_node IS NULL \
+                 OR owner_node IN (SELECT id FROM gone) \
+                 OR (owner_node <> $1 \
+                     AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = job_runs.owner_node))) \
+             RETURNING ",
+            run_columns!()
+        ))
+        .bind(me)
+        .bind(self.inner.dead_after_ms)
+        .bind(millis(now))
+        .bind(DEAD_MESSAGE)
+        .bind(GONE_MESSAGE)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut runs = runs_from_rows(&rows)?;
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(scheduled_at) FROM job_runs WHERE job_id = $1 AND \"trigger\" <> 'manual'",
+        )
+        .bind(job_id)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        ms.map(|ms| from_millis("scheduled_at", ms)).transpose()
+    }
+
+    async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM job_runs WHERE job_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (job_id) ",
+            run_columns!(),
+            " FROM job_runs ORDER BY job_id, started_at DESC, id DESC"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        let deleted = sqlx::query(
+            "DELETE FROM job_runs WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, status, started_at, \
+                            ROW_NUMBER() OVER (PARTITION BY job_id \
+                                               ORDER BY started_at DESC, id DESC) AS rn \
+                     FROM job_runs \
+                 ) ranked \
+                 WHERE rn > $1 AND started_at < $2 AND status <> 'running' \
+             ) AND status <> 'running'",
+        )
+        .bind(i64::from(keep_runs))
+        .bind(millis(older_than))
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+
+    /// Stops the heartbeat and deletes this node's row, so another replica does not wait for
+    /// `dead_after` to take over whatever this handle left `running`; then closes the pool.
+    async fn close(&self) {
+        self.inner.stop.cancel();
+        if let Err(e) = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(self.me())
+            .execute(&self.inner.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remove this node from the cluster at close");
+        }
+        self.inner.pool.close().await;
+    }
+
+    async fn record_run_process(&self, p: &RunProcess) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO run_processes (run_id, host, boot_id, owner_pid, owner_start_ticks, \
+                                        pgid, leader_start_ticks, token, cgroup, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, \
+                 boot_id = excluded.boot_id, owner_pid = excluded.owner_pid, \
+                 owner_start_ticks = excluded.owner_start_ticks, pgid = excluded.pgid, \
+                 leader_start_ticks = excluded.leader_start_ticks, token = excluded.token, \
+                 cgroup = excluded.cgroup, recorded_at = excluded.recorded_at",
+        )
+        .bind(p.run_id)
+        .bind(&p.host)
+        .bind(&p.boot_id)
+        .bind(p.owner_pid)
+        .bind(i64::try_from(p.owner_start_ticks).unwrap_or(i64::MAX))
+        .bind(p.pgid)
+        .bind(
+            p.leader_start_ticks
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        )
+        .bind(&p.token)
+        .bind(p.cgroup.as_deref())
+        .bind(millis(p.recorded_at))
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_processes(&self) -> StoreResult<Vec<RunProcess>> {
+        let rows = sqlx::query(
+            "SELECT run_id, host, boot_id, owner_pid, owner_start_ticks, pgid, \
+                    leader_start_ticks, token, cgroup, recorded_at \
+             FROM run_processes ORDER BY run_id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let ticks = |t: i64| u64::try_from(t).unwrap_or(0);
+        rows.iter()
+            .map(|row| {
+                Ok(RunProcess {
+                    run_id: row.try_get("run_id")?,
+                    host: row.try_get("host")?,
+                    boot_id: row.try_get("boot_id")?,
+                    owner_pid: row.try_get("owner_pid")?,
+                    owner_start_ticks: ticks(row.try_get("owner_start_ticks")?),
+                    pgid: row.try_get("pgid")?,
+                    leader_start_ticks: row
+                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .map(ticks),
+                    token: row.try_get("token")?,
+                    cgroup: row.try_get("cgroup")?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
+        let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn nodes(&self) -> StoreResult<Option<Vec<NodeInfo>>> {
+        let me = self.me();
+        let rows = sqlx::query(concat!(
+            "SELECT id, host, pid, version, role, started_at, heartbeat_at, \
+                    heartbeat_at > ",
+            NOW_MS!(),
+            " - $1 AS alive FROM nodes ORDER BY id"
+        ))
+        .bind(self.inner.dead_after_ms)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                Ok(NodeInfo {
+                    id,
+                    host: row.try_get("host")?,
+                    pid: row.try_get("pid")?,
+                    version: row.try_get("version")?,
+                    role: row.try_get("role")?,
+                    started_at: from_millis("started_at", row.try_get("started_at")?)?,
+                    heartbeat_at: from_millis("heartbeat_at", row.try_get("heartbeat_at")?)?,
+                    alive: row.try_get("alive")?,
+                    this: id == me,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE job_runs SET cancel_requested = TRUE WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    fn cluster_events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
+        self.inner
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+#[async_trait]
+impl JobStateStore for PgStore {
+    async fn get_timestamp(&self, job_id: &str, key: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT value_ms FROM job_timestamps WHERE job_id = $1 AND \"key\" = $2",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.inner.pool)
+        .await?)
+    }
+
+    async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()> {
+        fenced::set_timestamp(&self.inner.pool, None, job_id, key, unix_ms).await
+    }
+
+    async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT \"value\" FROM job_context WHERE job_id = $1 AND \"key\" = $2",
+        )
+        .bind(job_id)
+        .bind(key)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        text.map(|t| parse_json("value", t)).transpose()
+    }
+
+    async fn context_set(
+        &self,
+        job_id: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<()> {
+        fenced::context_set(&self.inner.pool, None, job_id, key, value).await
+    }
+
+    async fn context_delete(&self, job_id: &str, key: &str) -> StoreResult<bool> {
+        fenced::context_delete(&self.inner.pool, None, job_id, key).await
+    }
+
+    async fn context_all(
+        &self,
+        job_id: &str,
+    ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT \"key\", \"value\" FROM job_context WHERE job_id = $1 ORDER BY \"key\"",
+        )
+        .bind(job_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("key")?;
+                Ok((key, parse_json("value", row.try_get("value")?)?))
+            })
+            .collect()
+    }
+
+    async fn seen_get(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+    ) -> StoreResult<Option<SeenEntry>> {
+        let row = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = $1 AND scope = $2 AND item = $3",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(item)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(seen_from_row).transpose()
+    }
+
+    async fn seen_mark(
+        &self,
+        job_id: &str,
+        scope: &str,
+        item: &str,
+        state: SeenState,
+        run_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        fenced::seen_mark(
+            &self.inner.pool,
+            None,
+            (job_id, scope, item),
+            state,
+            run_id,
+            now,
+        )
+        .await
+    }
+
+    async fn seen_list(
+        &self,
+        job_id: &str,
+        scope: &str,
+        state: SeenState,
+    ) -> StoreResult<Vec<SeenEntry>> {
+        let rows = sqlx::query(
+            "SELECT item, state, run_id, updated_at FROM job_seen \
+             WHERE job_id = $1 AND scope = $2 AND state = $3 ORDER BY updated_at, item",
+        )
+        .bind(job_id)
+        .bind(scope)
+        .bind(state.as_str())
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(seen_from_row).collect()
+    }
+
+    async fn seen_remove(&self, job_id: &str, scope: &str, item: &str) -> StoreResult<bool> {
+        fenced::seen_remove(&self.inner.pool, None, (job_id, scope, item)).await
+    }
+
+    fn for_run(&self, run_id: i64) -> Option<Arc<dyn JobStateStore>> {
+        let fence = self.lease(run_id)?;
+        Some(Arc::new(fenced::FencedState::new(
+            self.clone(),
+            run_id,
+            fence,
+        )))
+    }
+}

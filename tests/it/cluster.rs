@@ -1,0 +1,659 @@
+//! Several replicas of the real binary on one PostgreSQL database (each test in a database
+//! of its own, dropped at the end): every tick runs once while replicas are SIGKILLed and
+//! restarted, a frozen (SIGSTOPped) replica's late writes are refused by fencing, and
+//! `comment-on-tagged-cases` on two replicas comments each case once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use soarjobd::store::postgres::testdb::TestDb;
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+
+use crate::support::*;
+
+/// Short cluster timings, so takeovers happen within the tests' time.
+const HEARTBEAT: &str = "500ms";
+const DEAD_AFTER: &str = "1500ms";
+
+/// A replica process, SIGKILLed on drop if still running: a failing assertion must not leave
+/// replicas behind (they would outlive the test's database and folder).
+struct Replica(Child);
+
+impl std::ops::Deref for Replica {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A replica: `soarjobd run` on `db`, its log in `<dir>/<name>.log`.
+fn replica(dir: &Path, db: &TestDb, name: &str, env: &[(&str, &str)]) -> Replica {
+    let out = File::create(dir.join(format!("{name}.log"))).unwrap();
+    let err = out.try_clone().unwrap();
+    let mut c = soarjobd_in(dir, &["run"]);
+    c.env_remove("SOARJOBD_CONFIG")
+        .env("SOARJOBD__DATABASE_URL", db.url())
+        .env("SOARJOBD__CLUSTER__HEARTBEAT", HEARTBEAT)
+        .env("SOARJOBD__CLUSTER__DEAD_AFTER", DEAD_AFTER)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Replica(c.spawn().expect("spawn a replica"))
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: a signal to a child this test spawned (and has not reaped).
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// SIGTERM, then the exit code (None: it did not stop within `limit`, and was killed).
+async fn stop(child: &mut Child, limit: Duration) -> Option<i32> {
+    signal(child, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn kill(child: &mut Child) {
+    signal(child, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+async fn pool(db: &TestDb) -> PgPool {
+    PgPool::connect(db.url()).await.expect("connect")
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// Polls `f` until it gives a value or `limit` passes.
+async fn poll<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// 3 replicas, 50 jobs `every: 1s`, 60 s; one replica SIGKILLed every 15 s and restarted.
+/// Every tick runs exactly once (counted from what the jobs themselves ran, not from the
+/// rows), no tick is missed while two replicas stay up, nothing stays `running`, and every
+/// run of a killed replica that did not finish is `interrupted` with the takeover reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_run_each_tick_once_while_one_is_killed_every_15s() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    for n in 0..50 {
+        std::fs::write(
+            dir.path().join(format!("jobs/j{n:02}.yaml")),
+            format!(
+                "name: j{n:02}\njob: exec\nschedule: {{every: 1s}}\nmisfire: skip\n\
+                 command: [/bin/sh, -c, 'echo $SOARJOBD_RUN_ID >> {}']\n",
+                ran.display()
+            ),
+        )
+        .unwrap();
+    }
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| replica(dir.path(), &db, &format!("r{i}-0"), &[]))
+        .collect();
+    let started = chrono::Utc::now();
+    let mut killed_pids = Vec::new();
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let i = (round - 1) % 3;
+        killed_pids.push(i64::from(replicas[i].id()));
+        kill(&mut replicas[i]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replicas[i] = replica(dir.path(), &db, &format!("r{i}-{round}"), &[]);
+    }
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let ended = chrono::Utc::now();
+    for r in &mut replicas {
+        assert_eq!(
+            stop(r, Duration::from_secs(30)).await,
+            Some(0),
+            "a graceful stop"
+        );
+    }
+
+    let pool = pool(&db).await;
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM job_runs WHERE status = 'running'"
+        )
+        .await,
+        0,
+        "no run is left running"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT COUNT(*) FROM nodes").await,
+        0,
+        "every replica removed its node at its graceful stop (killed ones were removed by \
+         the others)"
+    );
+    // What actually ran, by the jobs' own account.
+    let executed: Vec<i64> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().expect("a run id"))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT id, job_id, scheduled_at, status, owner_pid, message FROM job_runs \
+         WHERE \"trigger\" <> 'manual'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut tick_of: HashMap<i64, (String, i64)> = HashMap::new();
+    let mut per_job: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for r in &rows {
+        let (id, job, at): (i64, String, i64) =
+            (r.get("id"), r.get("job_id"), r.get("scheduled_at"));
+        tick_of.insert(id, (job.clone(), at));
+        per_job.entry(job).or_default().insert(at);
+        let status: String = r.get("status");
+        let pid: i64 = r.get("owner_pid");
+        if killed_pids.contains(&pid) && !["succeeded", "skipped"].contains(&status.as_str()) {
+            assert_eq!(status, "interrupted", "a killed replica's run: {id}");
+            let msg: String = r.get("message");
+            assert!(msg.contains("dead_after"), "the reason is recorded: {msg}");
+        }
+    }
+    let mut runs_per_tick: HashMap<&(String, i64), usize> = HashMap::new();
+    for id in &executed {
+        let tick = tick_of.get(id).expect("every execution has its row");
+        *runs_per_tick.entry(tick).or_default() += 1;
+    }
+    let by_status: BTreeMap<String, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.get::<String, _>("status")).or_default() += 1;
+        m
+    });
+    let reasons: BTreeMap<String, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        if r.get::<String, _>("status") == "skipped" {
+            let msg: String = r.get("message");
+            let head: String = msg.chars().take(40).collect();
+            *m.entry(head).or_default() += 1;
+        }
+        m
+    });
+    eprintln!("skipped: {reasons:?}");
+    eprintln!(
+        "{} rows {by_status:?}, {} executions",
+        rows.len(),
+        executed.len()
+    );
+    let doubled: Vec<_> = runs_per_tick.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "ticks run more than once: {doubled:?}");
+    // Every run recorded as succeeded ran once (an interrupted one may have run before its
+    // replica was killed, or not).
+    let succeeded: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<String, _>("status") == "succeeded")
+        .map(|r| r.get("id"))
+        .collect();
+    let executed_set: BTreeSet<i64> = executed.iter().copied().collect();
+    let lost: Vec<&i64> = succeeded
+        .iter()
+        .filter(|id| !executed_set.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "succeeded but never ran: {lost:?}");
+    // Two replicas were always up: every tick between the first and the last full second
+    // was claimed by one of them.
+    let first = (started.timestamp() + 3) * 1000;
+    let last = (ended.timestamp() - 3) * 1000;
+    let mut missed = Vec::new();
+    for (job, ticks) in &per_job {
+        for t in (first..=last).step_by(1000) {
+            if !ticks.contains(&t) {
+                missed.push((job.clone(), t));
+            }
+        }
+    }
+    assert_eq!(per_job.len(), 50);
+    assert!(missed.is_empty(), "ticks nobody claimed: {missed:?}");
+    pool.close().await;
+}
+
+/// A replica frozen with SIGSTOP past `dead_after` while its run is going: another replica
+/// marks the run interrupted and makes the catch-up run; when the frozen one is continued,
+/// its run's end and its job's context write are refused by the fencing token and logged,
+/// and the job's timestamp and context stay the new owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replicas_late_finish_is_fenced() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    // A run lasts 3 s and then writes its run id into the context; exit 0 saves the job's
+    // timestamp. Ticks are 20 s apart, so only the first tick and the catch-up run here.
+    std::fs::write(
+        dir.path().join("jobs/slow.yaml"),
+        "name: slow\njob: exec\nschedule: {every: 20s}\nmisfire: run_once\noverlap: skip\n\
+         command: [/bin/sh, -c, 'sleep 3; echo \"::context {\\\"owner\\\": $SOARJOBD_RUN_ID}\"']\n",
+    )
+    .unwrap();
+    let mut replicas = [
+        replica(dir.path(), &db, "a", &[]),
+        replica(dir.path(), &db, "b", &[]),
+    ];
+    let pool = pool(&db).await;
+    // (Until a replica has migrated the new database, the query fails: polled again.)
+    // The first tick's run, once it has been going for half a second.
+    let owner = poll(Duration::from_secs(30), || async {
+        sqlx::query(
+            "SELECT id, owner_pid, started_at FROM job_runs WHERE status = 'running' \
+             AND started_at < (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 500",
+        )
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| {
+            (
+                r.get::<i64, _>("id"),
+                r.get::<i64, _>("owner_pid"),
+                r.get::<i64, _>("started_at"),
+            )
+        })
+    })
+    .await;
+    let (run, pid, run_start) = owner.expect("no run started");
+    let frozen = usize::from(i64::from(replicas[0].id()) != pid);
+    let frozen_log = ["a", "b"][frozen];
+    signal(&replicas[frozen], libc::SIGSTOP);
+
+    // Taken over, and the catch-up run on the other replica succeeds.
+    let status = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM job_runs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let taken = eventually(Duration::from_secs(20), || async {
+        status(run).await == "interrupted"
+    })
+    .await;
+    assert!(taken, "the frozen replica's run was not taken over");
+    let catch_up = poll(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM job_runs WHERE \"trigger\" = 'catch_up' AND status = 'succeeded'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("no catch-up run succeeded on the other replica");
+    let stamp_before: i64 = scalar(
+        &pool,
+        "SELECT value_ms FROM job_timestamps WHERE job_id = 'slow'",
+    )
+    .await;
+    assert!(stamp_before > run_start + 1000, "the new owner's timestamp");
+
+    // The frozen replica comes back: its run ended long ago (the script finished).
+    signal(&replicas[frozen], libc::SIGCONT);
+    let dir_path = dir.path().to_path_buf();
+    let fenced = eventually(Duration::from_secs(20), || async {
+        log(&dir_path, frozen_log).contains("run end rejected by its fencing token")
+    })
+    .await;
+    let frozen_text = log(dir.path(), frozen_log);
+    assert!(
+        fenced,
+        "the late finish was not reported as fenced:\n{frozen_text}"
+    );
+    assert!(
+        frozen_text.contains("declared dead"),
+        "the frozen replica says it lost its lease:\n{frozen_text}"
+    );
+    assert_eq!(
+        status(run).await,
+        "interrupted",
+        "the late finish was not applied"
+    );
+    let context: String = sqlx::query_scalar(
+        "SELECT \"value\" FROM job_context WHERE job_id = 'slow' AND \"key\" = 'owner'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        context,
+        catch_up.to_string(),
+        "the context is the new owner's"
+    );
+    let stamp_after: i64 = scalar(
+        &pool,
+        "SELECT value_ms FROM job_timestamps WHERE job_id = 'slow'",
+    )
+    .await;
+    assert_eq!(
+        stamp_after, stamp_before,
+        "the timestamp is the new owner's"
+    );
+    // The continued replica registered again and is a healthy member.
+    let nodes = scalar(&pool, "SELECT COUNT(*) FROM nodes WHERE role = 'daemon'").await;
+    assert_eq!(nodes, 2);
+    for r in &mut replicas {
+        assert_eq!(stop(r, Duration::from_secs(30)).await, Some(0));
+    }
+    pool.close().await;
+}
+
+/// `comment-on-tagged-cases` with `overlap: skip` on two replicas against the SOAR
+/// simulator: every matching case gets exactly one comment, and no two runs of the job
+/// overlapped in time, across replicas.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_on_tagged_cases_on_two_replicas_comments_each_case_once() {
+    use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
+    const KEY: &str = "it-cluster-key-5d1f";
+    const COMMENT: &str = "Triaged by a soarjobd replica";
+    let sim = sim::start(
+        SoarSimConfig {
+            app_key: KEY.into(),
+            cases: 300,
+            seed: 41,
+            latency_ms: 5,
+            ..SoarSimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    for c in sim.state().cases() {
+        sim.state()
+            .upsert_case(CasePatch {
+                id: Some(c.id),
+                status: Some("OPEN".into()),
+                tags: Some(vec!["Phishing".into()]),
+                ..CasePatch::default()
+            })
+            .unwrap();
+    }
+    let to_comment: BTreeSet<u64> = sim
+        .state()
+        .cases()
+        .iter()
+        .filter(|c| !c.ticket_ids.is_empty())
+        .map(|c| c.id)
+        .collect();
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::write(
+        dir.path().join("jobs/tagged.yaml"),
+        format!(
+            "name: Tagged\njob: comment-on-tagged-cases\nschedule: {{every: 1s}}\n\
+             overlap: skip\nmisfire: run_once\ntimeout: 5m\nparameters:\n\
+             \x20 - {{name: Tags, type: string, value: \"Phishing\"}}\n\
+             \x20 - {{name: Comment, type: string, value: \"{COMMENT}\"}}\n\
+             \x20 - {{name: Max Hours Backwards, type: integer, value: 72}}\n\
+             \x20 - {{name: Concurrency, type: integer, value: 4}}\n"
+        ),
+    )
+    .unwrap();
+    let url = sim.url();
+    let env = [
+        ("SOARJOBD__SOAR__URL", url.as_str()),
+        ("SOARJOBD__SOAR__APP_KEY", KEY),
+    ];
+    let mut replicas = [
+        replica(dir.path(), &db, "a", &env),
+        replica(dir.path(), &db, "b", &env),
+    ];
+    let pool = pool(&db).await;
+    let done = eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n >= 3)
+    })
+    .await;
+    for r in &mut replicas {
+        assert_eq!(stop(r, Duration::from_secs(30)).await, Some(0));
+    }
+    assert!(done, "the job did not run three times");
+
+    let mut per_case: BTreeMap<u64, usize> = BTreeMap::new();
+    for c in sim.state().comments(None) {
+        assert_eq!(c.comment, COMMENT);
+        *per_case.entry(c.case_id).or_default() += 1;
+    }
+    let commented: BTreeSet<u64> = per_case.keys().copied().collect();
+    assert_eq!(
+        commented, to_comment,
+        "every case with alerts, and only those"
+    );
+    let doubled: Vec<_> = per_case.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "cases commented twice: {doubled:?}");
+    // overlap: skip across replicas: no two runs of the job overlapped.
+    let spans: Vec<(i64, i64)> = sqlx::query(
+        "SELECT started_at, finished_at FROM job_runs \
+         WHERE status NOT IN ('skipped') ORDER BY started_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("started_at"), r.get("finished_at")))
+    .collect();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "two runs overlapped: {spans:?}");
+    }
+    pool.close().await;
+    sim.shutdown().await.unwrap();
+}
+
+/// `migrate-state` moves a SQLite database holding history, timestamps and seen-sets to
+/// PostgreSQL, and `comment-on-tagged-cases` carries on there: the cases it commented on
+/// SQLite are not commented again, the new ones are, once each. A second copy is refused.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
+    use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
+    use soarjobd::store::migrate_state::{MigrateStateError, migrate_state};
+    const KEY: &str = "it-migrate-key-93be";
+    let sim = sim::start(
+        SoarSimConfig {
+            app_key: KEY.into(),
+            cases: 150,
+            seed: 43,
+            ..SoarSimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let tag_all = || {
+        for c in sim.state().cases() {
+            sim.state()
+                .upsert_case(CasePatch {
+                    id: Some(c.id),
+                    status: Some("OPEN".into()),
+                    tags: Some(vec!["Phishing".into()]),
+                    ..CasePatch::default()
+                })
+                .unwrap();
+        }
+    };
+    tag_all();
+    let with_alerts = || -> BTreeSet<u64> {
+        sim.state()
+            .cases()
+            .iter()
+            .filter(|c| !c.ticket_ids.is_empty())
+            .map(|c| c.id)
+            .collect()
+    };
+    let mut app = TestApp::new();
+    app.settings.set_section(
+        "soar",
+        serde_json::json!({ "url": sim.url(), "app_key": KEY }),
+    );
+    app.write_job(
+        "tagged",
+        "name: Tagged\njob: comment-on-tagged-cases\nschedule: {every: 1h}\nparameters:\n\
+         \x20 - {name: Tags, type: string, value: \"Phishing\"}\n\
+         \x20 - {name: Comment, type: string, value: \"moved\"}\n\
+         \x20 - {name: Max Hours Backwards, type: integer, value: 72}\n",
+    );
+    assert_eq!(
+        soarjobd::inspect::run_once(&app.app(), "tagged", &[]).await,
+        0,
+        "the run on SQLite"
+    );
+    let first = with_alerts();
+    assert_eq!(sim.state().comments(None).len(), first.len());
+
+    let db = TestDb::create().await;
+    let copied = migrate_state(&app.settings.database_url, db.url())
+        .await
+        .expect("migrate-state");
+    assert_eq!(copied.runs, 1);
+    assert!(
+        copied.timestamps >= 1 && copied.seen >= first.len() as u64,
+        "{copied:?}"
+    );
+
+    // New cases arrive; the job now runs on PostgreSQL.
+    for _ in 0..10 {
+        sim.state()
+            .upsert_case(CasePatch {
+                status: Some("OPEN".into()),
+                tags: Some(vec!["Phishing".into()]),
+                alerts: Some(1),
+                creation_time: Some(sim.state().now_ms()),
+                modification_time: Some(sim.state().now_ms()),
+                ..CasePatch::default()
+            })
+            .unwrap();
+    }
+    let sqlite_url = app.settings.database_url.clone();
+    app.settings.database_url = db.url().to_string();
+    assert_eq!(
+        soarjobd::inspect::run_once(&app.app(), "tagged", &[]).await,
+        0,
+        "the run on PostgreSQL"
+    );
+    let mut per_case: BTreeMap<u64, usize> = BTreeMap::new();
+    for c in sim.state().comments(None) {
+        *per_case.entry(c.case_id).or_default() += 1;
+    }
+    let all = with_alerts();
+    assert_eq!(all.len(), first.len() + 10);
+    assert_eq!(per_case.keys().copied().collect::<BTreeSet<_>>(), all);
+    let doubled: Vec<_> = per_case.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "cases commented twice: {doubled:?}");
+    let history = app.store().await.history("tagged", 10).await.unwrap();
+    assert_eq!(history.len(), 2, "the copied run and the new one");
+    assert_eq!(history[0].stats["commented"], 10, "{:?}", history[0]);
+
+    // Copying again would mix two histories.
+    assert!(matches!(
+        migrate_state(&sqlite_url, db.url()).await,
+        Err(MigrateStateError::NotEmpty { runs: 2, .. })
+    ));
+    sim.shutdown().await.unwrap();
+}
+
+/// `soarjobd nodes` lists the replicas with their last heartbeat (not itself); on SQLite it
+/// says the database is single-node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lists_the_replicas_and_sqlite_says_single_node() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    let mut r = replica(dir.path(), &db, "a", &[]);
+    let pid = r.id().to_string();
+    let nodes = || {
+        soarjobd_in(dir.path(), &["nodes"])
+            .env("SOARJOBD__DATABASE_URL", db.url())
+            .output()
+            .unwrap()
+    };
+    let listed = poll(Duration::from_secs(20), || async {
+        let out = nodes();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains(&pid)).then_some(text)
+    })
+    .await
+    .expect("the replica is listed");
+    let line = listed.lines().find(|l| l.contains(&pid)).unwrap();
+    assert!(
+        line.contains("daemon") && line.contains("alive"),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "the header and the replica only: {listed}"
+    );
+    assert_eq!(stop(&mut r, Duration::from_secs(30)).await, Some(0));
+    let out = nodes();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("no replica"),
+        "a stopped replica is gone at once: {text}"
+    );
+
+    let out = soarjobd_in(dir.path(), &["nodes"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("single-node"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
