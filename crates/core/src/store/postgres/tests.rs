@@ -67,6 +67,10 @@ contract_tests!(
     unclaim_releases_only_unstarted_claims,
     run_processes_are_recorded_updated_listed_and_forgotten,
     concurrent_claims_from_two_handles_take_each_tick_once,
+    pauses_are_kept_resumed_and_catch_ups_taken_once,
+    run_logs_are_kept_in_order_and_pruned_with_their_run,
+    alert_episodes_open_once_and_resolve_once,
+    last_successes_gives_each_jobs_newest_success,
 );
 
 fn fast() -> OpenOptions {
