@@ -9,8 +9,8 @@
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
 pub mod lock;
-pub mod ops;
 pub mod migrate_state;
+pub mod ops;
 pub mod owner;
 pub mod postgres;
 pub mod sqlite;
