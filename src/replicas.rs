@@ -80,12 +80,15 @@ pub async fn migrate_state(from: &str, to: &str) -> i32 {
     match migrate_state(from, to).await {
         Ok(c) => {
             println!(
-                "copied {} runs, {} timestamps, {} context keys and {} seen-set entries \
-                 from {from} to {}",
+                "copied {} runs, {} timestamps, {} context keys, {} seen-set entries, {} \
+                 pauses, {} run log lines and {} alert episodes from {from} to {}",
                 c.runs,
                 c.timestamps,
                 c.context,
                 c.seen,
+                c.pauses,
+                c.run_log_lines,
+                c.alert_episodes,
                 crate::daemon::redact_url(to)
             );
             exit::SUCCESS

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use soarjobd::store::ops::RunLogLine;
 use soarjobd::store::postgres::testdb::TestDb;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
@@ -558,6 +559,38 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     let first = with_alerts();
     assert_eq!(sim.state().comments(None).len(), first.len());
 
+    // The operator's state comes along: a pause (of a job that is not run here) and the run's
+    // stored log lines.
+    {
+        let store = app.store().await;
+        store
+            .pause_job("other", Some("maintenance"), "cli:test", chrono::Utc::now())
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    // Stored log lines of the run (written here, since this test process captures no logs),
+    // more than one page of the copy.
+    let sqlite_logs = {
+        let store = app.store().await;
+        let run = store.history("tagged", 1).await.unwrap()[0].id;
+        let lines: Vec<RunLogLine> = (1..=2_500)
+            .map(|seq| RunLogLine {
+                run_id: run,
+                seq,
+                at: chrono::Utc::now(),
+                level: "INFO".into(),
+                target: "soarjobd_jobs::comment_on_tagged_cases".into(),
+                message: format!("line {seq}"),
+                fields: serde_json::json!({ "n": seq }),
+            })
+            .collect();
+        store.append_run_logs(&lines).await.unwrap();
+        let n = store.run_logs(run, 0, 10_000).await.unwrap().len();
+        store.close().await;
+        (run, n)
+    };
+
     let db = TestDb::create().await;
     let copied = migrate_state(&app.settings.database_url, db.url())
         .await
@@ -567,6 +600,9 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
         copied.timestamps >= 1 && copied.seen >= first.len() as u64,
         "{copied:?}"
     );
+    assert_eq!(copied.pauses, 1, "{copied:?}");
+    assert_eq!(sqlite_logs.1, 2_500);
+    assert_eq!(copied.run_log_lines, sqlite_logs.1 as u64, "{copied:?}");
 
     // New cases arrive; the job now runs on PostgreSQL.
     for _ in 0..10 {
@@ -597,8 +633,20 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     assert_eq!(per_case.keys().copied().collect::<BTreeSet<_>>(), all);
     let doubled: Vec<_> = per_case.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "cases commented twice: {doubled:?}");
-    let history = app.store().await.history("tagged", 10).await.unwrap();
+    let pg = app.store().await;
+    let history = pg.history("tagged", 10).await.unwrap();
     assert_eq!(history.len(), 2, "the copied run and the new one");
+    let pauses = pg.pauses().await.unwrap();
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!(
+        (pauses[0].job_id.as_str(), pauses[0].reason.as_deref()),
+        ("other", Some("maintenance"))
+    );
+    assert_eq!(
+        pg.run_logs(sqlite_logs.0, 0, 10_000).await.unwrap().len(),
+        sqlite_logs.1,
+        "the copied run's log lines"
+    );
     assert_eq!(history[0].stats["commented"], 10, "{:?}", history[0]);
 
     // Copying again would mix two histories.

@@ -11,6 +11,9 @@
 //!   the highest id SQLite ever gave, so no id is reused. Rows left `running` by a crashed
 //!   daemon arrive `interrupted`. Process records (`run_processes`) are host-local and not
 //!   copied.
+//! * The operator's state comes along too: pauses (a paused job stays paused on the cluster),
+//!   every run's stored log lines, and alert episodes (an open episode is neither re-sent nor
+//!   forgotten), episode ids kept.
 
 use sqlx::{Postgres, Row, Transaction};
 
@@ -25,6 +28,9 @@ pub struct Copied {
     pub timestamps: u64,
     pub context: u64,
     pub seen: u64,
+    pub pauses: u64,
+    pub run_log_lines: u64,
+    pub alert_episodes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,15 +85,19 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Copied, MigrateS
     let mut tx = target.pool().begin().await?;
     // Two copies at once would both find the target empty: the second waits here, then
     // finds the first one's rows.
-    sqlx::query("LOCK TABLE job_runs, job_timestamps, job_context, job_seen IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "LOCK TABLE job_runs, job_timestamps, job_context, job_seen, job_pauses, run_logs, \
+         alert_episodes IN EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await?;
     let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_runs")
         .fetch_one(&mut *tx)
         .await?;
     let other: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM job_timestamps) + (SELECT COUNT(*) FROM job_context) \
-              + (SELECT COUNT(*) FROM job_seen)",
+              + (SELECT COUNT(*) FROM job_seen) + (SELECT COUNT(*) FROM job_pauses) \
+              + (SELECT COUNT(*) FROM alert_episodes)",
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -189,8 +199,110 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Copied, MigrateS
         .await?
         .rows_affected();
     }
+    copy_ops(src, &mut tx, &mut copied).await?;
     tx.commit().await?;
     Ok(copied)
+}
+
+/// Pauses, run log lines and alert episodes (the `OpsStore` tables), in the same transaction.
+async fn copy_ops(
+    src: &sqlx::SqlitePool,
+    tx: &mut Transaction<'_, Postgres>,
+    copied: &mut Copied,
+) -> Result<(), MigrateStateError> {
+    let rows = sqlx::query(
+        "SELECT job_id, since, reason, actor, resumed_at, resumed_by, catch_up FROM job_pauses",
+    )
+    .fetch_all(src)
+    .await?;
+    for r in &rows {
+        sqlx::query(
+            "INSERT INTO job_pauses (job_id, since, reason, actor, resumed_at, resumed_by, \
+                 catch_up) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(r.try_get::<String, _>("job_id")?)
+        .bind(r.try_get::<i64, _>("since")?)
+        .bind(r.try_get::<Option<String>, _>("reason")?)
+        .bind(r.try_get::<String, _>("actor")?)
+        .bind(r.try_get::<Option<i64>, _>("resumed_at")?)
+        .bind(r.try_get::<Option<String>, _>("resumed_by")?)
+        .bind(r.try_get::<i64, _>("catch_up")?)
+        .execute(&mut **tx)
+        .await?;
+        copied.pauses += 1;
+    }
+
+    // Run logs can be large (up to `run_logs.max_bytes` per run): read them a page at a time
+    // in key order instead of all at once.
+    let mut after: (i64, i64) = (i64::MIN, i64::MIN);
+    loop {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, at, level, target, message, fields FROM run_logs \
+             WHERE (run_id, seq) > (?, ?) ORDER BY run_id, seq LIMIT ?",
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(CHUNK as i64)
+        .fetch_all(src)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = (last.try_get("run_id")?, last.try_get("seq")?);
+        let mut ids: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+        let mut text: (Vec<String>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        for r in &rows {
+            ids.0.push(r.try_get("run_id")?);
+            ids.1.push(r.try_get("seq")?);
+            ids.2.push(r.try_get("at")?);
+            text.0.push(r.try_get("level")?);
+            text.1.push(r.try_get("target")?);
+            text.2.push(r.try_get("message")?);
+            text.3.push(r.try_get("fields")?);
+        }
+        copied.run_log_lines += sqlx::query(
+            "INSERT INTO run_logs (run_id, seq, at, level, target, message, fields) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
+                                  $5::TEXT[], $6::TEXT[], $7::TEXT[])",
+        )
+        .bind(ids.0)
+        .bind(ids.1)
+        .bind(ids.2)
+        .bind(text.0)
+        .bind(text.1)
+        .bind(text.2)
+        .bind(text.3)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+
+    let rows = sqlx::query(
+        "SELECT id, rule, subject, opened_at, detail, resolved_at FROM alert_episodes ORDER BY id",
+    )
+    .fetch_all(src)
+    .await?;
+    for r in &rows {
+        sqlx::query(
+            "INSERT INTO alert_episodes (id, rule, subject, opened_at, detail, resolved_at) \
+             OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.try_get::<i64, _>("id")?)
+        .bind(r.try_get::<String, _>("rule")?)
+        .bind(r.try_get::<String, _>("subject")?)
+        .bind(r.try_get::<i64, _>("opened_at")?)
+        .bind(r.try_get::<String, _>("detail")?)
+        .bind(r.try_get::<Option<i64>, _>("resolved_at")?)
+        .execute(&mut **tx)
+        .await?;
+        copied.alert_episodes += 1;
+    }
+    if let Some(max) = rows.last() {
+        // Episode ids were kept: new episodes continue after them.
+        sqlx::query("SELECT setval(pg_get_serial_sequence('alert_episodes', 'id'), $1)")
+            .bind(max.try_get::<i64, _>("id")?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn insert_runs(
