@@ -33,31 +33,48 @@ pub trait StoreFactory: Send + Sync {
     async fn create(&self) -> Box<dyn Database>;
 }
 
+/// Calls the macro `$then!` with the name of every contract test: the one list that
+/// [`run_all`] and each backend's named tests (`sqlite.rs`, `postgres/tests.rs`) are made
+/// from, so a new contract test cannot be missed by a backend.
+macro_rules! each_contract_test {
+    ($then:ident) => {
+        $then!(
+            a_tick_is_claimed_once_across_two_stores_on_one_file,
+            manual_runs_may_share_an_instant,
+            a_skipped_run_is_inserted_finished,
+            finish_records_the_outcome_once,
+            finish_refuses_unknown_runs_and_non_final_statuses,
+            interrupt_running_finishes_only_running_rows,
+            interrupt_running_spares_live_owners,
+            exclusive_claims_respect_live_runs_of_other_processes,
+            mark_started_moves_only_running_rows,
+            history_is_newest_first_and_limited,
+            last_runs_gives_each_jobs_newest_run,
+            prune_keeps_the_newest_the_recent_and_the_running,
+            timestamps_round_trip,
+            context_round_trips_json,
+            seen_set_round_trips,
+            unclaim_releases_only_unstarted_claims,
+            run_processes_are_recorded_updated_listed_and_forgotten,
+            concurrent_claims_from_two_handles_take_each_tick_once,
+            pauses_are_kept_resumed_and_catch_ups_taken_once,
+            run_logs_are_kept_in_order_and_pruned_with_their_run,
+            alert_episodes_open_once_and_resolve_once,
+            last_successes_gives_each_jobs_newest_success,
+        );
+    };
+}
+// Used by the backends' `#[cfg(test)]` modules only; unused in a `store-contract` build.
+#[allow(unused_imports)]
+pub(crate) use each_contract_test;
+
 /// Every contract test in turn (a backend's tests may also call them one by one, as
 /// `sqlite.rs` does, to see each by name).
 pub async fn run_all(f: &dyn StoreFactory) {
-    a_tick_is_claimed_once_across_two_stores_on_one_file(f).await;
-    manual_runs_may_share_an_instant(f).await;
-    a_skipped_run_is_inserted_finished(f).await;
-    finish_records_the_outcome_once(f).await;
-    finish_refuses_unknown_runs_and_non_final_statuses(f).await;
-    interrupt_running_finishes_only_running_rows(f).await;
-    interrupt_running_spares_live_owners(f).await;
-    exclusive_claims_respect_live_runs_of_other_processes(f).await;
-    mark_started_moves_only_running_rows(f).await;
-    history_is_newest_first_and_limited(f).await;
-    last_runs_gives_each_jobs_newest_run(f).await;
-    prune_keeps_the_newest_the_recent_and_the_running(f).await;
-    timestamps_round_trip(f).await;
-    context_round_trips_json(f).await;
-    seen_set_round_trips(f).await;
-    unclaim_releases_only_unstarted_claims(f).await;
-    run_processes_are_recorded_updated_listed_and_forgotten(f).await;
-    concurrent_claims_from_two_handles_take_each_tick_once(f).await;
-    pauses_are_kept_resumed_and_catch_ups_taken_once(f).await;
-    run_logs_are_kept_in_order_and_pruned_with_their_run(f).await;
-    alert_episodes_open_once_and_resolve_once(f).await;
-    last_successes_gives_each_jobs_newest_success(f).await;
+    macro_rules! call_each {
+        ($($name:ident),* $(,)?) => { $( $name(f).await; )* };
+    }
+    each_contract_test!(call_each);
 }
 
 /// An instant from Unix milliseconds (test data).

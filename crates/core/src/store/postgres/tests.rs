@@ -48,30 +48,7 @@ macro_rules! contract_tests {
     )*};
 }
 
-contract_tests!(
-    a_tick_is_claimed_once_across_two_stores_on_one_file,
-    manual_runs_may_share_an_instant,
-    a_skipped_run_is_inserted_finished,
-    finish_records_the_outcome_once,
-    finish_refuses_unknown_runs_and_non_final_statuses,
-    interrupt_running_finishes_only_running_rows,
-    interrupt_running_spares_live_owners,
-    exclusive_claims_respect_live_runs_of_other_processes,
-    mark_started_moves_only_running_rows,
-    history_is_newest_first_and_limited,
-    last_runs_gives_each_jobs_newest_run,
-    prune_keeps_the_newest_the_recent_and_the_running,
-    timestamps_round_trip,
-    context_round_trips_json,
-    seen_set_round_trips,
-    unclaim_releases_only_unstarted_claims,
-    run_processes_are_recorded_updated_listed_and_forgotten,
-    concurrent_claims_from_two_handles_take_each_tick_once,
-    pauses_are_kept_resumed_and_catch_ups_taken_once,
-    run_logs_are_kept_in_order_and_pruned_with_their_run,
-    alert_episodes_open_once_and_resolve_once,
-    last_successes_gives_each_jobs_newest_success,
-);
+contract::each_contract_test!(contract_tests);
 
 fn fast() -> OpenOptions {
     OpenOptions {
