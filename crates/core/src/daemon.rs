@@ -16,15 +16,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::definition;
-use crate::job::{Job, Registry, error_chain};
-use crate::observe::{Control, Observer, Status};
+use crate::control::Control;
+use crate::definition::{self, LoadedJobs};
+use crate::error::error_chain;
+use crate::job::{Job, Registry};
+use crate::observe::{Observer, Status};
 use crate::ops::PauseControl;
 use crate::ops::alerts::evaluate::InvalidFiles;
 use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
-use crate::scheduler::{LoadedJobs, PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
+use crate::scheduler::{PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
+
+/// Kept under its old path for the CLI; it lives in [`crate::redact`].
+pub use crate::redact::redact_url;
 
 /// How often old runs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -122,7 +127,7 @@ impl DaemonBuilder {
         // is registered kills the process without a graceful shutdown.
         let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
-        let clustered = store::postgres::is_postgres_url(&settings.database_url);
+        let clustered = store::is_postgres_url(&settings.database_url);
         let store = store::open_with(
             &settings.database_url,
             &store::OpenOptions {
@@ -531,16 +536,5 @@ async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: Cancellati
                 tracing::warn!(error = %error_chain(&e), "cannot look for runs of dead processes")
             }
         }
-    }
-}
-
-/// A database URL safe to log (PostgreSQL URLs may carry a password).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("********"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }

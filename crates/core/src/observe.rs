@@ -1,5 +1,7 @@
 //! What the daemon shows to an operator while it runs: the scheduler loop's heartbeat, the
 //! readiness flags, the loaded jobs, and the [`Observer`] hooks metrics are fed through.
+//! What the admin server may *do* to a daemon is [`crate::control::Control`], above the
+//! scheduler it sends commands to.
 //!
 //! The core defines only these small seams; the admin server (`soarjobd-admin`) implements
 //! the metrics and serves the views. They are built to cost nothing on the scheduler's hot
@@ -11,13 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
-
 use crate::definition::JobDefinition;
-use crate::runner::StopReason;
-use crate::scheduler::{Command, RunningRuns};
-use crate::store::{RunStatus, Store};
+use crate::store::RunStatus;
+use chrono::{DateTime, Utc};
 
 /// Hooks the scheduler and the runner call as runs happen. Every method has an empty default,
 /// so an observer implements only what it counts. Implementations must be cheap and must not
@@ -86,7 +84,7 @@ pub fn platform_request(platform: &str, method: &str, status: Option<u16>, durat
 }
 
 /// The scheduler loop's heartbeat: the wall-clock instant (unix ms) of its last turn. The loop
-/// sleeps at most `scheduler::MAX_SLEEP`, so a heartbeat older than that (plus slack) means
+/// sleeps at most [`MAX_SLEEP`], so a heartbeat older than that (plus slack) means
 /// the loop is stuck. `/livez` and the systemd watchdog read it; neither touches the database.
 #[derive(Clone, Default)]
 pub struct Heartbeat {
@@ -117,12 +115,17 @@ impl Heartbeat {
     }
 }
 
+/// The longest the scheduler loop sleeps before looking at the wall clock again, so the
+/// longest a healthy loop goes between heartbeats. Defined here, under the heartbeat that
+/// relies on it; the scheduler re-exports it.
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
 /// The slack `/livez` and the watchdog allow past the loop's longest sleep.
 pub const HEARTBEAT_SLACK: Duration = Duration::from_secs(15);
 
 /// The longest a healthy loop goes without a heartbeat.
 pub fn heartbeat_limit() -> Duration {
-    crate::scheduler::MAX_SLEEP + HEARTBEAT_SLACK
+    MAX_SLEEP + HEARTBEAT_SLACK
 }
 
 /// The loaded jobs as the scheduler last saw them, replaced whole at each load.
@@ -208,46 +211,4 @@ pub enum RunNowError {
     Store(String),
     #[error("the daemon is shutting down")]
     Stopping,
-}
-
-/// What the admin server may do to a running daemon: read its state, start a manual run
-/// (through the scheduler, so the claim, overlap and shutdown rules of every run apply) and
-/// cancel one of its runs.
-#[derive(Clone)]
-pub struct Control {
-    pub status: Status,
-    pub store: Arc<dyn Store>,
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) running: RunningRuns,
-    /// Pause and resume (persisted; the scheduler reacts at once).
-    pub pauses: crate::ops::PauseControl,
-}
-
-impl Control {
-    /// Starts a manual run of `job_id` now; answers its run id.
-    pub async fn run_now(&self, job_id: &str) -> Result<i64, RunNowError> {
-        if self.status.is_stopping() {
-            return Err(RunNowError::Stopping);
-        }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::RunNow {
-                job_id: job_id.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| RunNowError::Stopping)?;
-        answer.await.map_err(|_| RunNowError::Stopping)?
-    }
-
-    /// Asks a run of this daemon to stop (it ends `cancelled`); false when this daemon is
-    /// not running it.
-    pub fn cancel(&self, run_id: i64) -> bool {
-        self.running.stop_run(run_id, StopReason::Operator)
-    }
-
-    /// The ids of this daemon's runs in progress.
-    pub fn running_count(&self) -> usize {
-        self.running.len()
-    }
 }

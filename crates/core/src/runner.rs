@@ -29,7 +29,8 @@ use crate::clock::{Clock, RealClock};
 use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
-use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats, error_chain};
+use crate::error::error_chain;
+use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats};
 use crate::observe::{NoObserver, Observer};
 use crate::redact::Redactor;
 use crate::store::{

@@ -27,14 +27,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
-use crate::job::error_chain;
+use crate::error::error_chain;
 use crate::observe::{JobsView, Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
 use crate::store::ops::{JobPause, OpsStore};
 use crate::store::{Claim, RunStatus, Trigger};
 
-/// The longest the loop sleeps before looking at the wall clock again.
-pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+pub use crate::observe::MAX_SLEEP;
 /// The most missed ticks counted after a restart (only for the log line).
 const MISSED_CAP: u64 = 1_000_000;
 /// How long before its instant a tick is claimed. Claiming is a database write; doing it
@@ -57,9 +56,7 @@ pub const STORE_RETRY: Duration = Duration::from_secs(2);
 /// replica applies here too (the daemon's own `PauseControl` wakes the loop at once).
 pub const PAUSE_REFRESH: Duration = Duration::from_secs(3);
 
-/// The loaded job definitions by id, as the scheduler last published them (after the first
-/// load and every reload); the admin API and `PauseControl` read it.
-pub type LoadedJobs = Arc<std::collections::BTreeMap<String, Arc<JobDefinition>>>;
+pub use crate::definition::LoadedJobs;
 
 /// What the scheduler needs for pauses: the store and a wake-up from the daemon's control.
 pub struct PauseWiring {

@@ -89,7 +89,9 @@ pub struct HistorySettings {
     pub keep_days: u32,
 }
 
-/// The whole daemon configuration, validated.
+/// The default bound on a run's stored log (`run_logs.max_bytes`).
+pub const DEFAULT_RUN_LOG_MAX_BYTES: usize = 1024 * 1024;
+
 /// `run_logs:` — the log lines kept with each run.
 #[derive(Debug, Clone)]
 pub struct RunLogSettings {
@@ -98,6 +100,7 @@ pub struct RunLogSettings {
     pub max_bytes: usize,
 }
 
+/// The whole daemon configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The file the settings came from, if one was read.
@@ -171,7 +174,7 @@ impl Default for Settings {
             },
             alerts: Default::default(),
             run_logs: RunLogSettings {
-                max_bytes: crate::ops::runlog::DEFAULT_MAX_BYTES,
+                max_bytes: DEFAULT_RUN_LOG_MAX_BYTES,
             },
             cluster: ClusterSettings::default(),
             reload_poll: Duration::from_secs(30),
@@ -633,7 +636,7 @@ fn validate(
 /// guarantees (a private file, durability). This is the rule of the store's own URL check
 /// (`store::sqlite`), so `check` rejects exactly what `run` would; a test holds them together.
 pub fn check_database_url(url: &str) -> Result<(), String> {
-    if crate::store::postgres::is_postgres_url(url) {
+    if crate::store::is_postgres_url(url) {
         return url::Url::parse(url)
             .map(drop)
             .map_err(|e| format!("`database_url` is not a valid PostgreSQL URL: {e}"));

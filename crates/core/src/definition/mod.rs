@@ -10,6 +10,7 @@
 //! Invariant: this module never names a concrete job. The binary assembles the registry and
 //! passes it in as a [`Catalog`].
 
+pub mod alerts;
 pub mod limits;
 mod marketplace;
 pub use crate::config::located;
@@ -58,6 +59,10 @@ pub enum Misfire {
     Skip,
 }
 
+/// The loaded job definitions by id, as the scheduler last published them (after the first
+/// load and every reload); the admin API and `PauseControl` read it.
+pub type LoadedJobs = std::sync::Arc<BTreeMap<String, std::sync::Arc<JobDefinition>>>;
+
 /// A validated job instance, ready to be scheduled.
 #[derive(Debug, Clone)]
 pub struct JobDefinition {
@@ -79,7 +84,7 @@ pub struct JobDefinition {
     pub overlap: Overlap,
     pub misfire: Misfire,
     /// The job's own alert rules (`alerts:`), over the config's.
-    pub alerts: crate::ops::alerts::JobAlerts,
+    pub alerts: alerts::JobAlerts,
     pub parameters: Parameters,
     /// The implementation's own keys (already validated by it), as JSON.
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -856,7 +861,7 @@ impl Cx<'_> {
         let alerts = match map.get("alerts") {
             None => Default::default(),
             Some(v) => {
-                let (a, problems) = crate::ops::alerts::JobAlerts::from_json(&yaml_to_json(v));
+                let (a, problems) = alerts::JobAlerts::from_json(&yaml_to_json(v));
                 for (p, m) in problems {
                     self.val_err(&p, m);
                 }

@@ -28,7 +28,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::job::error_chain;
+use crate::error::error_chain;
 use crate::redact::Redactor;
 use crate::store::ops::{OpsStore, RunLogLine};
 
@@ -36,8 +36,6 @@ use crate::store::ops::{OpsStore, RunLogLine};
 pub const RUN_SPAN: &str = "run";
 /// How often buffered lines are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// The default bound on a run's stored log (`run_logs.max_bytes`).
-pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 /// Bytes counted per line on top of its text (the row's other columns).
 const LINE_OVERHEAD: usize = 32;
 
@@ -453,7 +451,7 @@ mod tests {
     #[tokio::test]
     async fn a_span_made_without_a_buffer_keeps_nothing() {
         let (_dir, store, run_id) = store_with_run().await;
-        let logs = RunLogs::start(store.clone(), DEFAULT_MAX_BYTES);
+        let logs = RunLogs::start(store.clone(), crate::config::DEFAULT_RUN_LOG_MAX_BYTES);
         let _guard =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(RunLogLayer));
         let buffer = logs.open(run_id, Redactor::new(std::iter::empty::<&str>()));

@@ -68,7 +68,7 @@ pub async fn migrate_state(from: &str, to: &str) -> Result<Copied, MigrateStateE
     if !from.starts_with("sqlite:") {
         return Err(MigrateStateError::From(from.to_owned()));
     }
-    if !super::postgres::is_postgres_url(to) {
+    if !super::is_postgres_url(to) {
         return Err(MigrateStateError::To);
     }
     let _lock = super::lock_daemon(from).map_err(MigrateStateError::Locked)?;

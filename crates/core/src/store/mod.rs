@@ -566,10 +566,15 @@ impl RunProcessLog {
     }
 }
 
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL. `None` for
 /// PostgreSQL, where several daemons (replicas) share one database by design.
 pub fn lock_daemon(url: &str) -> Result<Option<DaemonLock>, LockError> {
-    if postgres::is_postgres_url(url) {
+    if is_postgres_url(url) {
         return Ok(None);
     }
     let path = sqlite::database_path(url).map_err(|e| LockError::Io {
@@ -588,7 +593,7 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
 pub async fn open_with(url: &str, options: &OpenOptions) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
-    } else if postgres::is_postgres_url(url) {
+    } else if is_postgres_url(url) {
         Ok(std::sync::Arc::new(
             postgres::PgStore::open(url, options).await?,
         ))

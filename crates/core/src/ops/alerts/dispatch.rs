@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Notifier};
-use crate::job::error_chain;
+use crate::error::error_chain;
 
 struct Queue {
     sink: Arc<dyn Notifier>,

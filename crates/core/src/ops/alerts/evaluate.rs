@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::AlertSettings;
 use super::{AlertState, Dispatcher, Notification, RunEnded};
-use crate::job::error_chain;
-use crate::scheduler::LoadedJobs;
+use crate::definition::LoadedJobs;
+use crate::error::error_chain;
 use crate::store::ops::{AlertEpisode, AlertRule};
 use crate::store::{RunRecord, RunStatus, Store, StoreResult};
 

@@ -80,10 +80,7 @@ const GONE_MESSAGE: &str =
 const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
                             (killed, frozen or cut off); another replica took the run over";
 
-/// Whether a database URL names PostgreSQL.
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
+pub use crate::store::is_postgres_url;
 
 /// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
 #[derive(Clone)]
@@ -120,7 +117,7 @@ impl PgStore {
     /// registers this handle as a node and starts its heartbeat.
     pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<PgStore> {
         let open_error = |source| StoreError::Open {
-            url: crate::daemon::redact_url(url),
+            url: crate::redact::redact_url(url),
             source,
         };
         // PostgreSQL's notices ("relation ... already exists, skipping" from the migrator's

@@ -123,7 +123,7 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
             Ok(()) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %crate::job::error_chain(&e), "cannot write the heartbeat");
+                tracing::warn!(error = %crate::error::error_chain(&e), "cannot write the heartbeat");
             }
             Err(_) => {}
         }
