@@ -1,5 +1,5 @@
-// Rebuild when a migration is added: `sqlx::migrate!` embeds the root `migrations/<backend>/` folders at
-// compile time but cannot tell cargo to watch it.
+// Rebuild when a migration is added: `sqlx::migrate!` embeds this crate's `migrations/<backend>/`
+// folders at compile time but cannot tell cargo to watch them.
 fn main() {
-    println!("cargo:rerun-if-changed=../../migrations");
+    println!("cargo:rerun-if-changed=migrations");
 }

@@ -204,7 +204,7 @@ impl FlakyStore {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(StoreError::Db(sqlx::Error::PoolTimedOut))
+            Err(StoreError::Db(Box::new(sqlx::Error::PoolTimedOut)))
         } else {
             Ok(())
         }

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use soarjobd_core::definition::JobDefinition;
 use soarjobd_core::observe::RunNowError;
-use soarjobd_core::ops::OpsError;
 use soarjobd_core::schedule::ScheduleKind;
 use soarjobd_core::store::ops::{JobPause, PauseOutcome, RunLogLine};
 use soarjobd_core::store::{RunRecord, RunStatus};
+use soarjobd_engine::ops::OpsError;
 
 use crate::Shared;
 use crate::auth::Caller;

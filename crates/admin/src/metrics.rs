@@ -21,9 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use soarjobd_core::control::Control;
 use soarjobd_core::observe::{HttpObserver, Observer};
 use soarjobd_core::store::{RunRecord, RunStatus};
+use soarjobd_engine::control::Control;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {

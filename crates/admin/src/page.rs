@@ -15,8 +15,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use soarjobd_core::definition::JobDefinition;
-use soarjobd_core::ops::runlog::format_line;
 use soarjobd_core::store::{RunRecord, RunStatus};
+use soarjobd_engine::ops::runlog::format_line;
 
 use crate::Shared;
 use crate::api::{self, RunsQuery};

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::store::{RunProcess, RunProcessLog, RunStore};
+use soarjobd_core::store::{RunProcess, RunProcessLog, RunStore};
 
 /// The environment variable that carries a run's token.
 pub const TOKEN_ENV: &str = "SOARJOBD_RUN_TOKEN";
@@ -593,7 +593,7 @@ impl RunContainment {
         let killed = tokio::task::spawn_blocking(job).await.unwrap_or(0);
         if let Err(e) = self.store.forget().await {
             tracing::warn!(
-                error = %crate::error::error_chain(&e),
+                error = %soarjobd_core::error::error_chain(&e),
                 "cannot forget the run's process record (the next start will)"
             );
         }
@@ -720,7 +720,7 @@ pub async fn recover(store: &dyn RunStore) {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!(
-                error = %crate::error::error_chain(&e),
+                error = %soarjobd_core::error::error_chain(&e),
                 "cannot read the processes of earlier runs; they are not cleaned up"
             );
             return;
@@ -760,7 +760,7 @@ pub async fn recover(store: &dyn RunStore) {
         }
         if let Err(e) = store.forget_run_process(run_id).await {
             tracing::warn!(
-                error = %crate::error::error_chain(&e),
+                error = %soarjobd_core::error::error_chain(&e),
                 run_id,
                 "cannot forget a run's process record"
             );

@@ -179,6 +179,49 @@ pub struct JobContext {
     pub(crate) redactor: crate::redact::Redactor,
 }
 
+/// What the runner (`soarjobd-engine`) builds a [`JobContext`] from. Not for jobs: a job gets
+/// its context from the runner, and reaches state only through its methods.
+#[doc(hidden)]
+pub struct JobContextParts {
+    pub definition: Arc<JobDefinition>,
+    /// Overrides of the definition's parameters, if any.
+    pub params: Option<Parameters>,
+    pub run_id: i64,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+    /// Timestamps, context and seen-sets: the only durable state a job may change. Run rows
+    /// are out of its reach (only the runner finishes them).
+    pub store: Arc<dyn JobStateStore>,
+    /// The process record of this run (process containment of `exec`).
+    pub processes: RunProcessLog,
+    pub cancel: CancellationToken,
+    pub stats: Stats,
+    pub span: tracing::Span,
+    /// Redacts the run's secrets (its password parameters and the platform credentials).
+    pub redactor: crate::redact::Redactor,
+}
+
+impl JobContext {
+    #[doc(hidden)] // the runner's
+    pub fn from_parts(p: JobContextParts) -> JobContext {
+        JobContext {
+            definition: p.definition,
+            params: p.params,
+            run_id: p.run_id,
+            scheduled_at: p.scheduled_at,
+            trigger: p.trigger,
+            started_at: p.started_at,
+            store: p.store,
+            processes: p.processes,
+            cancel: p.cancel,
+            stats: p.stats,
+            span: p.span,
+            redactor: p.redactor,
+        }
+    }
+}
+
 impl JobContext {
     pub fn job_id(&self) -> &str {
         &self.definition.id

@@ -1,28 +1,23 @@
-//! soarjobd-core: what runs jobs, knowing no platform.
+//! soarjobd-core: what every other crate of soarjobd shares, and nothing that runs.
 //!
-//! Data flows one way: files -> [`definition`] -> [`scheduler`] -> [`runner`] -> [`job`] ->
-//! [`store`] / logs. Platforms plug in through [`platform::Platform`]; this crate depends on no
-//! client, built-in job or simulator crate (the workspace enforces it: see `ARCHITECTURE.md`).
+//! The grammar of the config ([`config`]) and of job files ([`definition`]), the schedule math
+//! ([`schedule`]), the [`job::Job`]/[`job::JobContext`] and [`platform::Platform`] traits a job
+//! or a platform plugs in with, the store traits and row types ([`store`]; the backends are
+//! `soarjobd-store`), the hooks observers are fed through ([`observe`]), alert notifications
+//! ([`alerts`]), redaction ([`redact`]), errors ([`error`], [`exit`]).
+//!
+//! It depends on no database driver, file watcher, libc or HTTP crate, and on no other
+//! soarjobd crate: the clients and the jobs build on it alone. What runs jobs (scheduler,
+//! runner, daemon) is `soarjobd-engine`. See `ARCHITECTURE.md`.
 
-pub mod clock;
-pub mod cluster;
+pub mod alerts;
 pub mod config;
-pub mod containment;
-pub mod control;
-pub mod daemon;
 pub mod definition;
 pub mod error;
 pub mod exit;
 pub mod job;
 pub mod observe;
-pub mod ops;
 pub mod platform;
 pub mod redact;
-pub mod runner;
 pub mod schedule;
-pub mod scheduler;
 pub mod store;
-pub mod systemd;
-pub mod telemetry;
-pub mod timer;
-pub mod watch;

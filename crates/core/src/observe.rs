@@ -1,7 +1,7 @@
 //! What the daemon shows to an operator while it runs: the scheduler loop's heartbeat, the
 //! readiness flags, the loaded jobs, and the [`Observer`] hooks metrics are fed through.
-//! What the admin server may *do* to a daemon is [`crate::control::Control`], above the
-//! scheduler it sends commands to.
+//! What the admin server may *do* to a daemon is `soarjobd_engine::control::Control`, above
+//! the scheduler it sends commands to.
 //!
 //! The core defines only these small seams; the admin server (`soarjobd-admin`) implements
 //! the metrics and serves the views. They are built to cost nothing on the scheduler's hot
@@ -158,21 +158,25 @@ impl Status {
         self.jobs.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn set_jobs(&self, view: JobsView) {
+    #[doc(hidden)] // the engine's: the scheduler and the daemon set these
+    pub fn set_jobs(&self, view: JobsView) {
         *self.jobs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
     }
 
-    pub(crate) fn set_scheduled(&self) {
+    #[doc(hidden)] // the engine's: the scheduler and the daemon set these
+    pub fn set_scheduled(&self) {
         self.scheduled.store(true, Ordering::Release);
         self.running.store(true, Ordering::Release);
         self.ready_tx.notify_waiters();
     }
 
-    pub(crate) fn set_loop_stopped(&self) {
+    #[doc(hidden)] // the engine's: the scheduler and the daemon set these
+    pub fn set_loop_stopped(&self) {
         self.running.store(false, Ordering::Release);
     }
 
-    pub(crate) fn set_stopping(&self) {
+    #[doc(hidden)] // the engine's: the scheduler and the daemon set these
+    pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
 

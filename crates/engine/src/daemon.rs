@@ -26,7 +26,8 @@ use crate::ops::alerts::evaluate::InvalidFiles;
 use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
-use crate::store::{self, DaemonLock, LockError, RunStore, Store, StoreError};
+use crate::store::{RunStore, Store, StoreError};
+use soarjobd_store::{self as store, DaemonLock, LockError};
 
 /// Kept under its old path for the CLI; it lives in [`crate::redact`].
 pub use crate::redact::redact_url;
@@ -127,10 +128,10 @@ impl DaemonBuilder {
         // is registered kills the process without a graceful shutdown.
         let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
-        let clustered = store::is_postgres_url(&settings.database_url);
+        let clustered = crate::store::is_postgres_url(&settings.database_url);
         let store = store::open_with(
             &settings.database_url,
-            &store::OpenOptions {
+            &crate::store::OpenOptions {
                 role: "daemon",
                 heartbeat: settings.cluster.heartbeat,
                 dead_after: settings.cluster.dead_after,
@@ -150,7 +151,7 @@ impl DaemonBuilder {
         };
         // Kill what crashed runs left running before their rows are marked interrupted, so a
         // new run never meets an old copy of itself.
-        crate::containment::recover(store.as_ref()).await;
+        soarjobd_containment::recover(store.as_ref()).await;
         // Only rows whose process is gone: a `run-once` running next to us keeps its run.
         let interrupted = store.interrupt_running(Utc::now()).await?;
         for r in &interrupted {

@@ -30,7 +30,7 @@ use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
 use crate::error::error_chain;
-use crate::job::{JobContext, JobError, OutcomeStatus, Registry, Stats};
+use crate::job::{JobContext, JobContextParts, JobError, OutcomeStatus, Registry, Stats};
 use crate::observe::{NoObserver, Observer};
 use crate::redact::Redactor;
 use crate::store::{
@@ -423,7 +423,7 @@ impl Runner {
         };
         // The job's own token: a child of the run's control token, fired on timeout too.
         let token = req.control.token.child_token();
-        let mut ctx = JobContext {
+        let mut ctx = JobContext::from_parts(JobContextParts {
             definition: def.clone(),
             params: req.params.clone(),
             run_id: req.run_id,
@@ -441,7 +441,7 @@ impl Runner {
             stats,
             span: span.clone(),
             redactor,
-        };
+        });
         // The job's future is polled right here, inside the run's own task (the scheduler
         // spawned it), rather than in a second spawned task: a thousand runs due at once then
         // cost a thousand spawns, not two thousand. `catch_unwind` turns a panic into a failed
@@ -604,7 +604,7 @@ mod tests {
     }
 
     async fn runner_on(url: &str) -> (Runner, Arc<dyn Store>) {
-        let store = crate::store::open(url).await.expect("store");
+        let store = soarjobd_store::open(url).await.expect("store");
         let runner = Runner::new(store.clone(), Arc::new(registry()));
         (runner, store)
     }

@@ -21,7 +21,7 @@ use crate::clock::VirtualClock;
 use crate::definition::{self, JobDefinition, JobSpec, LoadReport};
 use crate::job::{Job, JobContext, JobError, Outcome, Registry};
 use crate::runner::{CANCEL_GRACE, Runner, StopReason};
-use crate::store::{self, NewRun, RunFinish, RunRecord, RunStatus, Store, Trigger};
+use crate::store::{NewRun, RunFinish, RunRecord, RunStatus, Store, Trigger};
 
 /// The test job. By id prefix: `hold-*` runs until it is asked to stop, `stubborn-*` never
 /// returns (ignores its token), anything else succeeds at once.
@@ -94,7 +94,7 @@ impl Harness {
     ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:{}", dir.path().join("state.db").display());
-        let store = store::open(&url).await.expect("store");
+        let store = soarjobd_store::open(&url).await.expect("store");
         for run in prepare {
             let id = store
                 .claim_runs(std::slice::from_ref(&run))

@@ -22,7 +22,7 @@
 //! 3 is partial success, anything else is failure with the last stderr lines as the message.
 //! The run is over when the program exits: whatever it left running is killed then. On
 //! cancellation (timeout, replace, shutdown) the program's process group and cgroup get
-//! SIGTERM, then SIGKILL after [`KILL_GRACE`]. [`soarjobd_core::containment`] makes sure no
+//! SIGTERM, then SIGKILL after [`KILL_GRACE`]. [`soarjobd_containment`] makes sure no
 //! descendant outlives the run, even if the daemon is killed.
 
 use std::collections::VecDeque;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
-use soarjobd_core::containment::RunContainment;
+use soarjobd_containment::RunContainment;
 use soarjobd_core::job::{JobContext, JobError};
 
 /// A started child with its containment. Dropping it (the run abandoned) kills everything.

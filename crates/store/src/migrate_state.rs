@@ -52,7 +52,7 @@ pub enum MigrateStateError {
 
 impl From<sqlx::Error> for MigrateStateError {
     fn from(e: sqlx::Error) -> Self {
-        MigrateStateError::Store(StoreError::Db(e))
+        MigrateStateError::Store(crate::db(e))
     }
 }
 

@@ -20,18 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use serde::Serialize;
-
-/// The store instance (and its process) that claimed a run row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunOwner {
-    /// For people: which process it was.
-    pub pid: i64,
-    pub host: String,
-    /// The owner's identity: the name of its lock file. 32 lowercase hex digits.
-    #[serde(skip)]
-    pub nonce: String,
-}
+pub use soarjobd_core::store::RunOwner;
 
 /// What can be said about an owner from this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,10 +128,15 @@ impl Drop for OwnerGuard {
     }
 }
 
-impl RunOwner {
+/// Whether a row's owner still lives (the row type is the core's; the flock is this crate's).
+pub trait OwnerExt {
     /// Whether the store that claimed the row is still open somewhere. `dir` is the owners
     /// folder of the database the row is in.
-    pub fn liveness(&self, dir: &Path) -> Liveness {
+    fn liveness(&self, dir: &Path) -> Liveness;
+}
+
+impl OwnerExt for RunOwner {
+    fn liveness(&self, dir: &Path) -> Liveness {
         if open_nonces()
             .lock()
             .unwrap_or_else(|p| p.into_inner())

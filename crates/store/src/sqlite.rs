@@ -32,16 +32,17 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::owner::{Liveness, OwnerGuard, owners_dir};
+use super::owner::{Liveness, OwnerExt, OwnerGuard, owners_dir};
 use super::{
     Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus,
     RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
+use crate::Db;
 
 mod ops;
 
 /// The migrations in `migrations/sqlite/`, embedded at compile time.
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a writer waits for another process's write transaction before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,7 +147,8 @@ async fn insert_one(
     .bind(&owner.host)
     .bind(&owner.nonce)
     .fetch_optional(&mut *tx)
-    .await?)
+    .await
+    .db()?)
 }
 
 /// One write transaction (`BEGIN IMMEDIATE` ... `COMMIT`) on a pooled connection, holding the
@@ -170,7 +172,7 @@ struct WriteTx<'a> {
 impl<'a> WriteTx<'a> {
     async fn begin(store: &'a SqliteStore) -> StoreResult<WriteTx<'a>> {
         let gate = store.write_lock().await;
-        let conn = store.pool.acquire().await?;
+        let conn = store.pool.acquire().await.db()?;
         let mut tx = WriteTx {
             conn,
             committed: false,
@@ -181,7 +183,8 @@ impl<'a> WriteTx<'a> {
         // plain statement: sqlx's transaction bookkeeping is what went wrong (see above).
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut *tx.conn)
-            .await?;
+            .await
+            .db()?;
         Ok(tx)
     }
 
@@ -198,7 +201,7 @@ impl<'a> WriteTx<'a> {
             }
             Err(e) => {
                 self.abort().await;
-                Err(e.into())
+                Err(crate::db(e))
             }
         }
     }
@@ -264,9 +267,9 @@ impl SqliteStore {
         adjust: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
     ) -> StoreResult<SqliteStore> {
         let path = database_path(url_or_path)?;
-        let open_error = |source| StoreError::Open {
+        let open_error = |source: sqlx::Error| StoreError::Open {
             url: url_or_path.to_owned(),
-            source,
+            source: Box::new(source),
         };
         create_private_file(&path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
 
@@ -323,7 +326,8 @@ impl SqliteStore {
         .bind(i64::from(keep_runs))
         .bind(older_than)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(ids)
     }
 
@@ -337,7 +341,8 @@ impl SqliteStore {
                 deleted += sqlx::query("DELETE FROM job_runs WHERE id = ? AND status <> 'running'")
                     .bind(id)
                     .execute(tx.conn())
-                    .await?
+                    .await
+                    .db()?
                     .rows_affected();
             }
             Ok(deleted)
@@ -387,7 +392,7 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
                 tokio::time::sleep(MIGRATE_RETRY_DELAY).await;
                 attempt += 1;
             }
-            Err(e) => return Err(StoreError::from_migrate(e)),
+            Err(e) => return Err(crate::from_migrate(e)),
         }
     }
 }
@@ -475,41 +480,42 @@ fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Val
 }
 
 fn run_from_row(row: &SqliteRow) -> StoreResult<RunRecord> {
-    let trigger: String = row.try_get("trigger")?;
+    let trigger: String = row.try_get("trigger").db()?;
     let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
         column: "trigger",
         value: trigger,
     })?;
-    let status: String = row.try_get("status")?;
+    let status: String = row.try_get("status").db()?;
     let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
         column: "status",
         value: status,
     })?;
     Ok(RunRecord {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at")?)?,
+        id: row.try_get("id").db()?,
+        job_id: row.try_get("job_id").db()?,
+        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at").db()?)?,
         trigger,
         status,
-        started_at: from_millis("started_at", row.try_get("started_at")?)?,
-        finished_at: opt_from_millis("finished_at", row.try_get("finished_at")?)?,
-        duration_ms: row.try_get("duration_ms")?,
-        message: row.try_get("message")?,
-        error: row.try_get("error")?,
-        stats: parse_json("stats", row.try_get("stats")?)?,
+        started_at: from_millis("started_at", row.try_get("started_at").db()?)?,
+        finished_at: opt_from_millis("finished_at", row.try_get("finished_at").db()?)?,
+        duration_ms: row.try_get("duration_ms").db()?,
+        message: row.try_get("message").db()?,
+        error: row.try_get("error").db()?,
+        stats: parse_json("stats", row.try_get("stats").db()?)?,
         owner: owner_from_row(row)?,
     })
 }
 
 fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
-    let pid: Option<i64> = row.try_get("owner_pid")?;
-    let host: Option<String> = row.try_get("owner_host")?;
+    let pid: Option<i64> = row.try_get("owner_pid").db()?;
+    let host: Option<String> = row.try_get("owner_host").db()?;
     Ok(match (pid, host) {
         (Some(pid), Some(host)) => Some(RunOwner {
             pid,
             host,
             nonce: row
-                .try_get::<Option<String>, _>("owner_nonce")?
+                .try_get::<Option<String>, _>("owner_nonce")
+                .db()?
                 .unwrap_or_default(),
         }),
         _ => None,
@@ -524,16 +530,16 @@ fn row_is_live(owner: Option<&RunOwner>, dir: &Path) -> bool {
 }
 
 fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
-    let state: String = row.try_get("state")?;
+    let state: String = row.try_get("state").db()?;
     let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
         column: "state",
         value: state,
     })?;
     Ok(SeenEntry {
-        item: row.try_get("item")?,
+        item: row.try_get("item").db()?,
         state,
-        run_id: row.try_get("run_id")?,
-        updated_at: from_millis("updated_at", row.try_get("updated_at")?)?,
+        run_id: row.try_get("run_id").db()?,
+        updated_at: from_millis("updated_at", row.try_get("updated_at").db()?)?,
     })
 }
 
@@ -599,10 +605,10 @@ async fn insert_runs(
                 .bind(owner.host.as_str())
                 .bind(owner.nonce.as_str());
         }
-        for row in q.fetch_all(&mut *conn).await? {
-            let id: i64 = row.try_get("id")?;
-            let job_id: String = row.try_get("job_id")?;
-            let at: i64 = row.try_get("scheduled_at")?;
+        for row in q.fetch_all(&mut *conn).await.db()? {
+            let id: i64 = row.try_get("id").db()?;
+            let job_id: String = row.try_get("job_id").db()?;
+            let at: i64 = row.try_get("scheduled_at").db()?;
             if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
                 ids[i] = Some(id);
             }
@@ -636,7 +642,8 @@ async fn interrupt_ids(
         .bind(INTERRUPTED_MESSAGE)
         .bind(id)
         .fetch_optional(&mut *conn)
-        .await?;
+        .await
+        .db()?;
         if let Some(row) = row {
             runs.push(run_from_row(&row)?);
         }
@@ -657,10 +664,11 @@ async fn running_rows(
          FROM job_runs WHERE status = 'running' ORDER BY id",
     )
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .db()?;
     let (mut dead, mut live) = (Vec::new(), Vec::new());
     for row in &rows {
-        let job_id: String = row.try_get("job_id")?;
+        let job_id: String = row.try_get("job_id").db()?;
         if jobs.is_some_and(|j| !j.contains(job_id.as_str())) {
             continue;
         }
@@ -668,9 +676,9 @@ async fn running_rows(
         if owner.as_ref().is_some_and(|o| o.nonce == me.owner().nonce) {
             continue;
         }
-        let id: i64 = row.try_get("id")?;
+        let id: i64 = row.try_get("id").db()?;
         if row_is_live(owner.as_ref(), me.dir()) {
-            let trigger: String = row.try_get("trigger")?;
+            let trigger: String = row.try_get("trigger").db()?;
             let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
                 column: "trigger",
                 value: trigger,
@@ -798,7 +806,8 @@ impl SqliteStore {
             .bind(finish.stats.to_string())
             .bind(run_id)
             .execute(&self.pool)
-            .await?
+            .await
+            .db()?
             .rows_affected()
         };
         if changed > 0 {
@@ -808,7 +817,8 @@ impl SqliteStore {
         let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM job_runs WHERE id = ?")
             .bind(run_id)
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .db()?;
         match exists {
             Some(_) => Ok(false),
             None => Err(StoreError::NoSuchRun(run_id)),
@@ -878,7 +888,8 @@ impl RunStore for SqliteStore {
                 .bind(millis(*at))
                 .bind(id)
                 .execute(tx.conn())
-                .await?;
+                .await
+                .db()?;
             }
             Ok(())
         }
@@ -908,7 +919,8 @@ impl RunStore for SqliteStore {
         let done = sqlx::query("DELETE FROM job_runs WHERE id = ? AND status = 'running'")
             .bind(run_id)
             .execute(&self.pool)
-            .await?;
+            .await
+            .db()?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -932,7 +944,8 @@ impl RunStore for SqliteStore {
         )
         .bind(job_id)
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .db()?;
         opt_from_millis("scheduled_at", ms)
     }
 
@@ -944,7 +957,8 @@ impl RunStore for SqliteStore {
         ))
         .bind(run_id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(run_from_row).transpose()
     }
 
@@ -957,7 +971,8 @@ impl RunStore for SqliteStore {
         .bind(job_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         runs_from_rows(&rows)
     }
 
@@ -975,7 +990,8 @@ impl RunStore for SqliteStore {
              ) ORDER BY job_id"
         ))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         runs_from_rows(&rows)
     }
 
@@ -1038,7 +1054,8 @@ impl RunStore for SqliteStore {
         .bind(p.cgroup.as_deref())
         .bind(millis(p.recorded_at))
         .execute(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -1049,22 +1066,24 @@ impl RunStore for SqliteStore {
              FROM run_processes ORDER BY run_id",
         )
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|row| {
                 Ok(RunProcess {
-                    run_id: row.try_get("run_id")?,
-                    host: row.try_get("host")?,
-                    boot_id: row.try_get("boot_id")?,
-                    owner_pid: row.try_get("owner_pid")?,
-                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks")?),
-                    pgid: row.try_get("pgid")?,
+                    run_id: row.try_get("run_id").db()?,
+                    host: row.try_get("host").db()?,
+                    boot_id: row.try_get("boot_id").db()?,
+                    owner_pid: row.try_get("owner_pid").db()?,
+                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks").db()?),
+                    pgid: row.try_get("pgid").db()?,
                     leader_start_ticks: row
-                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .try_get::<Option<i64>, _>("leader_start_ticks")
+                        .db()?
                         .map(ticks_from_db),
-                    token: row.try_get("token")?,
-                    cgroup: row.try_get("cgroup")?,
-                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                    token: row.try_get("token").db()?,
+                    cgroup: row.try_get("cgroup").db()?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at").db()?)?,
                 })
             })
             .collect()
@@ -1075,7 +1094,8 @@ impl RunStore for SqliteStore {
         let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = ?")
             .bind(run_id)
             .execute(&self.pool)
-            .await?
+            .await
+            .db()?
             .rows_affected();
         Ok(deleted > 0)
     }
@@ -1090,7 +1110,8 @@ impl JobStateStore for SqliteStore {
         .bind(job_id)
         .bind(key)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(value)
     }
 
@@ -1107,7 +1128,8 @@ impl JobStateStore for SqliteStore {
         .bind(unix_ms)
         .bind(millis(Utc::now()))
         .execute(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -1116,9 +1138,16 @@ impl JobStateStore for SqliteStore {
             "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
         )
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get(0).db()?,
+                    row.try_get(1).db()?,
+                    row.try_get(2).db()?,
+                ))
+            })
             .collect()
     }
 
@@ -1129,7 +1158,8 @@ impl JobStateStore for SqliteStore {
         .bind(job_id)
         .bind(key)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         text.map(|text| parse_json("value", text)).transpose()
     }
 
@@ -1151,7 +1181,8 @@ impl JobStateStore for SqliteStore {
         .bind(value.to_string())
         .bind(millis(Utc::now()))
         .execute(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -1161,7 +1192,8 @@ impl JobStateStore for SqliteStore {
             .bind(job_id)
             .bind(key)
             .execute(&self.pool)
-            .await?
+            .await
+            .db()?
             .rows_affected();
         Ok(deleted > 0)
     }
@@ -1175,11 +1207,12 @@ impl JobStateStore for SqliteStore {
         )
         .bind(job_id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|row| {
-                let key: String = row.try_get("key")?;
-                let value = parse_json("value", row.try_get("value")?)?;
+                let key: String = row.try_get("key").db()?;
+                let value = parse_json("value", row.try_get("value").db()?)?;
                 Ok((key, value))
             })
             .collect()
@@ -1199,7 +1232,8 @@ impl JobStateStore for SqliteStore {
         .bind(scope)
         .bind(item)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(seen_from_row).transpose()
     }
 
@@ -1229,7 +1263,8 @@ impl JobStateStore for SqliteStore {
         .bind(run_id)
         .bind(millis(now))
         .execute(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -1248,7 +1283,8 @@ impl JobStateStore for SqliteStore {
         .bind(scope)
         .bind(state.as_str())
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(seen_from_row).collect()
     }
 
@@ -1260,7 +1296,8 @@ impl JobStateStore for SqliteStore {
                 .bind(scope)
                 .bind(item)
                 .execute(&self.pool)
-                .await?
+                .await
+                .db()?
                 .rows_affected();
         Ok(deleted > 0)
     }
@@ -1285,8 +1322,8 @@ mod tests {
         use async_trait::async_trait;
 
         use super::super::SqliteStore;
-        use crate::store::Store;
-        use crate::store::contract::{self, Database, StoreFactory};
+        use crate::contract::{self, Database, StoreFactory};
+        use soarjobd_core::store::Store;
 
         struct SqliteDb {
             _dir: tempfile::TempDir,
@@ -1335,7 +1372,7 @@ mod tests {
         (dir, path, store)
     }
 
-    use crate::store::contract::{at, finish, new_run};
+    use crate::contract::{at, finish, new_run};
 
     async fn claim_one(store: &SqliteStore, run: NewRun) -> i64 {
         let ids = store.claim_runs(&[run]).await.expect("claim");

@@ -2,30 +2,25 @@
 //! that does not load. One notification when an episode starts and one when it resolves,
 //! never one per run.
 //!
-//! * [`rules`]: the settings (`alerts:` in the config, `alerts:` in a job file) and the rule
-//!   arithmetic.
-//! * [`evaluate`]: the evaluator task. It is driven by run ends ([`RunEnded`], which the runner
+//! This module is what the config, the job files and the sinks share: [`rules`] (the settings:
+//! `alerts:` in the config, `alerts:` in a job file, and the rule arithmetic), [`Notification`]
+//! and the [`Notifier`] trait the sinks implement. The tasks are `soarjobd-engine`'s
+//! `ops::alerts`:
+//!
+//! * `evaluate`: the evaluator task. It is driven by run ends (`RunEnded`, which the runner
 //!   signals), by changes of the invalid job files (which the scheduler publishes) and by a
 //!   periodic sweep (for `no_success_for`); it reads everything else from the store, and keeps
 //!   the episodes there (`alert_episodes`), so a restart neither re-sends nor forgets one.
-//! * [`dispatch`]: a bounded queue and a task per sink. Sending is the [`Notifier`]'s business
+//! * `dispatch`: a bounded queue and a task per sink. Sending is the [`Notifier`]'s business
 //!   (the HTTP sinks live in `soarjobd-clients`: the core knows no HTTP client); a dead sink
 //!   fills its queue, whose oldest entries are then dropped and counted, and nothing else waits.
 
-pub mod dispatch;
-pub mod evaluate;
 pub mod rules;
-
-use std::collections::HashSet;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Notify;
 
-pub use dispatch::Dispatcher;
-pub use evaluate::{Evaluator, consecutive_failures};
 pub use rules::{AlertSettings, JobAlerts, NoSuccessFor};
 
 use crate::store::ops::AlertRule;
@@ -79,32 +74,4 @@ pub trait Notifier: Send + Sync + 'static {
     /// A name for logs (`webhook`, `slack`); never the URL, which is often a credential.
     fn name(&self) -> &str;
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError>;
-}
-
-/// Run ends, as the runner signals them to the evaluator: the ids of jobs whose runs ended
-/// since the evaluator last looked, and a wake-up. Bounded by the number of jobs, and the
-/// runner never waits on it.
-#[derive(Default)]
-pub struct RunEnded {
-    jobs: Mutex<HashSet<String>>,
-    notify: Notify,
-}
-
-impl RunEnded {
-    /// A run of `job_id` ended (called by the runner after recording it).
-    pub fn ended(&self, job_id: &str) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job_id.to_string());
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> HashSet<String> {
-        std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    async fn wait(&self) {
-        self.notify.notified().await
-    }
 }

@@ -1,6 +1,6 @@
 //! A job file's `alerts:` key (its overrides of the config's alert rules) and the
 //! `no_success_for` value both the job file and the config's `alerts:` section take. What the
-//! rules add up to for one job is `ops::alerts::rules`.
+//! rules add up to for one job is `crate::alerts::rules`.
 
 use std::time::Duration;
 

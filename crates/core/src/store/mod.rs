@@ -1,23 +1,16 @@
 //! Durable state: run history, last-success timestamps, per-job context and seen-sets.
 //!
-//! The [`RunStore`] and [`JobStateStore`] traits (together: [`Store`]) are the only way the rest of the daemon touches the database. Its SQL is
-//! kept portable (SQLite now, PostgreSQL for several replicas later). The invariant that makes a
+//! The [`RunStore`], [`JobStateStore`] and [`OpsStore`] traits (together: [`Store`]) and their
+//! row types are the only way the rest of the daemon touches the database. The backends (SQLite,
+//! and PostgreSQL for several replicas) are the `soarjobd-store` crate; this module names no
+//! driver. The invariant that makes a
 //! tick run at most once is the unique key on `(job_id, scheduled_at)` for non-manual runs:
 //! [`RunStore::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
 //! another process (or an earlier life of this one) already took the tick.
 
-#[cfg(any(test, feature = "store-contract"))]
-pub mod contract;
-pub mod lock;
-pub mod migrate_state;
 pub mod ops;
-pub mod owner;
-pub mod postgres;
-pub mod sqlite;
 
-pub use lock::{DaemonLock, LockError};
 pub use ops::OpsStore;
-pub use owner::RunOwner;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -152,6 +145,17 @@ pub struct RunRecord {
     pub owner: Option<RunOwner>,
 }
 
+/// The store instance (and its process) that claimed a run row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunOwner {
+    /// For people: which process it was.
+    pub pid: i64,
+    pub host: String,
+    /// The owner's identity: the name of its lock file. 32 lowercase hex digits.
+    #[serde(skip)]
+    pub nonce: String,
+}
+
 /// The answer to one claim of [`RunStore::claim_runs_exclusive`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -227,7 +231,7 @@ pub struct SeenEntry {
 }
 
 /// Where the processes of a run in progress are (one row of `run_processes`); see
-/// `crate::containment`. Nothing in it is secret: the token only identifies the run's processes.
+/// `soarjobd-containment`. Nothing in it is secret: the token only identifies the run's processes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunProcess {
     pub run_id: i64,
@@ -249,18 +253,23 @@ pub struct RunProcess {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// An error of the database driver behind a store, with its chain of causes. The core names
+/// no driver: the backends (`soarjobd-store`) box theirs (`sqlx::Error`), and code that must
+/// tell one apart downcasts it.
+pub type DbError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {url}")]
     Open {
         url: String,
         #[source]
-        source: sqlx::Error,
+        source: DbError,
     },
     #[error("cannot apply database migrations")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] DbError),
     #[error("database error")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] DbError),
     #[error("corrupt value in column {column}: {value:?}")]
     Corrupt { column: &'static str, value: String },
     #[error("run {0} does not exist")]
@@ -278,18 +287,6 @@ pub enum StoreError {
     /// and took the run over): it was rejected by the run's fencing token, not applied.
     #[error("run {run_id} lost its lease to another replica; the write was not applied")]
     LeaseLost { run_id: i64 },
-}
-
-impl StoreError {
-    /// Maps a migration error, telling a schema newer than this build apart.
-    pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> StoreError {
-        match e {
-            sqlx::migrate::MigrateError::VersionMissing(version) => {
-                StoreError::SchemaTooNew { version }
-            }
-            e => StoreError::Migrate(e),
-        }
-    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -534,7 +531,7 @@ pub trait Store: RunStore + JobStateStore + OpsStore {}
 impl<T: RunStore + JobStateStore + OpsStore + ?Sized> Store for T {}
 
 /// The one slice of [`RunStore`] a running job may use: the process record of its own run
-/// (process containment, `crate::containment`). It cannot read or change any run row, nor the
+/// (process containment, `soarjobd-containment`). It cannot read or change any run row, nor the
 /// process record of another run.
 #[derive(Clone)]
 pub struct RunProcessLog {
@@ -569,93 +566,4 @@ impl RunProcessLog {
 /// Whether a database URL names PostgreSQL.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
-/// Takes the one-daemon-per-database lock (see [`lock`]) for a database URL. `None` for
-/// PostgreSQL, where several daemons (replicas) share one database by design.
-pub fn lock_daemon(url: &str) -> Result<Option<DaemonLock>, LockError> {
-    if is_postgres_url(url) {
-        return Ok(None);
-    }
-    let path = sqlite::database_path(url).map_err(|e| LockError::Io {
-        path: url.into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    DaemonLock::acquire(&path).map(Some)
-}
-
-/// Opens the store a database URL names (`sqlite:PATH` or `postgres://...`), as a client.
-pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
-    open_with(url, &OpenOptions::default()).await
-}
-
-/// [`open`] with the cluster options (the daemon: its role and `cluster.*` settings).
-pub async fn open_with(url: &str, options: &OpenOptions) -> StoreResult<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
-    } else if is_postgres_url(url) {
-        Ok(std::sync::Arc::new(
-            postgres::PgStore::open(url, options).await?,
-        ))
-    } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    /// A job's process record handle reaches only its own run.
-    #[tokio::test]
-    async fn a_run_process_log_records_only_its_own_run() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite:{}", dir.path().join("s.db").display());
-        let store = open(&url).await.expect("open");
-        let now = DateTime::from_timestamp(1_000, 0).expect("instant");
-        let run = |job: &str| NewRun {
-            job_id: job.into(),
-            scheduled_at: now,
-            trigger: Trigger::Schedule,
-            status: RunStatus::Running,
-            started_at: now,
-            message: None,
-        };
-        let ids = store
-            .claim_runs(&[run("a"), run("b")])
-            .await
-            .expect("claim");
-        let (a, b) = (ids[0].expect("a"), ids[1].expect("b"));
-        let record = |run_id| RunProcess {
-            run_id,
-            host: "h".into(),
-            boot_id: "boot".into(),
-            owner_pid: 1,
-            owner_start_ticks: 2,
-            pgid: None,
-            leader_start_ticks: None,
-            token: "t".into(),
-            cgroup: None,
-            recorded_at: now,
-        };
-        let runs: Arc<dyn RunStore> = store.clone();
-        let log = RunProcessLog::new(runs, a);
-        log.record(&record(a)).await.expect("own run");
-        assert!(matches!(
-            log.record(&record(b)).await,
-            Err(StoreError::NoSuchRun(id)) if id == b
-        ));
-        let listed: Vec<i64> = store
-            .run_processes()
-            .await
-            .expect("list")
-            .iter()
-            .map(|p| p.run_id)
-            .collect();
-        assert_eq!(listed, [a]);
-        assert!(log.forget().await.expect("forget"));
-        assert!(store.run_processes().await.expect("list").is_empty());
-        store.close().await;
-    }
 }

@@ -375,7 +375,7 @@ mod tests {
     async fn store_with_run() -> (tempfile::TempDir, Arc<dyn Store>, i64) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:{}", dir.path().join("s.db").display());
-        let store = crate::store::open(&url).await.expect("open");
+        let store = soarjobd_store::open(&url).await.expect("open");
         let now = Utc::now();
         let ids = store
             .claim_runs(&[NewRun {

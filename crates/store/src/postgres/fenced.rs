@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use super::PgStore;
-use crate::store::{JobStateStore, SeenEntry, SeenState, StoreError, StoreResult};
+use crate::Db;
+use soarjobd_core::store::{JobStateStore, SeenEntry, SeenState, StoreError, StoreResult};
 
 /// `$1`, `$2`: the run id and its fencing token (both NULL for an unfenced write). `ok.leased`
 /// is true when the write may go ahead.
@@ -35,8 +36,8 @@ async fn run_fenced(
     lease: Option<(i64, i64)>,
     what: &'static str,
 ) -> StoreResult<u64> {
-    let row = query.fetch_one(pool).await?;
-    let leased: bool = row.try_get("leased")?;
+    let row = query.fetch_one(pool).await.db()?;
+    let leased: bool = row.try_get("leased").db()?;
     if !leased {
         let (run_id, fence) = lease.unwrap_or_default();
         tracing::warn!(
@@ -48,7 +49,7 @@ async fn run_fenced(
         );
         return Err(StoreError::LeaseLost { run_id });
     }
-    let n: i64 = row.try_get("n")?;
+    let n: i64 = row.try_get("n").db()?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 

@@ -47,11 +47,12 @@ use super::{
     RunOwner, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError,
     StoreResult, Trigger,
 };
+use crate::Db;
 
 /// The migrations in `migrations/postgres/`, embedded at compile time. sqlx's migrator holds
 /// a PostgreSQL advisory lock while it applies them, so replicas starting at once apply each
 /// migration once and the others wait, then find it applied.
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The database server's clock in unix milliseconds (the heartbeat and liveness clock).
 macro_rules! NOW_MS {
@@ -80,7 +81,7 @@ const GONE_MESSAGE: &str =
 const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
                             (killed, frozen or cut off); another replica took the run over";
 
-pub use crate::store::is_postgres_url;
+pub use soarjobd_core::store::is_postgres_url;
 
 /// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
 #[derive(Clone)]
@@ -116,9 +117,9 @@ impl PgStore {
     /// Connects, applies pending migrations (refusing a schema newer than this build),
     /// registers this handle as a node and starts its heartbeat.
     pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<PgStore> {
-        let open_error = |source| StoreError::Open {
-            url: crate::redact::redact_url(url),
-            source,
+        let open_error = |source: sqlx::Error| StoreError::Open {
+            url: soarjobd_core::redact::redact_url(url),
+            source: Box::new(source),
         };
         // PostgreSQL's notices ("relation ... already exists, skipping" from the migrator's
         // `CREATE TABLE IF NOT EXISTS` at every start) would be logged at info: only
@@ -204,18 +205,18 @@ async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
         .max_connections(1)
         .connect_with(connect.clone())
         .await
-        .map_err(|source| StoreError::Open {
+        .map_err(|source: sqlx::Error| StoreError::Open {
             url: format!(
                 "postgres://{}:{}/{}",
                 connect.get_host(),
                 connect.get_port(),
                 connect.get_database().unwrap_or("")
             ),
-            source,
+            source: Box::new(source),
         })?;
     let result = MIGRATOR.run(&pool).await;
     pool.close().await;
-    result.map_err(StoreError::from_migrate)
+    result.map_err(crate::from_migrate)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -244,9 +245,9 @@ fn parse_trigger(s: String) -> StoreResult<Trigger> {
 }
 
 fn owner_from_row(row: &PgRow) -> StoreResult<Option<RunOwner>> {
-    let pid: Option<i64> = row.try_get("owner_pid")?;
-    let host: Option<String> = row.try_get("owner_host")?;
-    let node: Option<i64> = row.try_get("owner_node")?;
+    let pid: Option<i64> = row.try_get("owner_pid").db()?;
+    let host: Option<String> = row.try_get("owner_host").db()?;
+    let node: Option<i64> = row.try_get("owner_node").db()?;
     Ok(match (pid, host) {
         (Some(pid), Some(host)) => Some(RunOwner {
             pid,
@@ -258,26 +259,27 @@ fn owner_from_row(row: &PgRow) -> StoreResult<Option<RunOwner>> {
 }
 
 fn run_from_row(row: &PgRow) -> StoreResult<RunRecord> {
-    let status: String = row.try_get("status")?;
+    let status: String = row.try_get("status").db()?;
     let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
         column: "status",
         value: status,
     })?;
     Ok(RunRecord {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at")?)?,
-        trigger: parse_trigger(row.try_get("trigger")?)?,
+        id: row.try_get("id").db()?,
+        job_id: row.try_get("job_id").db()?,
+        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at").db()?)?,
+        trigger: parse_trigger(row.try_get("trigger").db()?)?,
         status,
-        started_at: from_millis("started_at", row.try_get("started_at")?)?,
+        started_at: from_millis("started_at", row.try_get("started_at").db()?)?,
         finished_at: row
-            .try_get::<Option<i64>, _>("finished_at")?
+            .try_get::<Option<i64>, _>("finished_at")
+            .db()?
             .map(|ms| from_millis("finished_at", ms))
             .transpose()?,
-        duration_ms: row.try_get("duration_ms")?,
-        message: row.try_get("message")?,
-        error: row.try_get("error")?,
-        stats: parse_json("stats", row.try_get("stats")?)?,
+        duration_ms: row.try_get("duration_ms").db()?,
+        message: row.try_get("message").db()?,
+        error: row.try_get("error").db()?,
+        stats: parse_json("stats", row.try_get("stats").db()?)?,
         owner: owner_from_row(row)?,
     })
 }
@@ -287,16 +289,16 @@ fn runs_from_rows(rows: &[PgRow]) -> StoreResult<Vec<RunRecord>> {
 }
 
 fn seen_from_row(row: &PgRow) -> StoreResult<SeenEntry> {
-    let state: String = row.try_get("state")?;
+    let state: String = row.try_get("state").db()?;
     let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
         column: "state",
         value: state,
     })?;
     Ok(SeenEntry {
-        item: row.try_get("item")?,
+        item: row.try_get("item").db()?,
         state,
-        run_id: row.try_get("run_id")?,
-        updated_at: from_millis("updated_at", row.try_get("updated_at")?)?,
+        run_id: row.try_get("run_id").db()?,
+        updated_at: from_millis("updated_at", row.try_get("updated_at").db()?)?,
     })
 }
 
@@ -314,9 +316,12 @@ fn claim_times(run: &NewRun) -> (i64, Option<i64>, Option<i64>) {
 /// Whether an error is worth retrying the whole transaction for.
 fn is_transient(e: &StoreError) -> bool {
     match e {
-        StoreError::Db(sqlx::Error::Database(d)) => {
-            matches!(d.code().as_deref(), Some("40P01" | "40001"))
-        }
+        StoreError::Db(e) => match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -354,10 +359,11 @@ impl PgStore {
         // multi-row RETURNING: a slice with one goes row by row, in order.
         if runs.iter().any(|r| r.trigger == Trigger::Manual) {
             for (i, run) in runs.iter().enumerate() {
-                let row = insert_one(run).fetch_optional(&mut *conn).await?;
+                let row = insert_one(run).fetch_optional(&mut *conn).await.db()?;
                 ids[i] = row
                     .map(|r| Ok::<_, sqlx::Error>((r.try_get("id")?, r.try_get("fence")?)))
-                    .transpose()?;
+                    .transpose()
+                    .db()?;
             }
             return Ok(ids);
         }
@@ -417,12 +423,13 @@ impl PgStore {
         .bind(self.inner.host.clone())
         .bind(me)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .db()?;
         for row in rows {
-            let job_id: String = row.try_get("job_id")?;
-            let at: i64 = row.try_get("scheduled_at")?;
+            let job_id: String = row.try_get("job_id").db()?;
+            let at: i64 = row.try_get("scheduled_at").db()?;
             if let Some(&i) = keyed.get(&(job_id.as_str(), at)) {
-                ids[i] = Some((row.try_get("id")?, row.try_get("fence")?));
+                ids[i] = Some((row.try_get("id").db()?, row.try_get("fence").db()?));
             }
         }
         Ok(ids)
@@ -449,7 +456,8 @@ impl PgStore {
         .bind(message)
         .bind(ids)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .db()?;
         let mut runs = runs_from_rows(&rows)?;
         runs.sort_by_key(|r| r.id);
         Ok(runs)
@@ -457,7 +465,7 @@ impl PgStore {
 
     /// One attempt at a claim, in its own transaction.
     async fn claim_once(&self, runs: &[NewRun], exclusive: &[bool]) -> StoreResult<Vec<Claim>> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.pool.begin().await.db()?;
         // This node must still exist: a handle declared dead (after a SIGSTOP) registers
         // again before it claims, or its rows would belong to a deleted node. FOR SHARE keeps
         // another replica from deleting the row until this claim commits.
@@ -465,11 +473,12 @@ impl PgStore {
         let alive: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR SHARE")
             .bind(me)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .db()?;
         if alive.is_none() {
-            tx.rollback().await?;
+            tx.rollback().await.db()?;
             me = self.inner.reregister(me).await?;
-            tx = self.inner.pool.begin().await?;
+            tx = self.inner.pool.begin().await.db()?;
         }
         let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
         let mut jobs: Vec<&str> = runs
@@ -493,7 +502,8 @@ impl PgStore {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7201))")
                     .bind(*job)
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .db()?;
             }
             let ticks: Vec<i64> = runs
                 .iter()
@@ -508,9 +518,13 @@ impl PgStore {
             .bind(&jobs)
             .bind(&ticks)
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .db()?;
             for row in &existing {
-                taken.insert((row.try_get("job_id")?, row.try_get("scheduled_at")?));
+                taken.insert((
+                    row.try_get("job_id").db()?,
+                    row.try_get("scheduled_at").db()?,
+                ));
             }
             let rows = sqlx::query(concat!(
                 "SELECT r.id, r.job_id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node, \
@@ -527,20 +541,21 @@ impl PgStore {
             .bind(self.inner.dead_after_ms)
             .bind(me)
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .db()?;
             // Rows of a node that stopped heartbeating (killed, frozen) and of a node that
             // is gone (closed with the run still running): told apart in their message.
             let (mut dead, mut gone) = (Vec::new(), Vec::new());
             for row in &rows {
-                let id: i64 = row.try_get("id")?;
-                if row.try_get::<bool, _>("live")? {
-                    let job_id: String = row.try_get("job_id")?;
+                let id: i64 = row.try_get("id").db()?;
+                if row.try_get::<bool, _>("live").db()? {
+                    let job_id: String = row.try_get("job_id").db()?;
                     holders.entry(job_id).or_insert(RunHolder {
                         run_id: id,
-                        trigger: parse_trigger(row.try_get("trigger")?)?,
+                        trigger: parse_trigger(row.try_get("trigger").db()?)?,
                         owner: owner_from_row(row)?,
                     });
-                } else if row.try_get::<bool, _>("registered")? {
+                } else if row.try_get::<bool, _>("registered").db()? {
                     dead.push(id);
                 } else {
                     gone.push(id);
@@ -585,7 +600,7 @@ impl PgStore {
         }
         let rows: Vec<NewRun> = plan.iter().map(|(_, r)| r.clone()).collect();
         let ids = self.insert_runs(&mut tx, &rows, me).await?;
-        tx.commit().await?;
+        tx.commit().await.db()?;
 
         let mut claims: Vec<Claim> = busy
             .iter()
@@ -660,7 +675,8 @@ impl RunStore for PgStore {
         .bind(ids)
         .bind(starts)
         .execute(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -689,7 +705,8 @@ impl RunStore for PgStore {
         .bind(run_id)
         .bind(fence)
         .execute(&self.inner.pool)
-        .await?
+        .await
+        .db()?
         .rows_affected();
         self.drop_lease(run_id);
         if changed > 0 {
@@ -699,7 +716,8 @@ impl RunStore for PgStore {
             sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
                 .bind(run_id)
                 .fetch_optional(&self.inner.pool)
-                .await?;
+                .await
+                .db()?;
         match status {
             None => Err(StoreError::NoSuchRun(run_id)),
             Some(status) => {
@@ -721,7 +739,8 @@ impl RunStore for PgStore {
         let done = sqlx::query("DELETE FROM job_runs WHERE id = $1 AND status = 'running'")
             .bind(run_id)
             .execute(&self.inner.pool)
-            .await?;
+            .await
+            .db()?;
         self.drop_lease(run_id);
         Ok(done.rows_affected() > 0)
     }
@@ -755,7 +774,8 @@ impl RunStore for PgStore {
         .bind(DEAD_MESSAGE)
         .bind(GONE_MESSAGE)
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         let mut runs = runs_from_rows(&rows)?;
         runs.sort_by_key(|r| r.id);
         Ok(runs)
@@ -767,7 +787,8 @@ impl RunStore for PgStore {
         )
         .bind(job_id)
         .fetch_one(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         ms.map(|ms| from_millis("scheduled_at", ms)).transpose()
     }
 
@@ -779,7 +800,8 @@ impl RunStore for PgStore {
         ))
         .bind(run_id)
         .fetch_optional(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(run_from_row).transpose()
     }
 
@@ -792,7 +814,8 @@ impl RunStore for PgStore {
         .bind(job_id)
         .bind(i64::from(limit))
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         runs_from_rows(&rows)
     }
 
@@ -803,7 +826,8 @@ impl RunStore for PgStore {
             " FROM job_runs ORDER BY job_id, started_at DESC, id DESC"
         ))
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         runs_from_rows(&rows)
     }
 
@@ -822,7 +846,8 @@ impl RunStore for PgStore {
         .bind(i64::from(keep_runs))
         .bind(millis(older_than))
         .execute(&self.inner.pool)
-        .await?
+        .await
+        .db()?
         .rows_affected();
         Ok(deleted)
     }
@@ -866,7 +891,8 @@ impl RunStore for PgStore {
         .bind(p.cgroup.as_deref())
         .bind(millis(p.recorded_at))
         .execute(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -877,23 +903,25 @@ impl RunStore for PgStore {
              FROM run_processes ORDER BY run_id",
         )
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         let ticks = |t: i64| u64::try_from(t).unwrap_or(0);
         rows.iter()
             .map(|row| {
                 Ok(RunProcess {
-                    run_id: row.try_get("run_id")?,
-                    host: row.try_get("host")?,
-                    boot_id: row.try_get("boot_id")?,
-                    owner_pid: row.try_get("owner_pid")?,
-                    owner_start_ticks: ticks(row.try_get("owner_start_ticks")?),
-                    pgid: row.try_get("pgid")?,
+                    run_id: row.try_get("run_id").db()?,
+                    host: row.try_get("host").db()?,
+                    boot_id: row.try_get("boot_id").db()?,
+                    owner_pid: row.try_get("owner_pid").db()?,
+                    owner_start_ticks: ticks(row.try_get("owner_start_ticks").db()?),
+                    pgid: row.try_get("pgid").db()?,
                     leader_start_ticks: row
-                        .try_get::<Option<i64>, _>("leader_start_ticks")?
+                        .try_get::<Option<i64>, _>("leader_start_ticks")
+                        .db()?
                         .map(ticks),
-                    token: row.try_get("token")?,
-                    cgroup: row.try_get("cgroup")?,
-                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at")?)?,
+                    token: row.try_get("token").db()?,
+                    cgroup: row.try_get("cgroup").db()?,
+                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at").db()?)?,
                 })
             })
             .collect()
@@ -903,7 +931,8 @@ impl RunStore for PgStore {
         let deleted = sqlx::query("DELETE FROM run_processes WHERE run_id = $1")
             .bind(run_id)
             .execute(&self.inner.pool)
-            .await?
+            .await
+            .db()?
             .rows_affected();
         Ok(deleted > 0)
     }
@@ -918,19 +947,20 @@ impl RunStore for PgStore {
         ))
         .bind(self.inner.dead_after_ms)
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|row| {
-                let id: i64 = row.try_get("id")?;
+                let id: i64 = row.try_get("id").db()?;
                 Ok(NodeInfo {
                     id,
-                    host: row.try_get("host")?,
-                    pid: row.try_get("pid")?,
-                    version: row.try_get("version")?,
-                    role: row.try_get("role")?,
-                    started_at: from_millis("started_at", row.try_get("started_at")?)?,
-                    heartbeat_at: from_millis("heartbeat_at", row.try_get("heartbeat_at")?)?,
-                    alive: row.try_get("alive")?,
+                    host: row.try_get("host").db()?,
+                    pid: row.try_get("pid").db()?,
+                    version: row.try_get("version").db()?,
+                    role: row.try_get("role").db()?,
+                    started_at: from_millis("started_at", row.try_get("started_at").db()?)?,
+                    heartbeat_at: from_millis("heartbeat_at", row.try_get("heartbeat_at").db()?)?,
+                    alive: row.try_get("alive").db()?,
                     this: id == me,
                 })
             })
@@ -944,7 +974,8 @@ impl RunStore for PgStore {
         )
         .bind(run_id)
         .execute(&self.inner.pool)
-        .await?
+        .await
+        .db()?
         .rows_affected();
         Ok(n > 0)
     }
@@ -967,7 +998,8 @@ impl JobStateStore for PgStore {
         .bind(job_id)
         .bind(key)
         .fetch_optional(&self.inner.pool)
-        .await?)
+        .await
+        .db()?)
     }
 
     async fn set_timestamp(&self, job_id: &str, key: &str, unix_ms: i64) -> StoreResult<()> {
@@ -979,9 +1011,16 @@ impl JobStateStore for PgStore {
             "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
         )
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get(0).db()?,
+                    row.try_get(1).db()?,
+                    row.try_get(2).db()?,
+                ))
+            })
             .collect()
     }
 
@@ -992,7 +1031,8 @@ impl JobStateStore for PgStore {
         .bind(job_id)
         .bind(key)
         .fetch_optional(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         text.map(|t| parse_json("value", t)).transpose()
     }
 
@@ -1018,11 +1058,12 @@ impl JobStateStore for PgStore {
         )
         .bind(job_id)
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|row| {
-                let key: String = row.try_get("key")?;
-                Ok((key, parse_json("value", row.try_get("value")?)?))
+                let key: String = row.try_get("key").db()?;
+                Ok((key, parse_json("value", row.try_get("value").db()?)?))
             })
             .collect()
     }
@@ -1041,7 +1082,8 @@ impl JobStateStore for PgStore {
         .bind(scope)
         .bind(item)
         .fetch_optional(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(seen_from_row).transpose()
     }
 
@@ -1079,7 +1121,8 @@ impl JobStateStore for PgStore {
         .bind(scope)
         .bind(state.as_str())
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(seen_from_row).collect()
     }
 

@@ -12,7 +12,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, NOW_MS};
-use crate::store::{ClusterEvent, StoreResult};
+use crate::Db;
+use soarjobd_core::store::{ClusterEvent, StoreResult};
 
 /// Inserts a node row for this process and returns its id.
 pub(super) async fn register(pool: &PgPool, host: &str, pid: i64, role: &str) -> StoreResult<i64> {
@@ -29,7 +30,8 @@ pub(super) async fn register(pool: &PgPool, host: &str, pid: i64, role: &str) ->
     .bind(env!("CARGO_PKG_VERSION"))
     .bind(role)
     .fetch_one(pool)
-    .await?;
+    .await
+    .db()?;
     Ok(id)
 }
 
@@ -79,7 +81,8 @@ impl Inner {
         ))
         .bind(me)
         .execute(&self.pool)
-        .await?
+        .await
+        .db()?
         .rows_affected();
         if updated == 0 {
             self.reregister(me).await?;
@@ -92,7 +95,8 @@ impl Inner {
         )
         .bind(me)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         if !cancel.is_empty() {
             let _ = self.events.send(ClusterEvent::CancelRequested(cancel));
         }
@@ -123,7 +127,7 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
             Ok(()) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %crate::error::error_chain(&e), "cannot write the heartbeat");
+                tracing::warn!(error = %soarjobd_core::error::error_chain(&e), "cannot write the heartbeat");
             }
             Err(_) => {}
         }

@@ -13,10 +13,11 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{PgStore, from_millis, millis, parse_json};
-use crate::store::ops::{
+use crate::Db;
+use soarjobd_core::store::ops::{
     AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
 };
-use crate::store::{StoreError, StoreResult};
+use soarjobd_core::store::{StoreError, StoreResult};
 
 fn opt_from_millis(column: &'static str, ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
     ms.map(|ms| from_millis(column, ms)).transpose()
@@ -24,39 +25,40 @@ fn opt_from_millis(column: &'static str, ms: Option<i64>) -> StoreResult<Option<
 
 fn pause_from_row(row: &PgRow) -> StoreResult<JobPause> {
     Ok(JobPause {
-        job_id: row.try_get("job_id")?,
-        since: from_millis("since", row.try_get("since")?)?,
-        reason: row.try_get("reason")?,
-        actor: row.try_get("actor")?,
+        job_id: row.try_get("job_id").db()?,
+        since: from_millis("since", row.try_get("since").db()?)?,
+        reason: row.try_get("reason").db()?,
+        actor: row.try_get("actor").db()?,
     })
 }
 
 fn ended_from_row(row: &PgRow) -> StoreResult<Option<EndedPause>> {
-    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at")?)? else {
+    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at").db()?)? else {
         return Ok(None);
     };
     Ok(Some(EndedPause {
         pause: pause_from_row(row)?,
         resumed_at,
         resumed_by: row
-            .try_get::<Option<String>, _>("resumed_by")?
+            .try_get::<Option<String>, _>("resumed_by")
+            .db()?
             .unwrap_or_default(),
-        catch_up: row.try_get::<i64, _>("catch_up")? != 0,
+        catch_up: row.try_get::<i64, _>("catch_up").db()? != 0,
     }))
 }
 
 fn episode_from_row(row: &PgRow) -> StoreResult<AlertEpisode> {
-    let rule: String = row.try_get("rule")?;
+    let rule: String = row.try_get("rule").db()?;
     Ok(AlertEpisode {
-        id: row.try_get("id")?,
+        id: row.try_get("id").db()?,
         rule: AlertRule::parse(&rule).ok_or(StoreError::Corrupt {
             column: "rule",
             value: rule,
         })?,
-        subject: row.try_get("subject")?,
-        opened_at: from_millis("opened_at", row.try_get("opened_at")?)?,
-        detail: row.try_get("detail")?,
-        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at")?)?,
+        subject: row.try_get("subject").db()?,
+        opened_at: from_millis("opened_at", row.try_get("opened_at").db()?)?,
+        detail: row.try_get("detail").db()?,
+        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at").db()?)?,
     })
 }
 
@@ -80,7 +82,7 @@ impl OpsStore for PgStore {
         actor: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<PauseOutcome> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin().await.db()?;
         // Only a row without a pause in force is (re)written: a second pause keeps the first
         // one's start.
         let changed = sqlx::query(
@@ -96,7 +98,8 @@ impl OpsStore for PgStore {
         .bind(reason)
         .bind(actor)
         .execute(&mut *tx)
-        .await?
+        .await
+        .db()?
         .rows_affected()
             > 0;
         let row = sqlx::query(concat!(
@@ -106,8 +109,9 @@ impl OpsStore for PgStore {
         ))
         .bind(job_id)
         .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .await
+        .db()?;
+        tx.commit().await.db()?;
         let pause = pause_from_row(&row)?;
         Ok(if changed {
             PauseOutcome::Paused(pause)
@@ -133,7 +137,8 @@ impl OpsStore for PgStore {
         .bind(i64::from(catch_up))
         .bind(job_id)
         .fetch_optional(self.pool())
-        .await?;
+        .await
+        .db()?;
         match row {
             Some(r) => ended_from_row(&r),
             None => Ok(None),
@@ -147,7 +152,8 @@ impl OpsStore for PgStore {
             " FROM job_pauses WHERE resumed_at IS NULL ORDER BY job_id"
         ))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(pause_from_row).collect()
     }
 
@@ -159,7 +165,8 @@ impl OpsStore for PgStore {
         ))
         .bind(job_id)
         .fetch_optional(self.pool())
-        .await?;
+        .await
+        .db()?;
         match row {
             Some(r) => ended_from_row(&r),
             None => Ok(None),
@@ -175,7 +182,8 @@ impl OpsStore for PgStore {
             pause_columns!()
         ))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .db()?;
         let mut taken = Vec::new();
         for r in &rows {
             if let Some(mut e) = ended_from_row(r)? {
@@ -225,7 +233,8 @@ impl OpsStore for PgStore {
         .bind(messages)
         .bind(fields)
         .execute(self.pool())
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
@@ -243,17 +252,18 @@ impl OpsStore for PgStore {
         .bind(after_seq)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|r| {
                 Ok(RunLogLine {
-                    run_id: r.try_get("run_id")?,
-                    seq: r.try_get("seq")?,
-                    at: from_millis("at", r.try_get("at")?)?,
-                    level: r.try_get("level")?,
-                    target: r.try_get("target")?,
-                    message: r.try_get("message")?,
-                    fields: parse_json("fields", r.try_get("fields")?)?,
+                    run_id: r.try_get("run_id").db()?,
+                    seq: r.try_get("seq").db()?,
+                    at: from_millis("at", r.try_get("at").db()?)?,
+                    level: r.try_get("level").db()?,
+                    target: r.try_get("target").db()?,
+                    message: r.try_get("message").db()?,
+                    fields: parse_json("fields", r.try_get("fields").db()?)?,
                 })
             })
             .collect()
@@ -278,7 +288,8 @@ impl OpsStore for PgStore {
         .bind(millis(at))
         .bind(detail)
         .fetch_optional(self.pool())
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(episode_from_row).transpose()
     }
 
@@ -297,7 +308,8 @@ impl OpsStore for PgStore {
         .bind(rule.as_str())
         .bind(subject)
         .fetch_optional(self.pool())
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(episode_from_row).transpose()
     }
 
@@ -308,7 +320,8 @@ impl OpsStore for PgStore {
             " FROM alert_episodes WHERE resolved_at IS NULL ORDER BY id"
         ))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(episode_from_row).collect()
     }
 
@@ -319,9 +332,15 @@ impl OpsStore for PgStore {
              ORDER BY job_id",
         )
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .db()?;
         rows.iter()
-            .map(|r| Ok((r.try_get("job_id")?, from_millis("at", r.try_get("at")?)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("job_id").db()?,
+                    from_millis("at", r.try_get("at").db()?)?,
+                ))
+            })
             .collect()
     }
 }

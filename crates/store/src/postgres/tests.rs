@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::testdb::TestDb;
 use super::{MIGRATOR, PgStore};
-use crate::store::contract::{self, Database, StoreFactory, at, finish, new_run};
-use crate::store::{
+use crate::contract::{self, Database, StoreFactory, at, finish, new_run};
+use soarjobd_core::store::{
     ClusterEvent, JobStateStore, OpenOptions, RunStatus, RunStore, SeenState, Store, StoreError,
     Trigger,
 };

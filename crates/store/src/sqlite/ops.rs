@@ -8,10 +8,11 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, WriteTx, from_millis, millis, opt_from_millis, parse_json};
-use crate::store::ops::{
+use crate::Db;
+use soarjobd_core::store::ops::{
     AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
 };
-use crate::store::{StoreError, StoreResult};
+use soarjobd_core::store::{StoreError, StoreResult};
 
 /// Log lines per INSERT statement (7 parameters each, far below SQLite's limit) and per write
 /// transaction: small, so a tick waiting for the write gate is not held up by a chatty run.
@@ -19,39 +20,40 @@ const LOG_CHUNK: usize = 100;
 
 fn pause_from_row(row: &SqliteRow) -> StoreResult<JobPause> {
     Ok(JobPause {
-        job_id: row.try_get("job_id")?,
-        since: from_millis("since", row.try_get("since")?)?,
-        reason: row.try_get("reason")?,
-        actor: row.try_get("actor")?,
+        job_id: row.try_get("job_id").db()?,
+        since: from_millis("since", row.try_get("since").db()?)?,
+        reason: row.try_get("reason").db()?,
+        actor: row.try_get("actor").db()?,
     })
 }
 
 fn ended_from_row(row: &SqliteRow) -> StoreResult<Option<EndedPause>> {
-    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at")?)? else {
+    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at").db()?)? else {
         return Ok(None);
     };
     Ok(Some(EndedPause {
         pause: pause_from_row(row)?,
         resumed_at,
         resumed_by: row
-            .try_get::<Option<String>, _>("resumed_by")?
+            .try_get::<Option<String>, _>("resumed_by")
+            .db()?
             .unwrap_or_default(),
-        catch_up: row.try_get::<i64, _>("catch_up")? != 0,
+        catch_up: row.try_get::<i64, _>("catch_up").db()? != 0,
     }))
 }
 
 fn episode_from_row(row: &SqliteRow) -> StoreResult<AlertEpisode> {
-    let rule: String = row.try_get("rule")?;
+    let rule: String = row.try_get("rule").db()?;
     Ok(AlertEpisode {
-        id: row.try_get("id")?,
+        id: row.try_get("id").db()?,
         rule: AlertRule::parse(&rule).ok_or(StoreError::Corrupt {
             column: "rule",
             value: rule,
         })?,
-        subject: row.try_get("subject")?,
-        opened_at: from_millis("opened_at", row.try_get("opened_at")?)?,
-        detail: row.try_get("detail")?,
-        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at")?)?,
+        subject: row.try_get("subject").db()?,
+        opened_at: from_millis("opened_at", row.try_get("opened_at").db()?)?,
+        detail: row.try_get("detail").db()?,
+        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at").db()?)?,
     })
 }
 
@@ -84,7 +86,8 @@ impl OpsStore for SqliteStore {
             .bind(reason)
             .bind(actor)
             .execute(tx.conn())
-            .await?
+            .await
+            .db()?
             .rows_affected()
                 > 0;
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -92,7 +95,8 @@ impl OpsStore for SqliteStore {
             )))
             .bind(job_id)
             .fetch_one(tx.conn())
-            .await?;
+            .await
+            .db()?;
             let pause = pause_from_row(&row)?;
             Ok(if changed {
                 PauseOutcome::Paused(pause)
@@ -121,7 +125,8 @@ impl OpsStore for SqliteStore {
         .bind(i64::from(catch_up))
         .bind(job_id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         match row {
             Some(r) => ended_from_row(&r),
             None => Ok(None),
@@ -133,7 +138,8 @@ impl OpsStore for SqliteStore {
             "SELECT {PAUSE_COLUMNS} FROM job_pauses WHERE resumed_at IS NULL ORDER BY job_id"
         )))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(pause_from_row).collect()
     }
 
@@ -143,7 +149,8 @@ impl OpsStore for SqliteStore {
         )))
         .bind(job_id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         match row {
             Some(r) => ended_from_row(&r),
             None => Ok(None),
@@ -156,7 +163,8 @@ impl OpsStore for SqliteStore {
         let any: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM job_pauses WHERE catch_up <> 0 LIMIT 1")
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .db()?;
         if any.is_none() {
             return Ok(Vec::new());
         }
@@ -167,7 +175,8 @@ impl OpsStore for SqliteStore {
              WHERE catch_up <> 0 AND resumed_at IS NOT NULL RETURNING {PAUSE_COLUMNS}"
         )))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         let mut taken = Vec::new();
         for r in &rows {
             if let Some(mut e) = ended_from_row(r)? {
@@ -214,7 +223,7 @@ impl OpsStore for SqliteStore {
                     .bind(l.fields.to_string());
             }
             let _gate = self.write_lock().await;
-            q.execute(&self.pool).await?;
+            q.execute(&self.pool).await.db()?;
         }
         Ok(())
     }
@@ -233,17 +242,18 @@ impl OpsStore for SqliteStore {
         .bind(after_seq)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter()
             .map(|r| {
                 Ok(RunLogLine {
-                    run_id: r.try_get("run_id")?,
-                    seq: r.try_get("seq")?,
-                    at: from_millis("at", r.try_get("at")?)?,
-                    level: r.try_get("level")?,
-                    target: r.try_get("target")?,
-                    message: r.try_get("message")?,
-                    fields: parse_json("fields", r.try_get("fields")?)?,
+                    run_id: r.try_get("run_id").db()?,
+                    seq: r.try_get("seq").db()?,
+                    at: from_millis("at", r.try_get("at").db()?)?,
+                    level: r.try_get("level").db()?,
+                    target: r.try_get("target").db()?,
+                    message: r.try_get("message").db()?,
+                    fields: parse_json("fields", r.try_get("fields").db()?)?,
                 })
             })
             .collect()
@@ -267,7 +277,8 @@ impl OpsStore for SqliteStore {
         .bind(millis(at))
         .bind(detail)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(episode_from_row).transpose()
     }
 
@@ -286,7 +297,8 @@ impl OpsStore for SqliteStore {
         .bind(rule.as_str())
         .bind(subject)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         row.as_ref().map(episode_from_row).transpose()
     }
 
@@ -295,7 +307,8 @@ impl OpsStore for SqliteStore {
             "SELECT {EPISODE_COLUMNS} FROM alert_episodes WHERE resolved_at IS NULL ORDER BY id"
         )))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         rows.iter().map(episode_from_row).collect()
     }
 
@@ -305,9 +318,14 @@ impl OpsStore for SqliteStore {
              WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY job_id ORDER BY job_id",
         )
         .fetch_all(&self.pool)
-        .await?;
+        .await.db()?;
         rows.iter()
-            .map(|r| Ok((r.try_get("job_id")?, from_millis("at", r.try_get("at")?)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("job_id").db()?,
+                    from_millis("at", r.try_get("at").db()?)?,
+                ))
+            })
             .collect()
     }
 }

@@ -1,0 +1,45 @@
+//! The alert tasks: the evaluator ([`evaluate`]) and the delivery to the sinks ([`dispatch`]).
+//! The settings, [`Notification`] and the [`Notifier`] trait are the core's
+//! (`soarjobd_core::alerts`), re-exported here.
+
+pub mod dispatch;
+pub mod evaluate;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+pub use dispatch::Dispatcher;
+pub use evaluate::{Evaluator, consecutive_failures};
+pub use soarjobd_core::alerts::{
+    AlertSettings, AlertState, JobAlerts, NoSuccessFor, Notification, Notifier, NotifyError, rules,
+};
+
+/// Run ends, as the runner signals them to the evaluator: the ids of jobs whose runs ended
+/// since the evaluator last looked, and a wake-up. Bounded by the number of jobs, and the
+/// runner never waits on it.
+#[derive(Default)]
+pub struct RunEnded {
+    jobs: Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
+impl RunEnded {
+    /// A run of `job_id` ended (called by the runner after recording it).
+    pub fn ended(&self, job_id: &str) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id.to_string());
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
