@@ -128,7 +128,7 @@ async fn insert_one(
     owner: &RunOwner,
 ) -> StoreResult<Option<i64>> {
     let (started_at, finished_at, duration_ms) = claim_times(run);
-    Ok(sqlx::query_scalar(concat!(
+    sqlx::query_scalar(concat!(
         "INSERT INTO job_runs ",
         claim_columns!(),
         " VALUES ",
@@ -148,7 +148,7 @@ async fn insert_one(
     .bind(&owner.nonce)
     .fetch_optional(&mut *tx)
     .await
-    .db()?)
+    .db()
 }
 
 /// One write transaction (`BEGIN IMMEDIATE` ... `COMMIT`) on a pooled connection, holding the

@@ -25,6 +25,7 @@
 mod fenced;
 mod node;
 mod ops;
+#[cfg(any(test, feature = "test-db"))]
 pub mod testdb;
 #[cfg(test)]
 mod tests;
