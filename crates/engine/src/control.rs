@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::observe::{RunNowError, Status};
 use crate::runner::StopReason;
 use crate::scheduler::{Command, RunningRuns};
-use crate::store::Store;
+use crate::store::ops::RunLogLine;
+use crate::store::{RunRecord, Store, StoreResult};
 
 /// What the admin server may do to a running daemon: read its state, start a manual run
 /// (through the scheduler, so the claim, overlap and shutdown rules of every run apply) and
@@ -17,7 +18,9 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct Control {
     pub status: Status,
-    pub store: Arc<dyn Store>,
+    /// The store, read-only: history, runs and their logs. Writes go through the scheduler
+    /// (`run_now`), the runs (`cancel`) and `pauses`.
+    pub store: ReadStore,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) running: RunningRuns,
     /// Pause and resume (persisted; the scheduler reacts at once).
@@ -50,5 +53,42 @@ impl Control {
     /// The ids of this daemon's runs in progress.
     pub fn running_count(&self) -> usize {
         self.running.len()
+    }
+}
+
+/// The read side of a daemon's store: what the admin server shows (the history, a run, its
+/// log lines). It cannot claim, finish or interrupt a run, nor write a job's state: the
+/// admin server changes a daemon only through [`Control`]'s commands.
+#[derive(Clone)]
+pub struct ReadStore(Arc<dyn Store>);
+
+impl ReadStore {
+    pub fn new(store: Arc<dyn Store>) -> ReadStore {
+        ReadStore(store)
+    }
+
+    /// One run, if it exists.
+    pub async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
+        self.0.run(run_id).await
+    }
+
+    /// The job's runs, newest first.
+    pub async fn history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        self.0.history(job_id, limit).await
+    }
+
+    /// The newest run of every job that has one.
+    pub async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        self.0.last_runs().await
+    }
+
+    /// A run's log lines with `seq > after_seq`, in order, at most `limit`.
+    pub async fn run_logs(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLogLine>> {
+        self.0.run_logs(run_id, after_seq, limit).await
     }
 }

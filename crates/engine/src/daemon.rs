@@ -227,7 +227,7 @@ impl DaemonBuilder {
         };
         let control = Control {
             status: status.clone(),
-            store: store.clone(),
+            store: crate::control::ReadStore::new(store.clone()),
             commands: tx.clone(),
             running: running.clone(),
             pauses: pauses.clone(),
