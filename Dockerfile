@@ -9,6 +9,9 @@ WORKDIR /src
 #    [[bench]], hence the loops; a test checks the lists match the workspace).
 COPY Cargo.toml Cargo.lock ./
 COPY crates/core/Cargo.toml ./crates/core/
+COPY crates/store/Cargo.toml ./crates/store/
+COPY crates/containment/Cargo.toml ./crates/containment/
+COPY crates/engine/Cargo.toml ./crates/engine/
 COPY crates/clients/Cargo.toml ./crates/clients/
 COPY crates/jobs/Cargo.toml ./crates/jobs/
 COPY crates/sim/Cargo.toml ./crates/sim/
@@ -16,18 +19,18 @@ COPY crates/admin/Cargo.toml ./crates/admin/
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
-    && for c in core clients jobs sim admin; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
-    && echo 'fn main() {}' > crates/core/build.rs \
+    && for c in core store containment engine clients jobs sim admin; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
+    && echo 'fn main() {}' > crates/store/build.rs \
     && for b in scheduler soar batch soak cluster; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin soarjobd \
-    && rm -rf src benches examples crates/*/src crates/core/build.rs
-# 2. The real sources (the migrations are embedded by the core crate at compile time).
+    && rm -rf src benches examples crates/*/src crates/store/build.rs
+# 2. The real sources (the migrations, in crates/store/migrations/, are embedded by the store
+#    crate at compile time).
 COPY src ./src
 COPY crates ./crates
-COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
-RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs crates/core/build.rs \
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs crates/store/build.rs \
     && cargo build --release --locked --bin soarjobd
 
 FROM debian:bookworm-slim AS runtime
