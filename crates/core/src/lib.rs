@@ -10,6 +10,7 @@ pub mod config;
 pub mod containment;
 pub mod daemon;
 pub mod definition;
+pub mod exec_policy;
 pub mod exit;
 pub mod job;
 pub mod observe;

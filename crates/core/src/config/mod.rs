@@ -116,6 +116,8 @@ pub struct Settings {
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
     pub secrets: SecretsSettings,
+    /// The `exec` section: the user job processes run as, and how many at once.
+    pub exec: crate::exec_policy::ExecSettings,
     /// The platform sections by top-level key (`soar`, ...), raw: each platform reads its own
     /// through the grammar ([`grammar::Section`]) with [`Settings::origins`].
     pub sections: BTreeMap<String, Value>,
@@ -176,6 +178,7 @@ impl Default for Settings {
             cluster: ClusterSettings::default(),
             reload_poll: Duration::from_secs(30),
             secrets: SecretsSettings::default(),
+            exec: Default::default(),
             sections: BTreeMap::new(),
             origins: Arc::new(Origins::default()),
         }
@@ -217,6 +220,7 @@ const CORE_KEYS: &[&str] = &[
     "reload_poll",
     "secrets",
     "cluster",
+    "exec",
 ];
 
 /// Loads and validates the configuration. Top-level mappings this module does not know are
@@ -576,6 +580,19 @@ fn validate(
     }
     let secrets = secrets.finish();
     top.absorb(secrets);
+
+    let mut exec = top.section("exec");
+    if let Some(u) = exec.string("user") {
+        let u = u.trim().to_string();
+        if u.is_empty() {
+            exec.problem("user", "`exec.user` must name a user");
+        } else {
+            s.exec.user = Some(u);
+        }
+    }
+    s.exec.max_concurrent = exec.uint("max_concurrent", s.exec.max_concurrent, 0);
+    let exec = exec.finish();
+    top.absorb(exec);
 
     // Platform sections: declared ones are checked by their platform; without declarations
     // (`load`), every other top-level mapping is kept for its platform to check later.

@@ -1,0 +1,299 @@
+//! Hardening with the real binary: a job process cannot get at the daemon's credentials, and
+//! a second SIGTERM leaves no process of a run behind.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use soarjobd::store::RunStatus;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_soarjobd");
+
+/// Kills the daemon if a failed assertion left it running.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn soarjobd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
+        .env("SOARJOBD__ADMIN__LISTEN", "off")
+        .env(
+            "SOARJOBD__DATABASE_URL",
+            format!("sqlite:{}", dir.join("state.db").display()),
+        );
+    c
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: a signal to a child this test spawned and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// True if `pid` is a live process (a zombie counts as dead).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Bug 2 of issue 16: an `exec` job read `/proc/<daemon pid>/environ` (the daemon's own
+/// user) and printed `SOARJOBD__SOAR__APP_KEY` reversed, past redaction, into the run log.
+/// Now the daemon is non-dumpable, takes its `SOARJOBD__*` variables out of its environment
+/// (and overwrites them where `/proc/<pid>/environ` reads them), and runs job processes as
+/// `exec.user`. The job, as `nobody` when this test runs as root (as the test's own user
+/// otherwise), cannot read the daemon's environment nor any file holding the key; nothing of
+/// the key, reversed or not, reaches the run's stored log or the daemon's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_read_the_daemons_credentials() {
+    let app = TestApp::new();
+    let dir = app.dir.path();
+    // The job user must reach its script; the state database stays private (0600).
+    for d in [dir, &dir.join("jobs")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let key = format!("k3y{}", uuid::Uuid::new_v4().simple());
+    let reversed: String = key.chars().rev().collect();
+    // What the issue's job did, and more: every way to the daemon's environment and memory
+    // maps, printed reversed (redaction knows the key, not its reverse), plus every file of
+    // the test folder it can read.
+    let script = format!(
+        r#"echo "uid=$(id -u)"
+for f in /proc/$PPID/environ /proc/$PPID/cmdline /proc/$PPID/status /proc/$PPID/maps; do
+  if cat "$f" > /dev/null 2>&1; then echo "READABLE $f"; tr '\0' '\n' < "$f" | rev; else echo "UNREADABLE $f"; fi
+done
+for f in $(find {dir} -type f 2>/dev/null); do
+  if cat "$f" > /dev/null 2>&1; then cat "$f" | tr '\0' '\n' | rev; fi
+done
+tr '\0' '\n' < /proc/self/environ | rev
+echo done"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("jobs").join("peek.sh"), script).unwrap();
+    std::fs::set_permissions(
+        dir.join("jobs").join("peek.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    app.write_job(
+        "peek",
+        "name: Peek\njob: exec\nschedule: {every: 1s}\ncommand: [/bin/sh, peek.sh]\nworking_dir: .\n",
+    );
+    let log = app.path("daemon.log");
+    let mut cmd = soarjobd(dir, &["run", "--log-format", "json"]);
+    cmd.env("SOARJOBD__SOAR__URL", "http://127.0.0.1:9")
+        .env("SOARJOBD__SOAR__APP_KEY", &key)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if is_root() {
+        cmd.env("SOARJOBD__EXEC__USER", "nobody");
+    } else {
+        println!("not root: the job runs as the daemon's own user (non-dumpable daemon)");
+    }
+    let mut daemon = Daemon(cmd.spawn().unwrap());
+    let pid = daemon.0.id();
+
+    let store = app.store().await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&runs(&store, "peek").await, RunStatus::Succeeded) >= 1
+        })
+        .await,
+        "the job did not run: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The environment the kernel shows for the daemon holds no value of its variables (as
+    // root this test can read it; as another user it cannot at all).
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => {
+            let text = String::from_utf8_lossy(&env);
+            assert!(
+                !text.contains(&key),
+                "the key is still in the environ block"
+            );
+            assert!(
+                text.contains("SOARJOBD__SOAR__APP_KEY=\0") || !text.contains("APP_KEY"),
+                "{text:?}"
+            );
+        }
+        Err(e) => println!("/proc/{pid}/environ unreadable to the test itself ({e})"),
+    }
+    signal(&daemon.0, libc::SIGTERM);
+    assert!(
+        wait_exit(&mut daemon.0, Duration::from_secs(30)).is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly"
+    );
+
+    let run = runs(&store, "peek")
+        .await
+        .into_iter()
+        .find(|r| r.status == RunStatus::Succeeded)
+        .unwrap();
+    let lines = store.run_logs(run.id, 0, 10_000).await.unwrap();
+    let stored: String = lines
+        .iter()
+        .map(|l| format!("{} {}\n", l.message, l.fields))
+        .collect();
+    assert!(
+        stored.contains("done"),
+        "the script ran to its end: {stored}"
+    );
+    assert!(
+        stored.contains(&format!("UNREADABLE /proc/{pid}/environ")),
+        "the job could read the daemon's environment: {stored}"
+    );
+    if is_root() {
+        assert!(stored.contains("uid=65534"), "ran as nobody: {stored}");
+    }
+    for secret in [&key, &reversed] {
+        assert!(
+            !stored.contains(secret.as_str()),
+            "the key reached the run's log: {stored}"
+        );
+        let daemon_log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !daemon_log.contains(secret.as_str()),
+            "the key reached the daemon's log"
+        );
+    }
+    store.close().await;
+}
+
+/// A second SIGTERM used to exit at once, leaving the running job's processes (a `setsid`
+/// grandchild included) alive and its row `running`. Now the runs' cgroups, groups and
+/// token-carrying processes are killed before the exit, and the row is `cancelled` with the
+/// reason. With the cgroup and without (group and token only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_leaves_no_process_behind() {
+    for cgroup in [true, false] {
+        second_sigterm(cgroup).await;
+    }
+}
+
+async fn second_sigterm(cgroup: bool) {
+    let app = TestApp::new();
+    let dir = app.dir.path();
+    let (gk, sk) = (app.path("grandchild.pid"), app.path("session.pid"));
+    // A job that ignores SIGTERM, with a grandchild in its group and one in a session of its
+    // own (both ignoring SIGTERM too). `overlap` is `skip` by default: one run holds.
+    let script = format!(
+        r#"trap '' TERM
+sh -c 'trap "" TERM; exec sleep 1000' & echo $! > {gk}.tmp; mv {gk}.tmp {gk}
+setsid sh -c 'trap "" TERM; echo $$ > {sk}.tmp; mv {sk}.tmp {sk}; exec sleep 1000' &
+while true; do sleep 1; done"#,
+        gk = gk.display(),
+        sk = sk.display(),
+    );
+    app.write_job(
+        "hold",
+        &format!(
+            "name: Hold\njob: exec\nschedule: {{every: 1s}}\ntimeout: 1h\ncommand: [/bin/sh, -c, {script:?}]\n"
+        ),
+    );
+    let log = app.path("daemon.log");
+    let mut cmd = soarjobd(dir, &["run", "--log-format", "json"]);
+    cmd.env("SOARJOBD__SHUTDOWN_GRACE", "1h")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if !cgroup {
+        cmd.env("SOARJOBD_CGROUP", "off");
+    }
+    let mut daemon = Daemon(cmd.spawn().unwrap());
+    let read_pid =
+        |p: &Path| -> Option<i32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            read_pid(&gk).is_some() && read_pid(&sk).is_some()
+        })
+        .await,
+        "the run did not start its children: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (g, s) = (read_pid(&gk).unwrap(), read_pid(&sk).unwrap());
+    // Whatever this test leaves behind on a failed assertion is killed.
+    struct Reap(i32, i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for p in [self.0, self.1] {
+                if alive(p) {
+                    // SAFETY: kill(2) of a process this test's job started.
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+    let _reap = Reap(g, s);
+    assert!(alive(g) && alive(s));
+
+    signal(&daemon.0, libc::SIGTERM);
+    // The first signal waits for the run (grace 1h): the daemon is still there.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("shutdown requested")
+        })
+        .await
+    );
+    assert!(daemon.0.try_wait().unwrap().is_none());
+    signal(&daemon.0, libc::SIGTERM);
+    let status = wait_exit(&mut daemon.0, Duration::from_secs(30)).expect("the daemon exits");
+    assert_eq!(status.code(), Some(1), "a forced exit is a failure exit");
+    // Nothing of the run is left at the moment the daemon is gone.
+    assert!(
+        !alive(g) && !alive(s),
+        "left running (cgroup {cgroup}): grandchild {} session {}",
+        alive(g),
+        alive(s)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("second signal"), "{text}");
+    // The row was recorded before the exit: cancelled, with the reason.
+    let store = app.store().await;
+    let rows = runs(&store, "hold").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, RunStatus::Cancelled, "{rows:?}");
+    assert!(
+        rows[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("second stop signal")),
+        "{rows:?}"
+    );
+    store.close().await;
+}
