@@ -15,6 +15,7 @@ pub mod exit;
 pub mod job;
 pub mod observe;
 pub mod ops;
+pub mod overload;
 pub mod platform;
 pub mod redact;
 pub mod runner;
