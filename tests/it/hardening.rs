@@ -413,3 +413,58 @@ async fn sustained_lateness_is_one_overload_episode_in_the_log_and_metrics() {
     );
     store.close().await;
 }
+
+/// `exec.max_concurrent`: two exec jobs due at the same instant, with a cap of one process,
+/// run one after the other (never both at once), and the one that waited says so in its
+/// stats (`queued_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_max_concurrent_queues_a_burst() {
+    let mut app = TestApp::new();
+    app.settings.exec.max_concurrent = 1;
+    let busy = app.path("busy");
+    let overlap = app.path("overlap");
+    for id in ["a", "b"] {
+        let script = format!(
+            "if [ -e {busy} ]; then echo {id} >> {overlap}; fi; touch {busy}; sleep 1; rm -f {busy}",
+            busy = busy.display(),
+            overlap = overlap.display()
+        );
+        app.write_job(
+            id,
+            &format!(
+                "name: {id}\njob: exec\nschedule: {{every: 10s}}\ncommand: [/bin/sh, -c, {script:?}]\n"
+            ),
+        );
+    }
+    let daemon = app.start().await;
+    let store = daemon.store().clone();
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            count(&runs(&store, "a").await, RunStatus::Succeeded) >= 1
+                && count(&runs(&store, "b").await, RunStatus::Succeeded) >= 1
+        })
+        .await,
+        "both jobs ran"
+    );
+    daemon.shutdown().await;
+    assert!(
+        !overlap.exists(),
+        "two processes ran at once: {}",
+        std::fs::read_to_string(&overlap).unwrap_or_default()
+    );
+    let store = app.store().await;
+    let mut all = runs(&store, "a").await;
+    all.extend(runs(&store, "b").await);
+    let first_tick = all.iter().map(|r| r.scheduled_at).min().unwrap();
+    let waited: Vec<u64> = all
+        .iter()
+        .filter(|r| r.scheduled_at == first_tick)
+        .filter_map(|r| r.stats.get("queued_ms").and_then(|v| v.as_u64()))
+        .collect();
+    assert_eq!(waited.len(), 1, "one of the two waited: {all:#?}");
+    assert!(
+        waited[0] >= 500,
+        "it waited for the other's 1 s: {waited:?}"
+    );
+    store.close().await;
+}
