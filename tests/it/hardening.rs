@@ -2,6 +2,7 @@
 //! a second SIGTERM leaves no process of a run behind.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -70,20 +71,74 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Bug 2 of issue 16: an `exec` job read `/proc/<daemon pid>/environ` (the daemon's own
-/// user) and printed `SOARJOBD__SOAR__APP_KEY` reversed, past redaction, into the run log.
-/// Now the daemon is non-dumpable, takes its `SOARJOBD__*` variables out of its environment
-/// (and overwrites them where `/proc/<pid>/environ` reads them), and runs job processes as
-/// `exec.user`. The job, as `nobody` when this test runs as root (as the test's own user
-/// otherwise), cannot read the daemon's environment nor any file holding the key; nothing of
-/// the key, reversed or not, reaches the run's stored log or the daemon's log.
+/// Who runs what in a credentials case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Users {
+    /// The daemon and its job run as one non-root user (`nobody` when this test is root).
+    Same,
+    /// The daemon runs as root, its job as `exec.user` (`nobody`).
+    ExecUser,
+}
+
+/// Bug 2 of issue 16: an `exec` job read `/proc/<daemon pid>/environ` (as the daemon's own
+/// user, root or `nobody`) and printed `SOARJOBD__SOAR__APP_KEY` reversed, past redaction,
+/// into the run log. Now the daemon is non-dumpable and takes its `SOARJOBD__*` variables out
+/// of its environment (and overwrites them where `/proc/<pid>/environ` reads them). A job of
+/// the daemon's own non-root user cannot read the daemon's environment; nothing of the key,
+/// reversed or not, reaches the run's stored log or the daemon's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_cannot_read_the_daemons_credentials() {
+async fn a_job_of_the_daemons_own_user_cannot_read_its_credentials() {
+    credentials_case(Users::Same).await;
+}
+
+/// The same with the daemon as root and its jobs as `exec.user`: the job cannot read the
+/// daemon's environment, nor any file holding the key. Needs root (to switch users).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_under_exec_user_cannot_read_the_daemons_credentials() {
+    if !is_root() {
+        println!("skipped: the test is not root, so the daemon cannot switch users");
+        return;
+    }
+    credentials_case(Users::ExecUser).await;
+}
+
+/// `exec.user` when the daemon is not root: it refuses to start, saying why (exit 2),
+/// instead of running jobs as its own user. Needs root (to start the daemon as `nobody`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_user_needs_a_root_daemon() {
+    if !is_root() {
+        println!("skipped: the test is not root, so it cannot start the daemon as another user");
+        return;
+    }
+    let app = TestApp::new();
+    let dir = app.dir.path();
+    for d in [dir, &dir.join("jobs")] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let out = soarjobd(dir, &["run"])
+        .env("SOARJOBD__EXEC__USER", "root")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs the daemon to run as root"), "{err}");
+}
+
+async fn credentials_case(users: Users) {
     let app = TestApp::new();
     let dir = app.dir.path();
     // The job user must reach its script; the state database stays private (0600).
     for d in [dir, &dir.join("jobs")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // As root, the "same user" case runs the daemon (and so its job) as `nobody`.
+    let daemon_as_nobody = users == Users::Same && is_root();
+    if daemon_as_nobody {
+        for d in [dir, &dir.join("jobs")] {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
     }
     let key = format!("k3y{}", uuid::Uuid::new_v4().simple());
     let reversed: String = key.chars().rev().collect();
@@ -118,14 +173,28 @@ echo done"#,
         .env("SOARJOBD__SOAR__APP_KEY", &key)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    if is_root() {
-        cmd.env("SOARJOBD__EXEC__USER", "nobody");
-    } else {
-        println!("not root: the job runs as the daemon's own user (non-dumpable daemon)");
+    match users {
+        Users::ExecUser => {
+            cmd.env("SOARJOBD__EXEC__USER", "nobody");
+        }
+        Users::Same if daemon_as_nobody => {
+            cmd.uid(65534).gid(65534);
+        }
+        Users::Same => {}
     }
     let mut daemon = Daemon(cmd.spawn().unwrap());
     let pid = daemon.0.id();
-
+    // The daemon creates the database (as its user) before this test opens it.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("daemon started")
+        })
+        .await,
+        "the daemon did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let store = app.store().await;
     assert!(
         eventually(Duration::from_secs(30), || async {
@@ -136,7 +205,7 @@ echo done"#,
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     // The environment the kernel shows for the daemon holds no value of its variables (as
-    // root this test can read it; as another user it cannot at all).
+    // root this test can read it; as the daemon's own non-root user it cannot at all).
     match std::fs::read(format!("/proc/{pid}/environ")) {
         Ok(env) => {
             let text = String::from_utf8_lossy(&env);
@@ -144,10 +213,7 @@ echo done"#,
                 !text.contains(&key),
                 "the key is still in the environ block"
             );
-            assert!(
-                text.contains("SOARJOBD__SOAR__APP_KEY=\0") || !text.contains("APP_KEY"),
-                "{text:?}"
-            );
+            assert!(text.contains("SOARJOBD__SOAR__APP_KEY=\0"), "{text:?}");
         }
         Err(e) => println!("/proc/{pid}/environ unreadable to the test itself ({e})"),
     }
@@ -178,12 +244,12 @@ echo done"#,
     if is_root() {
         assert!(stored.contains("uid=65534"), "ran as nobody: {stored}");
     }
+    let daemon_log = std::fs::read_to_string(&log).unwrap();
     for secret in [&key, &reversed] {
         assert!(
             !stored.contains(secret.as_str()),
             "the key reached the run's log: {stored}"
         );
-        let daemon_log = std::fs::read_to_string(&log).unwrap();
         assert!(
             !daemon_log.contains(secret.as_str()),
             "the key reached the daemon's log"
