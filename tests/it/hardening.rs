@@ -124,6 +124,58 @@ async fn exec_user_needs_a_root_daemon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs the daemon to run as root"), "{err}");
+
+    // A job's own `run_as`: `check` wants a user of this host (located), and a run of a
+    // daemon that is not root fails saying why, without starting the program as itself.
+    app.write_job(
+        "typo",
+        "name: Typo\njob: exec\nschedule: {every: 1h}\ncommand: [/bin/true]\nrun_as: no-such-user-x\n",
+    );
+    let out = soarjobd(dir, &["check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("typo.yaml:5:") && text.contains("no user `no-such-user-x`"),
+        "{text}"
+    );
+    std::fs::remove_file(dir.join("jobs").join("typo.yaml")).unwrap();
+    let marker = app.path("ran");
+    app.write_job(
+        "as-root",
+        &format!(
+            "name: As root\njob: exec\nschedule: {{every: 1s}}\ncommand: [/bin/touch, {}]\nrun_as: root\n",
+            marker.display()
+        ),
+    );
+    let log = app.path("daemon.log");
+    let mut daemon = Daemon(
+        soarjobd(dir, &["run", "--log-format", "json"])
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("needs the daemon to run as root")
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    signal(&daemon.0, libc::SIGTERM);
+    assert!(wait_exit(&mut daemon.0, Duration::from_secs(30)).is_some());
+    assert!(!marker.exists(), "the program ran anyway");
+    let store = app.store().await;
+    let rows = runs(&store, "as-root").await;
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r.status == RunStatus::Failed),
+        "{rows:?}"
+    );
+    store.close().await;
 }
 
 async fn credentials_case(users: Users) {
