@@ -1082,3 +1082,46 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// Issue 16, weaknesses: a client that sends requests but never reads the answers stalls the
+/// connection (no byte moves either way once the buffers are full): the idle timeout closes
+/// it, while the header read timeout (here 5 min) would not.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_by_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin_section(
+        &mut t,
+        json!({"listen": "127.0.0.1:0", "header_read_timeout": "5m", "idle_timeout": "2s"}),
+    )
+    .await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (_read_half, mut write_half) = stream.into_split();
+    // 20,000 pipelined requests for the login page (about 2 KB of answer each): far more than
+    // the sockets buffer. The writer blocks too once the server stops reading.
+    let writer = tokio::spawn(async move {
+        let req = format!("GET /login HTTP/1.1\r\nHost: {me}\r\n\r\n");
+        for _ in 0..20_000 {
+            if write_half.write_all(req.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        // Keep the connection's write side open: the answers are what stalls.
+        std::future::pending::<()>().await;
+    });
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            refused(addr, "idle_timeout", None).await >= 1.0
+        })
+        .await,
+        "the stalled connection was not closed"
+    );
+    assert_eq!(refused(addr, "header_timeout", None).await, 0.0);
+    writer.abort();
+    daemon.shutdown().await;
+    server.stop().await;
+}
