@@ -667,10 +667,28 @@ async fn dns_rebinding_is_refused_and_changes_nothing() {
     }
     let http10 = raw(addr, "GET", "/api/v1/jobs", &[], "").await;
     assert_eq!(http10.status, 421, "{http10:?}");
+    let me = addr.to_string();
+    let twice = raw(
+        addr,
+        "GET",
+        "/api/v1/jobs",
+        &[("Host", &me), ("Host", &evil_host)],
+        "",
+    )
+    .await;
+    assert_eq!(twice.status, 421, "{twice:?}");
+    let absolute = raw(
+        addr,
+        "GET",
+        &format!("http://{evil_host}/api/v1/jobs"),
+        &[("Host", &me)],
+        "",
+    )
+    .await;
+    assert_eq!(absolute.status, 421, "{absolute:?}");
 
     // With the right Host, an Origin (or Referer) of another site is still refused: the
     // Origin is compared with the allowed names, not with the Host.
-    let me = addr.to_string();
     let other_referer = format!("http://attacker.example:{port}/page");
     for hdrs in [
         vec![("Host", me.as_str()), ("Origin", evil_origin.as_str())],
@@ -712,7 +730,7 @@ async fn dns_rebinding_is_refused_and_changes_nothing() {
     assert_eq!(daemon.pauses().pauses().await.unwrap().len(), 1);
 
     // Counted by reason, logged once per reason (not once per request).
-    assert_eq!(refused(addr, "misdirected_host", None).await, 10.0);
+    assert_eq!(refused(addr, "misdirected_host", None).await, 12.0);
     assert_eq!(refused(addr, "cross_origin", None).await, 4.0);
     let text = logs.text();
     let lines = log_lines_with(&text, "misdirected_host");

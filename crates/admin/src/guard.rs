@@ -298,20 +298,18 @@ fn header<'a>(h: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The request's host: `Host`, and the request target's authority when it is absolute
-/// (`GET http://name/ HTTP/1.1`), both of which must be answered to. `None` when neither is
-/// there or one cannot be parsed.
+/// The request's host: every `Host` header, and the request target's authority when it is
+/// absolute (`GET http://name/ HTTP/1.1`), all of which must be answered to. `None` when there
+/// is none or one cannot be parsed.
 fn hosts_of(req: &Request) -> Option<Vec<Authority>> {
     let mut out = Vec::new();
     if let Some(a) = req.uri().authority() {
         out.push(Authority::parse(a.as_str())?);
     }
-    match req.headers().get(header::HOST) {
-        Some(v) => out.push(Authority::parse(v.to_str().ok()?)?),
-        None if out.is_empty() => return None,
-        None => {}
+    for v in req.headers().get_all(header::HOST) {
+        out.push(Authority::parse(v.to_str().ok()?)?);
     }
-    Some(out)
+    (!out.is_empty()).then_some(out)
 }
 
 /// True when the method can change something (everything but GET, HEAD, OPTIONS).
