@@ -350,7 +350,7 @@ fn what(req: &Request) -> String {
     format!("{} {}", req.method(), req.uri().path())
 }
 
-/// The checks before any handler (the router's innermost layer but the headers).
+/// The checks before any handler (the router's layer just inside [`headers`]).
 pub async fn check(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let ip = client(&req);
     let hosts = hosts_of(&req);
@@ -399,16 +399,15 @@ pub async fn check(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Re
         return r;
     }
     let desc = what(&req);
-    let req = match read_body(req, s.limits.header_read_timeout).await {
-        Ok(r) => r,
+    let r = match read_body(req, s.limits.header_read_timeout).await {
+        Ok(req) => next.run(req).await,
         Err(e) => {
             if e.status == StatusCode::REQUEST_TIMEOUT {
                 s.refusals.note(Refusal::BodyTimeout, ip, &desc);
             }
-            return e.into_response();
+            e.into_response()
         }
     };
-    let r = next.run(req).await;
     match r.status() {
         StatusCode::UNAUTHORIZED => s.refusals.note(Refusal::Unauthorized, ip, &desc),
         StatusCode::FORBIDDEN => s.refusals.note(Refusal::Forbidden, ip, &desc),
