@@ -49,6 +49,11 @@ struct PlatformLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -118,6 +123,7 @@ pub struct Metrics {
     overload_episodes: Counter,
     platform_requests: Family<PlatformLabels, Counter>,
     platform_duration: HistogramFamily<PlatformLabel>,
+    refused: Family<ReasonLabel, Counter>,
     jobs: Mutex<HashMap<String, JobRuns>>,
     /// One scrape at a time sets the scrape-time gauges and encodes.
     scrape: Mutex<()>,
@@ -153,6 +159,7 @@ impl Metrics {
             overload_episodes: Counter::default(),
             platform_requests: Family::default(),
             platform_duration: Family::new_with_constructor(request_histogram),
+            refused: Family::default(),
             jobs: Mutex::default(),
             scrape: Mutex::default(),
             registry: Registry::default(),
@@ -228,6 +235,17 @@ impl Metrics {
             m.platform_duration.clone(),
         );
         registry.register(
+            "admin_refused_requests",
+            "Requests and connections the admin server refused, by reason",
+            m.refused.clone(),
+        );
+        // Every reason from the start (at 0), so an alert on a rate sees the first refusal.
+        for r in crate::guard::Refusal::ALL {
+            let _ = m.refused.get_or_create(&ReasonLabel {
+                reason: r.as_str().to_string(),
+            });
+        }
+        registry.register(
             "build",
             "The running version",
             Info::new(VersionLabel {
@@ -238,6 +256,15 @@ impl Metrics {
         let http: Arc<dyn HttpObserver> = m.clone();
         soarjobd_core::observe::add_http_observer(&http);
         m
+    }
+
+    /// Counts a refusal by the admin server (`guard::Refusal::as_str`).
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobRuns>> {
