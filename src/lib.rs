@@ -21,8 +21,8 @@ pub mod replicas;
 
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_core::{
-    clock, config, containment, daemon, definition, exit, job, observe, ops, platform, redact,
-    runner, schedule, scheduler, store, systemd, telemetry, timer, watch,
+    clock, config, containment, daemon, definition, exec_policy, exit, job, observe, ops, platform,
+    redact, runner, schedule, scheduler, store, systemd, telemetry, timer, watch,
 };
 pub use soarjobd_jobs as jobs;
 #[cfg(feature = "sim")]

@@ -198,7 +198,13 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
         Ok(Err(e)) => return not_ready("database", format!("the database fails: {e}")),
         Err(_) => return not_ready("database", "the database does not answer".into()),
     }
-    (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+    // Overloaded is still ready (the daemon works, late): said in a detail field.
+    let overload = status.overload();
+    let mut body = json!({"status": "ready", "overloaded": overload.overloaded});
+    if overload.overloaded {
+        body["overload"] = json!(overload);
+    }
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(

@@ -119,6 +119,8 @@ pub struct Metrics {
     consecutive_failures: Family<JobLabel, Gauge>,
     paused: Family<JobLabel, Gauge>,
     jobs_invalid: Gauge,
+    overloaded: Gauge,
+    overload_episodes: Counter,
     platform_requests: Family<PlatformLabels, Counter>,
     platform_duration: HistogramFamily<PlatformLabel>,
     refused: Family<ReasonLabel, Counter>,
@@ -153,6 +155,8 @@ impl Metrics {
             consecutive_failures: Family::default(),
             paused: Family::default(),
             jobs_invalid: Gauge::default(),
+            overloaded: Gauge::default(),
+            overload_episodes: Counter::default(),
             platform_requests: Family::default(),
             platform_duration: Family::new_with_constructor(request_histogram),
             refused: Family::default(),
@@ -208,6 +212,16 @@ impl Metrics {
             "jobs_invalid",
             "Job files that fail to load",
             m.jobs_invalid.clone(),
+        );
+        registry.register(
+            "overloaded",
+            "1 while ticks keep firing late (an overload episode; see /readyz)",
+            m.overloaded.clone(),
+        );
+        registry.register(
+            "overload_episodes",
+            "Overload episodes since the daemon started",
+            m.overload_episodes.clone(),
         );
         registry.register(
             "platform_requests",
@@ -289,6 +303,13 @@ impl Metrics {
         let now = Utc::now();
         self.runs_running.set(control.running_count() as i64);
         self.jobs_invalid.set(view.invalid.len() as i64);
+        let overload = control.status.overload();
+        self.overloaded.set(i64::from(overload.overloaded));
+        // A counter follows the scheduler's count (only ever up); scrapes are serialised.
+        let seen = self.overload_episodes.get();
+        if overload.episodes > seen {
+            self.overload_episodes.inc_by(overload.episodes - seen);
+        }
         for f in [&self.last_success, &self.last_run, &self.next_run] {
             f.clear();
         }

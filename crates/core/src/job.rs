@@ -188,6 +188,8 @@ pub struct JobContext {
     pub(crate) span: tracing::Span,
     /// Redacts the run's secrets (its password parameters and the platform credentials).
     pub(crate) redactor: crate::redact::Redactor,
+    /// How job processes start: the user, the slots (`exec:`).
+    pub(crate) exec: Arc<crate::exec_policy::ExecPolicy>,
 }
 
 impl JobContext {
@@ -300,6 +302,11 @@ impl JobContext {
     /// applied (`exec` hands it to its command unchanged).
     pub async fn stored_timestamp(&self, key: &str) -> Result<Option<i64>, JobError> {
         Ok(self.store.get_timestamp(self.job_id(), key).await?)
+    }
+
+    /// How job processes start: the default user and the slots (`exec:` in the config).
+    pub fn exec_policy(&self) -> &crate::exec_policy::ExecPolicy {
+        &self.exec
     }
 
     /// The process record of this run (the process containment of `exec`).

@@ -148,6 +148,8 @@ pub struct Status {
     stopping: Arc<AtomicBool>,
     jobs: Arc<RwLock<Arc<JobsView>>>,
     ready_tx: Arc<tokio::sync::Notify>,
+    /// Overload episodes (written by the scheduler's detector, read by `/readyz`, `/metrics`).
+    overload: Arc<std::sync::Mutex<crate::overload::OverloadView>>,
 }
 
 impl Status {
@@ -157,6 +159,18 @@ impl Status {
 
     pub(crate) fn set_jobs(&self, view: JobsView) {
         *self.jobs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+    }
+
+    /// Whether the scheduler is overloaded now, the episodes so far, and the figures.
+    pub fn overload(&self) -> crate::overload::OverloadView {
+        self.overload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn update_overload(&self, f: impl FnOnce(&mut crate::overload::OverloadView)) {
+        f(&mut self.overload.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     pub(crate) fn set_scheduled(&self) {
