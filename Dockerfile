@@ -37,15 +37,19 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/lib/soarjobd --shell /usr/sbin/nologin soarjobd \
+    && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin soarjobd-jobs \
     && mkdir -p /etc/soarjobd/jobs /var/lib/soarjobd \
-    && chown -R soarjobd:soarjobd /var/lib/soarjobd
+    && chmod 0700 /var/lib/soarjobd
 COPY --from=builder /src/target/release/soarjobd /usr/local/bin/soarjobd
 COPY deploy/container.yaml /etc/soarjobd/soarjobd.yaml
 COPY jobs/ /etc/soarjobd/jobs/
-ENV SOARJOBD_CONFIG=/etc/soarjobd/soarjobd.yaml
+# The daemon runs as root so that job processes run as another user (`exec.user`): a job then
+# cannot read the daemon's memory or environment, signal it, or read its state and credential
+# files (mount secrets as files readable by root only, e.g. mode 0400, and name them in the
+# `*_file` keys). Job processes run as `soarjobd-jobs`; give that user what the jobs need.
+ENV SOARJOBD_CONFIG=/etc/soarjobd/soarjobd.yaml \
+    SOARJOBD__EXEC__USER=soarjobd-jobs
 VOLUME ["/etc/soarjobd", "/var/lib/soarjobd"]
-USER soarjobd
 WORKDIR /var/lib/soarjobd
 # tini reaps the process groups of `exec` jobs and forwards SIGTERM to the daemon, which then
 # shuts down gracefully.

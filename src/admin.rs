@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::daemon::{DaemonBuilder, RunningDaemon};
-use soarjobd_admin::{AdminSettings, Metrics, Shared, Tokens};
+use soarjobd_admin::{AdminSettings, Metrics, Shared};
 
 /// The admin server's listener, bound before the daemon starts (a busy port fails the start
 /// before anything runs), and the metrics the daemon is built to report to.
@@ -92,14 +92,13 @@ impl Admin {
         let Some(listener) = self.listener else {
             return Ok(None);
         };
-        let shared = Arc::new(Shared {
-            control: daemon.control(),
-            metrics: self.metrics,
-            tokens: Tokens {
-                read: self.settings.read_token,
-                operator: self.settings.operator_token,
-            },
-        });
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(
+            daemon.control(),
+            self.metrics,
+            &self.settings,
+            addr,
+        ));
         let stop = CancellationToken::new();
         let server = soarjobd_admin::serve(listener, shared, stop.clone())?;
         tracing::info!(url = %format!("http://{}/", server.addr), "admin server listening");

@@ -110,7 +110,10 @@ impl App {
 
     /// A runner over `store` with this app's jobs (for `run-once`).
     pub fn runner(&self, store: Arc<dyn Store>) -> Runner {
-        Runner::new(store, self.registry.clone())
+        // An unknown `exec.user` is a problem `build` reported; each run re-checks the switch.
+        let exec =
+            crate::exec_policy::ExecPolicy::from_settings(&self.settings.exec).unwrap_or_default();
+        Runner::new(store, self.registry.clone()).with_exec_policy(Arc::new(exec))
     }
 
     /// The daemon of this app; start it with [`DaemonBuilder::start`].
@@ -190,6 +193,9 @@ impl AppBuilder {
         }
         // The binary's own jobs last: they replace platform jobs with the same id.
         registry.extend(self.jobs);
+        if let Err(e) = crate::exec_policy::ExecPolicy::from_settings(&self.settings.exec) {
+            problems.push(e);
+        }
         let notifiers =
             soarjobd_clients::alert_sinks::sinks(&self.settings.alerts).unwrap_or_else(|e| {
                 problems.push(e);

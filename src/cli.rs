@@ -154,7 +154,9 @@ pub fn main() -> i32 {
 
 /// The whole CLI over your own app: a custom binary hands its builder (its jobs and
 /// platforms) here, and `run`, `check`, `list`, `history`, `run-once` and `demo` all know its
-/// jobs. The settings are loaded from the usual sources and given to the builder.
+/// jobs. The settings are loaded from the usual sources and given to the builder. Call it
+/// first in `main`, before starting any thread: it takes the `SOARJOBD__*` variables out of
+/// the process environment, which is only sound while the process is single-threaded.
 ///
 /// ```no_run
 /// use soarjobd::app::App;
@@ -164,6 +166,7 @@ pub fn main() -> i32 {
 /// }
 /// ```
 pub fn main_with(app: AppBuilder) -> i32 {
+    let config_env = harden_process();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,7 +178,7 @@ pub fn main_with(app: AppBuilder) -> i32 {
             return exit::FAILURE;
         }
     };
-    let code = runtime.block_on(dispatch(cli, app));
+    let code = runtime.block_on(dispatch(cli, app, config_env));
     // Dropping a runtime waits for every blocking task; one may still be loading the jobs
     // folder (shutdown stops waiting for it), and it must not hold up the exit of a daemon
     // that has already shut down. The wait is bounded regardless.
@@ -183,7 +186,97 @@ pub fn main_with(app: AppBuilder) -> i32 {
     code
 }
 
-async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
+/// The first thing the binary does, before any credential is read (see the README's
+/// "Security"):
+///
+/// * The process becomes non-dumpable (`PR_SET_DUMPABLE` 0): its `/proc/<pid>/environ`,
+///   `mem`, `maps`... become root's, so a job process of the same (non-root) user cannot read
+///   them or attach a debugger, and no core dump holds the credentials.
+/// * The configuration variables (`SOARJOBD__*`: app keys, secret keys, webhook URLs...) are
+///   taken out of the process environment and handed to the config loader instead, and their
+///   values are overwritten in the memory `/proc/<pid>/environ` shows (the block the kernel
+///   copied at `exec`, which `unsetenv` does not touch).
+///
+/// Returns the variables taken.
+fn harden_process() -> std::collections::HashMap<String, String> {
+    // SAFETY: prctl(PR_SET_DUMPABLE) changes a flag of this process; no memory is involved.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    let prefix = format!("{}__", config::ENV_PREFIX);
+    let taken: std::collections::HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with(&prefix)
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        })
+        .collect();
+    if taken.is_empty() {
+        return taken;
+    }
+    scrub_initial_environment(prefix.as_bytes());
+    for name in taken.keys() {
+        // SAFETY: `remove_var` must not race another thread reading or writing the
+        // environment. This runs first thing in `main_with`, before the async runtime (or any
+        // other thread of ours) exists: the process is single-threaded here. A custom binary
+        // calling `main_with` from a multi-threaded state would break that; the docs of
+        // `main_with` say to call it first.
+        unsafe {
+            std::env::remove_var(name);
+        }
+    }
+    taken
+}
+
+/// Overwrites (with NUL bytes) the values of the variables starting with `prefix` in the
+/// environment block the kernel placed at `exec` (`env_start`..`env_end` of
+/// `/proc/self/stat`), which is what `/proc/<pid>/environ` reads. Best effort: a kernel that
+/// does not give the addresses leaves the block as it is (the process is non-dumpable anyway).
+fn scrub_initial_environment(prefix: &[u8]) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // env_start and env_end are fields 50 and 51 (1-based), so 47 and 48 of `rest`.
+    let (Some(start), Some(end)) = (
+        fields.get(47).and_then(|f| f.parse::<usize>().ok()),
+        fields.get(48).and_then(|f| f.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    // SAFETY: [start, end) is this process's own environment block, mapped writable at the
+    // top of the main thread's stack for the life of the process; nothing else runs (see
+    // `harden_process`), and the only writes are NUL bytes inside the block. Entries that
+    // `environ` still points to read as empty values until they are removed just after.
+    let block = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    let mut i = 0;
+    while i < block.len() {
+        let len = block[i..]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(block.len() - i);
+        let entry = &mut block[i..i + len];
+        if entry.starts_with(prefix)
+            && let Some(eq) = entry.iter().position(|b| *b == b'=')
+        {
+            entry[eq + 1..].fill(0);
+        }
+        i += len + 1;
+    }
+}
+
+async fn dispatch(
+    cli: Cli,
+    app: AppBuilder,
+    config_env: std::collections::HashMap<String, String>,
+) -> i32 {
     let command = cli.command.unwrap_or(Cmd::Run);
     // `next` needs no config at all.
     if let Cmd::Next { expr, tz, from, n } = &command {
@@ -198,7 +291,8 @@ async fn dispatch(cli: Cli, app: AppBuilder) -> i32 {
     let loaded = config::load_with(
         &Sources {
             file: cli.config.clone(),
-            env: None,
+            // Taken out of the process environment at start (`harden_process`).
+            env: Some(config_env),
         },
         &app.section_specs(),
     );
@@ -310,7 +404,8 @@ async fn run(app: AppBuilder) -> i32 {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
             match e {
                 // A second daemon on one database is a usage error: say who holds it.
-                crate::daemon::DaemonError::Lock(crate::store::LockError::InUse { .. }) => {
+                crate::daemon::DaemonError::Lock(crate::store::LockError::InUse { .. })
+                | crate::daemon::DaemonError::Exec(_) => {
                     eprintln!("error: {e}");
                     exit::USAGE
                 }

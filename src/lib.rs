@@ -25,7 +25,8 @@ pub mod replicas;
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_containment as containment;
 pub use soarjobd_core::{
-    alerts, config, definition, error, exit, job, observe, platform, redact, schedule,
+    alerts, config, definition, error, exec_policy, exit, job, observe, overload, platform, redact,
+    schedule,
 };
 pub use soarjobd_engine::{
     clock, cluster, control, daemon, ops, runner, scheduler, systemd, telemetry, timer, watch,

@@ -99,7 +99,13 @@ pub async fn migrate_state(from: &str, to: &str) -> i32 {
                 MigrateStateError::From(_)
                 | MigrateStateError::To
                 | MigrateStateError::NotEmpty { .. }
-                | MigrateStateError::Locked(_) => exit::USAGE,
+                | MigrateStateError::Locked(_)
+                | MigrateStateError::SourceMissing(_)
+                | MigrateStateError::SourceForeign { .. }
+                | MigrateStateError::SourceOlder { .. }
+                | MigrateStateError::Store(crate::store::StoreError::SchemaTooNew { .. }) => {
+                    exit::USAGE
+                }
                 MigrateStateError::Store(_) => exit::FAILURE,
             }
         }

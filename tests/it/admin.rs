@@ -1,8 +1,12 @@
 //! The admin server over real HTTP on loopback: probes, token auth (401/403), the JSON API
 //! (manual run through the scheduler, cancel, 404s with stable codes), audit events, the body
 //! limit, cross-origin refusal, a metrics scrape parsed by a Prometheus text-format parser, and
-//! `/readyz` during shutdown.
+//! `/readyz` during shutdown. Hardening (issue 16): DNS rebinding (forged `Host`), security
+//! headers, sessions and sign-out, login rate limiting, refusals logged and counted, the header
+//! read timeout, the idle timeout and the connection cap, over raw sockets where a client
+//! library would fix the request up.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -21,6 +25,14 @@ pub async fn start_with_admin(t: &mut TestApp, tokens: bool) -> (RunningDaemon, 
     } else {
         json!({"listen": "127.0.0.1:0"})
     };
+    start_with_admin_section(t, admin).await
+}
+
+/// The test's daemon with its admin server configured by `admin` (the `admin` section).
+pub async fn start_with_admin_section(
+    t: &mut TestApp,
+    admin: Value,
+) -> (RunningDaemon, RunningAdmin) {
     t.settings.set_section("admin", admin);
     let app = t.app();
     let admin = Admin::bind(app.settings()).await.expect("admin binds");
@@ -481,5 +493,653 @@ async fn api_auth_audit_metrics_and_readiness() {
         .await
     );
     stopping.await.unwrap();
+    server.stop().await;
+}
+
+/// An answer read off a raw socket.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+    fn code(&self) -> String {
+        serde_json::from_str::<Value>(&self.body).map_or(String::new(), |v| {
+            v["error"]["code"].as_str().unwrap_or("").to_string()
+        })
+    }
+}
+
+/// Reads one answer (head, then a `Content-Length` body); `None` when the server closed the
+/// connection first.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<Raw> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no answer within 30 s"),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Raw {
+        status,
+        body: String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned(),
+        head,
+    })
+}
+
+/// Sends `method path` with exactly the `headers` given (`Host` included, or not) and `body`
+/// on a new connection, and reads the answer.
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Raw {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_answer(&mut s).await.expect("an answer")
+}
+
+/// The value of `soarjobd_admin_refused_requests_total{reason}`.
+async fn refused(addr: SocketAddr, reason: &str, token: Option<&str>) -> f64 {
+    let host = addr.to_string();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![("Host", host.as_str())];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a.as_str()));
+    }
+    let r = raw(addr, "GET", "/metrics", &h, "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let line = format!("soarjobd_admin_refused_requests_total{{reason=\"{reason}\"}} ");
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in\n{}", r.body))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn log_lines_with(text: &str, reason: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["reason"] == reason || v["reason"] == reason)
+        .collect()
+}
+
+/// Issue 16, bug 1: a page on `attacker.example`, re-pointed by DNS at 127.0.0.1, talks to a
+/// loopback daemon without tokens (the default) with its own name in `Host` and `Origin`. It
+/// used to read the job list, start a run (202) and pause a job through the page form (303).
+/// Now every such request is 421 before any handler, an `Origin` is judged by the allowed list
+/// (never by `Host`), nothing changes, and the refusals are counted and logged (once).
+#[tokio::test]
+async fn dns_rebinding_is_refused_and_changes_nothing() {
+    let (logs, _guard) = capture_logs();
+    let mut t = TestApp::new();
+    t.write_job("nap", &sleep_job("Nap", "{every: 1h}", 20, ""));
+    let (daemon, server) = start_with_admin(&mut t, false).await;
+    let addr = server.addr;
+    let port = addr.port();
+    let evil_host = format!("attacker.example:{port}");
+    let evil_origin = format!("http://attacker.example:{port}");
+    let forged = [
+        ("Host", evil_host.as_str()),
+        ("Origin", evil_origin.as_str()),
+    ];
+    let form = [
+        ("Host", evil_host.as_str()),
+        ("Origin", evil_origin.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+
+    // Reads, the API's run, the page's run and pause: all 421, with the security headers.
+    let r = raw(addr, "GET", "/api/v1/jobs", &[("Host", &evil_host)], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (421, "misdirected_host"),
+        "{r:?}"
+    );
+    assert!(!r.body.contains("nap"), "{r:?}");
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    for (path, hdrs) in [
+        ("/api/v1/jobs/nap/run", &forged[..]),
+        ("/jobs/nap/run", &form[..]),
+        ("/jobs/nap/pause", &form[..]),
+        ("/api/v1/jobs/nap/pause", &forged[..]),
+    ] {
+        let r = raw(addr, "POST", path, hdrs, "").await;
+        assert_eq!(r.status, 421, "{path}: {r:?}");
+    }
+    // A name this server does not answer to, even on its port, or no Host at all.
+    let other_port = port.wrapping_add(1);
+    for h in [
+        format!("localhost.attacker.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("127.0.0.1:{other_port}"),
+        "localhost".to_string(),
+    ] {
+        assert_eq!(
+            raw(addr, "GET", "/livez", &[("Host", &h)], "").await.status,
+            421,
+            "{h}"
+        );
+    }
+    let http10 = raw(addr, "GET", "/api/v1/jobs", &[], "").await;
+    assert_eq!(http10.status, 421, "{http10:?}");
+    let me = addr.to_string();
+    let twice = raw(
+        addr,
+        "GET",
+        "/api/v1/jobs",
+        &[("Host", &me), ("Host", &evil_host)],
+        "",
+    )
+    .await;
+    assert_eq!(twice.status, 421, "{twice:?}");
+    let absolute = raw(
+        addr,
+        "GET",
+        &format!("http://{evil_host}/api/v1/jobs"),
+        &[("Host", &me)],
+        "",
+    )
+    .await;
+    assert_eq!(absolute.status, 421, "{absolute:?}");
+
+    // With the right Host, an Origin (or Referer) of another site is still refused: the
+    // Origin is compared with the allowed names, not with the Host.
+    let other_referer = format!("http://attacker.example:{port}/page");
+    for hdrs in [
+        vec![("Host", me.as_str()), ("Origin", evil_origin.as_str())],
+        vec![("Host", me.as_str()), ("Origin", "null")],
+        vec![("Host", me.as_str()), ("Referer", other_referer.as_str())],
+        vec![("Host", me.as_str()), ("Sec-Fetch-Site", "cross-site")],
+    ] {
+        let r = raw(addr, "POST", "/jobs/nap/pause", &hdrs, "").await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "cross_origin"),
+            "{hdrs:?}: {r:?}"
+        );
+    }
+
+    // Nothing changed: no run, no pause.
+    assert!(daemon.pauses().pauses().await.unwrap().is_empty());
+    assert_eq!(daemon.store().history("nap", 10).await.unwrap().len(), 0);
+
+    // The operator's own browser still works: localhost with the port, its own Origin.
+    let local = format!("localhost:{port}");
+    let local_origin = format!("http://localhost:{port}");
+    let r = raw(addr, "GET", "/api/v1/jobs", &[("Host", &local)], "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    let r = raw(
+        addr,
+        "POST",
+        "/jobs/nap/pause",
+        &[
+            ("Host", &me),
+            ("Origin", &local_origin),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(daemon.pauses().pauses().await.unwrap().len(), 1);
+
+    // Counted by reason, logged once per reason (not once per request).
+    assert_eq!(refused(addr, "misdirected_host", None).await, 12.0);
+    assert_eq!(refused(addr, "cross_origin", None).await, 4.0);
+    let text = logs.text();
+    let lines = log_lines_with(&text, "misdirected_host");
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        text.contains("attacker.example"),
+        "the refused Host is logged"
+    );
+    assert_eq!(log_lines_with(&text, "cross_origin").len(), 1, "{text}");
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Issue 16, weaknesses: every answer carries anti-framing, CSP, nosniff and referrer headers;
+/// the CSP allows exactly the page's inline style and script.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let mut t = TestApp::new();
+    t.write_job("nap", &sleep_job("Nap", "{every: 1h}", 20, ""));
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    let bearer = format!("Bearer {READ}");
+    for (path, hdrs, status) in [
+        (
+            "/",
+            vec![("Host", me.as_str()), ("Authorization", bearer.as_str())],
+            200,
+        ),
+        ("/api/v1/jobs", vec![("Host", me.as_str())], 401),
+        ("/nope", vec![("Host", me.as_str())], 404),
+        ("/livez", vec![("Host", "evil.example")], 421),
+        ("/login", vec![("Host", me.as_str())], 200),
+    ] {
+        let r = raw(addr, "GET", path, &hdrs, "").await;
+        assert_eq!(r.status, status, "{path}: {r:?}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(r.header("referrer-policy"), Some("same-origin"), "{path}");
+        let csp = r.header("content-security-policy").unwrap_or("");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+    }
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+fn session_of(set_cookie: &str) -> &str {
+    set_cookie
+        .strip_prefix("soarjobd_session=")
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("not a session cookie: {set_cookie}"))
+}
+
+/// Issue 16, weaknesses: the login cookie is a random session id (never the token), HttpOnly,
+/// SameSite=Strict, with an expiry; signing out ends it; `Secure` behind an HTTPS front; the
+/// raw token in a cookie is no credential; login guesses are rate limited (429, Retry-After).
+#[tokio::test]
+async fn sessions_sign_out_and_login_rate_limit() {
+    let (logs, _guard) = capture_logs();
+    let mut t = TestApp::new();
+    t.write_job("nap", &sleep_job("Nap", "{every: 1h}", 20, ""));
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    let form = [
+        ("Host", me.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    let login = raw(addr, "POST", "/login", &form, &format!("token={OPERATOR}")).await;
+    assert_eq!(login.status, 303, "{login:?}");
+    let set = login.header("set-cookie").unwrap().to_string();
+    let id = session_of(&set).to_string();
+    assert_eq!(id.len(), 64, "{set}");
+    assert!(!set.contains(OPERATOR), "{set}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{attr} missing: {set}");
+    }
+    assert!(!set.contains("Secure"), "plain HTTP without a front: {set}");
+
+    let cookie = format!("soarjobd_session={id}");
+    let with_cookie = [("Host", me.as_str()), ("Cookie", cookie.as_str())];
+    let page = raw(addr, "GET", "/", &with_cookie, "").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("id=\"sign-out\""));
+    assert_eq!(
+        raw(addr, "GET", "/api/v1/jobs", &with_cookie, "")
+            .await
+            .status,
+        200
+    );
+    // The raw token in a cookie (what the page used to set) opens nothing.
+    let old = format!("soarjobd_token={OPERATOR}");
+    let r = raw(
+        addr,
+        "GET",
+        "/api/v1/jobs",
+        &[("Host", &me), ("Cookie", &old)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // Sign out: the session ends server-side, the cookie is cleared.
+    let out = raw(addr, "POST", "/logout", &with_cookie, "").await;
+    assert_eq!(out.status, 303, "{out:?}");
+    assert_eq!(out.header("location"), Some("/login"));
+    let cleared = out.header("set-cookie").unwrap();
+    assert!(
+        cleared.starts_with("soarjobd_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(
+        raw(addr, "GET", "/api/v1/jobs", &with_cookie, "")
+            .await
+            .status,
+        401
+    );
+    let page = raw(addr, "GET", "/", &with_cookie, "").await;
+    assert_eq!(
+        (page.status, page.header("location")),
+        (303, Some("/login"))
+    );
+
+    // Guesses: a burst, then 429 with Retry-After, for the right token too (it is not checked).
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..20 {
+        let r = raw(addr, "POST", "/login", &form, &format!("token=guess-{i}")).await;
+        if r.status == 429 {
+            retry_after = retry_after.or(r.header("retry-after").map(str::to_string));
+        }
+        statuses.push(r.status);
+    }
+    let guessed = statuses.iter().filter(|s| **s == 401).count();
+    assert!((5..=10).contains(&guessed), "{statuses:?}");
+    assert!(
+        statuses[guessed..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    let wait: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let r = raw(addr, "POST", "/login", &form, &format!("token={OPERATOR}")).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "rate_limited"),
+        "{r:?}"
+    );
+    // Bearer guesses from this client are limited too (the bucket is the client's).
+    let r = raw(
+        addr,
+        "GET",
+        "/api/v1/jobs",
+        &[("Host", &me), ("Authorization", "Bearer nope")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 429, "{r:?}");
+
+    let text = logs.text();
+    assert_eq!(log_lines_with(&text, "rate_limited").len(), 1, "{text}");
+    assert_eq!(log_lines_with(&text, "unauthorized").len(), 1, "{text}");
+    assert!(
+        !text.contains(OPERATOR) && !text.contains(&id),
+        "no credential in the logs"
+    );
+    daemon.shutdown().await;
+    server.stop().await;
+
+    // Behind an HTTPS front (`public_url`), the cookie is Secure and the front's name allowed.
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin_section(
+        &mut t,
+        json!({"listen": "127.0.0.1:0", "operator_token": OPERATOR,
+               "public_url": "https://soarjobd.example.com/", "session_lifetime": "1h"}),
+    )
+    .await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/login",
+        &[
+            ("Host", "soarjobd.example.com"),
+            ("Origin", "https://soarjobd.example.com"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("token={OPERATOR}"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let set = r.header("set-cookie").unwrap();
+    assert!(
+        set.ends_with("; Secure") && set.contains("Max-Age=3600"),
+        "{set}"
+    );
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Counted refusals by reason, read with the operator token from a server whose limiter has
+/// not seen this client fail.
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    assert_eq!(
+        raw(addr, "GET", "/api/v1/jobs", &[("Host", &me)], "")
+            .await
+            .status,
+        401
+    );
+    let read = format!("Bearer {READ}");
+    let r = raw(
+        addr,
+        "POST",
+        "/api/v1/jobs/x/pause",
+        &[("Host", &me), ("Authorization", &read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(refused(addr, "unauthorized", Some(OPERATOR)).await, 1.0);
+    assert_eq!(refused(addr, "forbidden", Some(OPERATOR)).await, 1.0);
+    assert_eq!(refused(addr, "rate_limited", Some(OPERATOR)).await, 0.0);
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Issue 16, weaknesses: a connection that sends its request head a byte a second is closed by
+/// the header read timeout (and counted), a kept-alive connection left idle is closed too, a
+/// body that stops half-way is answered 408; the server serves others meanwhile.
+#[tokio::test]
+async fn trickling_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin_section(
+        &mut t,
+        json!({"listen": "127.0.0.1:0", "header_read_timeout": "2s", "idle_timeout": "3s"}),
+    )
+    .await;
+    let addr = server.addr;
+    let me = addr.to_string();
+
+    // The trickle: 60 bytes of head at one a second; the server closes well before the end.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET /livez HTTP/1.1\r\nHost: {me}\r\nX-Slow: ");
+    let trickle = head
+        .bytes()
+        .chain(std::iter::repeat_n(b'a', 60 - head.len().min(60)));
+    let mut sent = 0;
+    let mut closed = false;
+    for b in trickle.take(60) {
+        if s.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // hyper may answer 408 before closing.
+            Ok(Ok(n)) => assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        closed && sent < 60,
+        "the trickling connection stayed open ({sent} bytes sent)"
+    );
+
+    // Meanwhile and after, others are served.
+    assert_eq!(
+        raw(addr, "GET", "/livez", &[("Host", &me)], "")
+            .await
+            .status,
+        200
+    );
+
+    // A kept-alive connection: one answer, then left idle: closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /livez HTTP/1.1\r\nHost: {me}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s).await.unwrap().status, 200);
+    let mut buf = [0u8; 64];
+    let idle_end = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await;
+    assert!(matches!(idle_end, Ok(Ok(0)) | Ok(Err(_))), "{idle_end:?}");
+
+    // A body that stops half-way: 408, the connection closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("POST /api/v1/jobs/x/pause HTTP/1.1\r\nHost: {me}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"reason\":")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_answer(&mut s).await.expect("an answer");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (408, "body_timeout"),
+        "{r:?}"
+    );
+
+    assert!(refused(addr, "header_timeout", None).await >= 2.0);
+    assert_eq!(refused(addr, "body_timeout", None).await, 1.0);
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Issue 16, weaknesses: beyond `admin.max_connections`, a connection is closed at once (and
+/// counted); once one closes, new ones are served again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin_section(
+        &mut t,
+        json!({"listen": "127.0.0.1:0", "max_connections": 2, "header_read_timeout": "5m"}),
+    )
+    .await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    let req = format!("GET /livez HTTP/1.1\r\nHost: {me}\r\n\r\n");
+    // Two kept-alive connections, each answered once: both hold a slot.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut s).await.unwrap().status, 200);
+        held.push(s);
+    }
+    // A third: accepted by the kernel, closed by the server without an answer.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(req.as_bytes()).await;
+    assert!(read_answer(&mut s).await.is_none(), "served beyond the cap");
+    // One slot freed: served again (once the server has seen the close).
+    drop(held.pop());
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(req.as_bytes()).await;
+            read_answer(&mut s).await.is_some_and(|r| r.status == 200)
+        })
+        .await
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            refused(addr, "too_many_connections", None).await >= 1.0
+        })
+        .await
+    );
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Issue 16, weaknesses: a client that sends requests but never reads the answers stalls the
+/// connection (no byte moves either way once the buffers are full): the idle timeout closes
+/// it, while the header read timeout (here 5 min) would not.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_by_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut t = TestApp::new();
+    let (daemon, server) = start_with_admin_section(
+        &mut t,
+        json!({"listen": "127.0.0.1:0", "header_read_timeout": "5m", "idle_timeout": "2s"}),
+    )
+    .await;
+    let addr = server.addr;
+    let me = addr.to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (_read_half, mut write_half) = stream.into_split();
+    // 20,000 pipelined requests for the login page (about 2 KB of answer each): far more than
+    // the sockets buffer. The writer blocks too once the server stops reading.
+    let writer = tokio::spawn(async move {
+        let req = format!("GET /login HTTP/1.1\r\nHost: {me}\r\n\r\n");
+        for _ in 0..20_000 {
+            if write_half.write_all(req.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        // Keep the connection's write side open: the answers are what stalls.
+        std::future::pending::<()>().await;
+    });
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            refused(addr, "idle_timeout", None).await >= 1.0
+        })
+        .await,
+        "the stalled connection was not closed"
+    );
+    assert_eq!(refused(addr, "header_timeout", None).await, 0.0);
+    writer.abort();
+    daemon.shutdown().await;
     server.stop().await;
 }

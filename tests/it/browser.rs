@@ -1,6 +1,8 @@
 //! The status page in a real headless Chromium (Debian's `chromium` + `chromedriver`, installed
 //! with apt-get when missing), driven over WebDriver by `fantoccini`: sign in with the operator
-//! token, find the job's row, click Run now, and see the new run with its stored log lines.
+//! token, find the job's row, click Run now, and see the new run with its stored log lines;
+//! pause a job; sign out (the session cookie, which no script can read, no longer opens the
+//! page).
 //! A screenshot of the jobs page is saved in the test's temp dir (and, when
 //! `SOARJOBD_SCREENSHOT` names a file, there too: that is how `docs/status-page.png` is made).
 
@@ -218,6 +220,28 @@ async fn status_page_runs_a_job_and_shows_its_logs_in_chromium() {
     if let Some(out) = std::env::var_os("SOARJOBD_SCREENSHOT") {
         std::fs::write(out, &png).unwrap();
     }
+
+    // The page's own inline style is allowed by the Content-Security-Policy (by its hash):
+    // `body{margin:1.5rem}` applies.
+    let margin = c
+        .execute("return getComputedStyle(document.body).marginTop", vec![])
+        .await
+        .unwrap();
+    assert_eq!(margin, json!("24px"), "the CSP blocked the page's style");
+    // The session cookie is HttpOnly: the page's scripts cannot read it.
+    let seen = c.execute("return document.cookie", vec![]).await.unwrap();
+    assert_eq!(seen, json!(""), "{seen}");
+    // Sign out: back to the login form, and the jobs page asks to sign in again.
+    c.find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    c.goto(&base).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    assert_eq!(c.current_url().await.unwrap().path(), "/login");
     c.close().await.unwrap();
     daemon.shutdown().await;
     server.stop().await;

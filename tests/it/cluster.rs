@@ -705,3 +705,100 @@ async fn nodes_lists_the_replicas_and_sqlite_says_single_node() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `migrate-state` from a path that does not exist, or from a SQLite file that is not a
+/// soarjobd database, exits 2 with a clear message, creates no file and changes nothing (the
+/// source opens read-only); the target stays without state. Today's code created an empty
+/// database at the typo'd path (or our tables inside the foreign file) and said `copied 0
+/// runs`, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_state_refuses_a_missing_or_foreign_source() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let migrate = |from: &str| {
+        soarjobd_in(
+            dir.path(),
+            &["migrate-state", "--from", from, "--to", db.url()],
+        )
+        .output()
+        .unwrap()
+    };
+
+    // A typo'd path.
+    let missing = dir.path().join("sub").join("statee.db");
+    let out = migrate(&format!("sqlite:{}", missing.display()));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(
+        listing(dir.path()).is_empty(),
+        "nothing created: {:?}",
+        listing(dir.path())
+    );
+
+    // A SQLite file of some other program.
+    let foreign = dir.path().join("other.db");
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", foreign.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO notes (body) VALUES ('keep me')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    let files_before = listing(dir.path());
+    let out = migrate(&format!("sqlite:{}", foreign.display()));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a soarjobd state database"), "{err}");
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    assert_eq!(listing(dir.path()), files_before, "no file left behind");
+
+    // A file that is not SQLite at all.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database\n".repeat(100)).unwrap();
+    let out = migrate(&format!("sqlite:{}", text.display()));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a soarjobd state database"), "{err}");
+    assert_eq!(
+        listing(dir.path()),
+        files_before
+            .iter()
+            .cloned()
+            .chain(["notes.txt".to_string()])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+
+    // The target got no state.
+    let pg = PgPool::connect(db.url()).await.unwrap();
+    let runs: Option<i64> = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'job_runs'",
+    )
+    .fetch_optional(&pg)
+    .await
+    .unwrap();
+    assert_eq!(runs, Some(0), "the target was not even migrated");
+    pg.close().await;
+}

@@ -11,6 +11,7 @@ mod deploy;
 mod example;
 mod exec;
 mod exec_output;
+mod hardening;
 mod limits;
 mod ops;
 mod overlap;

@@ -117,7 +117,7 @@ pub async fn jobs(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.map_err(ApiError::store)?;
     let pauses = s.pauses().await?;
@@ -154,7 +154,7 @@ pub async fn job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     let def = find_job(&s, &id)?;
     let last = s
         .control
@@ -217,7 +217,7 @@ pub async fn job_runs(
     Query(q): Query<RunsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     find_job(&s, &id)?;
     let runs = job_runs_page(&s, &id, &q).await?;
     let next_before = runs.last().map(|r| r.id);
@@ -238,7 +238,7 @@ pub async fn run(
     Path(run_id): Path<i64>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     Ok(Json(json!(get_run(&s, run_id).await?)))
 }
 
@@ -285,7 +285,7 @@ pub async fn run_job(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.tokens.operator(&headers)?;
+    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     let run_id = start_run(&s, &caller, &id, body.reason.as_deref()).await?;
     Ok((
@@ -342,7 +342,7 @@ pub async fn cancel(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.tokens.operator(&headers)?;
+    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     cancel_run(&s, &caller, run_id, body.reason.as_deref()).await?;
     Ok((
@@ -415,7 +415,7 @@ pub async fn pause(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.tokens.operator(&headers)?;
+    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     let outcome = pause_job(&s, &caller, &id, body.reason.as_deref()).await?;
     let already = matches!(outcome, PauseOutcome::AlreadyPaused(_));
@@ -430,7 +430,7 @@ pub async fn resume(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.tokens.operator(&headers)?;
+    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     Ok(Json(
         resume_job(&s, &caller, &id, body.catch_up, body.reason.as_deref()).await?,
@@ -467,7 +467,7 @@ pub async fn logs(
     Query(q): Query<LogsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     let run = get_run(&s, run_id).await?;
     let lines = log_lines(&s, run_id, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?;
     let last_seq = lines.last().map(|l| l.seq);

@@ -9,11 +9,17 @@
 //!
 //! The server depends on the core only: it sees the daemon through
 //! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
+//!
+//! Before any handler, every request passes [`guard`] (its `Host`, its origin, credential
+//! guessing, its body); every connection is capped and timed out by [`conn`].
 
 pub mod api;
 pub mod auth;
 pub mod config;
+mod conn;
 pub mod error;
+pub mod guard;
+mod limit;
 pub mod metrics;
 pub mod page;
 
@@ -23,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -37,8 +43,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::Tokens;
+pub use auth::{Auth, Sessions, Tokens};
 pub use config::AdminSettings;
+pub use conn::Limits;
+pub use guard::{Hosts, Refusals};
 pub use metrics::Metrics;
 
 use crate::error::ApiError;
@@ -52,10 +60,50 @@ const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Shared {
     pub control: Control,
     pub metrics: Arc<Metrics>,
-    pub tokens: Tokens,
+    pub auth: Auth,
+    /// The names this server answers to.
+    pub hosts: Hosts,
+    /// The status page is reached over HTTPS (`admin.public_url`): its cookie is `Secure`.
+    pub https: bool,
+    pub limits: Limits,
+    pub refusals: Refusals,
+    limiter: limit::Limiter,
 }
 
 impl Shared {
+    /// What the server at `addr` (the bound address: its real port) shares, from its settings.
+    pub fn new(
+        control: Control,
+        metrics: Arc<Metrics>,
+        settings: &AdminSettings,
+        addr: SocketAddr,
+    ) -> Shared {
+        Shared {
+            control,
+            refusals: Refusals::new(metrics.clone()),
+            metrics,
+            auth: Auth {
+                tokens: Tokens {
+                    read: settings.read_token.clone(),
+                    operator: settings.operator_token.clone(),
+                },
+                sessions: Sessions::new(settings.session_lifetime),
+            },
+            hosts: Hosts::new(
+                addr,
+                &settings.allowed_hosts,
+                settings.public_url.as_deref(),
+            ),
+            https: settings.https(),
+            limits: Limits {
+                max_connections: settings.max_connections,
+                header_read_timeout: settings.header_read_timeout,
+                idle_timeout: settings.idle_timeout,
+            },
+            limiter: limit::Limiter::default(),
+        }
+    }
+
     /// The pauses in force, by job id.
     pub async fn pauses(&self) -> Result<HashMap<String, JobPause>, ApiError> {
         let list = self
@@ -85,6 +133,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/runs/{run_id}/logs", get(api::logs))
         .route("/", get(page::index))
         .route("/login", get(page::login_form).post(page::login))
+        .route("/logout", post(page::logout))
         .route("/jobs/{id}", get(page::job))
         .route("/jobs/{id}/run", post(page::run_now))
         .route("/runs/{run_id}", get(page::run))
@@ -94,37 +143,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .layer(middleware::from_fn(same_origin))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard::check))
+        .layer(middleware::from_fn(guard::headers))
         .with_state(shared)
-}
-
-/// A browser on the operator's machine could be made to POST to a loopback admin server by
-/// any web site; browsers send `Origin` with such requests, so a POST whose origin is not this
-/// server is refused. (API clients such as curl send no `Origin`.)
-async fn same_origin(req: Request, next: Next) -> Response {
-    if req.method() == Method::POST
-        && let Some(origin) = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-    {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if origin_host != host {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cross_origin",
-                "a request from another site is refused",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn livez(State(s): State<Arc<Shared>>) -> Response {
@@ -177,14 +199,20 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
         Ok(Err(e)) => return not_ready("database", format!("the database fails: {e}")),
         Err(_) => return not_ready("database", "the database does not answer".into()),
     }
-    (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+    // Overloaded is still ready (the daemon works, late): said in a detail field.
+    let overload = status.overload();
+    let mut body = json!({"status": "ready", "overloaded": overload.overloaded});
+    if overload.overloaded {
+        body["overload"] = json!(overload);
+    }
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    s.tokens.caller(&headers)?;
+    s.auth.caller(&headers)?;
     // One query per scrape; a failing store leaves the paused gauge at 0 rather than failing
     // the whole scrape (`/readyz` reports the store).
     let pauses = s.pauses().await.unwrap_or_default();
@@ -203,8 +231,9 @@ pub struct Server {
     pub task: JoinHandle<()>,
 }
 
-/// Starts the server on `listener`; it stops when `shutdown` fires. The per-job metrics are
-/// seeded from the run history once the first schedule is loaded.
+/// Starts the server on `listener` (whose address `shared` was made for); it stops when
+/// `shutdown` fires. The per-job metrics are seeded from the run history once the first
+/// schedule is loaded.
 pub fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -216,15 +245,8 @@ pub fn serve(
         seed.control.status.scheduled().await;
         seed.metrics.seed(&seed.control).await;
     });
-    let app = router(shared);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+    let app = router(shared.clone());
+    let task = tokio::spawn(conn::accept_loop(listener, app, shared, shutdown));
     Ok(Server { addr, task })
 }
 

@@ -50,6 +50,11 @@ struct PlatformLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -115,8 +120,11 @@ pub struct Metrics {
     consecutive_failures: Family<JobLabel, Gauge>,
     paused: Family<JobLabel, Gauge>,
     jobs_invalid: Gauge,
+    overloaded: Gauge,
+    overload_episodes: Counter,
     platform_requests: Family<PlatformLabels, Counter>,
     platform_duration: HistogramFamily<PlatformLabel>,
+    refused: Family<ReasonLabel, Counter>,
     jobs: Mutex<HashMap<String, JobRuns>>,
     /// One scrape at a time sets the scrape-time gauges and encodes.
     scrape: Mutex<()>,
@@ -148,8 +156,11 @@ impl Metrics {
             consecutive_failures: Family::default(),
             paused: Family::default(),
             jobs_invalid: Gauge::default(),
+            overloaded: Gauge::default(),
+            overload_episodes: Counter::default(),
             platform_requests: Family::default(),
             platform_duration: Family::new_with_constructor(request_histogram),
+            refused: Family::default(),
             jobs: Mutex::default(),
             scrape: Mutex::default(),
             registry: Registry::default(),
@@ -204,6 +215,16 @@ impl Metrics {
             m.jobs_invalid.clone(),
         );
         registry.register(
+            "overloaded",
+            "1 while ticks keep firing late (an overload episode; see /readyz)",
+            m.overloaded.clone(),
+        );
+        registry.register(
+            "overload_episodes",
+            "Overload episodes since the daemon started",
+            m.overload_episodes.clone(),
+        );
+        registry.register(
             "platform_requests",
             "Request attempts to the platforms by method and HTTP status (`error`: no answer)",
             m.platform_requests.clone(),
@@ -215,6 +236,17 @@ impl Metrics {
             m.platform_duration.clone(),
         );
         registry.register(
+            "admin_refused_requests",
+            "Requests and connections the admin server refused, by reason",
+            m.refused.clone(),
+        );
+        // Every reason from the start (at 0), so an alert on a rate sees the first refusal.
+        for r in crate::guard::Refusal::ALL {
+            let _ = m.refused.get_or_create(&ReasonLabel {
+                reason: r.as_str().to_string(),
+            });
+        }
+        registry.register(
             "build",
             "The running version",
             Info::new(VersionLabel {
@@ -225,6 +257,15 @@ impl Metrics {
         let http: Arc<dyn HttpObserver> = m.clone();
         soarjobd_core::observe::add_http_observer(&http);
         m
+    }
+
+    /// Counts a refusal by the admin server (`guard::Refusal::as_str`).
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobRuns>> {
@@ -263,6 +304,13 @@ impl Metrics {
         let now = Utc::now();
         self.runs_running.set(control.running_count() as i64);
         self.jobs_invalid.set(view.invalid.len() as i64);
+        let overload = control.status.overload();
+        self.overloaded.set(i64::from(overload.overloaded));
+        // A counter follows the scheduler's count (only ever up); scrapes are serialised.
+        let seen = self.overload_episodes.get();
+        if overload.episodes > seen {
+            self.overload_episodes.inc_by(overload.episodes - seen);
+        }
         for f in [&self.last_success, &self.last_run, &self.next_run] {
             f.clear();
         }

@@ -1,12 +1,17 @@
 //! The status page: server-rendered HTML, readable without JavaScript (a few lines of it
 //! reload the page every few seconds). Every value is escaped.
 //!
-//! With tokens configured, the page is read with a cookie the login form sets (HttpOnly,
-//! SameSite=Strict); its buttons are plain forms (the operator token's cookie, or none needed
-//! on a loopback server without tokens).
+//! With tokens configured, the page is read with a session the login form starts (its cookie:
+//! HttpOnly, SameSite=Strict, `Secure` behind an HTTPS front; see `auth`), ended by the
+//! Sign out button; its buttons are plain forms (an operator's session, or none needed on a
+//! loopback server without tokens).
+//!
+//! Its only inline style and script are allowed by hash in the Content-Security-Policy every
+//! response carries ([`csp`]): nothing injected could run, and no other site may frame it.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use axum::Form;
 use axum::extract::{Path, State};
@@ -60,11 +65,39 @@ border-bottom:1px solid #dde2ea;vertical-align:top}th{background:#f3f5f8}\
 form{display:inline}button{cursor:pointer}pre{background:#f6f8fa;padding:.6rem;overflow:auto}\
 code{font-size:.9em}.muted{color:#667085}";
 
-fn layout(title: &str, body: &str, refresh: bool) -> Html<String> {
+/// Reloads the page every 5 s while the tab is visible; the page works the same without it.
+const SCRIPT: &str = "setInterval(function(){if(document.visibilityState==='visible')\
+                      location.reload()},5000)";
+
+/// The Content-Security-Policy of every response: nothing but the page's own style and script
+/// (by hash), forms posting to this server only, never framed.
+pub fn csp() -> HeaderValue {
+    static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = |s: &str| {
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
+        };
+        let policy = format!(
+            "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            hash(STYLE),
+            hash(SCRIPT)
+        );
+        HeaderValue::from_str(&policy).expect("a header value")
+    });
+    CSP.clone()
+}
+
+/// A page; `sign_out`: show the Sign out button (tokens are configured).
+fn layout(title: &str, body: &str, refresh: bool, sign_out: bool) -> Html<String> {
     let script = if refresh {
-        // Reload every 5 s while the tab is visible; the page works the same without it.
-        "<script>setInterval(function(){if(document.visibilityState==='visible')\
-         location.reload()},5000)</script>"
+        format!("<script>{SCRIPT}</script>")
+    } else {
+        String::new()
+    };
+    let sign_out = if sign_out {
+        " · <form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form>"
     } else {
         ""
     };
@@ -72,7 +105,7 @@ fn layout(title: &str, body: &str, refresh: bool) -> Html<String> {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · soarjobd</title>\
          <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
          <p class=\"muted\"><a href=\"/\">soarjobd</a> {} · <a href=\"/metrics\">metrics</a> · \
-         <a href=\"/api/v1/jobs\">API</a></p>{body}{script}</body></html>",
+         <a href=\"/api/v1/jobs\">API</a>{sign_out}</p>{body}{script}</body></html>",
         esc(title),
         esc(env!("CARGO_PKG_VERSION")),
     ))
@@ -107,7 +140,7 @@ fn duration(r: &RunRecord) -> String {
 
 /// A page, or the way to the login form when a token is needed.
 fn guard(s: &Shared, headers: &HeaderMap) -> Result<Role, Box<Response>> {
-    match s.tokens.caller(headers) {
+    match s.auth.caller(headers) {
         Ok(c) => Ok(c.role),
         Err(_) => Err(Box::new(Redirect::to("/login").into_response())),
     }
@@ -201,7 +234,7 @@ pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
         s.control.running_count(),
         when(Some(now)),
     );
-    layout("Jobs", &body, true).into_response()
+    layout("Jobs", &body, true, s.auth.required()).into_response()
 }
 
 pub async fn job(
@@ -281,7 +314,7 @@ pub async fn job(
         success = when(info.last_success),
         button = buttons(&def, role, paused),
     );
-    layout(&def.name, &body, true).into_response()
+    layout(&def.name, &body, true, s.auth.required()).into_response()
 }
 
 pub async fn run(
@@ -342,13 +375,14 @@ pub async fn run(
         &format!("Run {}", r.id),
         &body,
         r.status == RunStatus::Running,
+        s.auth.required(),
     )
     .into_response()
 }
 
 fn error_page(e: ApiError) -> Response {
     let body = format!("<h1>{}</h1><p>{}</p>", e.status.as_u16(), esc(&e.message));
-    (e.status, layout("Error", &body, false)).into_response()
+    (e.status, layout("Error", &body, false, false)).into_response()
 }
 
 pub async fn run_now(
@@ -356,7 +390,7 @@ pub async fn run_now(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match s.tokens.operator(&headers) {
+    let caller = match s.auth.operator(&headers) {
         Ok(c) => c,
         Err(e) => return error_page(e),
     };
@@ -371,7 +405,7 @@ pub async fn cancel(
     Path(run_id): Path<i64>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match s.tokens.operator(&headers) {
+    let caller = match s.auth.operator(&headers) {
         Ok(c) => c,
         Err(e) => return error_page(e),
     };
@@ -389,6 +423,7 @@ pub async fn login_form() -> Html<String> {
          <button type=\"submit\" id=\"sign-in\">Sign in</button></form>\
          <p class=\"muted\">The read token shows the page; the operator token also runs and cancels jobs.</p>",
         false,
+        false,
     )
 }
 
@@ -398,24 +433,40 @@ pub struct LoginForm {
 }
 
 pub async fn login(State(s): State<Arc<Shared>>, Form(f): Form<LoginForm>) -> Response {
-    if !s.tokens.accepts(&f.token) {
+    let Some(caller) = s.auth.tokens.login(&f.token) else {
         let body = "<h1>Sign in</h1><p>That token is not valid.</p><p><a href=\"/login\">Try again</a></p>";
-        return (StatusCode::UNAUTHORIZED, layout("Sign in", body, false)).into_response();
-    }
-    // The token is a bearer credential; the cookie is HttpOnly (no script reads it) and
-    // SameSite=Strict (no other site's request carries it).
-    let cookie = format!(
-        "{COOKIE_NAME}={}; HttpOnly; SameSite=Strict; Path=/",
-        f.token
-    );
+        return (
+            StatusCode::UNAUTHORIZED,
+            layout("Sign in", body, false, false),
+        )
+            .into_response();
+    };
+    let id = s.auth.sessions.start(caller, Instant::now());
+    let cookie = session_cookie(&s, &id, s.auth.sessions.lifetime().as_secs());
     let mut r = Redirect::to("/").into_response();
-    match HeaderValue::from_str(&cookie) {
-        Ok(v) => {
-            r.headers_mut().insert(header::SET_COOKIE, v);
-            r
-        }
-        Err(_) => ApiError::bad_request("the token cannot be stored in a cookie").into_response(),
+    r.headers_mut().insert(header::SET_COOKIE, cookie);
+    r
+}
+
+/// Ends the session of the request (if any), clears its cookie and goes to the login form.
+pub async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(id) = crate::auth::session_cookie(&headers) {
+        s.auth.sessions.end(&id);
     }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&s, "", 0));
+    r
+}
+
+/// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's request
+/// carries it), `Secure` behind an HTTPS front, gone after `max_age` seconds (0: at once).
+fn session_cookie(s: &Shared, id: &str, max_age: u64) -> HeaderValue {
+    let secure = if s.https { "; Secure" } else { "" };
+    let v =
+        format!("{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}");
+    // The id is hex: always a valid header value.
+    HeaderValue::from_str(&v).expect("a cookie of hex digits")
 }
 
 pub async fn pause(
@@ -423,7 +474,7 @@ pub async fn pause(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match s.tokens.operator(&headers) {
+    let caller = match s.auth.operator(&headers) {
         Ok(c) => c,
         Err(e) => return error_page(e),
     };
@@ -438,7 +489,7 @@ pub async fn resume(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match s.tokens.operator(&headers) {
+    let caller = match s.auth.operator(&headers) {
         Ok(c) => c,
         Err(e) => return error_page(e),
     };

@@ -506,8 +506,13 @@ impl RunContainment {
         }
     }
 
-    /// Sets up `cmd`: own process group, the markers, death signal, and entering the cgroup.
-    pub fn configure(&self, cmd: &mut tokio::process::Command) {
+    /// Sets up `cmd`: own process group, the markers, death signal, entering the cgroup, and
+    /// (`run_as`, a daemon running as root) the user the program runs as.
+    pub fn configure(
+        &self,
+        cmd: &mut tokio::process::Command,
+        run_as: Option<&soarjobd_core::exec_policy::RunAs>,
+    ) {
         cmd.process_group(0)
             .env(TOKEN_ENV, &self.token)
             .env(RUN_ID_ENV, self.run_id.to_string());
@@ -516,25 +521,38 @@ impl RunContainment {
             .as_ref()
             .and_then(|c| CString::new(c.dir.join("cgroup.procs").as_os_str().as_bytes()).ok());
         let parent = std::process::id() as libc::pid_t;
+        let ids = run_as.filter(|u| u.is_switch()).map(|u| (u.uid, u.gid));
         // SAFETY: the closure runs in the forked child before exec and only makes raw
-        // syscalls (prctl, getppid, open, write, close), which are async-signal-safe; the path
-        // was allocated before the fork.
+        // syscalls (open, write, close, setgroups, setgid, setuid, prctl, getppid), which are
+        // async-signal-safe; the path was allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                // If the daemon dies outright (SIGKILL, OOM), the kernel kills the program.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // ...unless it died before the line above: then nobody would kill us.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
                 // Enter the run's cgroup before exec, so not even the program's first fork
-                // escapes it. A failure is detected by the parent (`started`).
+                // escapes it. First of all: writing `cgroup.procs` needs the daemon's rights.
+                // A failure is detected by the parent (`started`).
                 if let Some(path) = &procs {
                     let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     if fd >= 0 {
                         libc::write(fd, b"0".as_ptr().cast(), 1);
                         libc::close(fd);
                     }
+                }
+                // Another user: groups, then group, then user (after setuid nothing else can
+                // be changed). A failure fails the start: never run as the daemon's user by
+                // mistake.
+                if let Some((uid, gid)) = ids
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // If the daemon dies outright (SIGKILL, OOM), the kernel kills the program.
+                // After the user change, which clears the death signal.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // ...unless it died before the line above: then nobody would kill us.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
@@ -547,6 +565,7 @@ impl RunContainment {
         let pid = pid as i32;
         self.pgid = Some(pid);
         self.leader_start_ticks = read_stat(pid).map(|s| s.start_ticks);
+        live_runs().insert(self.run_id, self.record());
         if let Some(cg) = &self.cgroup
             && !cg.pids().contains(&pid)
         {
@@ -589,6 +608,7 @@ impl RunContainment {
     /// (processes in a cgroup are not counted one by one).
     pub async fn finish(mut self) -> usize {
         self.finished = true;
+        live_runs().remove(&self.run_id);
         let job = self.cleanup_job();
         let killed = tokio::task::spawn_blocking(job).await.unwrap_or(0);
         if let Err(e) = self.store.forget().await {
@@ -642,6 +662,7 @@ impl Drop for RunContainment {
         if self.finished {
             return;
         }
+        live_runs().remove(&self.run_id);
         // The run's future was dropped (abandoned or aborted) before `finish`: kill at once
         // what can be killed without blocking, then the rest in the background.
         self.signal(libc::SIGKILL);
@@ -663,6 +684,42 @@ impl Drop for RunContainment {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runs of this process, for a forced exit.
+
+/// The process records of this process's runs whose program started and has not finished.
+/// A plain mutex: held for an insert or a removal, never across an await.
+fn live_runs() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<i64, RunProcess>> {
+    static LIVE: OnceLock<std::sync::Mutex<std::collections::BTreeMap<i64, RunProcess>>> =
+        OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every process of every run of this process now (SIGKILL to its cgroup, its group,
+/// and every process carrying its token: a `setsid` grandchild included), waiting until they
+/// are gone (at most a few seconds per run). For an exit that cannot wait for the runs to end
+/// (a second SIGTERM): the daemon must not leave its runs' processes behind. Blocking.
+/// Returns the runs whose processes were killed and whether some process survived.
+pub fn kill_all_live() -> (Vec<i64>, bool) {
+    let rows: Vec<RunProcess> = live_runs().values().cloned().collect();
+    let mut survivors = false;
+    for row in &rows {
+        // The group first, at once (its leader is our unreaped child or was reaped just now,
+        // and this process exits next): then the careful sweep by cgroup and token.
+        if let Some(pgid) = row.pgid {
+            // SAFETY: kill(2) with a negative pid signals the run's own process group.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        let (_, left) = kill_leftovers(row);
+        survivors |= left;
+    }
+    (rows.iter().map(|r| r.run_id).collect(), survivors)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ pub struct JobContext {
     pub(crate) span: tracing::Span,
     /// Redacts the run's secrets (its password parameters and the platform credentials).
     pub(crate) redactor: crate::redact::Redactor,
+    /// How job processes start: the user, the slots (`exec:`).
+    pub(crate) exec: Arc<crate::exec_policy::ExecPolicy>,
 }
 
 /// What the runner (`soarjobd-engine`) builds a [`JobContext`] from. Not for jobs: a job gets
@@ -200,6 +202,8 @@ pub struct JobContextParts {
     pub span: tracing::Span,
     /// Redacts the run's secrets (its password parameters and the platform credentials).
     pub redactor: crate::redact::Redactor,
+    /// How job processes start: the default user and the slots (`exec:` in the config).
+    pub exec: Arc<crate::exec_policy::ExecPolicy>,
 }
 
 impl JobContext {
@@ -218,6 +222,7 @@ impl JobContext {
             stats: p.stats,
             span: p.span,
             redactor: p.redactor,
+            exec: p.exec,
         }
     }
 }
@@ -332,6 +337,11 @@ impl JobContext {
     /// applied (`exec` hands it to its command unchanged).
     pub async fn stored_timestamp(&self, key: &str) -> Result<Option<i64>, JobError> {
         Ok(self.store.get_timestamp(self.job_id(), key).await?)
+    }
+
+    /// How job processes start: the default user and the slots (`exec:` in the config).
+    pub fn exec_policy(&self) -> &crate::exec_policy::ExecPolicy {
+        &self.exec
     }
 
     /// The process record of this run (the process containment of `exec`).

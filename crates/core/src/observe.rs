@@ -151,6 +151,8 @@ pub struct Status {
     stopping: Arc<AtomicBool>,
     jobs: Arc<RwLock<Arc<JobsView>>>,
     ready_tx: Arc<tokio::sync::Notify>,
+    /// Overload episodes (written by the scheduler's detector, read by `/readyz`, `/metrics`).
+    overload: Arc<std::sync::Mutex<crate::overload::OverloadView>>,
 }
 
 impl Status {
@@ -161,6 +163,19 @@ impl Status {
     #[doc(hidden)] // the engine's: the scheduler and the daemon set these
     pub fn set_jobs(&self, view: JobsView) {
         *self.jobs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+    }
+
+    /// Whether the scheduler is overloaded now, the episodes so far, and the figures.
+    pub fn overload(&self) -> crate::overload::OverloadView {
+        self.overload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    #[doc(hidden)] // the engine's scheduler publishes it
+    pub fn update_overload(&self, f: impl FnOnce(&mut crate::overload::OverloadView)) {
+        f(&mut self.overload.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     #[doc(hidden)] // the engine's: the scheduler and the daemon set these

@@ -285,13 +285,54 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, raw: &[u8], offset: usiz
     encoded[first..last_exclusive.min(encoded.len())].to_vec()
 }
 
+/// Characters that change how the text around them is displayed without being seen
+/// themselves: the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E,
+/// U+200F, U+202A..U+202E, U+2066..U+2069: a "Trojan Source" name reads differently from what
+/// it is), the line and paragraph separators (U+2028, U+2029: a line break that is not `\n`),
+/// and the zero-width space and byte-order mark (U+200B, U+FEFF: two names that look alike).
+/// The zero-width joiners (U+200C, U+200D) are left: scripts and emoji need them.
+pub fn is_bidi_or_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// Why `text` cannot be a displayed name (a job's `name`, a parameter's name...): the first
+/// control character (`\n` and `\t` too: a name is one line) or bidirectional/invisible
+/// character ([`is_bidi_or_invisible`]), with its position, or `None`. Names reach terminals,
+/// logs and the status page; escaping them everywhere they go is the second line of defence.
+pub fn display_name_problem(text: &str) -> Option<String> {
+    let (i, c) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() || is_bidi_or_invisible(*c))?;
+    let kind = if c.is_control() {
+        "a control character"
+    } else {
+        "a bidirectional-formatting or invisible character"
+    };
+    Some(format!(
+        "must not contain {kind} (U+{:04X} at character {})",
+        c as u32,
+        i + 1
+    ))
+}
+
 /// `text` with control characters (other than tab) and bidirectional-override characters
 /// written as escapes (`\r`, `\x1b`, `\u{9b}`, `\u{202e}`), so output from a script cannot
 /// move the cursor, recolour, rewrite or reorder a terminal's view of the log.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
     fn needs_escape(c: char) -> bool {
-        (c.is_control() && c != '\t')
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        (c.is_control() && c != '\t') || is_bidi_or_invisible(c)
     }
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);

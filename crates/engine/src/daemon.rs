@@ -39,6 +39,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown leaves queued alert notifications to go out.
 const ALERTS_GRACE: Duration = Duration::from_millis(200);
+/// After a second signal: how long the runs get to be recorded before the process exits.
+const FORCED_EXIT_RECORD: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,6 +53,9 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("stopped by SIGTERM/SIGINT while loading the jobs folder")]
     StoppedDuringStart,
+    /// `exec.user` names no user, or the daemon cannot switch to it (it is not root).
+    #[error("{0}")]
+    Exec(String),
 }
 
 /// Builds a daemon: the registry of jobs, settings and options. The registry comes from the
@@ -128,6 +133,11 @@ impl DaemonBuilder {
         // is registered kills the process without a graceful shutdown.
         let mut signals = Signals::new().map_err(DaemonError::Signals)?;
         let settings = self.settings;
+        // Before the store: a daemon that cannot start job processes as configured must not
+        // start at all (running them as its own user instead would expose its credentials).
+        let exec = crate::exec_policy::ExecPolicy::from_settings(&settings.exec)
+            .and_then(|p| p.check_can_switch().map(|()| p))
+            .map_err(DaemonError::Exec)?;
         let clustered = crate::store::is_postgres_url(&settings.database_url);
         let store = store::open_with(
             &settings.database_url,
@@ -164,6 +174,7 @@ impl DaemonBuilder {
         let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
         let ended = Arc::new(RunEnded::default());
         let mut runner = Runner::new(store.clone(), registry.clone())
+            .with_exec_policy(Arc::new(exec))
             .with_run_logs(run_logs.clone())
             .with_run_ended(ended.clone());
         if let Some(o) = self.observer {
@@ -397,9 +408,37 @@ impl RunningDaemon {
         // A second signal means "now": the process exits without waiting, and the next
         // start marks the runs it left as interrupted.
         let mut signals = std::mem::replace(&mut self.signals, Signals::none());
+        let (running, tracker) = (self.running.clone(), self.tracker.clone());
         tokio::spawn(async move {
             signals.recv().await;
-            tracing::warn!("second signal: exiting immediately");
+            tracing::warn!(
+                running = running.len(),
+                "second signal: killing the runs' processes and exiting"
+            );
+            // The runs learn why they end (so they are recorded `cancelled` with the
+            // reason, not as failures of their killed programs)...
+            running.stop_all(StopReason::ForcedExit);
+            // ...then their processes die, whatever the store does: an exit must not leave
+            // them running (a `setsid` grandchild included: cgroup and token, not only the
+            // group).
+            let (runs, survivors) =
+                tokio::task::spawn_blocking(soarjobd_containment::kill_all_live)
+                    .await
+                    .unwrap_or_default();
+            if survivors {
+                tracing::error!(?runs, "some processes of the runs could not be killed");
+            }
+            // Then the rows are recorded, if the store answers quickly. Rows it could not
+            // record become `interrupted` at the next start, as after a crash.
+            if tokio::time::timeout(FORCED_EXIT_RECORD, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    running = running.len(),
+                    "exiting without recording every run (the next start marks them interrupted)"
+                );
+            }
             std::process::exit(crate::exit::FAILURE);
         });
         self.shutdown().await;

@@ -52,6 +52,8 @@ pub enum StopReason {
     Shutdown,
     /// An operator cancelled the run (the admin API).
     Operator,
+    /// A second SIGTERM/SIGINT: the daemon exits at once, its runs' processes killed.
+    ForcedExit,
 }
 
 /// A handle to stop a running run.
@@ -80,6 +82,7 @@ impl RunControl {
         match *self.reason.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(StopReason::Replaced) => StopCause::Replaced,
             Some(StopReason::Operator) => StopCause::Operator,
+            Some(StopReason::ForcedExit) => StopCause::ForcedExit,
             _ => StopCause::Shutdown,
         }
     }
@@ -145,6 +148,8 @@ pub struct Runner {
     run_logs: Option<crate::ops::RunLogs>,
     /// Told of every recorded run end (the alert evaluator).
     ended: Option<Arc<crate::ops::alerts::RunEnded>>,
+    /// How job processes start (`exec:`), handed to every run.
+    exec: Arc<crate::exec_policy::ExecPolicy>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -161,7 +166,14 @@ impl Runner {
             observer: Arc::new(NoObserver),
             run_logs: None,
             ended: None,
+            exec: Arc::default(),
         }
+    }
+
+    /// Runs start their processes under `policy` (`exec.user`, `exec.max_concurrent`).
+    pub fn with_exec_policy(mut self, policy: Arc<crate::exec_policy::ExecPolicy>) -> Runner {
+        self.exec = policy;
+        self
     }
 
     /// Tells `ended` of every run end once it is recorded (see [`crate::ops::alerts`]).
@@ -441,6 +453,7 @@ impl Runner {
             stats,
             span: span.clone(),
             redactor,
+            exec: self.exec.clone(),
         });
         // The job's future is polled right here, inside the run's own task (the scheduler
         // spawned it), rather than in a second spawned task: a thousand runs due at once then
@@ -505,6 +518,7 @@ enum StopCause {
     Replaced,
     Shutdown,
     Operator,
+    ForcedExit,
 }
 
 impl StopCause {
@@ -520,6 +534,12 @@ impl StopCause {
                 "cancelled: the daemon shut down before the run finished".into(),
             ),
             StopCause::Operator => (RunStatus::Cancelled, "cancelled by an operator".into()),
+            StopCause::ForcedExit => (
+                RunStatus::Cancelled,
+                "cancelled: a second stop signal made the daemon exit at once; the run's \
+                 processes were killed"
+                    .into(),
+            ),
         }
     }
 }
@@ -531,6 +551,14 @@ fn map_result(
     stopped: Option<StopCause>,
 ) -> (RunStatus, Option<String>, Option<String>) {
     match res {
+        // A forced exit killed the run's processes: a failure it reports then is that kill.
+        Ok(Ok(outcome))
+            if matches!(stopped, Some(StopCause::ForcedExit))
+                && outcome.status == OutcomeStatus::Failed =>
+        {
+            let (status, msg) = StopCause::ForcedExit.status_and_message();
+            (status, Some(msg), Some(outcome.message))
+        }
         Ok(Ok(outcome)) => {
             let status = match outcome.status {
                 OutcomeStatus::Succeeded => RunStatus::Succeeded,

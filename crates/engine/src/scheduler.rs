@@ -149,6 +149,8 @@ impl RunningRuns {
 pub struct SchedulerOptions {
     /// Run every enabled job once right after start (the demo uses this).
     pub run_at_start: bool,
+    /// When lateness is an overload (see [`crate::overload`]).
+    pub overload: crate::overload::OverloadOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -240,6 +242,8 @@ pub struct Scheduler {
     /// Where the job files that fail to load are published (alerts, admin).
     published_invalid:
         Option<tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>>,
+    /// Sustained lateness, told once per episode (see [`crate::overload`]).
+    overload: crate::overload::OverloadDetector,
 }
 
 impl Scheduler {
@@ -264,6 +268,7 @@ impl Scheduler {
             pauses_unreadable: false,
             published: None,
             published_invalid: None,
+            overload: Default::default(),
         }
     }
 
@@ -465,6 +470,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         self.log_errors(&initial);
+        self.overload = crate::overload::OverloadDetector::new(options.overload);
         // Pauses before the jobs are added (a paused job neither catches up nor counts missed
         // ticks); the catch-ups a resume asked for after them, once the jobs are known.
         self.read_pauses().await;
@@ -498,6 +504,7 @@ impl Scheduler {
             // One relaxed atomic store per turn: what `/livez` and the watchdog look at.
             self.status.heartbeat.beat();
             let now = self.clock.now();
+            self.overload.turn(&self.status, now);
             let claim_at = self.heap.peek().map(|Reverse(e)| {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
             });
@@ -759,6 +766,7 @@ impl Scheduler {
             let skipped = def.schedule.count_ticks_between(e.tick, now, MISSED_CAP);
             if skipped > 0 {
                 self.observer.ticks_missed(&def.id, skipped);
+                self.overload.ticks_missed(&self.status, now, skipped);
                 tracing::warn!(job_id = %def.id, missed = skipped, "ticks missed");
             }
             self.push_next(&def, generation, after);
@@ -969,6 +977,7 @@ impl Scheduler {
             if c.trigger == Trigger::Schedule {
                 let lateness = (now - c.fire_at).to_std().unwrap_or_default();
                 self.observer.tick_fired(&c.job_id, lateness);
+                self.overload.tick_fired(&self.status, now, lateness);
             }
             // The job may have changed since the claim: run the current definition, or record
             // why the tick did not run.

@@ -382,7 +382,10 @@ async fn a_run_that_outlives_its_timeout_is_timed_out() {
         t0() + secs(1),
         &[("hold", "schedule: {every: 1h}\ntimeout: 5m")],
         vec![],
-        SchedulerOptions { run_at_start: true },
+        SchedulerOptions {
+            run_at_start: true,
+            ..Default::default()
+        },
     )
     .await;
     h.advance_to(t0() + secs(4 * 60)).await;
@@ -401,7 +404,10 @@ async fn a_job_that_ignores_its_timeout_is_abandoned_after_the_grace() {
         t0() + secs(1),
         &[("stubborn", "schedule: {every: 1h}\ntimeout: 5m")],
         vec![],
-        SchedulerOptions { run_at_start: true },
+        SchedulerOptions {
+            run_at_start: true,
+            ..Default::default()
+        },
     )
     .await;
     let grace = CANCEL_GRACE.as_secs() as i64;

@@ -70,9 +70,11 @@ where
 
 /// A writer that escapes control characters in what it writes, except the newline that ends
 /// (or separates lines of) a record and tab: `\r` and C0/DEL bytes become `\xNN`, C1 controls
-/// (U+0080..U+009F, `\xc2\x80`..`\xc2\x9f` in UTF-8) become `\u{NN}`. It works on bytes, so
-/// a record split across writes cannot be corrupted (a C1 control split across two writes is
-/// the only thing it would miss; the formatter writes a record in one call).
+/// (U+0080..U+009F) and the bidirectional-formatting and invisible characters of
+/// [`crate::redact::is_bidi_or_invisible`] (U+202E, U+2066, ...) become `\u{NNNN}`. It works on
+/// bytes, so a record split across writes cannot be corrupted (a multi-byte character split
+/// across two writes is the only thing it would miss; the formatter writes a record in one
+/// call), and bytes that are not UTF-8 pass through as they are.
 pub struct Escaping<W>(pub W);
 
 impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Escaping<W> {
@@ -85,9 +87,25 @@ impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Escaping<W> {
     }
 }
 
+/// The character starting at `buf[i]` (a multi-byte UTF-8 sequence), with its length.
+fn char_at(buf: &[u8], i: usize) -> Option<(char, usize)> {
+    let len = match buf[i] {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return None,
+    };
+    let c = std::str::from_utf8(buf.get(i..i + len)?)
+        .ok()?
+        .chars()
+        .next()?;
+    Some((c, len))
+}
+
 impl<W: std::io::Write> std::io::Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let clean = |b: u8| b >= 0x20 && b != 0x7f && b != 0xc2 || b == b'\n' || b == b'\t';
+        // Fast path: printable ASCII (with newline and tab) needs nothing.
+        let clean = |b: u8| (0x20..0x7f).contains(&b) || b == b'\n' || b == b'\t';
         if buf.iter().all(|b| clean(*b)) {
             self.0.write_all(buf)?;
             return Ok(buf.len());
@@ -96,12 +114,21 @@ impl<W: std::io::Write> std::io::Write for Escaping<W> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
-            if b == 0xc2 && buf.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)) {
-                out.extend_from_slice(format!("\\u{{{:x}}}", buf[i + 1]).as_bytes());
-                i += 2;
+            if b >= 0x80 {
+                if let Some((c, len)) = char_at(buf, i) {
+                    if c.is_control() || crate::redact::is_bidi_or_invisible(c) {
+                        out.extend_from_slice(format!("\\u{{{:x}}}", c as u32).as_bytes());
+                    } else {
+                        out.extend_from_slice(&buf[i..i + len]);
+                    }
+                    i += len;
+                } else {
+                    out.push(b);
+                    i += 1;
+                }
                 continue;
             }
-            if clean(b) || b == 0xc2 {
+            if clean(b) {
                 out.push(b);
             } else if b == b'\r' {
                 out.extend_from_slice(b"\\r");
@@ -170,5 +197,30 @@ mod tests {
         );
         assert!(!text.bytes().any(|b| b == 0x1b || b == b'\r'), "{text:?}");
         assert!(text.ends_with('\n'));
+    }
+
+    /// A right-to-left override (or an isolate) in a field reaches the terminal escaped, so it
+    /// cannot reorder what the operator reads; other non-ASCII text is left alone.
+    #[test]
+    fn the_pretty_format_escapes_bidi_overrides() {
+        let buf = Buf::default();
+        let sub = subscriber(LogFormat::Pretty, EnvFilter::new("info"), buf.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(
+                job = %"evil\u{202e}txt.exe \u{2066}x\u{2069} \u{feff}ok",
+                name = "Ñandú 日本",
+                "loaded"
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("evil\\u{202e}txt.exe \\u{2066}x\\u{2069} \\u{feff}ok"),
+            "{text}"
+        );
+        assert!(text.contains("Ñandú 日本"), "{text}");
+        assert!(
+            !text.chars().any(crate::redact::is_bidi_or_invisible),
+            "{text:?}"
+        );
     }
 }

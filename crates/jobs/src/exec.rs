@@ -243,12 +243,21 @@ impl JobSpec for Exec {
     }
 
     fn extra_keys(&self) -> &'static [&'static str] {
-        &["command", "working_dir", "env"]
+        &["command", "working_dir", "env", "run_as"]
     }
 
     fn validate(&self, _params: &Parameters, extra: &Map<String, Value>) -> Vec<FieldError> {
         let mut errs = Vec::new();
         ExecConfig::parse(extra, &mut errs);
+        if !matches!(
+            extra.get("run_as"),
+            None | Some(Value::Null | Value::String(_))
+        ) {
+            errs.push(FieldError::new(
+                "run_as",
+                "`run_as` must be a user name (or a numeric uid)",
+            ));
+        }
         errs
     }
 
@@ -262,6 +271,7 @@ impl JobSpec for Exec {
         if let Some(cfg) = ExecConfig::parse(extra, &mut errs) {
             cfg.check_paths(file, &mut errs);
         }
+        crate::process::validate_run_as(extra, &mut errs);
         errs
     }
 }
@@ -314,7 +324,9 @@ impl Job for Exec {
         });
 
         // Containment: own group, run token, cgroup where possible (see `process`).
-        let mut child = Contained::spawn(ctx, &mut cmd, &cfg.command[0]).await?;
+        let user =
+            crate::process::run_as(ctx, crate::process::run_as_key(&ctx.definition().extra))?;
+        let mut child = Contained::spawn(ctx, &mut cmd, &cfg.command[0], user.as_ref()).await?;
         let stdin = child.take_stdin();
         let stdout = child.take_stdout();
         let stderr = child.take_stderr();

@@ -9,27 +9,84 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
+use serde_json::{Map, Value};
 use soarjobd_containment::RunContainment;
+use soarjobd_core::definition::FieldError;
+use soarjobd_core::exec_policy::{ExecSlot, RunAs};
 use soarjobd_core::job::{JobContext, JobError};
 
 /// A started child with its containment. Dropping it (the run abandoned) kills everything.
 pub struct Contained {
     child: Child,
     cont: RunContainment,
+    /// The run's place under `exec.max_concurrent`, held until the program is over.
+    _slot: ExecSlot,
+}
+
+/// The user a job's process runs as: the job's `run_as`, else `exec.user`, else the daemon's
+/// own (`None`). Refused when the daemon cannot switch to it (it is not root).
+pub fn run_as(ctx: &JobContext, job_run_as: Option<&str>) -> Result<Option<RunAs>, JobError> {
+    let user = match job_run_as {
+        Some(name) => {
+            Some(RunAs::lookup(name).map_err(|e| JobError::msg(format!("`run_as`: {e}")))?)
+        }
+        None => ctx.exec_policy().user().cloned(),
+    };
+    if let Some(u) = &user {
+        u.check_can_switch().map_err(JobError::msg)?;
+    }
+    Ok(user)
+}
+
+/// A job file's `run_as` key: the user its process runs as (a name or a numeric uid).
+pub fn run_as_key(extra: &Map<String, Value>) -> Option<&str> {
+    extra.get("run_as").and_then(Value::as_str)
+}
+
+/// Checks `run_as` where a job file is validated: a text naming a user of this host. Whether
+/// the daemon can switch to it (it runs as root) is checked when the run starts.
+pub fn validate_run_as(extra: &Map<String, Value>, errs: &mut Vec<FieldError>) {
+    match extra.get("run_as") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => {
+            if let Err(e) = RunAs::lookup(name) {
+                errs.push(FieldError::new("run_as", format!("`run_as`: {e}")));
+            }
+        }
+        Some(_) => errs.push(FieldError::new(
+            "run_as",
+            "`run_as` must be a user name (or a numeric uid)",
+        )),
+    }
 }
 
 impl Contained {
-    /// Records the run's processes, then starts `cmd` (already given its argv, environment and
-    /// pipes) in its own group and cgroup, and records its pid. The record comes before the
-    /// start, so a crash at any later point leaves a record the next start uses.
+    /// Waits for a process slot (`exec.max_concurrent`; the wait is logged and kept in the
+    /// run's stats as `queued_ms`), records the run's processes, then starts `cmd` (already
+    /// given its argv, environment and pipes) in its own group and cgroup, as `run_as` when
+    /// given ([`run_as`]), and records its pid. The record comes before the start, so a crash
+    /// at any later point leaves a record the next start uses.
     pub async fn spawn(
         ctx: &JobContext,
         cmd: &mut Command,
         program: &str,
+        run_as: Option<&RunAs>,
     ) -> Result<Contained, JobError> {
+        let Some(slot) = ctx.exec_policy().slot(ctx.cancellation()).await else {
+            return Err(JobError::msg(
+                "cancelled while waiting for a process slot (exec.max_concurrent)",
+            ));
+        };
+        if !slot.queued.is_zero() {
+            ctx.stats().set("queued_ms", slot.queued.as_millis() as u64);
+        }
+        if let Some(u) = run_as {
+            // The daemon's HOME is not the job user's.
+            cmd.env("HOME", &u.home);
+        }
         cmd.kill_on_drop(true);
         let mut cont = RunContainment::prepare(ctx.processes().clone());
-        cont.configure(cmd);
+        cont.configure(cmd, run_as);
         if let Err(e) = ctx.processes().record(&cont.record()).await {
             cont.finish().await;
             return Err(JobError::context("cannot record the run's processes", e));
@@ -52,7 +109,11 @@ impl Contained {
             cont.finish().await;
             return Err(JobError::context("cannot record the run's processes", e));
         }
-        Ok(Contained { child, cont })
+        Ok(Contained {
+            child,
+            cont,
+            _slot: slot,
+        })
     }
 
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {

@@ -17,9 +17,11 @@
 
 use sqlx::{Postgres, Row, Transaction};
 
+use sqlx::SqlitePool;
+
 use super::postgres::PgStore;
-use super::sqlite::SqliteStore;
-use super::{JobStateStore, OpenOptions, RunStore, StoreError};
+use super::sqlite::{SourceSchema, open_read_only};
+use super::{OpenOptions, RunStore, StoreError};
 
 /// What was copied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +41,23 @@ pub enum MigrateStateError {
     From(String),
     #[error("--to must be a PostgreSQL URL (postgres://...)")]
     To,
+    #[error("the SQLite database {0} does not exist (check the path; nothing was copied)")]
+    SourceMissing(String),
+    #[error(
+        "{path} is not a soarjobd state database ({why}); nothing was copied and the file was \
+         not changed"
+    )]
+    SourceForeign { path: String, why: String },
+    #[error(
+        "{path} was last opened by an older soarjobd ({applied} of {known} schema migrations): \
+         start this version's daemon on it once (or run `soarjobd list` with its \
+         database_url) to upgrade it, then migrate"
+    )]
+    SourceOlder {
+        path: String,
+        applied: usize,
+        known: usize,
+    },
     #[error("cannot take the SQLite database for the copy (stop the daemon using it first)")]
     Locked(#[source] super::LockError),
     #[error(
@@ -71,17 +90,53 @@ pub async fn migrate_state(from: &str, to: &str) -> Result<Copied, MigrateStateE
     if !super::is_postgres_url(to) {
         return Err(MigrateStateError::To);
     }
-    let _lock = super::lock_daemon(from).map_err(MigrateStateError::Locked)?;
-    let source = SqliteStore::open(from).await?;
-    let target = PgStore::open(to, &OpenOptions::default()).await?;
-    let result = copy(&source, &target).await;
-    source.close().await;
-    target.close().await;
+    // The source is opened read-only and never created: a typo'd path must not become an
+    // empty database that "migrates" nothing, and a foreign file must not get our tables.
+    // Both are checked before the daemon lock, whose `.lock` file would be left behind.
+    let Some((src, schema)) = open_read_only(from).await? else {
+        return Err(MigrateStateError::SourceMissing(from.to_owned()));
+    };
+    let refused = match schema {
+        SourceSchema::Current => None,
+        SourceSchema::Foreign(why) => Some(MigrateStateError::SourceForeign {
+            path: from.to_owned(),
+            why,
+        }),
+        SourceSchema::Older { applied, known } => Some(MigrateStateError::SourceOlder {
+            path: from.to_owned(),
+            applied,
+            known,
+        }),
+        SourceSchema::Newer { version } => {
+            Some(MigrateStateError::Store(StoreError::SchemaTooNew {
+                version,
+            }))
+        }
+    };
+    if let Some(e) = refused {
+        src.close().await;
+        return Err(e);
+    }
+    let _lock = match super::lock_daemon(from) {
+        Ok(l) => l,
+        Err(e) => {
+            src.close().await;
+            return Err(MigrateStateError::Locked(e));
+        }
+    };
+    let result = match PgStore::open(to, &OpenOptions::default()).await {
+        Ok(target) => {
+            let r = copy(&src, &target).await;
+            target.close().await;
+            r
+        }
+        Err(e) => Err(e.into()),
+    };
+    src.close().await;
     result
 }
 
-async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Copied, MigrateStateError> {
-    let src = source.pool();
+async fn copy(src: &SqlitePool, target: &PgStore) -> Result<Copied, MigrateStateError> {
     let mut tx = target.pool().begin().await?;
     // Two copies at once would both find the target empty: the second waits here, then
     // finds the first one's rows.
@@ -132,7 +187,12 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Copied, MigrateS
             .await?;
     }
 
-    for (job, key, value) in source.all_timestamps().await? {
+    let timestamps: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
+    )
+    .fetch_all(src)
+    .await?;
+    for (job, key, value) in timestamps {
         let updated: i64 = sqlx::query_scalar(
             "SELECT updated_at FROM job_timestamps WHERE job_id = ? AND \"key\" = ?",
         )

@@ -397,6 +397,72 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     }
 }
 
+/// What a read-only look at an existing SQLite file found (`migrate-state`'s source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SourceSchema {
+    /// soarjobd's schema, every migration of this build applied.
+    Current,
+    /// Not a soarjobd database: no migration table, or not a SQLite file at all.
+    Foreign(String),
+    /// A soarjobd database that an older build last opened (`applied` of `known` migrations).
+    Older { applied: usize, known: usize },
+    /// A soarjobd database a newer build upgraded.
+    Newer { version: i64 },
+}
+
+/// Opens an existing SQLite file read-only, never creating it or anything beside it, and
+/// never migrating it: a pool for reading, and what its schema is. `None` when the file does
+/// not exist.
+pub(crate) async fn open_read_only(
+    url_or_path: &str,
+) -> StoreResult<Option<(SqlitePool, SourceSchema)>> {
+    let path = database_path(url_or_path)?;
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(false)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: url_or_path.to_owned(),
+            source: Box::new(source),
+        })?;
+    let applied: Result<Vec<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&pool)
+            .await;
+    let schema = match applied {
+        // SQLITE_NOTADB (26), or no migration table: not ours.
+        Err(sqlx::Error::Database(e)) => SourceSchema::Foreign(e.message().to_owned()),
+        Err(e) => {
+            pool.close().await;
+            return Err(crate::db(e));
+        }
+        Ok(applied) => {
+            let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+            if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+                SourceSchema::Newer { version: *v }
+            } else if applied.is_empty() {
+                SourceSchema::Foreign("no soarjobd migration was ever applied".into())
+            } else if applied.len() < known.len() {
+                SourceSchema::Older {
+                    applied: applied.len(),
+                    known: known.len(),
+                }
+            } else {
+                SourceSchema::Current
+            }
+        }
+    };
+    Ok(Some((pool, schema)))
+}
+
 /// The file path named by a `sqlite:` URL or a bare path.
 pub fn database_path(url_or_path: &str) -> StoreResult<PathBuf> {
     let unsupported = || StoreError::UnsupportedUrl(url_or_path.to_owned());

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
+
 use crate::config::Section;
 use crate::config::grammar::SecretSource;
 use crate::definition::JobDefinition;
@@ -63,14 +65,40 @@ impl AlertSettings {
                 }
             },
         };
+        let webhook_url = webhook(s, "webhook_url", "webhook_url_file");
+        let slack_url = webhook(s, "slack_url", "slack_url_file");
         AlertSettings {
             failed_runs_in_a_row: s.uint("failed_runs_in_a_row", d.failed_runs_in_a_row, 0),
             no_success_for,
             job_invalid: s.bool("job_invalid", d.job_invalid),
-            webhook_url: s.secret("webhook_url", "webhook_url_file"),
-            slack_url: s.secret("slack_url", "slack_url_file"),
+            webhook_url,
+            slack_url,
             check_every: s.positive_duration("check_every", d.check_every),
             queue: s.uint("queue", d.queue, 1),
+        }
+    }
+}
+
+/// A webhook URL (inline or in a file), checked now so that a bad one is located and reported
+/// with every other problem: an `http(s)` URL with a host. Never quoted: it is a credential.
+fn webhook(s: &mut Section<'_>, key: &'static str, file_key: &'static str) -> Option<SecretSource> {
+    let source = s.secret(key, file_key)?;
+    let at = match &source {
+        SecretSource::Inline(_) => key,
+        SecretSource::File(_) => file_key,
+    };
+    // A file that cannot be read was reported by `secret` already.
+    let url = source.read().ok()?;
+    match url::Url::parse(url.expose_secret().trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(source),
+        _ => {
+            let msg = format!(
+                "`{}` must be an http(s) URL such as https://hooks.example.com/... (the value \
+                 is not shown: it is a credential)",
+                s.key_path(at)
+            );
+            s.problem(at, msg);
+            None
         }
     }
 }

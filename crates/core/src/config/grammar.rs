@@ -314,18 +314,36 @@ impl Origins {
         }
     }
 
+    /// The first variable (by name) that set a key under `path`: a section only the
+    /// environment wrote (`SOARJOBD__NOPE__X` makes a section `nope`) is located there.
+    fn env_child(&self, path: &str) -> Option<&str> {
+        let prefix = format!("{path}.");
+        self.env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.as_str())
+            .min()
+    }
+
     fn at(&self, path: &str, value: bool) -> Option<Origin> {
         if let Some(var) = self.env_var(path) {
             return Some(Origin::Env {
                 var: var.to_string(),
             });
         }
-        let file = self.file.clone()?;
         let pos = if value {
             self.positions.value(path)
         } else {
             self.positions.key(path)
         };
+        if pos.is_none()
+            && let Some(var) = self.env_child(path)
+        {
+            return Some(Origin::Env {
+                var: var.to_string(),
+            });
+        }
+        let file = self.file.clone()?;
         Some(Origin::File {
             file,
             pos: pos.unwrap_or(Pos { line: 1, column: 1 }),

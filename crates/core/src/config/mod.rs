@@ -119,6 +119,8 @@ pub struct Settings {
     pub reload_poll: Duration,
     /// The `secrets` section: what job files may read.
     pub secrets: SecretsSettings,
+    /// The `exec` section: the user job processes run as, and how many at once.
+    pub exec: crate::exec_policy::ExecSettings,
     /// The platform sections by top-level key (`soar`, ...), raw: each platform reads its own
     /// through the grammar ([`grammar::Section`]) with [`Settings::origins`].
     pub sections: BTreeMap<String, Value>,
@@ -179,6 +181,7 @@ impl Default for Settings {
             cluster: ClusterSettings::default(),
             reload_poll: Duration::from_secs(30),
             secrets: SecretsSettings::default(),
+            exec: Default::default(),
             sections: BTreeMap::new(),
             origins: Arc::new(Origins::default()),
         }
@@ -220,6 +223,7 @@ const CORE_KEYS: &[&str] = &[
     "reload_poll",
     "secrets",
     "cluster",
+    "exec",
 ];
 
 /// Loads and validates the configuration. Top-level mappings this module does not know are
@@ -579,6 +583,19 @@ fn validate(
     }
     let secrets = secrets.finish();
     top.absorb(secrets);
+
+    let mut exec = top.section("exec");
+    if let Some(u) = exec.string("user") {
+        let u = u.trim().to_string();
+        if u.is_empty() {
+            exec.problem("user", "`exec.user` must name a user");
+        } else {
+            s.exec.user = Some(u);
+        }
+    }
+    s.exec.max_concurrent = exec.uint("max_concurrent", s.exec.max_concurrent, 0);
+    let exec = exec.finish();
+    top.absorb(exec);
 
     // Platform sections: declared ones are checked by their platform; without declarations
     // (`load`), every other top-level mapping is kept for its platform to check later.
@@ -1055,6 +1072,70 @@ mod tests {
         assert_eq!(e.problems.len(), 1, "{e}");
         assert!(
             matches!(e.problems[0].origin, Some(Origin::File { pos, .. }) if pos.line >= 3),
+            "{e}"
+        );
+    }
+
+    /// An unknown section only the environment wrote is reported with the variable's name,
+    /// not at `<config file>:1:1`; a bad webhook URL is located at its value, and a second one
+    /// in the same file is reported in the same pass (every problem at once).
+    #[test]
+    fn env_sections_and_webhook_urls_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "jobs_dir: jobs\nalerts:\n  webhook_url: \"not a url\"\n  slack_url: \"javascript:alert(1)\"\n",
+        )
+        .unwrap();
+        let e = load_with(
+            &Sources {
+                file: Some(cfg.clone()),
+                env: env(&[("SOARJOBD__NOPE__X", "1"), ("SOARJOBD__NOPE__A", "2")]),
+            },
+            &[PLAT],
+        )
+        .unwrap_err();
+        let f = cfg.display();
+        let text: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with(&format!(
+                "{f}:3:16: `alerts.webhook_url` must be an http(s) URL"
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with(&format!(
+                "{f}:4:14: `alerts.slack_url` must be an http(s) URL"
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("SOARJOBD__NOPE__A: unknown key `nope`"),
+            "{text:#?}"
+        );
+        // The credential is never quoted.
+        for t in &text {
+            assert!(!t.contains("not a url") && !t.contains("javascript"), "{t}");
+        }
+        // A URL read from a file is located at the `_file` key; a good one passes.
+        std::fs::write(dir.path().join("hook"), "ftp://hooks.example/x\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "alerts:\n  webhook_url_file: hook\n  slack_url: https://hooks.example/T/B/x\n",
+        )
+        .unwrap();
+        let e = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(
+            e.problems[0]
+                .to_string()
+                .starts_with(&format!("{f}:2:21: `alerts.webhook_url_file` must be")),
             "{e}"
         );
     }

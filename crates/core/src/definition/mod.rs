@@ -777,6 +777,10 @@ impl Cx<'_> {
                 self.val_err("name", "`name` must not be empty");
             } else if n.chars().count() > 150 {
                 self.val_err("name", "`name` must be at most 150 characters");
+            } else if let Some(why) = crate::redact::display_name_problem(n) {
+                // Raw control characters are refused by the YAML reader; escapes (`"\u0007"`,
+                // `"\u202e"`) reach here.
+                self.val_err("name", format!("`name` {why}"));
             }
         }
         let description = self.opt_str(map, "description").unwrap_or_default();
@@ -785,6 +789,12 @@ impl Cx<'_> {
                 "description",
                 "`description` must be at most 2050 characters",
             );
+        }
+        // Free text over several lines: line breaks and tabs are fine, the rest is not.
+        if let Some(why) =
+            crate::redact::display_name_problem(&description.replace(['\n', '\r', '\t'], " "))
+        {
+            self.val_err("description", format!("`description` {why}"));
         }
         // Free text: marketplace files carry display names (`Google Chronicle`).
         let integration = self.opt_str(map, "integration");
@@ -796,7 +806,17 @@ impl Cx<'_> {
                 "`integration` must be at most 150 characters",
             );
         }
+        if let Some(i) = &integration
+            && let Some(why) = crate::redact::display_name_problem(i)
+        {
+            self.val_err("integration", format!("`integration` {why}"));
+        }
         let creator = self.opt_str(map, "creator");
+        if let Some(c) = &creator
+            && let Some(why) = crate::redact::display_name_problem(c)
+        {
+            self.val_err("creator", format!("`creator` {why}"));
+        }
         let documentation_link = self.opt_str(map, "documentation_link");
         if let Some(link) = &documentation_link
             && url::Url::parse(link).is_err()
@@ -1166,6 +1186,10 @@ impl Cx<'_> {
                     &format!("{p}.name"),
                     "a parameter name must be at most 150 characters and 13 words",
                 );
+            }
+            if let Some(why) = crate::redact::display_name_problem(&name) {
+                self.val_err(&format!("{p}.name"), format!("a parameter name {why}"));
+                continue;
             }
             if let Some(first) = seen.insert(name.to_lowercase(), i) {
                 self.val_err(

@@ -600,3 +600,47 @@ fn job_file_durations_follow_the_config_grammar() {
         "{errs:?}"
     );
 }
+
+/// Control and bidirectional-formatting characters written as YAML escapes (raw control
+/// characters are refused by the reader) are refused in every displayed name, each located.
+#[test]
+fn control_and_bidi_characters_in_names_are_refused() {
+    let text = "\
+name: \"Bell\\u0007 \\u001b[2J\"
+job: echo
+integration: \"Sec\\u202eOps\"
+creator: \"Ad\\u2066min\\u2069\"
+description: \"two\\nlines are fine, \\u202d is not\"
+schedule: {every: 15m}
+parameters:
+  - name: \"Tags\\u200f\"
+    type: csv
+    value: a
+  - name: Tags
+    type: csv
+    value: b
+command: [\"/bin/echo\"]
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert!(
+        errs[0].starts_with(
+            "1:7: `name` must not contain a control character (U+0007 at character 5)"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("3:14: `integration` must not contain a bidirectional"),
+        "{errs:#?}"
+    );
+    assert!(errs[1].contains("U+202E"), "{errs:#?}");
+    assert!(errs[2].starts_with("4:10: `creator`"), "{errs:#?}");
+    assert!(errs[3].starts_with("5:14: `description`"), "{errs:#?}");
+    assert!(
+        errs[4].starts_with("8:11: a parameter name must not contain"),
+        "{errs:#?}"
+    );
+    // A name in another script, with accents, is fine.
+    let ok = GOOD.replace("name: Sample job", "name: \"Ñandú 日本 — jobs\"");
+    assert_eq!(load(&ok).unwrap().name, "Ñandú 日本 — jobs");
+}

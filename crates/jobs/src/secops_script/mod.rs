@@ -77,7 +77,7 @@ impl JobSpec for SecopsScript {
     }
 
     fn extra_keys(&self) -> &'static [&'static str] {
-        &["script", "python", "env"]
+        &["script", "python", "env", "run_as"]
     }
 
     fn script_extension(&self) -> Option<&'static str> {
@@ -97,6 +97,7 @@ impl JobSpec for SecopsScript {
         extra: &Map<String, Value>,
     ) -> Vec<FieldError> {
         let mut errs = Vec::new();
+        crate::process::validate_run_as(extra, &mut errs);
         let Some(cfg) = Config::parse(extra, &mut errs) else {
             return errs;
         };
@@ -207,7 +208,9 @@ impl Job for SecopsScript {
             "vault_settings": null,
         });
 
-        let mut child = Contained::spawn(ctx, &mut cmd, &python).await?;
+        let user =
+            crate::process::run_as(ctx, crate::process::run_as_key(&ctx.definition().extra))?;
+        let mut child = Contained::spawn(ctx, &mut cmd, &python, user.as_ref()).await?;
         let stdin = child.take_stdin();
         let stdout = child.take_stdout();
         let stderr = child.take_stderr();
