@@ -504,6 +504,10 @@ async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: Cancellati
     let mut timer = tokio::time::interval(sweep.every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
+    // The sweep runs ten times per heartbeat on PostgreSQL: during an outage its failures are
+    // logged once, then at most once a minute.
+    let mut failing =
+        crate::store::failing::FailureLog::new("cannot look for runs of dead processes");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -511,6 +515,7 @@ async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: Cancellati
         }
         match store.interrupt_running(Utc::now()).await {
             Ok(runs) => {
+                failing.ok();
                 for r in runs {
                     tracing::warn!(
                         job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
@@ -527,9 +532,7 @@ async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: Cancellati
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot look for runs of dead processes")
-            }
+            Err(e) => failing.failed(&error_chain(&e)),
         }
     }
 }

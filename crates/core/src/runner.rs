@@ -341,9 +341,14 @@ impl Runner {
             .await;
         let _e = span.enter();
         if let Err(e) = recorded {
-            // The run happened; only its record failed. The next start marks the row
-            // interrupted, which is the honest status for a run whose end was not recorded.
-            tracing::error!(error = %error_chain(&e), "cannot record the end of the run");
+            // The run happened; only its record failed. Both backends keep the end and write
+            // it when the database answers again (on PostgreSQL under the run's fencing
+            // token); if this process dies first, the row ends `interrupted`.
+            tracing::error!(
+                error = %error_chain(&e),
+                effect = "the end is kept and written when the database answers again",
+                "cannot record the end of the run"
+            );
         }
         let duration_ms = duration.as_millis() as u64;
         match status {

@@ -8,6 +8,7 @@
 
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
+pub mod failing;
 pub mod lock;
 pub mod migrate_state;
 pub mod ops;

@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +70,13 @@ macro_rules! run_columns {
 }
 
 const MAX_CONNECTIONS: u32 = 10;
+/// How long an operation waits for a connection. sqlx retries a refused connection until
+/// this passes (and then reports only a pool timeout), so it is short: during an outage
+/// claims, finishes and heartbeats fail within seconds instead of hanging for 30 s.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The most run ends kept for a retry while the database fails (as on SQLite); beyond it the
+/// oldest is dropped (its row is taken over as a dead replica's once this one is gone).
+const MAX_UNRECORDED: usize = 10_000;
 /// Attempts at a claim that failed on a deadlock or serialization failure.
 const CLAIM_ATTEMPTS: u32 = 5;
 
@@ -101,6 +108,14 @@ pub(super) struct Inner {
     dead_after_ms: i64,
     /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
     leases: std::sync::Mutex<HashMap<i64, i64>>,
+    /// Run ends that could not be written (the database was down), retried under their
+    /// fencing tokens after every successful heartbeat and sweep, and at close.
+    unrecorded: std::sync::Mutex<Vec<(i64, RunFinish)>>,
+    /// Since when this handle has reached the database without a failure (`None` while it
+    /// fails). Another node is declared dead only once this is older than `dead_after`: after
+    /// an outage every heartbeat is stale, and a replica that got its connection back first
+    /// must give the others `dead_after` to beat again before it takes their runs over.
+    healthy_since: std::sync::Mutex<Option<std::time::Instant>>,
     events: mpsc::UnboundedSender<ClusterEvent>,
     events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
     reregistering: tokio::sync::Mutex<()>,
@@ -132,6 +147,7 @@ impl PgStore {
         migrate(&connect).await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect)
             .await
             .map_err(open_error)?;
@@ -153,6 +169,14 @@ impl PgStore {
             role: options.role,
             dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
             leases: Default::default(),
+            unrecorded: Default::default(),
+            // At open the other nodes' heartbeats are judged as usual: this handle did not
+            // see an outage.
+            healthy_since: std::sync::Mutex::new(Some(
+                std::time::Instant::now()
+                    .checked_sub(options.dead_after)
+                    .unwrap_or_else(std::time::Instant::now),
+            )),
             events,
             events_rx: std::sync::Mutex::new(Some(events_rx)),
             reregistering: tokio::sync::Mutex::new(()),
@@ -196,6 +220,124 @@ impl PgStore {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run_id)
     }
+
+    /// Writes the run ends kept while the database failed, each under its run's fencing
+    /// token: a run taken over meanwhile (the outage outlasted `dead_after` and another
+    /// replica declared this one dead) has its late end refused and logged by `finish_run`.
+    /// Stops at the first database error (the rest stay kept).
+    pub(super) async fn retry_unrecorded(&self) {
+        let mut queued: std::collections::VecDeque<(i64, RunFinish)> = std::mem::take(
+            &mut *self
+                .inner
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+        .into();
+        while let Some((run_id, finish)) = queued.pop_front() {
+            match self.finish_once(run_id, &finish).await {
+                Ok(true) => tracing::info!(
+                    run_id,
+                    status = finish.status.as_str(),
+                    "run end recorded after the database came back"
+                ),
+                // Refused by fencing (logged there) or finished by someone else.
+                Ok(false) => {}
+                Err(StoreError::Db(_)) => {
+                    queued.push_front((run_id, finish));
+                    let mut kept = self
+                        .inner
+                        .unrecorded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    // Older ends first, then any that failed meanwhile.
+                    let newer = std::mem::take(&mut *kept);
+                    kept.extend(queued);
+                    kept.extend(newer);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "cannot record the end of a run");
+                }
+            }
+        }
+    }
+
+    /// One attempt at [`RunStore::finish_run`]. The lease is kept until the outcome is
+    /// known, so a retry after a database error is still fenced.
+    async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        let fence = self.lease(run_id);
+        let changed = sqlx::query(
+            "UPDATE job_runs SET status = $1, finished_at = $2, \
+                 duration_ms = GREATEST($2 - started_at, 0), message = COALESCE($3, message), \
+                 error = $4, stats = $5 \
+             WHERE id = $6 AND status = 'running' AND ($7::BIGINT IS NULL OR fence = $7)",
+        )
+        .bind(finish.status.as_str())
+        .bind(millis(finish.finished_at))
+        .bind(finish.message.as_deref())
+        .bind(finish.error.as_deref())
+        .bind(finish.stats.to_string())
+        .bind(run_id)
+        .bind(fence)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            self.drop_lease(run_id);
+            return Ok(true);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        self.drop_lease(run_id);
+        match status {
+            None => Err(StoreError::NoSuchRun(run_id)),
+            Some(status) => {
+                if fence.is_some() && status == RunStatus::Interrupted.as_str() {
+                    tracing::warn!(
+                        run_id,
+                        fence,
+                        status = finish.status.as_str(),
+                        "run end rejected by its fencing token: another replica took the run \
+                         over while it was going here; the row keeps the interrupted status"
+                    );
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// An operation reached the database.
+    pub(super) fn db_ok(&self) {
+        let mut h = self.healthy_since.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() {
+            *h = Some(std::time::Instant::now());
+        }
+    }
+
+    /// An operation failed on the database.
+    pub(super) fn db_failed(&self) {
+        *self.healthy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The heartbeat age (ms) beyond which another node counts as dead, for this handle now:
+    /// `dead_after`, unless this handle has not reached the database for that long without a
+    /// failure (an outage made every heartbeat stale: nobody is judged dead until everyone had
+    /// `dead_after` to beat again).
+    pub(super) fn judged_dead_after_ms(&self) -> i64 {
+        let healthy = *self.healthy_since.lock().unwrap_or_else(|p| p.into_inner());
+        match healthy {
+            Some(t) if t.elapsed().as_millis() >= self.dead_after_ms.max(0) as u128 => {
+                self.dead_after_ms
+            }
+            _ => i64::MAX / 4,
+        }
+    }
 }
 
 /// Applies pending migrations through a pool of one connection of its own. sqlx's migrator
@@ -203,19 +345,30 @@ impl PgStore {
 /// this build): closing that connection releases it, where a connection of the store's pool
 /// would keep it and block the next replica's start.
 async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
+    let open_error = |source| StoreError::Open {
+        url: format!(
+            "postgres://{}:{}/{}",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or("")
+        ),
+        source,
+    };
+    // First one plain connection: a pool retries a refused connection until its acquire
+    // timeout and then says only "pool timed out"; a connection reports at once why it
+    // failed ("Connection refused", an unknown database, a refused login).
+    PgConnection::connect_with(connect)
+        .await
+        .map_err(open_error)?
+        .close()
+        .await
+        .map_err(open_error)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(connect.clone())
         .await
-        .map_err(|source| StoreError::Open {
-            url: format!(
-                "postgres://{}:{}/{}",
-                connect.get_host(),
-                connect.get_port(),
-                connect.get_database().unwrap_or("")
-            ),
-            source,
-        })?;
+        .map_err(open_error)?;
     let result = MIGRATOR.run(&pool).await;
     pool.close().await;
     result.map_err(StoreError::from_migrate)
@@ -527,7 +680,7 @@ impl PgStore {
                  ORDER BY r.id"
             ))
             .bind(&jobs)
-            .bind(self.inner.dead_after_ms)
+            .bind(self.inner.judged_dead_after_ms())
             .bind(me)
             .fetch_all(&mut *tx)
             .await?;
@@ -669,7 +822,9 @@ impl RunStore for PgStore {
 
     /// Fenced: a run this handle claimed is finished only while its row is still `running`
     /// with the run's token. A finish refused because another replica took the run over is
-    /// logged and returns `false`; the row keeps what the new owner wrote.
+    /// logged and returns `false`; the row keeps what the new owner wrote. A finish that fails
+    /// on a database error is kept and retried (see [`PgStore::retry_unrecorded`]); the error
+    /// is still returned, so the runner logs it.
     async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
         if !finish.status.is_final() {
             return Err(StoreError::Corrupt {
@@ -677,47 +832,22 @@ impl RunStore for PgStore {
                 value: finish.status.as_str().to_owned(),
             });
         }
-        let fence = self.lease(run_id);
-        let changed = sqlx::query(
-            "UPDATE job_runs SET status = $1, finished_at = $2, \
-                 duration_ms = GREATEST($2 - started_at, 0), message = COALESCE($3, message), \
-                 error = $4, stats = $5 \
-             WHERE id = $6 AND status = 'running' AND ($7::BIGINT IS NULL OR fence = $7)",
-        )
-        .bind(finish.status.as_str())
-        .bind(millis(finish.finished_at))
-        .bind(finish.message.as_deref())
-        .bind(finish.error.as_deref())
-        .bind(finish.stats.to_string())
-        .bind(run_id)
-        .bind(fence)
-        .execute(&self.inner.pool)
-        .await?
-        .rows_affected();
-        self.drop_lease(run_id);
-        if changed > 0 {
-            return Ok(true);
-        }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.inner.pool)
-                .await?;
-        match status {
-            None => Err(StoreError::NoSuchRun(run_id)),
-            Some(status) => {
-                if fence.is_some() && status == RunStatus::Interrupted.as_str() {
-                    tracing::warn!(
-                        run_id,
-                        fence,
-                        status = finish.status.as_str(),
-                        "run end rejected by its fencing token: another replica took the run \
-                         over while it was going here; the row keeps the interrupted status"
-                    );
-                }
-                Ok(false)
+        let result = self.finish_once(run_id, finish).await;
+        if let Err(StoreError::Db(_)) = &result {
+            // Kept with its lease, and retried after the next successful heartbeat or sweep:
+            // an outage shorter than `dead_after` loses no run end, and the row does not stay
+            // `running` (which would hold `overlap: skip` and look like a dead replica's run).
+            let mut kept = self
+                .inner
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if kept.len() >= MAX_UNRECORDED {
+                kept.remove(0);
             }
+            kept.push((run_id, finish.clone()));
         }
+        result
     }
 
     async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
@@ -734,7 +864,7 @@ impl RunStore for PgStore {
     /// sweeping at once, exactly one gets each row back (and makes its catch-up run).
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
         let me = self.me();
-        let rows = sqlx::query(concat!(
+        let result = sqlx::query(concat!(
             "WITH gone AS ( \
                  DELETE FROM nodes WHERE id <> $1 AND heartbeat_at < ",
             NOW_MS!(),
@@ -753,12 +883,23 @@ impl RunStore for PgStore {
             run_columns!()
         ))
         .bind(me)
-        .bind(self.inner.dead_after_ms)
+        .bind(self.inner.judged_dead_after_ms())
         .bind(millis(now))
         .bind(DEAD_MESSAGE)
         .bind(GONE_MESSAGE)
         .fetch_all(&self.inner.pool)
-        .await?;
+        .await;
+        let rows = match result {
+            Ok(rows) => {
+                self.inner.db_ok();
+                rows
+            }
+            Err(e) => {
+                self.inner.db_failed();
+                return Err(e.into());
+            }
+        };
+        self.retry_unrecorded().await;
         let mut runs = runs_from_rows(&rows)?;
         runs.sort_by_key(|r| r.id);
         Ok(runs)
@@ -834,6 +975,7 @@ impl RunStore for PgStore {
     /// `dead_after` to take over whatever this handle left `running`; then closes the pool.
     async fn close(&self) {
         self.inner.stop.cancel();
+        self.retry_unrecorded().await;
         if let Err(e) = sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(self.me())
             .execute(&self.inner.pool)

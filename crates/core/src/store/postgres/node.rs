@@ -115,7 +115,12 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        match inner.beat().await {
+        let beat = inner.beat().await;
+        match &beat {
+            Ok(()) => inner.db_ok(),
+            Err(_) => inner.db_failed(),
+        }
+        match beat {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("heartbeat written again");
@@ -126,6 +131,10 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
                 tracing::warn!(error = %crate::job::error_chain(&e), "cannot write the heartbeat");
             }
             Err(_) => {}
+        }
+        if !failing {
+            // Run ends that could not be written while the database was down.
+            super::PgStore { inner }.retry_unrecorded().await;
         }
     }
 }
