@@ -192,6 +192,10 @@ struct Claimed {
     trigger: Trigger,
     /// The start the claim recorded.
     claimed_start: DateTime<Utc>,
+    /// Runs of other processes that held the job when the tick was claimed
+    /// ([`Claim::Contended`]): the tick runs only if none of them is still running when it
+    /// fires (`replace`: they are asked to stop, and it runs).
+    holders: Vec<i64>,
 }
 
 /// The store failed to claim ticks and has not worked since. Those ticks did not run (a tick
@@ -329,6 +333,7 @@ impl Scheduler {
                     tick: now,
                     trigger: Trigger::Manual,
                     claimed_start: now,
+                    holders: Vec::new(),
                 }));
                 self.fire_pending().await;
                 Ok(run_id)
@@ -905,31 +910,41 @@ impl Scheduler {
         };
         self.store_recovered();
         for ((d, claimed_start), result) in due.into_iter().zip(starts).zip(results) {
-            match result {
-                Claim::Claimed(run_id) => self.pending.push(Reverse(Claimed {
-                    fire_at: d.fire_at.unwrap_or(now),
+            let (run_id, holders) = match result {
+                Claim::Claimed(run_id) => (run_id, Vec::new()),
+                Claim::Contended {
                     run_id,
-                    job_id: d.def.id.clone(),
-                    tick: d.tick,
-                    trigger: d.trigger,
-                    claimed_start,
-                })),
-                Claim::Taken => {
-                    tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed")
-                }
-                Claim::Busy {
-                    skipped_run,
                     holder,
-                } => tracing::warn!(
-                    job_id = %d.def.id,
-                    run_id = skipped_run,
-                    scheduled_at = %d.tick.to_rfc3339(),
-                    reason = "another process is running the job",
-                    holder = %holder,
-                    overlap = ?d.def.overlap,
-                    "run skipped"
-                ),
-            }
+                    holders,
+                } => {
+                    tracing::debug!(job_id = %d.def.id, run_id, holder = %holder, "tick claimed while another process runs the job: decided when it fires");
+                    (run_id, holders)
+                }
+                Claim::Taken => {
+                    tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed");
+                    continue;
+                }
+                // Only manual claims are refused outright (see `run_now`).
+                Claim::Busy { holder } => {
+                    tracing::warn!(
+                        job_id = %d.def.id,
+                        scheduled_at = %d.tick.to_rfc3339(),
+                        reason = "another process is running the job",
+                        holder = %holder,
+                        "run skipped"
+                    );
+                    continue;
+                }
+            };
+            self.pending.push(Reverse(Claimed {
+                fire_at: d.fire_at.unwrap_or(now),
+                run_id,
+                job_id: d.def.id.clone(),
+                tick: d.tick,
+                trigger: d.trigger,
+                claimed_start,
+                holders,
+            }));
         }
     }
 
@@ -988,6 +1003,12 @@ impl Scheduler {
                     continue;
                 }
             };
+            // Overlap with other processes' runs (another replica, a `run-once`) that held the
+            // job at claim time, decided now as for this process's own runs: they may have
+            // ended since the claim.
+            if !c.holders.is_empty() && !self.other_holders_allow(&def, &c, now).await {
+                continue;
+            }
             let running = self.running.of_job(&def.id);
             if !running.is_empty() {
                 match def.overlap {
@@ -1016,6 +1037,49 @@ impl Scheduler {
             }
             self.spawn_run(def, c.run_id, c.tick, c.trigger);
         }
+    }
+
+    /// Whether a contended tick may run now: none of the runs that held the job at claim time
+    /// is still running, or (`replace`) they were asked to stop. Otherwise its row is finished
+    /// as `skipped` with the holder named. One query, only for contended ticks.
+    async fn other_holders_allow(
+        &self,
+        def: &JobDefinition,
+        c: &Claimed,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let why = match self.runner.holding(&c.holders).await {
+            Ok(None) => return true,
+            Ok(Some(holder)) if def.overlap == Overlap::Replace => {
+                let mut asked = false;
+                for id in &c.holders {
+                    match self.runner.request_cancel(*id).await {
+                        Ok(a) => asked |= a,
+                        Err(e) => {
+                            tracing::warn!(job_id = %def.id, error = %error_chain(&e), "cannot ask the other replica to cancel its run")
+                        }
+                    }
+                }
+                if asked {
+                    tracing::info!(job_id = %def.id, run_id = c.run_id, holder = %holder, "asked the other replica to cancel its run (overlap: replace)");
+                    return true;
+                }
+                // No channel to the holder (single node): it keeps the job.
+                format!("another process is running this job: {holder}")
+            }
+            Ok(Some(holder)) => format!("another process is running this job: {holder}"),
+            // Unknown: not running is the safe side.
+            Err(e) => format!(
+                "cannot tell whether another process still runs this job: {}",
+                error_chain(&e)
+            ),
+        };
+        tracing::warn!(
+            job_id = %def.id, run_id = c.run_id, scheduled_at = %c.tick.to_rfc3339(),
+            reason = %why, overlap = ?def.overlap, "run skipped"
+        );
+        self.finish_unrun(c, RunStatus::Skipped, &why, now).await;
+        false
     }
 
     /// Finishes the row of a claimed tick that did not run (through the runner, the only

@@ -637,7 +637,7 @@ impl PgStore {
             .into_iter()
             .collect();
         jobs.sort_unstable();
-        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
         // Ticks of exclusive jobs another replica claimed first: taken, not busy. Replicas
         // claim the same ticks at the same moment, and the loser of that race must neither
         // record a skip nor log one (under the advisory locks below the answer is stable).
@@ -691,7 +691,7 @@ impl PgStore {
                 let id: i64 = row.try_get("id")?;
                 if row.try_get::<bool, _>("live")? {
                     let job_id: String = row.try_get("job_id")?;
-                    holders.entry(job_id).or_insert(RunHolder {
+                    holders.entry(job_id).or_default().push(RunHolder {
                         run_id: id,
                         trigger: parse_trigger(row.try_get("trigger")?)?,
                         owner: owner_from_row(row)?,
@@ -713,8 +713,8 @@ impl PgStore {
                 );
             }
         }
-        let mut plan: Vec<(usize, NewRun)> = Vec::with_capacity(runs.len());
-        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        let mut plan: Vec<(usize, &NewRun)> = Vec::with_capacity(runs.len());
+        let mut claims: Vec<Claim> = vec![Claim::Taken; runs.len()];
         for (i, run) in runs.iter().enumerate() {
             if is_exclusive(i)
                 && run.trigger != Trigger::Manual
@@ -722,46 +722,43 @@ impl PgStore {
             {
                 continue;
             }
-            let holder = is_exclusive(i).then(|| holders.get(&run.job_id)).flatten();
-            match holder {
-                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
-                Some(h) => {
-                    busy[i] = Some(h);
-                    plan.push((
-                        i,
-                        NewRun {
-                            status: RunStatus::Skipped,
-                            message: Some(format!("another process is running this job: {h}")),
-                            ..run.clone()
-                        },
-                    ));
+            let held = is_exclusive(i)
+                .then(|| holders.get(&run.job_id).and_then(|h| h.first()))
+                .flatten();
+            match held {
+                // A manual run that may not start records nothing: its caller is told.
+                Some(h) if run.trigger == Trigger::Manual => {
+                    claims[i] = Claim::Busy { holder: h.clone() }
                 }
-                None => plan.push((i, run.clone())),
+                // A tick is claimed all the same: whether it runs is decided when it fires
+                // (the holder may have ended by then), as on one node.
+                _ => plan.push((i, run)),
             }
         }
-        let rows: Vec<NewRun> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let rows: Vec<NewRun> = plan.iter().map(|(_, r)| (*r).clone()).collect();
         let ids = self.insert_runs(&mut tx, &rows, me).await?;
         tx.commit().await?;
 
-        let mut claims: Vec<Claim> = busy
-            .iter()
-            .map(|b| match b {
-                Some(h) => Claim::Busy {
-                    skipped_run: None,
-                    holder: (*h).clone(),
-                },
-                None => Claim::Taken,
-            })
-            .collect();
         let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
         for ((i, run), id) in plan.iter().zip(ids) {
-            if let (Some((id, fence)), RunStatus::Running) = (id, run.status) {
+            let Some((id, fence)) = id else {
+                continue;
+            };
+            if run.status == RunStatus::Running {
                 leases.insert(id, fence);
             }
-            match &mut claims[*i] {
-                Claim::Busy { skipped_run, .. } => *skipped_run = id.map(|(id, _)| id),
-                c => *c = id.map_or(Claim::Taken, |(id, _)| Claim::Claimed(id)),
-            }
+            let held = is_exclusive(*i)
+                .then(|| holders.get(&run.job_id))
+                .flatten()
+                .filter(|h| !h.is_empty());
+            claims[*i] = match held {
+                Some(h) => Claim::Contended {
+                    run_id: id,
+                    holder: h[0].clone(),
+                    holders: h.iter().map(|h| h.run_id).collect(),
+                },
+                None => Claim::Claimed(id),
+            };
         }
         Ok(claims)
     }
@@ -776,7 +773,7 @@ impl RunStore for PgStore {
             .await?
             .into_iter()
             .map(|c| match c {
-                Claim::Claimed(id) => Some(id),
+                Claim::Claimed(id) | Claim::Contended { run_id: id, .. } => Some(id),
                 Claim::Taken | Claim::Busy { .. } => None,
             })
             .collect())
@@ -800,6 +797,33 @@ impl RunStore for PgStore {
                 other => return other,
             }
         }
+    }
+
+    /// A holder counts while its row is `running` and its node is live (judged as a claim
+    /// judges it: after an outage, stale heartbeats do not count as dead yet).
+    async fn holding(&self, run_ids: &[i64]) -> StoreResult<Option<RunHolder>> {
+        if run_ids.is_empty() {
+            return Ok(None);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT r.id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node \
+             FROM job_runs r JOIN nodes n ON n.id = r.owner_node \
+             WHERE r.id = ANY($1) AND r.status = 'running' AND n.heartbeat_at > ",
+            NOW_MS!(),
+            " - $2 ORDER BY r.id LIMIT 1"
+        ))
+        .bind(run_ids)
+        .bind(self.inner.judged_dead_after_ms())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.map(|row| {
+            Ok(RunHolder {
+                run_id: row.try_get("id")?,
+                trigger: parse_trigger(row.try_get("trigger")?)?,
+                owner: owner_from_row(&row)?,
+            })
+        })
+        .transpose()
     }
 
     async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
