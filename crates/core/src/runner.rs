@@ -247,6 +247,16 @@ impl Runner {
         self.runs.holding(run_ids).await
     }
 
+    /// Whether this process schedules the job's ticks (see [`RunStore::owns`]).
+    pub fn owns(&self, job_id: &str) -> bool {
+        self.runs.owns(job_id)
+    }
+
+    /// Changes whenever [`Runner::owns`] may answer differently.
+    pub fn membership_epoch(&self) -> u64 {
+        self.runs.membership_epoch()
+    }
+
     /// Asks the process running `run_id` to cancel it (`overlap: replace` across replicas);
     /// false when the backend has no such channel (single node) or the run ended.
     pub async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {

@@ -244,6 +244,13 @@ pub struct Scheduler {
     pauses_unreadable: bool,
     /// Where the loaded definitions are published.
     published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
+    /// The store's membership epoch when ownership was last looked at (several replicas:
+    /// each schedules only the jobs it owns, see `RunStore::owns`).
+    owned_epoch: u64,
+    /// Jobs whose ticks were left to another replica: when one of them becomes ours (its
+    /// replica left or died), the ticks missed meanwhile are found and `misfire` decides.
+    /// (The latest tick left to the other replica, by job.)
+    not_owned: HashMap<String, DateTime<Utc>>,
     /// Where the job files that fail to load are published (alerts, admin).
     published_invalid:
         Option<tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>>,
@@ -271,6 +278,8 @@ impl Scheduler {
             pauses_unreadable: false,
             published: None,
             published_invalid: None,
+            owned_epoch: 0,
+            not_owned: HashMap::new(),
         }
     }
 
@@ -478,11 +487,15 @@ impl Scheduler {
         self.read_pauses().await;
         let now = self.clock.now();
         let mut catch_up = Vec::new();
+        self.owned_epoch = self.runner.membership_epoch();
         for def in initial.jobs {
             let def = Arc::new(def);
             log_loaded(&def, false);
             // A paused job neither catches up nor counts the ticks of its pause as missed.
-            if def.enabled && !self.paused.contains_key(&def.id) {
+            // A job another replica schedules is its business (until it becomes ours).
+            if def.enabled && !self.runner.owns(&def.id) {
+                self.not_owned.insert(def.id.clone(), now);
+            } else if def.enabled && !self.paused.contains_key(&def.id) {
                 if options.run_at_start {
                     catch_up.push(Due::now(def.clone(), now, Trigger::Manual));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
@@ -545,7 +558,13 @@ impl Scheduler {
                         None => std::future::pending().await,
                     }
                 } => self.refresh_pauses().await,
-                _ = refresh.tick(), if self.pause_wiring.is_some() => self.refresh_pauses().await,
+                _ = refresh.tick(), if self.pause_wiring.is_some() => {
+                    self.refresh_pauses().await;
+                    // Jobs of a replica that left are taken on here even if none is due soon.
+                    let acquired = self.acquire_jobs().await;
+                    self.claim(acquired).await;
+                    self.fire_pending().await;
+                }
                 _ = clock.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
@@ -734,11 +753,65 @@ impl Scheduler {
         }
     }
 
-    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].
+    /// After the replicas changed: the jobs that became ours, with the catch-up run each
+    /// one's `misfire` asks for if ticks were missed while nobody scheduled it (its replica
+    /// was being declared dead, or had just left). Ticks another replica did claim are not
+    /// missed (`last_scheduled_at`), and a catch-up shares its tick's claim key, so a tick is
+    /// never run twice.
+    async fn acquire_jobs(&mut self) -> Vec<Due> {
+        let epoch = self.runner.membership_epoch();
+        if epoch == self.owned_epoch {
+            return Vec::new();
+        }
+        self.owned_epoch = epoch;
+        let acquired: Vec<(String, DateTime<Utc>)> = self
+            .not_owned
+            .iter()
+            .filter(|(id, _)| self.runner.owns(id))
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        if acquired.is_empty() {
+            return Vec::new();
+        }
+        tracing::info!(
+            jobs = acquired.len(),
+            "jobs of a replica that left or died are scheduled here now"
+        );
+        let now = self.clock.now();
+        let mut due = Vec::new();
+        for (id, left) in acquired {
+            self.not_owned.remove(&id);
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let def = slot.def.clone();
+            if !def.enabled || self.paused.contains_key(&id) {
+                continue;
+            }
+            if left > now {
+                // A tick due within the claim-ahead window that was left to the other replica
+                // a moment ago (our views of the replicas differed): claimed here as the tick
+                // it is; if the other one claimed it after all, the claim key says so.
+                let fire_at = def.schedule.fire_at(&def.id, left);
+                due.push(Due {
+                    def,
+                    tick: left,
+                    trigger: Trigger::Schedule,
+                    fire_at: Some(fire_at),
+                });
+            } else if let Some(t) = self.missed_ticks(&def, now).await {
+                due.push(Due::now(def, t, Trigger::CatchUp));
+            }
+        }
+        due
+    }
+
+    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`] of the jobs this
+    /// process schedules.
     async fn claim_due(&mut self) {
         let now = self.clock.now();
         let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
-        let mut due = Vec::new();
+        let mut due = self.acquire_jobs().await;
         while let Some(Reverse(e)) = self.heap.peek() {
             if e.fire_at > horizon {
                 break;
@@ -757,6 +830,13 @@ impl Scheduler {
             if self.paused.contains_key(&def.id) {
                 // Paused: the tick is neither claimed nor missed; the job moves on to its
                 // next tick, so a resume starts from the future, never with a burst.
+                let after = if now > e.tick { now } else { e.tick };
+                self.push_next(&def, generation, after);
+                continue;
+            }
+            if !self.runner.owns(&def.id) {
+                // Another replica schedules this job: no claim, no missed tick here.
+                self.not_owned.insert(def.id.clone(), e.tick);
                 let after = if now > e.tick { now } else { e.tick };
                 self.push_next(&def, generation, after);
                 continue;

@@ -425,6 +425,20 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Whether this process schedules `job_id`'s ticks. On PostgreSQL the jobs are spread
+    /// over the live replicas (rendezvous hashing), so each tick is claimed by one replica
+    /// only; single-node backends schedule every job.
+    fn owns(&self, job_id: &str) -> bool {
+        let _ = job_id;
+        true
+    }
+
+    /// A number that changes whenever [`RunStore::owns`] may answer differently (a replica
+    /// joined, left or was declared dead). Always 0 on single-node backends.
+    fn membership_epoch(&self) -> u64 {
+        0
+    }
+
     /// The events of this handle's membership in a cluster (lease lost, cancel requests),
     /// once: the first call takes the receiver. `None` on single-node backends.
     fn cluster_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>> {
@@ -476,8 +490,8 @@ impl Default for OpenOptions {
     fn default() -> OpenOptions {
         OpenOptions {
             role: "client",
-            heartbeat: std::time::Duration::from_secs(5),
-            dead_after: std::time::Duration::from_secs(15),
+            heartbeat: std::time::Duration::from_secs(2),
+            dead_after: std::time::Duration::from_secs(6),
         }
     }
 }

@@ -23,6 +23,7 @@
 //!   takes over each run (it gets the rows back and makes the catch-up run).
 
 mod fenced;
+mod members;
 mod node;
 mod ops;
 pub mod testdb;
@@ -116,6 +117,8 @@ pub(super) struct Inner {
     /// an outage every heartbeat is stale, and a replica that got its connection back first
     /// must give the others `dead_after` to beat again before it takes their runs over.
     healthy_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The live replicas, as the last sweep read them: who schedules which job.
+    members: members::Membership,
     events: mpsc::UnboundedSender<ClusterEvent>,
     events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
     reregistering: tokio::sync::Mutex<()>,
@@ -177,11 +180,19 @@ impl PgStore {
                     .checked_sub(options.dead_after)
                     .unwrap_or_else(std::time::Instant::now),
             )),
+            members: members::Membership::default(),
             events,
             events_rx: std::sync::Mutex::new(Some(events_rx)),
             reregistering: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
         });
+        if options.role == "daemon" {
+            match read_members(&inner.pool, inner.dead_after_ms).await {
+                Ok(nodes) => inner.members.set(nodes),
+                // The first sweep reads them; until then this replica schedules every job.
+                Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
+            }
+        }
         tokio::spawn(node::heartbeat_loop(
             Arc::downgrade(&inner),
             options.heartbeat,
@@ -372,6 +383,18 @@ async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
     let result = MIGRATOR.run(&pool).await;
     pool.close().await;
     result.map_err(StoreError::from_migrate)
+}
+
+/// The live daemon nodes (heartbeat younger than `dead_after`).
+async fn read_members(pool: &PgPool, dead_after_ms: i64) -> StoreResult<Vec<i64>> {
+    Ok(sqlx::query_scalar(concat!(
+        "SELECT id FROM nodes WHERE role = 'daemon' AND heartbeat_at > ",
+        NOW_MS!(),
+        " - $1 ORDER BY id"
+    ))
+    .bind(dead_after_ms)
+    .fetch_all(pool)
+    .await?)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -645,12 +668,15 @@ impl PgStore {
         if !jobs.is_empty() {
             // Serialises exclusive claims of these jobs across replicas until commit; taken
             // in job order so two claimers cannot deadlock.
-            for job in &jobs {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7201))")
-                    .bind(*job)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            // One round trip for all: PostgreSQL evaluates a volatile function of the select
+            // list after the ORDER BY, so the locks are taken in job order.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
+                 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n",
+            )
+            .bind(&jobs)
+            .execute(&mut *tx)
+            .await?;
             let ticks: Vec<i64> = runs
                 .iter()
                 .enumerate()
@@ -885,15 +911,21 @@ impl RunStore for PgStore {
 
     /// Deletes the nodes whose heartbeat is older than `dead_after` and marks `running`
     /// rows of dead or gone nodes `interrupted`, in one statement: of several replicas
-    /// sweeping at once, exactly one gets each row back (and makes its catch-up run).
+    /// sweeping at once, exactly one gets each row back (and makes its catch-up run). The same
+    /// statement reads the live replicas, which decide who schedules which job
+    /// ([`members`]): the sweep (ten times per heartbeat) costs one round trip.
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
         let me = self.me();
+        // The main SELECT sees `nodes` as it was before the CTE's DELETE: the nodes deleted
+        // now are left out by hand. At least one row comes back (the LEFT JOIN), carrying the
+        // members; run columns are NULL when no run was interrupted.
         let result = sqlx::query(concat!(
             "WITH gone AS ( \
                  DELETE FROM nodes WHERE id <> $1 AND heartbeat_at < ",
             NOW_MS!(),
             " - $2 RETURNING id \
-             ) \
+             ), \
+             taken AS ( \
              UPDATE job_runs SET status = 'interrupted', \
                  finished_at = GREATEST(started_at, $3), \
                  duration_ms = GREATEST($3 - started_at, 0), \
@@ -904,13 +936,20 @@ impl RunStore for PgStore {
                  OR (owner_node <> $1 \
                      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = job_runs.owner_node))) \
              RETURNING ",
-            run_columns!()
+            run_columns!(),
+            ") \
+             SELECT m.members, t.* FROM ( \
+                 SELECT ARRAY(SELECT id FROM nodes WHERE role = 'daemon' AND heartbeat_at > ",
+            NOW_MS!(),
+            " - $6 AND id NOT IN (SELECT id FROM gone) ORDER BY id) AS members \
+             ) m LEFT JOIN taken t ON TRUE"
         ))
         .bind(me)
         .bind(self.inner.judged_dead_after_ms())
         .bind(millis(now))
         .bind(DEAD_MESSAGE)
         .bind(GONE_MESSAGE)
+        .bind(self.inner.dead_after_ms)
         .fetch_all(&self.inner.pool)
         .await;
         let rows = match result {
@@ -923,10 +962,29 @@ impl RunStore for PgStore {
                 return Err(e.into());
             }
         };
+        if self.inner.role == "daemon"
+            && let Some(row) = rows.first()
+        {
+            self.inner.members.set(row.try_get("members")?);
+        }
         self.retry_unrecorded().await;
-        let mut runs = runs_from_rows(&rows)?;
+        let mut runs = Vec::new();
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                runs.push(run_from_row(row)?);
+            }
+        }
         runs.sort_by_key(|r| r.id);
         Ok(runs)
+    }
+
+    fn owns(&self, job_id: &str) -> bool {
+        let me = self.me();
+        self.inner.members.get().owner(job_id, me) == me
+    }
+
+    fn membership_epoch(&self) -> u64 {
+        self.inner.members.get().epoch
     }
 
     async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
