@@ -73,10 +73,16 @@ fn main() {
     for &n in size.replicas {
         eprintln!("cluster bench: {n} replica(s) on PostgreSQL...");
         let r = rt.block_on(load(&size, n, true));
-        results.push((format!("PostgreSQL, {n} replica{}", if n == 1 { "" } else { "s" }), r));
+        results.push((
+            format!("PostgreSQL, {n} replica{}", if n == 1 { "" } else { "s" }),
+            r,
+        ));
     }
     eprintln!("cluster bench: 1 daemon on SQLite...");
-    results.push(("SQLite, 1 daemon".to_string(), rt.block_on(load(&size, 1, false))));
+    results.push((
+        "SQLite, 1 daemon".to_string(),
+        rt.block_on(load(&size, 1, false)),
+    ));
     eprintln!("cluster bench: takeover...");
     let takeover = rt.block_on(takeover(&size));
     println!();
@@ -240,12 +246,11 @@ async fn backend_cpu(db: &TestDb) -> f64 {
     else {
         return 0.0;
     };
-    let pids: Vec<i32> =
-        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
-            .bind(db.name())
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db.name())
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
     pool.close().await;
     pids.iter().map(|p| cpu_seconds(*p as u32)).sum()
 }

@@ -247,6 +247,11 @@ impl Runner {
         self.runs.holding(run_ids).await
     }
 
+    /// Announces that this process's scheduler runs (see [`RunStore::scheduling`]).
+    pub async fn scheduling(&self) -> StoreResult<()> {
+        self.runs.scheduling().await
+    }
+
     /// Whether this process schedules the job's ticks (see [`RunStore::owns`]).
     pub fn owns(&self, job_id: &str) -> bool {
         self.runs.owns(job_id)

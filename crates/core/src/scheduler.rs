@@ -510,6 +510,11 @@ impl Scheduler {
         self.fire_pending().await;
         self.publish_jobs();
         self.status.set_scheduled();
+        // From now on the other replicas leave this one its share of the jobs (a failure is
+        // repaired by the next heartbeat, which writes the role too).
+        if let Err(e) = self.runner.scheduling().await {
+            tracing::warn!(error = %error_chain(&e), "cannot tell the other replicas that this one schedules");
+        }
 
         let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
         let mut refresh = tokio::time::interval(PAUSE_REFRESH);

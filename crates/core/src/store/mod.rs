@@ -425,6 +425,13 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Tells the other replicas that this daemon's scheduler runs, so that they leave it
+    /// its share of the jobs (until then they keep scheduling them: a starting replica
+    /// makes no gap). A no-op on single-node backends.
+    async fn scheduling(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Whether this process schedules `job_id`'s ticks. On PostgreSQL the jobs are spread
     /// over the live replicas (rendezvous hashing), so each tick is claimed by one replica
     /// only; single-node backends schedule every job.

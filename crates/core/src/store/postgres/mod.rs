@@ -106,6 +106,9 @@ pub(super) struct Inner {
     host: String,
     pid: i64,
     role: &'static str,
+    /// A daemon's scheduler runs (see [`RunStore::scheduling`]): until then its node row says
+    /// `starting` and the other replicas keep scheduling the jobs it will own.
+    scheduling: std::sync::atomic::AtomicBool,
     dead_after_ms: i64,
     /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
     leases: std::sync::Mutex<HashMap<i64, i64>>,
@@ -156,7 +159,12 @@ impl PgStore {
             .map_err(open_error)?;
         let host = super::owner::this_host().to_owned();
         let pid = i64::from(std::process::id());
-        let id = match node::register(&pool, &host, pid, options.role).await {
+        let first_role = if options.role == "daemon" {
+            "starting"
+        } else {
+            options.role
+        };
+        let id = match node::register(&pool, &host, pid, first_role).await {
             Ok(id) => id,
             Err(e) => {
                 pool.close().await;
@@ -170,6 +178,7 @@ impl PgStore {
             host,
             pid,
             role: options.role,
+            scheduling: std::sync::atomic::AtomicBool::new(false),
             dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
             leases: Default::default(),
             unrecorded: Default::default(),
@@ -323,6 +332,16 @@ impl PgStore {
 }
 
 impl Inner {
+    /// The role written in this handle's node row: a daemon is `starting` until its scheduler
+    /// runs, and only `daemon` rows share the jobs (see [`members`]).
+    pub(super) fn node_role(&self) -> &'static str {
+        if self.role == "daemon" && !self.scheduling.load(Ordering::SeqCst) {
+            "starting"
+        } else {
+            self.role
+        }
+    }
+
     /// An operation reached the database.
     pub(super) fn db_ok(&self) {
         let mut h = self.healthy_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -976,6 +995,16 @@ impl RunStore for PgStore {
         }
         runs.sort_by_key(|r| r.id);
         Ok(runs)
+    }
+
+    async fn scheduling(&self) -> StoreResult<()> {
+        self.inner.scheduling.store(true, Ordering::SeqCst);
+        sqlx::query("UPDATE nodes SET role = $2 WHERE id = $1")
+            .bind(self.me())
+            .bind(self.inner.node_role())
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
     }
 
     fn owns(&self, job_id: &str) -> bool {
