@@ -103,7 +103,7 @@ fn main() {
             .map(|n| (*n as f64 / mean.max(1.0) - 1.0).abs())
             .fold(0.0, f64::max);
         println!(
-            "| {name} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {replicas:.1} | {} | {} | {} (±{:.0} %) |",
+            "| {name} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {replicas:.1} | {} | {:.1} | {} (±{:.0} %) |",
             r.runs_per_s,
             r.lost,
             r.doubled,
@@ -115,7 +115,7 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" / "),
             r.db_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}")),
-            format!("{:.1}", replicas + r.db_cpu_s.unwrap_or(0.0)),
+            replicas + r.db_cpu_s.unwrap_or(0.0),
             r.per_replica
                 .iter()
                 .map(|n| n.to_string())
