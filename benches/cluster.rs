@@ -1,12 +1,15 @@
 //! Cluster benchmark: replicas on PostgreSQL against one daemon on SQLite, and the takeover
 //! of a killed replica's run. Prints a table.
 //!
-//! `cargo bench --bench cluster` runs the full benchmark: 3 replicas, 1,000 jobs `every: 1s`
-//! for 60 s on PostgreSQL, the same jobs on SQLite with one daemon, then the takeover with the
-//! default `cluster.*` timings (5 s heartbeat, dead after 15 s). Under `cargo test` (no
-//! `--bench` argument) it runs a smoke version (20 jobs, 8 s, cluster timings 500 ms / 1.5 s) so CI
-//! proves the benchmark works and its invariants hold: no tick ran twice, and a killed
-//! replica's run is taken over and caught up.
+//! `cargo bench --bench cluster` runs the full benchmark: 1, 2, 3 and 5 replicas, 1,000 jobs
+//! `every: 1s` for 60 s on PostgreSQL, the same jobs on SQLite with one daemon, then the
+//! takeover with the default `cluster.*` timings (2 s heartbeat, dead after 6 s). Reported per
+//! setup: runs/s, ticks lost and doubled, p50/p99 lateness, the replicas' CPU, the database
+//! server's CPU (its backends for the run's database, from `/proc`), and how the runs spread
+//! over the replicas. Under `cargo test` (no `--bench` argument) it runs a smoke version (20
+//! jobs, 8 s, 3 replicas, cluster timings 500 ms / 1.5 s) so CI proves the benchmark works and
+//! its invariants hold: no tick ran twice, and a killed replica's run is taken over and
+//! caught up.
 //!
 //! Each daemon is a child process of this binary (re-executed with `SOARJOBD_CLUSTER_CHILD`),
 //! so its CPU time is its own and it can be SIGKILLed. Its jobs append one line per run
@@ -30,6 +33,8 @@ use soarjobd::job::{Job, JobContext, JobError, Outcome};
 use soarjobd::store::postgres::testdb::TestDb;
 
 struct Size {
+    /// The replica counts measured on PostgreSQL.
+    replicas: &'static [usize],
     jobs: usize,
     secs: u64,
     warmup: u64,
@@ -38,12 +43,14 @@ struct Size {
 }
 
 const FULL: Size = Size {
+    replicas: &[1, 2, 3, 5],
     jobs: 1000,
     secs: 60,
     warmup: 5,
     takeover_timings: None,
 };
 const SMOKE: Size = Size {
+    replicas: &[3],
     jobs: 20,
     secs: 8,
     warmup: 2,
@@ -62,10 +69,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    eprintln!("cluster bench: 3 replicas on PostgreSQL...");
-    let pg = rt.block_on(load(&size, 3, true));
+    let mut results = Vec::new();
+    for &n in size.replicas {
+        eprintln!("cluster bench: {n} replica(s) on PostgreSQL...");
+        let r = rt.block_on(load(&size, n, true));
+        results.push((
+            format!("PostgreSQL, {n} replica{}", if n == 1 { "" } else { "s" }),
+            r,
+        ));
+    }
     eprintln!("cluster bench: 1 daemon on SQLite...");
-    let sqlite = rt.block_on(load(&size, 1, false));
+    results.push((
+        "SQLite, 1 daemon".to_string(),
+        rt.block_on(load(&size, 1, false)),
+    ));
     eprintln!("cluster bench: takeover...");
     let takeover = rt.block_on(takeover(&size));
     println!();
@@ -74,37 +91,51 @@ fn main() {
         size.jobs, size.secs, size.warmup
     );
     println!(
-        "| setup | runs/s | p50 lateness ms | p99 lateness ms | doubled ticks | CPU s per replica |"
+        "| setup | runs/s | lost | doubled | p50 lateness ms | p99 lateness ms | CPU s per replica | replicas' CPU s | database server CPU s | total CPU s | runs per replica (spread) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (name, r) in [
-        ("PostgreSQL, 3 replicas", &pg),
-        ("SQLite, 1 daemon", &sqlite),
-    ] {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in &results {
+        let replicas: f64 = r.cpu_s.iter().sum();
+        let mean = r.per_replica.iter().sum::<usize>() as f64 / r.per_replica.len().max(1) as f64;
+        let spread = r
+            .per_replica
+            .iter()
+            .map(|n| (*n as f64 / mean.max(1.0) - 1.0).abs())
+            .fold(0.0, f64::max);
         println!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {replicas:.1} | {} | {:.1} | {} (±{:.0} %) |",
             r.runs_per_s,
+            r.lost,
+            r.doubled,
             r.p50_ms,
             r.p99_ms,
-            r.doubled,
             r.cpu_s
                 .iter()
                 .map(|c| format!("{c:.1}"))
                 .collect::<Vec<_>>()
-                .join(" / ")
+                .join(" / "),
+            r.db_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}")),
+            replicas + r.db_cpu_s.unwrap_or(0.0),
+            r.per_replica
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / "),
+            spread * 100.0,
         );
     }
-    let timings = size.takeover_timings.unwrap_or(("5s (default)", "15s"));
+    let timings = size.takeover_timings.unwrap_or(("2s (default)", "6s"));
     println!(
         "takeover (heartbeat {}, dead_after {}): SIGKILL -> interrupted {:.1} s, -> catch-up start {:.1} s",
         timings.0, timings.1, takeover.0, takeover.1
     );
-    assert_eq!(pg.doubled, 0, "a tick ran twice on PostgreSQL");
-    assert_eq!(sqlite.doubled, 0, "a tick ran twice on SQLite");
-    assert!(
-        pg.runs_per_s > 0.0 && sqlite.runs_per_s > 0.0,
-        "nothing ran"
-    );
+    for (name, r) in &results {
+        assert_eq!(r.doubled, 0, "a tick ran twice: {name}");
+        assert!(r.runs_per_s > 0.0, "nothing ran: {name}");
+        if full {
+            assert_eq!(r.lost, 0, "ticks were lost: {name}");
+        }
+    }
 }
 
 // --- The daemon child --------------------------------------------------------------------
@@ -125,9 +156,10 @@ impl Job for Noop {
             .num_microseconds()
             .unwrap_or(0);
         let line = format!(
-            "{} {} {late}\n",
+            "{} {} {late} {}\n",
             ctx.job_id(),
-            ctx.scheduled_at().timestamp_millis()
+            ctx.scheduled_at().timestamp_millis(),
+            std::process::id()
         );
         let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let _ = f.write_all(line.as_bytes());
@@ -198,7 +230,29 @@ struct Load {
     p50_ms: f64,
     p99_ms: f64,
     doubled: usize,
+    /// Ticks of the measured window that did not run.
+    lost: usize,
     cpu_s: Vec<f64>,
+    /// The database server's CPU for the run's database (PostgreSQL only).
+    db_cpu_s: Option<f64>,
+    /// Runs of the measured window per replica.
+    per_replica: Vec<usize>,
+}
+
+/// utime + stime of the server backends connected to `db` now, in seconds (the replicas' pool
+/// connections live for the whole run, so this is the server's work for them).
+async fn backend_cpu(db: &TestDb) -> f64 {
+    let Ok(pool) = sqlx::PgPool::connect(&soarjobd::store::postgres::testdb::server_url()).await
+    else {
+        return 0.0;
+    };
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db.name())
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+    pool.close().await;
+    pids.iter().map(|p| cpu_seconds(*p as u32)).sum()
 }
 
 /// A daemon child, SIGKILLed on drop if still running (a failed assertion must not leave
@@ -288,6 +342,11 @@ async fn load(size: &Size, replicas: usize, postgres: bool) -> Load {
         .collect();
     tokio::time::sleep(Duration::from_secs(size.secs)).await;
     let cpu_s = children.iter().map(|c| cpu_seconds(c.id())).collect();
+    let db_cpu_s = match &pg {
+        Some(db) => Some(backend_cpu(db).await),
+        None => None,
+    };
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     let end = Utc::now();
     for c in &mut children {
         stop(c);
@@ -297,17 +356,23 @@ async fn load(size: &Size, replicas: usize, postgres: bool) -> Load {
     let text = std::fs::read_to_string(dir.path().join("executions")).unwrap_or_default();
     let mut seen: HashMap<(&str, i64), usize> = HashMap::new();
     let mut late_us = Vec::new();
+    let mut per_pid: HashMap<u32, usize> = HashMap::new();
     for line in text.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(job), Some(tick), Some(late)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(job), Some(tick), Some(late), Some(pid)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let tick: i64 = tick.parse().unwrap_or(0);
         *seen.entry((job, tick)).or_default() += 1;
         if (from..to).contains(&tick) {
             late_us.push(late.parse::<i64>().unwrap_or(0));
+            *per_pid.entry(pid.parse().unwrap_or(0)).or_default() += 1;
         }
     }
+    let in_window = seen.keys().filter(|(_, t)| (from..to).contains(t)).count();
+    let expected = size.jobs * usize::try_from((to - from) / 1000).unwrap_or(0);
     late_us.sort_unstable();
     let pct = |p: f64| {
         late_us
@@ -319,7 +384,13 @@ async fn load(size: &Size, replicas: usize, postgres: bool) -> Load {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         doubled: seen.values().filter(|n| **n > 1).count(),
+        lost: expected.saturating_sub(in_window),
         cpu_s,
+        db_cpu_s,
+        per_replica: pids
+            .iter()
+            .map(|p| per_pid.get(p).copied().unwrap_or(0))
+            .collect(),
     }
 }
 

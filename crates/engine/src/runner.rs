@@ -211,11 +211,11 @@ impl Runner {
     }
 
     /// Claims ticks and manual runs in one transaction: the one claim path of the scheduler
-    /// and of `run-once`. A run whose job's overlap is not `allow` is claimed exclusively: it
-    /// is refused ([`Claim::Busy`]) while another live process (a daemon, a `run-once`) has a
-    /// `running` row of the job, atomically with the insert. Overlap with this process's own
-    /// runs is not looked at here: the scheduler decides it when the tick fires, because a run
-    /// may end between claim and fire.
+    /// and of `run-once`. A run whose job's overlap is not `allow` is claimed exclusively,
+    /// atomically with the insert: a manual run is refused ([`Claim::Busy`]) while another
+    /// live process (a daemon, a replica, a `run-once`) has a `running` row of the job; a tick
+    /// is claimed with those holders ([`Claim::Contended`]) and the scheduler decides when it
+    /// fires, as for this process's own runs, because a run may end between claim and fire.
     pub async fn claim(&self, ticks: &[TickClaim<'_>]) -> StoreResult<Vec<Claim>> {
         let runs: Vec<NewRun> = ticks
             .iter()
@@ -233,10 +233,9 @@ impl Runner {
             .map(|t| t.definition.overlap != Overlap::Allow)
             .collect();
         let claims = self.runs.claim_runs_exclusive(&runs, &exclusive).await?;
-        // `replace` across processes: the tick cannot start while the other process's run
-        // holds the job, but that run is asked to stop (on PostgreSQL its replica sees the
-        // request within one heartbeat), so the job's next tick runs here. Single-node
-        // backends have no such channel and keep the run.
+        // `replace` and a manual run: the manual run cannot start while the other process's
+        // run holds the job, but that run is asked to stop (on PostgreSQL its replica sees the
+        // request within one heartbeat). Ticks ask at fire time (`Scheduler::fire_pending`).
         for (t, c) in ticks.iter().zip(&claims) {
             if let (Overlap::Replace, Claim::Busy { holder, .. }) = (t.definition.overlap, c) {
                 match self.runs.request_cancel(holder.run_id).await {
@@ -253,6 +252,33 @@ impl Runner {
             }
         }
         Ok(claims)
+    }
+
+    /// The first of these runs of other processes still running under a live owner: the
+    /// fire-time overlap check of a [`Claim::Contended`] tick.
+    pub async fn holding(&self, run_ids: &[i64]) -> StoreResult<Option<crate::store::RunHolder>> {
+        self.runs.holding(run_ids).await
+    }
+
+    /// Announces that this process's scheduler runs (see [`RunStore::scheduling`]).
+    pub async fn scheduling(&self) -> StoreResult<()> {
+        self.runs.scheduling().await
+    }
+
+    /// Whether this process schedules the job's ticks (see [`RunStore::owns`]).
+    pub fn owns(&self, job_id: &str) -> bool {
+        self.runs.owns(job_id)
+    }
+
+    /// Changes whenever [`Runner::owns`] may answer differently.
+    pub fn membership_epoch(&self) -> u64 {
+        self.runs.membership_epoch()
+    }
+
+    /// Asks the process running `run_id` to cancel it (`overlap: replace` across replicas);
+    /// false when the backend has no such channel (single node) or the run ended.
+    pub async fn request_cancel(&self, run_id: i64) -> StoreResult<bool> {
+        self.runs.request_cancel(run_id).await
     }
 
     /// Records the real start of claimed runs that fire noticeably after the start their
@@ -354,9 +380,14 @@ impl Runner {
             .await;
         let _e = span.enter();
         if let Err(e) = recorded {
-            // The run happened; only its record failed. The next start marks the row
-            // interrupted, which is the honest status for a run whose end was not recorded.
-            tracing::error!(error = %error_chain(&e), "cannot record the end of the run");
+            // The run happened; only its record failed. Both backends keep the end and write
+            // it when the database answers again (on PostgreSQL under the run's fencing
+            // token); if this process dies first, the row ends `interrupted`.
+            tracing::error!(
+                error = %error_chain(&e),
+                effect = "the end is kept and written when the database answers again",
+                "cannot record the end of the run"
+            );
         }
         let duration_ms = duration.as_millis() as u64;
         match status {
@@ -678,7 +709,8 @@ mod tests {
             .await
             .expect("claim");
         assert!(
-            matches!(&got[0], Claim::Busy { skipped_run: Some(_), holder } if holder.run_id == manual),
+            matches!(&got[0], Claim::Contended { holder, holders, .. }
+                if holder.run_id == manual && holders == &[manual]),
             "{got:?}"
         );
         let allow = def("allow");

@@ -191,6 +191,10 @@ struct Claimed {
     trigger: Trigger,
     /// The start the claim recorded.
     claimed_start: DateTime<Utc>,
+    /// Runs of other processes that held the job when the tick was claimed
+    /// ([`Claim::Contended`]): the tick runs only if none of them is still running when it
+    /// fires (`replace`: they are asked to stop, and it runs).
+    holders: Vec<i64>,
 }
 
 /// The store failed to claim ticks and has not worked since. Those ticks did not run (a tick
@@ -239,6 +243,13 @@ pub struct Scheduler {
     pauses_unreadable: bool,
     /// Where the loaded definitions are published.
     published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
+    /// The store's membership epoch when ownership was last looked at (several replicas:
+    /// each schedules only the jobs it owns, see `RunStore::owns`).
+    owned_epoch: u64,
+    /// Jobs whose ticks were left to another replica: when one of them becomes ours (its
+    /// replica left or died), the ticks missed meanwhile are found and `misfire` decides.
+    /// (The latest tick left to the other replica, by job.)
+    not_owned: HashMap<String, DateTime<Utc>>,
     /// Where the job files that fail to load are published (alerts, admin).
     published_invalid:
         Option<tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>>,
@@ -269,6 +280,8 @@ impl Scheduler {
             published: None,
             published_invalid: None,
             overload: Default::default(),
+            owned_epoch: 0,
+            not_owned: HashMap::new(),
         }
     }
 
@@ -331,6 +344,7 @@ impl Scheduler {
                     tick: now,
                     trigger: Trigger::Manual,
                     claimed_start: now,
+                    holders: Vec::new(),
                 }));
                 self.fire_pending().await;
                 Ok(run_id)
@@ -476,11 +490,15 @@ impl Scheduler {
         self.read_pauses().await;
         let now = self.clock.now();
         let mut catch_up = Vec::new();
+        self.owned_epoch = self.runner.membership_epoch();
         for def in initial.jobs {
             let def = Arc::new(def);
             log_loaded(&def, false);
             // A paused job neither catches up nor counts the ticks of its pause as missed.
-            if def.enabled && !self.paused.contains_key(&def.id) {
+            // A job another replica schedules is its business (until it becomes ours).
+            if def.enabled && !self.runner.owns(&def.id) {
+                self.not_owned.insert(def.id.clone(), now);
+            } else if def.enabled && !self.paused.contains_key(&def.id) {
                 if options.run_at_start {
                     catch_up.push(Due::now(def.clone(), now, Trigger::Manual));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
@@ -495,6 +513,11 @@ impl Scheduler {
         self.fire_pending().await;
         self.publish_jobs();
         self.status.set_scheduled();
+        // From now on the other replicas leave this one its share of the jobs (a failure is
+        // repaired by the next heartbeat, which writes the role too).
+        if let Err(e) = self.runner.scheduling().await {
+            tracing::warn!(error = %error_chain(&e), "cannot tell the other replicas that this one schedules");
+        }
 
         let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
         let mut refresh = tokio::time::interval(PAUSE_REFRESH);
@@ -544,7 +567,13 @@ impl Scheduler {
                         None => std::future::pending().await,
                     }
                 } => self.refresh_pauses().await,
-                _ = refresh.tick(), if self.pause_wiring.is_some() => self.refresh_pauses().await,
+                _ = refresh.tick(), if self.pause_wiring.is_some() => {
+                    self.refresh_pauses().await;
+                    // Jobs of a replica that left are taken on here even if none is due soon.
+                    let acquired = self.acquire_jobs().await;
+                    self.claim(acquired).await;
+                    self.fire_pending().await;
+                }
                 _ = clock.sleep_until(deadline) => {
                     self.claim_due().await;
                     self.fire_pending().await;
@@ -733,11 +762,65 @@ impl Scheduler {
         }
     }
 
-    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`].
+    /// After the replicas changed: the jobs that became ours, with the catch-up run each
+    /// one's `misfire` asks for if ticks were missed while nobody scheduled it (its replica
+    /// was being declared dead, or had just left). Ticks another replica did claim are not
+    /// missed (`last_scheduled_at`), and a catch-up shares its tick's claim key, so a tick is
+    /// never run twice.
+    async fn acquire_jobs(&mut self) -> Vec<Due> {
+        let epoch = self.runner.membership_epoch();
+        if epoch == self.owned_epoch {
+            return Vec::new();
+        }
+        self.owned_epoch = epoch;
+        let acquired: Vec<(String, DateTime<Utc>)> = self
+            .not_owned
+            .iter()
+            .filter(|(id, _)| self.runner.owns(id))
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        if acquired.is_empty() {
+            return Vec::new();
+        }
+        tracing::info!(
+            jobs = acquired.len(),
+            "jobs of a replica that left or died are scheduled here now"
+        );
+        let now = self.clock.now();
+        let mut due = Vec::new();
+        for (id, left) in acquired {
+            self.not_owned.remove(&id);
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let def = slot.def.clone();
+            if !def.enabled || self.paused.contains_key(&id) {
+                continue;
+            }
+            if left > now {
+                // A tick due within the claim-ahead window that was left to the other replica
+                // a moment ago (our views of the replicas differed): claimed here as the tick
+                // it is; if the other one claimed it after all, the claim key says so.
+                let fire_at = def.schedule.fire_at(&def.id, left);
+                due.push(Due {
+                    def,
+                    tick: left,
+                    trigger: Trigger::Schedule,
+                    fire_at: Some(fire_at),
+                });
+            } else if let Some(t) = self.missed_ticks(&def, now).await {
+                due.push(Due::now(def, t, Trigger::CatchUp));
+            }
+        }
+        due
+    }
+
+    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`] of the jobs this
+    /// process schedules.
     async fn claim_due(&mut self) {
         let now = self.clock.now();
         let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
-        let mut due = Vec::new();
+        let mut due = self.acquire_jobs().await;
         while let Some(Reverse(e)) = self.heap.peek() {
             if e.fire_at > horizon {
                 break;
@@ -756,6 +839,13 @@ impl Scheduler {
             if self.paused.contains_key(&def.id) {
                 // Paused: the tick is neither claimed nor missed; the job moves on to its
                 // next tick, so a resume starts from the future, never with a burst.
+                let after = if now > e.tick { now } else { e.tick };
+                self.push_next(&def, generation, after);
+                continue;
+            }
+            if !self.runner.owns(&def.id) {
+                // Another replica schedules this job: no claim, no missed tick here.
+                self.not_owned.insert(def.id.clone(), e.tick);
                 let after = if now > e.tick { now } else { e.tick };
                 self.push_next(&def, generation, after);
                 continue;
@@ -910,31 +1000,41 @@ impl Scheduler {
         };
         self.store_recovered();
         for ((d, claimed_start), result) in due.into_iter().zip(starts).zip(results) {
-            match result {
-                Claim::Claimed(run_id) => self.pending.push(Reverse(Claimed {
-                    fire_at: d.fire_at.unwrap_or(now),
+            let (run_id, holders) = match result {
+                Claim::Claimed(run_id) => (run_id, Vec::new()),
+                Claim::Contended {
                     run_id,
-                    job_id: d.def.id.clone(),
-                    tick: d.tick,
-                    trigger: d.trigger,
-                    claimed_start,
-                })),
-                Claim::Taken => {
-                    tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed")
-                }
-                Claim::Busy {
-                    skipped_run,
                     holder,
-                } => tracing::warn!(
-                    job_id = %d.def.id,
-                    run_id = skipped_run,
-                    scheduled_at = %d.tick.to_rfc3339(),
-                    reason = "another process is running the job",
-                    holder = %holder,
-                    overlap = ?d.def.overlap,
-                    "run skipped"
-                ),
-            }
+                    holders,
+                } => {
+                    tracing::debug!(job_id = %d.def.id, run_id, holder = %holder, "tick claimed while another process runs the job: decided when it fires");
+                    (run_id, holders)
+                }
+                Claim::Taken => {
+                    tracing::debug!(job_id = %d.def.id, tick = %d.tick.to_rfc3339(), "tick already claimed");
+                    continue;
+                }
+                // Only manual claims are refused outright (see `run_now`).
+                Claim::Busy { holder } => {
+                    tracing::warn!(
+                        job_id = %d.def.id,
+                        scheduled_at = %d.tick.to_rfc3339(),
+                        reason = "another process is running the job",
+                        holder = %holder,
+                        "run skipped"
+                    );
+                    continue;
+                }
+            };
+            self.pending.push(Reverse(Claimed {
+                fire_at: d.fire_at.unwrap_or(now),
+                run_id,
+                job_id: d.def.id.clone(),
+                tick: d.tick,
+                trigger: d.trigger,
+                claimed_start,
+                holders,
+            }));
         }
     }
 
@@ -994,6 +1094,12 @@ impl Scheduler {
                     continue;
                 }
             };
+            // Overlap with other processes' runs (another replica, a `run-once`) that held the
+            // job at claim time, decided now as for this process's own runs: they may have
+            // ended since the claim.
+            if !c.holders.is_empty() && !self.other_holders_allow(&def, &c, now).await {
+                continue;
+            }
             let running = self.running.of_job(&def.id);
             if !running.is_empty() {
                 match def.overlap {
@@ -1022,6 +1128,49 @@ impl Scheduler {
             }
             self.spawn_run(def, c.run_id, c.tick, c.trigger);
         }
+    }
+
+    /// Whether a contended tick may run now: none of the runs that held the job at claim time
+    /// is still running, or (`replace`) they were asked to stop. Otherwise its row is finished
+    /// as `skipped` with the holder named. One query, only for contended ticks.
+    async fn other_holders_allow(
+        &self,
+        def: &JobDefinition,
+        c: &Claimed,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let why = match self.runner.holding(&c.holders).await {
+            Ok(None) => return true,
+            Ok(Some(holder)) if def.overlap == Overlap::Replace => {
+                let mut asked = false;
+                for id in &c.holders {
+                    match self.runner.request_cancel(*id).await {
+                        Ok(a) => asked |= a,
+                        Err(e) => {
+                            tracing::warn!(job_id = %def.id, error = %error_chain(&e), "cannot ask the other replica to cancel its run")
+                        }
+                    }
+                }
+                if asked {
+                    tracing::info!(job_id = %def.id, run_id = c.run_id, holder = %holder, "asked the other replica to cancel its run (overlap: replace)");
+                    return true;
+                }
+                // No channel to the holder (single node): it keeps the job.
+                format!("another process is running this job: {holder}")
+            }
+            Ok(Some(holder)) => format!("another process is running this job: {holder}"),
+            // Unknown: not running is the safe side.
+            Err(e) => format!(
+                "cannot tell whether another process still runs this job: {}",
+                error_chain(&e)
+            ),
+        };
+        tracing::warn!(
+            job_id = %def.id, run_id = c.run_id, scheduled_at = %c.tick.to_rfc3339(),
+            reason = %why, overlap = ?def.overlap, "run skipped"
+        );
+        self.finish_unrun(c, RunStatus::Skipped, &why, now).await;
+        false
     }
 
     /// Finishes the row of a claimed tick that did not run (through the runner, the only

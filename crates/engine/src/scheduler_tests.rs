@@ -483,3 +483,77 @@ async fn a_reload_applies_the_new_schedule_before_the_old_tick() {
     assert_eq!(got, [10, 20]);
     h.shutdown().await;
 }
+
+/// Overlap with another process's run (a `run-once`; on PostgreSQL another replica) is
+/// decided when the tick fires, not when it is claimed 250 ms ahead: a run that ends between
+/// the claim and the tick does not cost the tick (issue 22: three replicas lost 159 of 400
+/// ticks that one node ran), and one still going at the tick makes it `skipped`, naming it.
+#[tokio::test]
+async fn overlap_with_another_process_is_decided_when_the_tick_fires() {
+    let mut h = Harness::start(
+        t0() + secs(1),
+        &[("quick", "schedule: {every: 10s}\noverlap: skip")],
+        vec![],
+        SchedulerOptions::default(),
+    )
+    .await;
+    let url = format!("sqlite:{}", h._dir.path().join("state.db").display());
+    let other = soarjobd_store::open(&url)
+        .await
+        .expect("a second process's store");
+    let manual = |at: DateTime<Utc>| NewRun {
+        job_id: "quick".into(),
+        scheduled_at: at,
+        trigger: Trigger::Manual,
+        status: RunStatus::Running,
+        started_at: at,
+        message: None,
+    };
+    let done = |at: DateTime<Utc>| RunFinish {
+        status: RunStatus::Succeeded,
+        finished_at: at,
+        message: None,
+        error: None,
+        stats: serde_json::json!({}),
+    };
+    // The other process's run holds the job when tick 10 is claimed (at 9.75 s)...
+    let first = other.claim_runs(&[manual(t0() + secs(5))]).await.unwrap()[0].unwrap();
+    h.advance_to(t0() + TimeDelta::milliseconds(9_900)).await;
+    let claimed = h.runs("quick").await;
+    assert_eq!(
+        ticks(&claimed)[1..],
+        [(10, Trigger::Schedule, RunStatus::Running)],
+        "claimed ahead, not skipped at claim: {claimed:?}"
+    );
+    // ...and ends before the tick: the tick runs.
+    other
+        .finish_run(first, &done(t0() + TimeDelta::milliseconds(9_950)))
+        .await
+        .unwrap();
+    h.advance_to(t0() + secs(15)).await;
+    // A run of the other process still going at tick 20: that tick is skipped.
+    let second = other.claim_runs(&[manual(t0() + secs(16))]).await.unwrap()[0].unwrap();
+    h.advance_to(t0() + secs(25)).await;
+    let runs: Vec<RunRecord> = h
+        .runs("quick")
+        .await
+        .into_iter()
+        .filter(|r| r.trigger != Trigger::Manual)
+        .collect();
+    assert_eq!(
+        ticks(&runs),
+        [
+            (10, Trigger::Schedule, RunStatus::Succeeded),
+            (20, Trigger::Schedule, RunStatus::Skipped),
+        ]
+    );
+    let why = runs[1].message.as_deref().unwrap_or("");
+    assert!(
+        why.contains(&format!(
+            "another process is running this job: run {second} (manual"
+        )),
+        "{why}"
+    );
+    h.shutdown().await;
+    other.close().await;
+}

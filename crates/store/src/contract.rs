@@ -421,31 +421,41 @@ pub async fn exclusive_claims_respect_live_runs_of_other_processes(f: &dyn Store
         )
         .await
         .expect("claim");
-    let Claim::Busy {
-        skipped_run: Some(skipped),
+    // A tick is claimed with its holders, and decided when it fires: not skipped at claim.
+    let Claim::Contended {
+        run_id: contended,
         holder,
+        holders,
     } = &claims[0]
     else {
         panic!("{claims:?}");
     };
     assert_eq!(holder.run_id, manual);
     assert_eq!(holder.trigger, Trigger::Manual);
-    let row = daemon.run(*skipped).await.unwrap().unwrap();
-    assert_eq!(row.status, RunStatus::Skipped);
+    assert_eq!(holders, &[manual]);
     assert!(
-        row.message
-            .as_deref()
-            .unwrap()
+        holder
+            .to_string()
             .contains(&format!("run {manual} (manual, soarjobd pid")),
-        "{row:?}"
+        "{holder}"
     );
+    let row = daemon.run(*contended).await.unwrap().unwrap();
+    assert_eq!(row.status, RunStatus::Running);
     assert!(
-        matches!(&claims[1], Claim::Busy { skipped_run: None, holder } if holder.run_id == manual),
+        matches!(&claims[1], Claim::Busy { holder } if holder.run_id == manual),
         "a refused manual run records nothing: {claims:?}"
     );
+    // The fire-time check: held while the manual run goes, free once it ended.
+    let held = daemon.holding(&[manual]).await.unwrap();
+    assert_eq!(held.map(|h| h.run_id), Some(manual));
+    cli.finish_run(manual, &finish(RunStatus::Succeeded, 2_500))
+        .await
+        .unwrap();
+    assert_eq!(daemon.holding(&[manual]).await.unwrap(), None);
+    let manual = claim_one(&cli, new_run("job-a", 2_600, Trigger::Manual)).await;
     assert!(matches!(claims[2], Claim::Claimed(_)), "another job");
     assert!(matches!(claims[3], Claim::Claimed(_)), "overlap: allow");
-    assert_eq!(daemon.history("job-a", 10).await.unwrap().len(), 3);
+    assert_eq!(daemon.history("job-a", 10).await.unwrap().len(), 4);
 
     // The other direction: the daemon's claimed tick makes a manual exclusive claim busy,
     // and the claimer's own rows never do.

@@ -67,11 +67,6 @@ const PRUNE_BATCH: usize = 100;
 const INTERRUPTED_MESSAGE: &str =
     "the process running it (daemon or run-once) stopped while this run was in progress";
 
-/// Message of a tick not run because another process runs the job (`{}`: the holder).
-fn busy_message(holder: &RunHolder) -> String {
-    format!("another process is running this job: {holder}")
-}
-
 /// The columns of `job_runs` in the order [`run_from_row`] reads them by name.
 macro_rules! run_columns {
     () => {
@@ -777,7 +772,7 @@ impl SqliteStore {
         // The overlap check across processes, atomic with the inserts: this transaction holds
         // SQLite's write lock, so no other process can claim or finish a run of these jobs
         // between the check and the insert.
-        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
         let jobs: HashSet<&str> = runs
             .iter()
             .enumerate()
@@ -793,53 +788,40 @@ impl SqliteStore {
                 );
             }
             for (job_id, holder) in live {
-                holders.entry(job_id).or_insert(holder);
+                holders.entry(job_id).or_default().push(holder);
             }
         }
-        let mut plan: Vec<(usize, Cow<'_, NewRun>)> = Vec::with_capacity(runs.len());
-        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        let mut plan: Vec<(usize, &NewRun)> = Vec::with_capacity(runs.len());
+        let mut claims: Vec<Claim> = vec![Claim::Taken; runs.len()];
         for (i, run) in runs.iter().enumerate() {
-            let holder = if is_exclusive(i) {
-                holders.get(&run.job_id)
+            let held = if is_exclusive(i) {
+                holders.get(&run.job_id).and_then(|h| h.first())
             } else {
                 None
             };
-            match holder {
+            match held {
                 // A manual run that may not start records nothing: its caller is told.
-                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
-                // A tick that may not start is recorded, as an overlap skip inside the
-                // daemon is.
-                Some(h) => {
-                    busy[i] = Some(h);
-                    plan.push((
-                        i,
-                        Cow::Owned(NewRun {
-                            status: RunStatus::Skipped,
-                            message: Some(busy_message(h)),
-                            ..run.clone()
-                        }),
-                    ));
+                Some(h) if run.trigger == Trigger::Manual => {
+                    claims[i] = Claim::Busy { holder: h.clone() }
                 }
-                None => plan.push((i, Cow::Borrowed(run))),
+                // A tick is claimed all the same: whether it runs is decided when it fires
+                // (the holder may have ended by then), as on one node.
+                _ => plan.push((i, run)),
             }
         }
-        let rows: Vec<Cow<'_, NewRun>> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let rows: Vec<Cow<'_, NewRun>> = plan.iter().map(|(_, r)| Cow::Borrowed(*r)).collect();
         let ids = insert_runs(conn, &rows, me.owner()).await?;
-        let mut claims: Vec<Claim> = busy
-            .iter()
-            .map(|b| match b {
-                Some(h) => Claim::Busy {
-                    skipped_run: None,
-                    holder: (*h).clone(),
+        for ((i, run), id) in plan.iter().zip(ids) {
+            let held = is_exclusive(*i).then(|| holders.get(&run.job_id)).flatten();
+            claims[*i] = match (id, held) {
+                (None, _) => Claim::Taken,
+                (Some(id), Some(h)) if !h.is_empty() => Claim::Contended {
+                    run_id: id,
+                    holder: h[0].clone(),
+                    holders: h.iter().map(|h| h.run_id).collect(),
                 },
-                None => Claim::Taken,
-            })
-            .collect();
-        for ((i, _), id) in plan.iter().zip(ids) {
-            match &mut claims[*i] {
-                Claim::Busy { skipped_run, .. } => *skipped_run = id,
-                c => *c = id.map_or(Claim::Taken, Claim::Claimed),
-            }
+                (Some(id), _) => Claim::Claimed(id),
+            };
         }
         Ok(claims)
     }
@@ -920,7 +902,7 @@ impl RunStore for SqliteStore {
         Ok(claims
             .into_iter()
             .map(|c| match c {
-                Claim::Claimed(id) => Some(id),
+                Claim::Claimed(id) | Claim::Contended { run_id: id, .. } => Some(id),
                 Claim::Taken | Claim::Busy { .. } => None,
             })
             .collect())

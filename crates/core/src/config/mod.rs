@@ -75,8 +75,8 @@ pub struct ClusterSettings {
 impl Default for ClusterSettings {
     fn default() -> ClusterSettings {
         ClusterSettings {
-            heartbeat: Duration::from_secs(5),
-            dead_after: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(2),
+            dead_after: Duration::from_secs(6),
         }
     }
 }
@@ -898,7 +898,7 @@ mod tests {
         let d = Settings::default().cluster;
         assert_eq!(
             (d.heartbeat, d.dead_after),
-            (Duration::from_secs(5), Duration::from_secs(15))
+            (Duration::from_secs(2), Duration::from_secs(6))
         );
         let e = load(&Sources {
             file: None,

@@ -8,6 +8,7 @@
 //! [`RunStore::claim_runs`] inserts the row *before* anything runs, and a conflicting insert means
 //! another process (or an earlier life of this one) already took the tick.
 
+pub mod failing;
 pub mod ops;
 
 pub use ops::OpsStore;
@@ -164,12 +165,18 @@ pub enum Claim {
     /// The tick was claimed before (by this process, an earlier life of it, or another
     /// process): it must not run again.
     Taken,
-    /// The claim was exclusive and another live process has a `running` row of the job, so
-    /// the run does not start. A scheduled or catch-up tick is recorded as a `skipped` row
-    /// (`skipped_run`, `None` if that tick was already taken); a manual run records nothing.
-    Busy {
-        skipped_run: Option<i64>,
+    /// A manual run's claim was exclusive and another live process has a `running` row of
+    /// the job, so the run does not start and records nothing; its caller is told.
+    Busy { holder: RunHolder },
+    /// A scheduled or catch-up tick's claim was exclusive and other live processes had
+    /// `running` rows of the job (`holders`, the first one in `holder`). The row is claimed
+    /// (`running`, so later claims see it as a holder in turn), but whether it runs is decided
+    /// when it fires, as on one node: it runs if none of `holders` is still running then
+    /// ([`RunStore::holding`]), and is finished as `skipped` otherwise.
+    Contended {
+        run_id: i64,
         holder: RunHolder,
+        holders: Vec<i64>,
     },
 }
 
@@ -304,7 +311,7 @@ pub trait RunStore: Send + Sync + 'static {
     /// [`RunStore::claim_runs`] with the overlap check across processes, in the same
     /// transaction: a run with `exclusive[i]` set (its job's overlap is not `allow`) does not
     /// start while another *live* process (a daemon or a `run-once`) has a `running` row of
-    /// the same job; see [`Claim::Busy`]. Rows of this store's own process are not looked at
+    /// the same job; see [`Claim::Busy`] and [`Claim::Contended`]. Rows of this store's own process are not looked at
     /// (the scheduler applies overlap to its own runs when they fire), and `running` rows of
     /// the job whose process is dead are marked `interrupted` on the way.
     ///
@@ -321,6 +328,24 @@ pub trait RunStore: Send + Sync + 'static {
             .into_iter()
             .map(|id| id.map_or(Claim::Taken, Claim::Claimed))
             .collect())
+    }
+
+    /// The first of `run_ids` (rows of other processes) that is still `running` under a live
+    /// owner, if any: the fire-time overlap check of a [`Claim::Contended`] tick. The default
+    /// reads the rows one by one and counts every `running` row as live.
+    async fn holding(&self, run_ids: &[i64]) -> StoreResult<Option<RunHolder>> {
+        for id in run_ids {
+            if let Some(r) = self.run(*id).await?
+                && r.status == RunStatus::Running
+            {
+                return Ok(Some(RunHolder {
+                    run_id: r.id,
+                    trigger: r.trigger,
+                    owner: r.owner,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Sets the real start time of runs that were claimed ahead with their nominal start and
@@ -397,6 +422,27 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Tells the other replicas that this daemon's scheduler runs, so that they leave it
+    /// its share of the jobs (until then they keep scheduling them: a starting replica
+    /// makes no gap). A no-op on single-node backends.
+    async fn scheduling(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Whether this process schedules `job_id`'s ticks. On PostgreSQL the jobs are spread
+    /// over the live replicas (rendezvous hashing), so each tick is claimed by one replica
+    /// only; single-node backends schedule every job.
+    fn owns(&self, job_id: &str) -> bool {
+        let _ = job_id;
+        true
+    }
+
+    /// A number that changes whenever [`RunStore::owns`] may answer differently (a replica
+    /// joined, left or was declared dead). Always 0 on single-node backends.
+    fn membership_epoch(&self) -> u64 {
+        0
+    }
+
     /// The events of this handle's membership in a cluster (lease lost, cancel requests),
     /// once: the first call takes the receiver. `None` on single-node backends.
     fn cluster_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>> {
@@ -448,8 +494,8 @@ impl Default for OpenOptions {
     fn default() -> OpenOptions {
         OpenOptions {
             role: "client",
-            heartbeat: std::time::Duration::from_secs(5),
-            dead_after: std::time::Duration::from_secs(15),
+            heartbeat: std::time::Duration::from_secs(2),
+            dead_after: std::time::Duration::from_secs(6),
         }
     }
 }

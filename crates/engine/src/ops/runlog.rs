@@ -250,7 +250,15 @@ struct Inner {
     wake: Arc<Notify>,
     stop: tokio_util::sync::CancellationToken,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Lines whose write failed (the database is down), written again at the next flush;
+    /// bounded by [`MAX_UNWRITTEN`] (beyond it the oldest are dropped).
+    unwritten: Mutex<Vec<RunLogLine>>,
+    /// Write failures, logged at most once a minute while they last.
+    failing: Mutex<crate::store::failing::FailureLog>,
 }
+
+/// The most run log lines kept for a retry while the database fails.
+const MAX_UNWRITTEN: usize = 100_000;
 
 impl RunLogs {
     /// Starts the writer task (needs a tokio runtime). `max_bytes` bounds each run's log.
@@ -259,6 +267,10 @@ impl RunLogs {
             store,
             max_bytes: max_bytes.max(2 * LINE_OVERHEAD),
             buffers: Mutex::new(Vec::new()),
+            unwritten: Mutex::new(Vec::new()),
+            failing: Mutex::new(crate::store::failing::FailureLog::new(
+                "cannot store run log lines; they are kept and written again at the next flush",
+            )),
             wake: Arc::new(Notify::new()),
             stop: tokio_util::sync::CancellationToken::new(),
             writer: Mutex::new(None),
@@ -338,12 +350,31 @@ async fn flush(inner: &Inner) {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|b| !done.contains(&(Arc::as_ptr(b) as usize)));
     }
+    let mut unwritten =
+        std::mem::take(&mut *inner.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+    if !unwritten.is_empty() {
+        unwritten.append(&mut lines);
+        lines = unwritten;
+    }
     if lines.is_empty() {
         return;
     }
     // This task is in no run's span, so its own log lines are not captured (no feedback).
-    if let Err(e) = inner.store.append_run_logs(&lines).await {
-        tracing::warn!(error = %error_chain(&e), lines = lines.len(), "cannot store run log lines; they are lost");
+    // A failed write (the database is down) keeps the lines for the next flush: a run's last
+    // lines are not lost to a short outage.
+    match inner.store.append_run_logs(&lines).await {
+        Ok(()) => inner.failing.lock().unwrap_or_else(|p| p.into_inner()).ok(),
+        Err(e) => {
+            inner
+                .failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failed(&error_chain(&e));
+            if lines.len() > MAX_UNWRITTEN {
+                lines.drain(..lines.len() - MAX_UNWRITTEN);
+            }
+            *inner.unwritten.lock().unwrap_or_else(|p| p.into_inner()) = lines;
+        }
     }
 }
 

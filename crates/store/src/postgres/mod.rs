@@ -23,6 +23,7 @@
 //!   takes over each run (it gets the rows back and makes the catch-up run).
 
 mod fenced;
+mod members;
 mod node;
 mod ops;
 #[cfg(any(test, feature = "test-db"))]
@@ -37,9 +38,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,13 @@ macro_rules! run_columns {
 }
 
 const MAX_CONNECTIONS: u32 = 10;
+/// How long an operation waits for a connection. sqlx retries a refused connection until
+/// this passes (and then reports only a pool timeout), so it is short: during an outage
+/// claims, finishes and heartbeats fail within seconds instead of hanging for 30 s.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The most run ends kept for a retry while the database fails (as on SQLite); beyond it the
+/// oldest is dropped (its row is taken over as a dead replica's once this one is gone).
+const MAX_UNRECORDED: usize = 10_000;
 /// Attempts at a claim that failed on a deadlock or serialization failure.
 const CLAIM_ATTEMPTS: u32 = 5;
 
@@ -97,9 +105,22 @@ pub(super) struct Inner {
     host: String,
     pid: i64,
     role: &'static str,
+    /// A daemon's scheduler runs (see [`RunStore::scheduling`]): until then its node row says
+    /// `starting` and the other replicas keep scheduling the jobs it will own.
+    scheduling: std::sync::atomic::AtomicBool,
     dead_after_ms: i64,
     /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
     leases: std::sync::Mutex<HashMap<i64, i64>>,
+    /// Run ends that could not be written (the database was down), retried under their
+    /// fencing tokens after every successful heartbeat and sweep, and at close.
+    unrecorded: std::sync::Mutex<Vec<(i64, RunFinish)>>,
+    /// Since when this handle has reached the database without a failure (`None` while it
+    /// fails). Another node is declared dead only once this is older than `dead_after`: after
+    /// an outage every heartbeat is stale, and a replica that got its connection back first
+    /// must give the others `dead_after` to beat again before it takes their runs over.
+    healthy_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The live replicas, as the last sweep read them: who schedules which job.
+    members: members::Membership,
     events: mpsc::UnboundedSender<ClusterEvent>,
     events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
     reregistering: tokio::sync::Mutex<()>,
@@ -131,12 +152,18 @@ impl PgStore {
         migrate(&connect).await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect)
             .await
             .map_err(open_error)?;
         let host = super::owner::this_host().to_owned();
         let pid = i64::from(std::process::id());
-        let id = match node::register(&pool, &host, pid, options.role).await {
+        let first_role = if options.role == "daemon" {
+            "starting"
+        } else {
+            options.role
+        };
+        let id = match node::register(&pool, &host, pid, first_role).await {
             Ok(id) => id,
             Err(e) => {
                 pool.close().await;
@@ -150,13 +177,30 @@ impl PgStore {
             host,
             pid,
             role: options.role,
+            scheduling: std::sync::atomic::AtomicBool::new(false),
             dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
             leases: Default::default(),
+            unrecorded: Default::default(),
+            // At open the other nodes' heartbeats are judged as usual: this handle did not
+            // see an outage.
+            healthy_since: std::sync::Mutex::new(Some(
+                std::time::Instant::now()
+                    .checked_sub(options.dead_after)
+                    .unwrap_or_else(std::time::Instant::now),
+            )),
+            members: members::Membership::default(),
             events,
             events_rx: std::sync::Mutex::new(Some(events_rx)),
             reregistering: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
         });
+        if options.role == "daemon" {
+            match read_members(&inner.pool, inner.dead_after_ms).await {
+                Ok(nodes) => inner.members.set(nodes),
+                // The first sweep reads them; until then this replica schedules every job.
+                Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
+            }
+        }
         tokio::spawn(node::heartbeat_loop(
             Arc::downgrade(&inner),
             options.heartbeat,
@@ -195,6 +239,136 @@ impl PgStore {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run_id)
     }
+
+    /// Writes the run ends kept while the database failed, each under its run's fencing
+    /// token: a run taken over meanwhile (the outage outlasted `dead_after` and another
+    /// replica declared this one dead) has its late end refused and logged by `finish_run`.
+    /// Stops at the first database error (the rest stay kept).
+    pub(super) async fn retry_unrecorded(&self) {
+        let mut queued: std::collections::VecDeque<(i64, RunFinish)> = std::mem::take(
+            &mut *self
+                .inner
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+        .into();
+        while let Some((run_id, finish)) = queued.pop_front() {
+            match self.finish_once(run_id, &finish).await {
+                Ok(true) => tracing::info!(
+                    run_id,
+                    status = finish.status.as_str(),
+                    "run end recorded after the database came back"
+                ),
+                // Refused by fencing (logged there) or finished by someone else.
+                Ok(false) => {}
+                Err(StoreError::Db(_)) => {
+                    queued.push_front((run_id, finish));
+                    let mut kept = self
+                        .inner
+                        .unrecorded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    // Older ends first, then any that failed meanwhile.
+                    let newer = std::mem::take(&mut *kept);
+                    kept.extend(queued);
+                    kept.extend(newer);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "cannot record the end of a run");
+                }
+            }
+        }
+    }
+
+    /// One attempt at [`RunStore::finish_run`]. The lease is kept until the outcome is
+    /// known, so a retry after a database error is still fenced.
+    async fn finish_once(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
+        let fence = self.lease(run_id);
+        let changed = sqlx::query(
+            "UPDATE job_runs SET status = $1, finished_at = $2, \
+                 duration_ms = GREATEST($2 - started_at, 0), message = COALESCE($3, message), \
+                 error = $4, stats = $5 \
+             WHERE id = $6 AND status = 'running' AND ($7::BIGINT IS NULL OR fence = $7)",
+        )
+        .bind(finish.status.as_str())
+        .bind(millis(finish.finished_at))
+        .bind(finish.message.as_deref())
+        .bind(finish.error.as_deref())
+        .bind(finish.stats.to_string())
+        .bind(run_id)
+        .bind(fence)
+        .execute(&self.inner.pool)
+        .await
+        .db()?
+        .rows_affected();
+        if changed > 0 {
+            self.drop_lease(run_id);
+            return Ok(true);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .db()?;
+        self.drop_lease(run_id);
+        match status {
+            None => Err(StoreError::NoSuchRun(run_id)),
+            Some(status) => {
+                if fence.is_some() && status == RunStatus::Interrupted.as_str() {
+                    tracing::warn!(
+                        run_id,
+                        fence,
+                        status = finish.status.as_str(),
+                        "run end rejected by its fencing token: another replica took the run \
+                         over while it was going here; the row keeps the interrupted status"
+                    );
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The role written in this handle's node row: a daemon is `starting` until its scheduler
+    /// runs, and only `daemon` rows share the jobs (see [`members`]).
+    pub(super) fn node_role(&self) -> &'static str {
+        if self.role == "daemon" && !self.scheduling.load(Ordering::SeqCst) {
+            "starting"
+        } else {
+            self.role
+        }
+    }
+
+    /// An operation reached the database.
+    pub(super) fn db_ok(&self) {
+        let mut h = self.healthy_since.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() {
+            *h = Some(std::time::Instant::now());
+        }
+    }
+
+    /// An operation failed on the database.
+    pub(super) fn db_failed(&self) {
+        *self.healthy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The heartbeat age (ms) beyond which another node counts as dead, for this handle now:
+    /// `dead_after`, unless this handle has not reached the database for that long without a
+    /// failure (an outage made every heartbeat stale: nobody is judged dead until everyone had
+    /// `dead_after` to beat again).
+    pub(super) fn judged_dead_after_ms(&self) -> i64 {
+        let healthy = *self.healthy_since.lock().unwrap_or_else(|p| p.into_inner());
+        match healthy {
+            Some(t) if t.elapsed().as_millis() >= self.dead_after_ms.max(0) as u128 => {
+                self.dead_after_ms
+            }
+            _ => i64::MAX / 4,
+        }
+    }
 }
 
 /// Applies pending migrations through a pool of one connection of its own. sqlx's migrator
@@ -202,22 +376,46 @@ impl PgStore {
 /// this build): closing that connection releases it, where a connection of the store's pool
 /// would keep it and block the next replica's start.
 async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
+    let open_error = |source: sqlx::Error| StoreError::Open {
+        url: format!(
+            "postgres://{}:{}/{}",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or("")
+        ),
+        source: Box::new(source),
+    };
+    // First one plain connection: a pool retries a refused connection until its acquire
+    // timeout and then says only "pool timed out"; a connection reports at once why it
+    // failed ("Connection refused", an unknown database, a refused login).
+    PgConnection::connect_with(connect)
+        .await
+        .map_err(open_error)?
+        .close()
+        .await
+        .map_err(open_error)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(connect.clone())
         .await
-        .map_err(|source: sqlx::Error| StoreError::Open {
-            url: format!(
-                "postgres://{}:{}/{}",
-                connect.get_host(),
-                connect.get_port(),
-                connect.get_database().unwrap_or("")
-            ),
-            source: Box::new(source),
-        })?;
+        .map_err(open_error)?;
     let result = MIGRATOR.run(&pool).await;
     pool.close().await;
     result.map_err(crate::from_migrate)
+}
+
+/// The live daemon nodes (heartbeat younger than `dead_after`).
+async fn read_members(pool: &PgPool, dead_after_ms: i64) -> StoreResult<Vec<i64>> {
+    Ok(sqlx::query_scalar(concat!(
+        "SELECT id FROM nodes WHERE role = 'daemon' AND heartbeat_at > ",
+        NOW_MS!(),
+        " - $1 ORDER BY id"
+    ))
+    .bind(dead_after_ms)
+    .fetch_all(pool)
+    .await
+    .db()?)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -491,7 +689,7 @@ impl PgStore {
             .into_iter()
             .collect();
         jobs.sort_unstable();
-        let mut holders: HashMap<String, RunHolder> = HashMap::new();
+        let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
         // Ticks of exclusive jobs another replica claimed first: taken, not busy. Replicas
         // claim the same ticks at the same moment, and the loser of that race must neither
         // record a skip nor log one (under the advisory locks below the answer is stable).
@@ -499,13 +697,16 @@ impl PgStore {
         if !jobs.is_empty() {
             // Serialises exclusive claims of these jobs across replicas until commit; taken
             // in job order so two claimers cannot deadlock.
-            for job in &jobs {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7201))")
-                    .bind(*job)
-                    .execute(&mut *tx)
-                    .await
-                    .db()?;
-            }
+            // One round trip for all: PostgreSQL evaluates a volatile function of the select
+            // list after the ORDER BY, so the locks are taken in job order.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
+                 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n",
+            )
+            .bind(&jobs)
+            .execute(&mut *tx)
+            .await
+            .db()?;
             let ticks: Vec<i64> = runs
                 .iter()
                 .enumerate()
@@ -539,7 +740,7 @@ impl PgStore {
                  ORDER BY r.id"
             ))
             .bind(&jobs)
-            .bind(self.inner.dead_after_ms)
+            .bind(self.inner.judged_dead_after_ms())
             .bind(me)
             .fetch_all(&mut *tx)
             .await
@@ -551,7 +752,7 @@ impl PgStore {
                 let id: i64 = row.try_get("id").db()?;
                 if row.try_get::<bool, _>("live").db()? {
                     let job_id: String = row.try_get("job_id").db()?;
-                    holders.entry(job_id).or_insert(RunHolder {
+                    holders.entry(job_id).or_default().push(RunHolder {
                         run_id: id,
                         trigger: parse_trigger(row.try_get("trigger").db()?)?,
                         owner: owner_from_row(row)?,
@@ -573,8 +774,8 @@ impl PgStore {
                 );
             }
         }
-        let mut plan: Vec<(usize, NewRun)> = Vec::with_capacity(runs.len());
-        let mut busy: Vec<Option<&RunHolder>> = vec![None; runs.len()];
+        let mut plan: Vec<(usize, &NewRun)> = Vec::with_capacity(runs.len());
+        let mut claims: Vec<Claim> = vec![Claim::Taken; runs.len()];
         for (i, run) in runs.iter().enumerate() {
             if is_exclusive(i)
                 && run.trigger != Trigger::Manual
@@ -582,46 +783,43 @@ impl PgStore {
             {
                 continue;
             }
-            let holder = is_exclusive(i).then(|| holders.get(&run.job_id)).flatten();
-            match holder {
-                Some(h) if run.trigger == Trigger::Manual => busy[i] = Some(h),
-                Some(h) => {
-                    busy[i] = Some(h);
-                    plan.push((
-                        i,
-                        NewRun {
-                            status: RunStatus::Skipped,
-                            message: Some(format!("another process is running this job: {h}")),
-                            ..run.clone()
-                        },
-                    ));
+            let held = is_exclusive(i)
+                .then(|| holders.get(&run.job_id).and_then(|h| h.first()))
+                .flatten();
+            match held {
+                // A manual run that may not start records nothing: its caller is told.
+                Some(h) if run.trigger == Trigger::Manual => {
+                    claims[i] = Claim::Busy { holder: h.clone() }
                 }
-                None => plan.push((i, run.clone())),
+                // A tick is claimed all the same: whether it runs is decided when it fires
+                // (the holder may have ended by then), as on one node.
+                _ => plan.push((i, run)),
             }
         }
-        let rows: Vec<NewRun> = plan.iter().map(|(_, r)| r.clone()).collect();
+        let rows: Vec<NewRun> = plan.iter().map(|(_, r)| (*r).clone()).collect();
         let ids = self.insert_runs(&mut tx, &rows, me).await?;
         tx.commit().await.db()?;
 
-        let mut claims: Vec<Claim> = busy
-            .iter()
-            .map(|b| match b {
-                Some(h) => Claim::Busy {
-                    skipped_run: None,
-                    holder: (*h).clone(),
-                },
-                None => Claim::Taken,
-            })
-            .collect();
         let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
         for ((i, run), id) in plan.iter().zip(ids) {
-            if let (Some((id, fence)), RunStatus::Running) = (id, run.status) {
+            let Some((id, fence)) = id else {
+                continue;
+            };
+            if run.status == RunStatus::Running {
                 leases.insert(id, fence);
             }
-            match &mut claims[*i] {
-                Claim::Busy { skipped_run, .. } => *skipped_run = id.map(|(id, _)| id),
-                c => *c = id.map_or(Claim::Taken, |(id, _)| Claim::Claimed(id)),
-            }
+            let held = is_exclusive(*i)
+                .then(|| holders.get(&run.job_id))
+                .flatten()
+                .filter(|h| !h.is_empty());
+            claims[*i] = match held {
+                Some(h) => Claim::Contended {
+                    run_id: id,
+                    holder: h[0].clone(),
+                    holders: h.iter().map(|h| h.run_id).collect(),
+                },
+                None => Claim::Claimed(id),
+            };
         }
         Ok(claims)
     }
@@ -636,7 +834,7 @@ impl RunStore for PgStore {
             .await?
             .into_iter()
             .map(|c| match c {
-                Claim::Claimed(id) => Some(id),
+                Claim::Claimed(id) | Claim::Contended { run_id: id, .. } => Some(id),
                 Claim::Taken | Claim::Busy { .. } => None,
             })
             .collect())
@@ -662,6 +860,34 @@ impl RunStore for PgStore {
         }
     }
 
+    /// A holder counts while its row is `running` and its node is live (judged as a claim
+    /// judges it: after an outage, stale heartbeats do not count as dead yet).
+    async fn holding(&self, run_ids: &[i64]) -> StoreResult<Option<RunHolder>> {
+        if run_ids.is_empty() {
+            return Ok(None);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT r.id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node \
+             FROM job_runs r JOIN nodes n ON n.id = r.owner_node \
+             WHERE r.id = ANY($1) AND r.status = 'running' AND n.heartbeat_at > ",
+            NOW_MS!(),
+            " - $2 ORDER BY r.id LIMIT 1"
+        ))
+        .bind(run_ids)
+        .bind(self.inner.judged_dead_after_ms())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .db()?;
+        row.map(|row| {
+            Ok(RunHolder {
+                run_id: row.try_get("id").db()?,
+                trigger: parse_trigger(row.try_get("trigger").db()?)?,
+                owner: owner_from_row(&row)?,
+            })
+        })
+        .transpose()
+    }
+
     async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
         if runs.is_empty() {
             return Ok(());
@@ -683,7 +909,9 @@ impl RunStore for PgStore {
 
     /// Fenced: a run this handle claimed is finished only while its row is still `running`
     /// with the run's token. A finish refused because another replica took the run over is
-    /// logged and returns `false`; the row keeps what the new owner wrote.
+    /// logged and returns `false`; the row keeps what the new owner wrote. A finish that fails
+    /// on a database error is kept and retried (see [`PgStore::retry_unrecorded`]); the error
+    /// is still returned, so the runner logs it.
     async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {
         if !finish.status.is_final() {
             return Err(StoreError::Corrupt {
@@ -691,49 +919,22 @@ impl RunStore for PgStore {
                 value: finish.status.as_str().to_owned(),
             });
         }
-        let fence = self.lease(run_id);
-        let changed = sqlx::query(
-            "UPDATE job_runs SET status = $1, finished_at = $2, \
-                 duration_ms = GREATEST($2 - started_at, 0), message = COALESCE($3, message), \
-                 error = $4, stats = $5 \
-             WHERE id = $6 AND status = 'running' AND ($7::BIGINT IS NULL OR fence = $7)",
-        )
-        .bind(finish.status.as_str())
-        .bind(millis(finish.finished_at))
-        .bind(finish.message.as_deref())
-        .bind(finish.error.as_deref())
-        .bind(finish.stats.to_string())
-        .bind(run_id)
-        .bind(fence)
-        .execute(&self.inner.pool)
-        .await
-        .db()?
-        .rows_affected();
-        self.drop_lease(run_id);
-        if changed > 0 {
-            return Ok(true);
-        }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM job_runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.inner.pool)
-                .await
-                .db()?;
-        match status {
-            None => Err(StoreError::NoSuchRun(run_id)),
-            Some(status) => {
-                if fence.is_some() && status == RunStatus::Interrupted.as_str() {
-                    tracing::warn!(
-                        run_id,
-                        fence,
-                        status = finish.status.as_str(),
-                        "run end rejected by its fencing token: another replica took the run \
-                         over while it was going here; the row keeps the interrupted status"
-                    );
-                }
-                Ok(false)
+        let result = self.finish_once(run_id, finish).await;
+        if let Err(StoreError::Db(_)) = &result {
+            // Kept with its lease, and retried after the next successful heartbeat or sweep:
+            // an outage shorter than `dead_after` loses no run end, and the row does not stay
+            // `running` (which would hold `overlap: skip` and look like a dead replica's run).
+            let mut kept = self
+                .inner
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if kept.len() >= MAX_UNRECORDED {
+                kept.remove(0);
             }
+            kept.push((run_id, finish.clone()));
         }
+        result
     }
 
     async fn unclaim(&self, run_id: i64) -> StoreResult<bool> {
@@ -748,15 +949,21 @@ impl RunStore for PgStore {
 
     /// Deletes the nodes whose heartbeat is older than `dead_after` and marks `running`
     /// rows of dead or gone nodes `interrupted`, in one statement: of several replicas
-    /// sweeping at once, exactly one gets each row back (and makes its catch-up run).
+    /// sweeping at once, exactly one gets each row back (and makes its catch-up run). The same
+    /// statement reads the live replicas, which decide who schedules which job
+    /// ([`members`]): the sweep (ten times per heartbeat) costs one round trip.
     async fn interrupt_running(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunRecord>> {
         let me = self.me();
-        let rows = sqlx::query(concat!(
+        // The main SELECT sees `nodes` as it was before the CTE's DELETE: the nodes deleted
+        // now are left out by hand. At least one row comes back (the LEFT JOIN), carrying the
+        // members; run columns are NULL when no run was interrupted.
+        let result = sqlx::query(concat!(
             "WITH gone AS ( \
                  DELETE FROM nodes WHERE id <> $1 AND heartbeat_at < ",
             NOW_MS!(),
             " - $2 RETURNING id \
-             ) \
+             ), \
+             taken AS ( \
              UPDATE job_runs SET status = 'interrupted', \
                  finished_at = GREATEST(started_at, $3), \
                  duration_ms = GREATEST($3 - started_at, 0), \
@@ -767,19 +974,66 @@ impl RunStore for PgStore {
                  OR (owner_node <> $1 \
                      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = job_runs.owner_node))) \
              RETURNING ",
-            run_columns!()
+            run_columns!(),
+            ") \
+             SELECT m.members, t.* FROM ( \
+                 SELECT ARRAY(SELECT id FROM nodes WHERE role = 'daemon' AND heartbeat_at > ",
+            NOW_MS!(),
+            " - $6 AND id NOT IN (SELECT id FROM gone) ORDER BY id) AS members \
+             ) m LEFT JOIN taken t ON TRUE"
         ))
         .bind(me)
-        .bind(self.inner.dead_after_ms)
+        .bind(self.inner.judged_dead_after_ms())
         .bind(millis(now))
         .bind(DEAD_MESSAGE)
         .bind(GONE_MESSAGE)
+        .bind(self.inner.dead_after_ms)
         .fetch_all(&self.inner.pool)
-        .await
-        .db()?;
-        let mut runs = runs_from_rows(&rows)?;
+        .await;
+        let rows = match result {
+            Ok(rows) => {
+                self.inner.db_ok();
+                rows
+            }
+            Err(e) => {
+                self.inner.db_failed();
+                return Err(crate::db(e));
+            }
+        };
+        if self.inner.role == "daemon"
+            && let Some(row) = rows.first()
+        {
+            self.inner.members.set(row.try_get("members").db()?);
+        }
+        self.retry_unrecorded().await;
+        let mut runs = Vec::new();
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("id").db()?.is_some() {
+                runs.push(run_from_row(row)?);
+            }
+        }
         runs.sort_by_key(|r| r.id);
         Ok(runs)
+    }
+
+    async fn scheduling(&self) -> StoreResult<()> {
+        self.inner.scheduling.store(true, Ordering::SeqCst);
+        sqlx::query("UPDATE nodes SET role = $2 WHERE id = $1")
+            .bind(self.me())
+            .bind(self.inner.node_role())
+            .execute(&self.inner.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    fn owns(&self, job_id: &str) -> bool {
+        let me = self.me();
+        self.inner.members.get().owner(job_id, me) == me
+    }
+
+    fn membership_epoch(&self) -> u64 {
+        self.inner.members.get().epoch
     }
 
     async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
@@ -857,6 +1111,7 @@ impl RunStore for PgStore {
     /// `dead_after` to take over whatever this handle left `running`; then closes the pool.
     async fn close(&self) {
         self.inner.stop.cancel();
+        self.retry_unrecorded().await;
         if let Err(e) = sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(self.me())
             .execute(&self.inner.pool)

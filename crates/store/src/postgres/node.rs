@@ -47,7 +47,7 @@ impl Inner {
         if current != old {
             return Ok(current);
         }
-        let new = register(&self.pool, &self.host, self.pid, self.role).await?;
+        let new = register(&self.pool, &self.host, self.pid, self.node_role()).await?;
         self.node.store(new, Ordering::SeqCst);
         // The leases stay in the map: they are void (the new owner interrupted their rows),
         // and keeping them is what lets a late finish be recognised and logged as fenced.
@@ -77,9 +77,10 @@ impl Inner {
         let updated = sqlx::query(concat!(
             "UPDATE nodes SET heartbeat_at = ",
             NOW_MS!(),
-            " WHERE id = $1"
+            ", role = $2 WHERE id = $1"
         ))
         .bind(me)
+        .bind(self.node_role())
         .execute(&self.pool)
         .await
         .db()?
@@ -119,7 +120,12 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        match inner.beat().await {
+        let beat = inner.beat().await;
+        match &beat {
+            Ok(()) => inner.db_ok(),
+            Err(_) => inner.db_failed(),
+        }
+        match beat {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("heartbeat written again");
@@ -130,6 +136,10 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
                 tracing::warn!(error = %soarjobd_core::error::error_chain(&e), "cannot write the heartbeat");
             }
             Err(_) => {}
+        }
+        if !failing {
+            // Run ends that could not be written while the database was down.
+            super::PgStore { inner }.retry_unrecorded().await;
         }
     }
 }

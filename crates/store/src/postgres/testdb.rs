@@ -45,6 +45,11 @@ impl TestDb {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The database's name (for fault tests: `ALTER DATABASE`, `pg_terminate_backend`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Drop for TestDb {

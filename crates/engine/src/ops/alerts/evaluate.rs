@@ -82,6 +82,13 @@ pub struct Evaluator {
     pub dispatcher: Dispatcher,
 }
 
+fn log_err(failing: &mut crate::store::failing::FailureLog, r: StoreResult<()>) {
+    match r {
+        Ok(()) => failing.ok(),
+        Err(e) => failing.failed(&error_chain(&e)),
+    }
+}
+
 impl Evaluator {
     /// Evaluates everything once, then on every run end, every change of the invalid files and
     /// every `check_every`, until `shutdown`.
@@ -95,6 +102,8 @@ impl Evaluator {
             r = jobs.changed() => if r.is_err() { return },
         }
         let ended = self.ended.clone();
+        // Evaluations fail together while the database is down: logged once a minute at most.
+        let mut failing = crate::store::failing::FailureLog::new("cannot evaluate alerts");
         let mut invalid = self.invalid.clone();
         let mut sweep = tokio::time::interval(self.settings.check_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,33 +116,27 @@ impl Evaluator {
                 _ = ended.wait() => {
                     let jobs = ended.take();
                     for id in jobs {
-                        self.log_err(self.on_run_end(&id).await);
+                        log_err(&mut failing, self.on_run_end(&id).await);
                     }
                 }
                 r = invalid.changed() => {
                     if r.is_err() {
                         return; // The scheduler is gone: shutting down.
                     }
-                    self.log_err(self.on_invalid().await);
+                    log_err(&mut failing, self.on_invalid().await);
                 }
                 _ = sweep.tick() => {
                     if first {
                         first = false;
                         let ids: Vec<String> = self.jobs.borrow().keys().cloned().collect();
                         for id in ids {
-                            self.log_err(self.on_run_end(&id).await);
+                            log_err(&mut failing, self.on_run_end(&id).await);
                         }
-                        self.log_err(self.on_invalid().await);
+                        log_err(&mut failing, self.on_invalid().await);
                     }
-                    self.log_err(self.on_sweep(started).await);
+                    log_err(&mut failing, self.on_sweep(started).await);
                 }
             }
-        }
-    }
-
-    fn log_err(&self, r: StoreResult<()>) {
-        if let Err(e) = r {
-            tracing::warn!(error = %error_chain(&e), "cannot evaluate alerts");
         }
     }
 
