@@ -407,7 +407,7 @@ async fn migrate(connect: &PgConnectOptions) -> StoreResult<()> {
 
 /// The live daemon nodes (heartbeat younger than `dead_after`).
 async fn read_members(pool: &PgPool, dead_after_ms: i64) -> StoreResult<Vec<i64>> {
-    Ok(sqlx::query_scalar(concat!(
+    sqlx::query_scalar(concat!(
         "SELECT id FROM nodes WHERE role = 'daemon' AND heartbeat_at > ",
         NOW_MS!(),
         " - $1 ORDER BY id"
@@ -415,7 +415,7 @@ async fn read_members(pool: &PgPool, dead_after_ms: i64) -> StoreResult<Vec<i64>
     .bind(dead_after_ms)
     .fetch_all(pool)
     .await
-    .db()?)
+    .db()
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
