@@ -733,10 +733,14 @@ async fn nodes_lists_the_replicas_and_sqlite_says_single_node() {
     let listed = poll(Duration::from_secs(20), || async {
         let out = nodes();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success() && text.contains(&pid)).then_some(text)
+        // A replica's node says `starting` until its scheduler runs (it owns no job yet).
+        let scheduling = text
+            .lines()
+            .any(|l| l.contains(&pid) && !l.contains("starting"));
+        (out.status.success() && scheduling).then_some(text)
     })
     .await
-    .expect("the replica is listed");
+    .expect("the replica is listed, past `starting`");
     let line = listed.lines().find(|l| l.contains(&pid)).unwrap();
     assert!(
         line.contains("daemon") && line.contains("alive"),
