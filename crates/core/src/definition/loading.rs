@@ -1,0 +1,375 @@
+//! Reading job files from disk: a folder (one report of every file's errors, ids and names
+//! unique across files), one file, or text as if read from a file. Files are read bounded
+//! and checked before the YAML parser runs; the parsed document goes to [`super::parsing`].
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+
+use yaml_serde::Value as Yaml;
+
+use super::located::{Pos, Positions};
+use super::model::{Catalog, JobDefinition, LoadError, LoadOptions, LoadReport};
+use super::parsing::Cx;
+use super::{limits, marketplace, secrets};
+
+/// True for the file names the daemon loads from `jobs/`.
+pub fn is_job_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Loads every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name, and checks
+/// what spans files: unique ids and unique names. Uses the default [`LoadOptions`] for `dir`.
+pub fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
+    load_dir_with(dir, catalog, &LoadOptions::for_jobs_dir(dir))
+}
+
+/// [`load_dir`] with explicit options (the daemon's `secrets` settings).
+///
+/// Entries with a job file's name that are not loadable files (folders, FIFOs, sockets,
+/// broken or looping symbolic links, names that are not UTF-8) are reported as errors rather
+/// than skipped, so `check` and the log say why a job is missing. Nothing here blocks on a
+/// FIFO: types are checked, and files are opened non-blocking.
+pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            report.errors.push(LoadError {
+                file: dir.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the jobs folder: {e}"),
+            });
+            report.folder_unreadable = true;
+            return report;
+        }
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                report
+                    .errors
+                    .push(file_error(dir, format!("cannot list the jobs folder: {e}")));
+                report.folder_unreadable = true;
+                return report;
+            }
+        };
+        let path = entry.path();
+        if let Some(message) = entry_problem(&path) {
+            report.errors.push(file_error(&path, message));
+            report.failed_files.push(path);
+        } else if is_job_file(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    // Marketplace definitions that instance files of this folder `uses:` are templates, not
+    // jobs of their own.
+    let used = marketplace::used_definitions(&files);
+    files.retain(|f| !used.contains(&marketplace::canonical(f)));
+    report.errors.sort_by(|a, b| a.file.cmp(&b.file));
+    let mut inputs = std::collections::BTreeSet::new();
+    let mut by_id: HashMap<String, PathBuf> = HashMap::new();
+    let mut by_name: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let (result, read) = load_file_inner(&file, catalog, opts);
+        inputs.extend(read);
+        match result {
+            Ok(def) => {
+                let mut errs = Vec::new();
+                if let Some(first) = by_id.get(&def.id) {
+                    errs.push(format!(
+                        "job id `{}` is already used by {}",
+                        def.id,
+                        first.display()
+                    ));
+                }
+                if let Some(first) = by_name.get(&def.name) {
+                    errs.push(format!(
+                        "job name `{}` is already used by {} (names must be unique)",
+                        def.name,
+                        first.display()
+                    ));
+                }
+                if errs.is_empty() {
+                    by_id.insert(def.id.clone(), file.clone());
+                    by_name.insert(def.name.clone(), file.clone());
+                    report.warnings.extend(def.warnings.iter().cloned());
+                    report.jobs.push(def);
+                } else {
+                    let pos = std::fs::read_to_string(&file)
+                        .ok()
+                        .and_then(|t| Positions::scan(&t).key("name"))
+                        .unwrap_or(Pos { line: 1, column: 1 });
+                    for message in errs {
+                        report.errors.push(LoadError {
+                            file: file.clone(),
+                            line: pos.line,
+                            column: pos.column,
+                            message,
+                        });
+                    }
+                    report.failed_files.push(file);
+                }
+            }
+            Err(errs) => {
+                report.errors.extend(errs);
+                report.failed_files.push(file);
+            }
+        }
+    }
+    report.inputs = inputs.into_iter().collect();
+    report
+}
+
+fn file_error(file: &Path, message: String) -> LoadError {
+    LoadError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+/// Why a folder entry named like a job file cannot be loaded, if it cannot.
+fn entry_problem(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.file_name()?.as_bytes();
+    if name.starts_with(b".") || !(name.ends_with(b".yaml") || name.ends_with(b".yml")) {
+        return None;
+    }
+    if std::str::from_utf8(name).is_err() {
+        return Some(
+            "the file name is not valid UTF-8, so it cannot name a job; rename the file".into(),
+        );
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) => Some(format!(
+            "this is a {}, not a job file; job files must be regular files",
+            secrets::file_kind(&m)
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Some("this is a symbolic link loop; it names no file".into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some("this is a symbolic link to a file that does not exist".into())
+        }
+        Err(e) => Some(format!("cannot read the file: {e}")),
+    }
+}
+
+/// Loads one job file, with the default [`LoadOptions`] for its folder.
+pub fn load_file(path: &Path, catalog: &dyn Catalog) -> Result<JobDefinition, Vec<LoadError>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    load_file_with(path, catalog, &LoadOptions::for_jobs_dir(dir))
+}
+
+/// [`load_file`] with explicit options.
+pub fn load_file_with(
+    path: &Path,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    load_file_inner(path, catalog, opts).0
+}
+
+/// Loads one file; also returns the files its definition read.
+fn load_file_inner(
+    path: &Path,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
+    match read_job_file(path) {
+        Ok(text) => load_text(path, &text, catalog, opts),
+        Err(e) => (Err(vec![e]), Vec::new()),
+    }
+}
+
+/// Reads a job file: regular files only, at most [`limits::MAX_FILE_BYTES`], UTF-8. Each
+/// refusal is located (the limit at the byte where it is crossed, bad UTF-8 at its byte).
+pub(super) fn read_job_file(path: &Path) -> Result<String, LoadError> {
+    let max = limits::MAX_FILE_BYTES as u64;
+    let bytes = secrets::read_regular_prefix(path, max)
+        .map_err(|e| file_error(path, format!("cannot read the file: {e}")))?;
+    let located = |pos: Pos, message: String| LoadError {
+        file: path.to_path_buf(),
+        line: pos.line,
+        column: pos.column,
+        message,
+    };
+    let valid = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            // A multi-byte character cut by the size limit is not an encoding error.
+            let cut = bytes.len() as u64 > max && e.error_len().is_none();
+            if !cut && e.valid_up_to() < limits::MAX_FILE_BYTES {
+                return Err(located(
+                    limits::pos_of(good, good.len()),
+                    format!(
+                        "the file is not UTF-8 text (byte 0x{:02x}); job files are YAML text",
+                        bytes[e.valid_up_to()]
+                    ),
+                ));
+            }
+            good
+        }
+    };
+    if bytes.len() as u64 > max {
+        let mut at = valid.len().min(limits::MAX_FILE_BYTES);
+        while !valid.is_char_boundary(at) {
+            at -= 1;
+        }
+        let e = limits::too_large(limits::pos_of(valid, at));
+        return Err(located(e.pos, e.message));
+    }
+    Ok(valid.to_string())
+}
+
+/// Loads a job from `text`, as if read from `path` (whose stem is the job id), with the
+/// default [`LoadOptions`] for its folder.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    load_str_with(path, text, catalog, &LoadOptions::for_jobs_dir(dir))
+}
+
+/// [`load_str`] with explicit options.
+pub fn load_str_with(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    load_text(path, text, catalog, opts).0
+}
+
+fn load_text(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
+    load_text_as(path, text, catalog, opts, false)
+}
+
+/// [`load_text`]; `template`: a marketplace definition an instance file uses.
+pub(super) fn load_text_as(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+    opts: &LoadOptions,
+    template: bool,
+) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
+    let located = |pos: Pos, message: String| {
+        vec![LoadError {
+            file: path.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            message,
+        }]
+    };
+    // Bounded input before the parser runs (its cost grows faster than the input's size).
+    if let Err(e) = limits::prescan(text) {
+        return (Err(located(e.pos, e.message)), Vec::new());
+    }
+    // Only aliases (`*name`, which need an `&name` anchor) can make the parsed document
+    // larger than the pre-scan's count, so only a file that may hold both pays for the exact
+    // walk (a second parse); a cron expression's `*` alone does not.
+    if text.contains('&')
+        && text.contains('*')
+        && let Err((pos, message)) = limits::count_nodes(text)
+    {
+        let pos = pos.unwrap_or(Pos { line: 1, column: 1 });
+        return (Err(located(pos, message)), Vec::new());
+    }
+    let mut cx = Cx {
+        file: path.to_path_buf(),
+        pos: Positions::scan(text),
+        errors: Vec::new(),
+        fingerprint: std::collections::hash_map::DefaultHasher::new(),
+        opts,
+        inputs: Vec::new(),
+        warnings: Vec::new(),
+        template,
+        instance: None,
+    };
+    text.hash(&mut cx.fingerprint);
+    let doc: Yaml = match yaml_serde::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return (Err(vec![yaml_error(path, text, &cx.pos, &e)]), Vec::new()),
+    };
+    let def = cx.definition(path, &doc, catalog);
+    let inputs = std::mem::take(&mut cx.inputs);
+    if cx.errors.is_empty() {
+        (def.ok_or_else(Vec::new), inputs)
+    } else {
+        // Report in file order, as an editor would list them.
+        cx.errors.sort_by_key(|e| (e.line, e.column));
+        (Err(cx.errors), inputs)
+    }
+}
+
+/// A parser error, located. A duplicate key is reported at its second occurrence (the parser
+/// only knows the mapping it is in).
+fn yaml_error(path: &Path, source: &str, pos: &Positions, e: &yaml_serde::Error) -> LoadError {
+    let text = e.to_string();
+    // Reader errors (control characters, bad encodings) carry a byte offset, not a mark
+    let offset = text.rfind(" at position ").and_then(|i| {
+        let n: usize = text[i + 13..].trim().parse().ok()?;
+        Some((i, n))
+    });
+    // (and a mark of 1:1 that means nothing), so the offset wins.
+    let at = offset
+        .map(|(_, n)| limits::pos_at_byte(source, n))
+        .or_else(|| e.location().map(|l| limits::yaml_pos(source, &l)))
+        .unwrap_or(Pos { line: 1, column: 1 });
+    if text.contains("duplicate entry")
+        && let Some(d) = pos.duplicates().iter().find(|d| d.second.line >= at.line)
+    {
+        return LoadError {
+            file: path.to_path_buf(),
+            line: d.second.line,
+            column: d.second.column,
+            message: format!(
+                "duplicate key `{}` (first defined at line {})",
+                d.key, d.first.line
+            ),
+        };
+    }
+    // The parser writes its own " at line L column C" (counted its way) or " at position
+    // N"; the location is ours to print.
+    let message = match offset {
+        Some((i, _)) => text[..i].to_string(),
+        None => strip_location(&text),
+    };
+    LoadError {
+        file: path.to_path_buf(),
+        line: at.line,
+        column: at.column,
+        message: format!("invalid YAML: {message}"),
+    }
+}
+
+/// `msg at line 3 column 1, while scanning` -> `msg, while scanning`.
+fn strip_location(text: &str) -> String {
+    let Some(i) = text.find(" at line ") else {
+        return text.to_string();
+    };
+    let rest = &text[i + " at line ".len()..];
+    let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let n = digits(rest);
+    let Some(after) = rest[n..].strip_prefix(" column ") else {
+        return text.to_string();
+    };
+    let m = digits(after);
+    format!("{}{}", &text[..i], &after[m..])
+}
