@@ -33,6 +33,31 @@ pub fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
 /// FIFO: types are checked, and files are opened non-blocking.
 pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> LoadReport {
     let mut report = LoadReport::default();
+    let Some(files) = job_files(dir, &mut report) else {
+        report.folder_unreadable = true;
+        return report;
+    };
+    let mut inputs = std::collections::BTreeSet::new();
+    let mut unique = Unique::default();
+    for file in files {
+        let (result, read) = load_file_inner(&file, catalog, opts);
+        inputs.extend(read);
+        match result {
+            Ok(def) => unique.add(def, file, &mut report),
+            Err(errs) => {
+                report.errors.extend(errs);
+                report.failed_files.push(file);
+            }
+        }
+    }
+    report.inputs = inputs.into_iter().collect();
+    report
+}
+
+/// The job files of `dir`, sorted, without the marketplace definitions its instance files
+/// use; entries named like job files that cannot be loaded are errors in `report`. `None`:
+/// the folder cannot be listed (the error is in `report`).
+fn job_files(dir: &Path, report: &mut LoadReport) -> Option<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -42,8 +67,7 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
                 column: 0,
                 message: format!("cannot read the jobs folder: {e}"),
             });
-            report.folder_unreadable = true;
-            return report;
+            return None;
         }
     };
     let mut files: Vec<PathBuf> = Vec::new();
@@ -54,8 +78,7 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
                 report
                     .errors
                     .push(file_error(dir, format!("cannot list the jobs folder: {e}")));
-                report.folder_unreadable = true;
-                return report;
+                return None;
             }
         };
         let path = entry.path();
@@ -72,58 +95,56 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
     let used = marketplace::used_definitions(&files);
     files.retain(|f| !used.contains(&marketplace::canonical(f)));
     report.errors.sort_by(|a, b| a.file.cmp(&b.file));
-    let mut inputs = std::collections::BTreeSet::new();
-    let mut by_id: HashMap<String, PathBuf> = HashMap::new();
-    let mut by_name: HashMap<String, PathBuf> = HashMap::new();
-    for file in files {
-        let (result, read) = load_file_inner(&file, catalog, opts);
-        inputs.extend(read);
-        match result {
-            Ok(def) => {
-                let mut errs = Vec::new();
-                if let Some(first) = by_id.get(&def.id) {
-                    errs.push(format!(
-                        "job id `{}` is already used by {}",
-                        def.id,
-                        first.display()
-                    ));
-                }
-                if let Some(first) = by_name.get(&def.name) {
-                    errs.push(format!(
-                        "job name `{}` is already used by {} (names must be unique)",
-                        def.name,
-                        first.display()
-                    ));
-                }
-                if errs.is_empty() {
-                    by_id.insert(def.id.clone(), file.clone());
-                    by_name.insert(def.name.clone(), file.clone());
-                    report.warnings.extend(def.warnings.iter().cloned());
-                    report.jobs.push(def);
-                } else {
-                    let pos = std::fs::read_to_string(&file)
-                        .ok()
-                        .and_then(|t| Positions::scan(&t).key("name"))
-                        .unwrap_or(Pos { line: 1, column: 1 });
-                    for message in errs {
-                        report.errors.push(LoadError {
-                            file: file.clone(),
-                            line: pos.line,
-                            column: pos.column,
-                            message,
-                        });
-                    }
-                    report.failed_files.push(file);
-                }
-            }
-            Err(errs) => {
-                report.errors.extend(errs);
-                report.failed_files.push(file);
-            }
+    Some(files)
+}
+
+/// What spans files: the ids and names taken so far, by the file that took them.
+#[derive(Default)]
+struct Unique {
+    by_id: HashMap<String, PathBuf>,
+    by_name: HashMap<String, PathBuf>,
+}
+
+impl Unique {
+    /// Adds a loaded job to `report`, or its file to the failed ones if an earlier file has
+    /// its id or name (located at the file's `name` key).
+    fn add(&mut self, def: JobDefinition, file: PathBuf, report: &mut LoadReport) {
+        let mut errs = Vec::new();
+        if let Some(first) = self.by_id.get(&def.id) {
+            errs.push(format!(
+                "job id `{}` is already used by {}",
+                def.id,
+                first.display()
+            ));
         }
+        if let Some(first) = self.by_name.get(&def.name) {
+            errs.push(format!(
+                "job name `{}` is already used by {} (names must be unique)",
+                def.name,
+                first.display()
+            ));
+        }
+        if errs.is_empty() {
+            self.by_id.insert(def.id.clone(), file.clone());
+            self.by_name.insert(def.name.clone(), file);
+            report.warnings.extend(def.warnings.iter().cloned());
+            report.jobs.push(def);
+            return;
+        }
+        let pos = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| Positions::scan(&t).key("name"))
+            .unwrap_or(Pos { line: 1, column: 1 });
+        for message in errs {
+            report.errors.push(LoadError {
+                file: file.clone(),
+                line: pos.line,
+                column: pos.column,
+                message,
+            });
+        }
+        report.failed_files.push(file);
     }
-    report.inputs = inputs.into_iter().collect();
-    report
 }
 
 fn file_error(file: &Path, message: String) -> LoadError {

@@ -50,6 +50,18 @@ const PARAM_KEYS: &[&str] = &[
     "value_from_file",
 ];
 
+/// The descriptive keys of a job file (see [`Cx::about`]).
+struct About {
+    name: Option<String>,
+    description: String,
+    integration: Option<String>,
+    creator: Option<String>,
+    documentation_link: Option<String>,
+    version: f64,
+    is_custom: bool,
+    enabled: bool,
+}
+
 /// The loading context of one file: positions and the errors found so far.
 pub(super) struct Cx<'o> {
     pub(super) file: PathBuf,
@@ -140,6 +152,46 @@ impl Cx<'_> {
             return self.instance_file(path, map, catalog);
         }
 
+        // The checks run in the order of the file's usual layout; errors are sorted by
+        // position at the end anyway.
+        let id = self.job_id(path);
+        let (implementation, spec, inferred_script) = self.implementation(path, map, catalog);
+        let ignored_keys = self.top_keys(map, spec);
+        let about = self.about(map);
+        let schedule = self.schedule(map);
+        let (timeout, overlap, misfire) = self.run_policy(map);
+        let alerts = self.alerts(map);
+        let parameters = self.parameters(path, map, spec);
+        let extra = self.extra(path, map, spec, inferred_script, parameters.as_ref());
+
+        Some(JobDefinition {
+            id,
+            name: about.name?,
+            implementation: implementation?,
+            description: about.description,
+            integration: about.integration,
+            creator: about.creator,
+            documentation_link: about.documentation_link,
+            version: about.version,
+            is_custom: about.is_custom,
+            enabled: about.enabled,
+            schedule: schedule?,
+            timeout: timeout?,
+            overlap,
+            misfire,
+            alerts,
+            parameters: parameters?,
+            extra,
+            source: path.to_path_buf(),
+            fingerprint: self.fingerprint.finish(),
+            uses: None,
+            ignored_keys,
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// The job id from the file's stem (an error if the stem gives none).
+    fn job_id(&mut self, path: &Path) -> String {
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -154,9 +206,18 @@ impl Cx<'_> {
                 ),
             );
         }
+        id
+    }
 
-        // Which implementation? Its extra keys decide what else is allowed. Without `job:`, a
-        // script of the file's stem beside it names it (a SecOps marketplace definition).
+    /// Which implementation runs the job, its spec, and the script that named it if the file
+    /// has no `job:`. Its extra keys decide what else is allowed. Without `job:`, a script of
+    /// the file's stem beside it names it (a SecOps marketplace definition).
+    fn implementation<'c>(
+        &mut self,
+        path: &Path,
+        map: &yaml_serde::Mapping,
+        catalog: &'c dyn Catalog,
+    ) -> (Option<String>, Option<&'c dyn JobSpec>, Option<PathBuf>) {
         let mut inferred_script = None;
         let implementation = match map.get("job") {
             None | Some(Yaml::Null) => match marketplace::script_beside(path, catalog) {
@@ -188,6 +249,12 @@ impl Cx<'_> {
             },
             None => None,
         };
+        (implementation, spec, inferred_script)
+    }
+
+    /// Checks the top-level keys (ours, SecOps', the implementation's); returns the
+    /// SecOps-only keys the file carries.
+    fn top_keys(&mut self, map: &yaml_serde::Mapping, spec: Option<&dyn JobSpec>) -> Vec<String> {
         let mut known: Vec<&str> = TOP_KEYS.to_vec();
         known.extend_from_slice(SECOPS_ONLY_KEYS);
         if let Some(s) = spec {
@@ -196,13 +263,49 @@ impl Cx<'_> {
         if self.instance.is_none() {
             self.check_keys("", map, &known);
         }
-        let ignored_keys: Vec<String> = map
-            .keys()
+        map.keys()
             .filter_map(Yaml::as_str)
             .filter(|k| SECOPS_ONLY_KEYS.contains(k))
             .map(str::to_string)
-            .collect();
+            .collect()
+    }
 
+    /// The descriptive keys: name, description, integration, creator, link, version, flags.
+    fn about(&mut self, map: &yaml_serde::Mapping) -> About {
+        let name = self.name(map);
+        let description = self.description(map);
+        let (integration, creator) = self.integration_and_creator(map);
+        let documentation_link = self.opt_str(map, "documentation_link");
+        if let Some(link) = &documentation_link
+            && url::Url::parse(link).is_err()
+        {
+            self.val_err("documentation_link", "`documentation_link` must be a URL");
+        }
+        let version = match map.get("version") {
+            None | Some(Yaml::Null) => 1.0,
+            Some(v) => match v.as_f64() {
+                Some(x) if x >= 1.0 => x,
+                _ => {
+                    self.val_err("version", "`version` must be a number >= 1.0");
+                    1.0
+                }
+            },
+        };
+        let is_custom = self.opt_bool(map, "is_custom").unwrap_or(false);
+        let enabled = self.enabled(map);
+        About {
+            name,
+            description,
+            integration,
+            creator,
+            documentation_link,
+            version,
+            is_custom,
+            enabled,
+        }
+    }
+
+    fn name(&mut self, map: &yaml_serde::Mapping) -> Option<String> {
         let name = self.req_str(map, "name");
         if let Some(n) = &name {
             if n.trim().is_empty() {
@@ -215,6 +318,10 @@ impl Cx<'_> {
                 self.val_err("name", format!("`name` {why}"));
             }
         }
+        name
+    }
+
+    fn description(&mut self, map: &yaml_serde::Mapping) -> String {
         let description = self.opt_str(map, "description").unwrap_or_default();
         if description.chars().count() > 2050 {
             self.val_err(
@@ -228,6 +335,13 @@ impl Cx<'_> {
         {
             self.val_err("description", format!("`description` {why}"));
         }
+        description
+    }
+
+    fn integration_and_creator(
+        &mut self,
+        map: &yaml_serde::Mapping,
+    ) -> (Option<String>, Option<String>) {
         // Free text: marketplace files carry display names (`Google Chronicle`).
         let integration = self.opt_str(map, "integration");
         if let Some(i) = &integration
@@ -249,24 +363,12 @@ impl Cx<'_> {
         {
             self.val_err("creator", format!("`creator` {why}"));
         }
-        let documentation_link = self.opt_str(map, "documentation_link");
-        if let Some(link) = &documentation_link
-            && url::Url::parse(link).is_err()
-        {
-            self.val_err("documentation_link", "`documentation_link` must be a URL");
-        }
-        let version = match map.get("version") {
-            None | Some(Yaml::Null) => 1.0,
-            Some(v) => match v.as_f64() {
-                Some(x) if x >= 1.0 => x,
-                _ => {
-                    self.val_err("version", "`version` must be a number >= 1.0");
-                    1.0
-                }
-            },
-        };
-        let is_custom = self.opt_bool(map, "is_custom").unwrap_or(false);
-        let enabled = match (map.contains_key("enabled"), map.contains_key("is_enabled")) {
+        (integration, creator)
+    }
+
+    /// `enabled`, or its SecOps alias `is_enabled` (not both).
+    fn enabled(&mut self, map: &yaml_serde::Mapping) -> bool {
+        match (map.contains_key("enabled"), map.contains_key("is_enabled")) {
             (true, true) => {
                 self.key_err(
                     "is_enabled",
@@ -276,9 +378,11 @@ impl Cx<'_> {
             }
             (false, true) => self.opt_bool(map, "is_enabled").unwrap_or(true),
             _ => self.opt_bool(map, "enabled").unwrap_or(true),
-        };
+        }
+    }
 
-        let schedule = self.schedule(map);
+    /// `timeout`, `overlap` and `misfire`, with their defaults.
+    fn run_policy(&mut self, map: &yaml_serde::Mapping) -> (Option<Duration>, Overlap, Misfire) {
         let timeout = match map.get("timeout") {
             None | Some(Yaml::Null) => Some(DEFAULT_TIMEOUT),
             Some(_) => self.duration(map, "timeout"),
@@ -309,8 +413,12 @@ impl Cx<'_> {
                 Misfire::RunOnce
             }
         };
+        (timeout, overlap, misfire)
+    }
 
-        let alerts = match map.get("alerts") {
+    /// The job's own `alerts:` rules.
+    fn alerts(&mut self, map: &yaml_serde::Mapping) -> alerts::JobAlerts {
+        match map.get("alerts") {
             None => Default::default(),
             Some(v) => {
                 let (a, problems) = alerts::JobAlerts::from_json(&yaml_to_json(v));
@@ -319,58 +427,45 @@ impl Cx<'_> {
                 }
                 a
             }
-        };
-        let parameters = self.parameters(path, map, spec);
+        }
+    }
 
+    /// The implementation's own keys as JSON (with the inferred `script`), checked by the
+    /// implementation together with the parameters (not for a template: its instance is).
+    fn extra(
+        &mut self,
+        path: &Path,
+        map: &yaml_serde::Mapping,
+        spec: Option<&dyn JobSpec>,
+        inferred_script: Option<PathBuf>,
+        parameters: Option<&Parameters>,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let mut extra = serde_json::Map::new();
-        if let Some(s) = spec {
-            for key in s.extra_keys() {
-                if let Some(v) = map.get(*key) {
-                    extra.insert((*key).to_string(), yaml_to_json(v));
-                }
-            }
-            if let Some(script) = inferred_script
-                && !extra.contains_key("script")
-            {
-                extra.insert(
-                    "script".into(),
-                    serde_json::Value::String(script.display().to_string()),
-                );
-            }
-            if let Some(p) = &parameters
-                && !self.template
-            {
-                for fe in s.validate_file(path, p, &extra) {
-                    let path = self.param_path(map, &fe.path);
-                    self.val_err(&path, fe.message);
-                }
+        let Some(s) = spec else {
+            return extra;
+        };
+        for key in s.extra_keys() {
+            if let Some(v) = map.get(*key) {
+                extra.insert((*key).to_string(), yaml_to_json(v));
             }
         }
-
-        Some(JobDefinition {
-            id,
-            name: name?,
-            implementation: implementation?,
-            description,
-            integration,
-            creator,
-            documentation_link,
-            version,
-            is_custom,
-            enabled,
-            schedule: schedule?,
-            timeout: timeout?,
-            overlap,
-            misfire,
-            alerts,
-            parameters: parameters?,
-            extra,
-            source: path.to_path_buf(),
-            fingerprint: self.fingerprint.finish(),
-            uses: None,
-            ignored_keys,
-            warnings: std::mem::take(&mut self.warnings),
-        })
+        if let Some(script) = inferred_script
+            && !extra.contains_key("script")
+        {
+            extra.insert(
+                "script".into(),
+                serde_json::Value::String(script.display().to_string()),
+            );
+        }
+        if let Some(p) = parameters
+            && !self.template
+        {
+            for fe in s.validate_file(path, p, &extra) {
+                let path = self.param_path(map, &fe.path);
+                self.val_err(&path, fe.message);
+            }
+        }
+        extra
     }
 
     /// Maps `parameters.<Display Name>` to the parameter's `value` path in the file.
@@ -424,86 +519,103 @@ impl Cx<'_> {
                     None
                 }
             },
-            (Some(s), None) => {
-                let Some(sm) = s.as_mapping() else {
-                    self.val_err(
-                        "schedule",
-                        "`schedule` must be a mapping with `every` or `cron` \
-                         (and optional `timezone`, `jitter`)",
-                    );
-                    return None;
-                };
-                self.check_keys("schedule", sm, SCHEDULE_KEYS);
-                let tz = match sm.get("timezone") {
-                    None | Some(Yaml::Null) => Some(chrono_tz::UTC),
-                    Some(v) => match v.as_str() {
-                        Some(name) => match schedule::parse_timezone(name) {
-                            Ok(tz) => Some(tz),
-                            Err(e) => {
-                                self.val_err("schedule.timezone", e.to_string());
-                                None
-                            }
-                        },
-                        None => {
-                            self.val_err("schedule.timezone", "`timezone` must be a string");
-                            None
-                        }
-                    },
-                };
-                let jitter = match sm.get("jitter") {
-                    None | Some(Yaml::Null) => Some(Duration::ZERO),
-                    Some(_) => self.duration(sm, "schedule.jitter"),
-                };
-                let base = match (sm.get("every"), sm.get("cron")) {
-                    (Some(_), Some(_)) => {
-                        self.key_err("schedule.cron", "use either `every` or `cron`, not both");
+            (Some(s), None) => self.schedule_mapping(s),
+        }
+    }
+
+    /// The `schedule:` mapping: `every` or `cron`, `timezone`, `jitter`.
+    fn schedule_mapping(&mut self, s: &Yaml) -> Option<Schedule> {
+        let Some(sm) = s.as_mapping() else {
+            self.val_err(
+                "schedule",
+                "`schedule` must be a mapping with `every` or `cron` \
+                 (and optional `timezone`, `jitter`)",
+            );
+            return None;
+        };
+        self.check_keys("schedule", sm, SCHEDULE_KEYS);
+        let tz = self.timezone(sm);
+        let jitter = match sm.get("jitter") {
+            None | Some(Yaml::Null) => Some(Duration::ZERO),
+            Some(_) => self.duration(sm, "schedule.jitter"),
+        };
+        let base = self.schedule_base(sm, tz);
+        let (base, jitter) = (base?, jitter?);
+        if let schedule::ScheduleKind::Every(period) = base.kind()
+            && !jitter.is_zero()
+            && jitter >= *period
+        {
+            // A jitter as long as the period would let a tick fire after the next one.
+            self.val_err(
+                "schedule.jitter",
+                format!(
+                    "`jitter` must be shorter than the interval ({})",
+                    schedule::format_duration(*period)
+                ),
+            );
+            return None;
+        }
+        Some(base.with_jitter(jitter))
+    }
+
+    /// `schedule.timezone` (UTC when absent).
+    fn timezone(&mut self, sm: &yaml_serde::Mapping) -> Option<chrono_tz::Tz> {
+        match sm.get("timezone") {
+            None | Some(Yaml::Null) => Some(chrono_tz::UTC),
+            Some(v) => match v.as_str() {
+                Some(name) => match schedule::parse_timezone(name) {
+                    Ok(tz) => Some(tz),
+                    Err(e) => {
+                        self.val_err("schedule.timezone", e.to_string());
                         None
                     }
-                    (None, None) => {
-                        self.key_err("schedule", "`schedule` needs `every` or `cron`");
-                        None
-                    }
-                    (Some(_), None) => {
-                        let d = self.duration(sm, "schedule.every")?;
-                        match Schedule::every(d) {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                self.val_err("schedule.every", e.to_string());
-                                None
-                            }
-                        }
-                    }
-                    (None, Some(c)) => {
-                        let Some(expr) = c.as_str() else {
-                            self.val_err("schedule.cron", "`cron` must be a string");
-                            return None;
-                        };
-                        let tz = tz?;
-                        match Schedule::cron(expr, tz) {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                self.val_err("schedule.cron", e.to_string());
-                                None
-                            }
-                        }
-                    }
-                };
-                let (base, jitter) = (base?, jitter?);
-                if let schedule::ScheduleKind::Every(period) = base.kind()
-                    && !jitter.is_zero()
-                    && jitter >= *period
-                {
-                    // A jitter as long as the period would let a tick fire after the next one.
-                    self.val_err(
-                        "schedule.jitter",
-                        format!(
-                            "`jitter` must be shorter than the interval ({})",
-                            schedule::format_duration(*period)
-                        ),
-                    );
-                    return None;
+                },
+                None => {
+                    self.val_err("schedule.timezone", "`timezone` must be a string");
+                    None
                 }
-                Some(base.with_jitter(jitter))
+            },
+        }
+    }
+
+    /// `schedule.every` or `schedule.cron` (in `tz`), exactly one of them.
+    fn schedule_base(
+        &mut self,
+        sm: &yaml_serde::Mapping,
+        tz: Option<chrono_tz::Tz>,
+    ) -> Option<Schedule> {
+        match (sm.get("every"), sm.get("cron")) {
+            (Some(_), Some(_)) => {
+                self.key_err("schedule.cron", "use either `every` or `cron`, not both");
+                None
+            }
+            (None, None) => {
+                self.key_err("schedule", "`schedule` needs `every` or `cron`");
+                None
+            }
+            (Some(_), None) => {
+                let d = self.duration(sm, "schedule.every")?;
+                match Schedule::every(d) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.val_err("schedule.every", e.to_string());
+                        None
+                    }
+                }
+            }
+            (None, Some(c)) => {
+                let Some(expr) = c.as_str() else {
+                    self.val_err("schedule.cron", "`cron` must be a string");
+                    return None;
+                };
+                let tz = tz?;
+                match Schedule::cron(expr, tz) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.val_err("schedule.cron", e.to_string());
+                        None
+                    }
+                }
             }
         }
     }
@@ -597,126 +709,14 @@ impl Cx<'_> {
         let base_dir = path.parent().unwrap_or(Path::new("."));
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for (i, item) in items.iter().enumerate() {
-            let p = format!("parameters[{i}]");
-            let Some(m) = item.as_mapping() else {
-                self.val_err(
-                    &p,
-                    "each parameter must be a mapping with `name` and `type`",
-                );
-                continue;
+            let file = FileParam {
+                i,
+                item,
+                job: map.get("job").and_then(Yaml::as_str).unwrap_or("?"),
+                base_dir,
             };
-            self.check_keys(&p, m, PARAM_KEYS);
-            let name = match m.get("name").and_then(Yaml::as_str) {
-                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
-                _ => {
-                    self.key_err(&p, "a parameter needs a `name`");
-                    continue;
-                }
-            };
-            if name.chars().count() > 150 || name.split_whitespace().count() > 13 {
-                self.val_err(
-                    &format!("{p}.name"),
-                    "a parameter name must be at most 150 characters and 13 words",
-                );
-            }
-            if let Some(why) = crate::redact::display_name_problem(&name) {
-                self.val_err(&format!("{p}.name"), format!("a parameter name {why}"));
-                continue;
-            }
-            if let Some(first) = seen.insert(name.to_lowercase(), i) {
-                self.val_err(
-                    &format!("{p}.name"),
-                    format!("parameter `{name}` is already defined at parameters[{first}]"),
-                );
-                continue;
-            }
-            let declared_spec = declared.iter().find(|d| d.name.eq_ignore_ascii_case(&name));
-            let ty = match m.get("type") {
-                Some(t) => {
-                    let text = match t {
-                        Yaml::String(s) => s.clone(),
-                        Yaml::Number(n) => n.to_string(),
-                        _ => String::new(),
-                    };
-                    match ParamType::parse(&text) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            self.val_err(&format!("{p}.type"), e);
-                            continue;
-                        }
-                    }
-                }
-                None => match declared_spec {
-                    Some(d) => d.ty,
-                    None => {
-                        self.key_err(&p, format!("parameter `{name}` needs a `type`"));
-                        continue;
-                    }
-                },
-            };
-            if let Some(d) = declared_spec
-                && !compatible(d.ty, ty)
-            {
-                self.val_err(
-                    &format!("{p}.type"),
-                    format!(
-                        "parameter `{name}` must have type {} for job `{}`",
-                        d.ty,
-                        map.get("job").and_then(Yaml::as_str).unwrap_or("?")
-                    ),
-                );
-                continue;
-            }
-            let mandatory = match m.get("is_mandatory") {
-                None | Some(Yaml::Null) => declared_spec.is_some_and(|d| d.mandatory),
-                Some(Yaml::Bool(b)) => *b,
-                Some(_) => {
-                    self.val_err(
-                        &format!("{p}.is_mandatory"),
-                        "`is_mandatory` must be true or false",
-                    );
-                    false
-                }
-            };
-            let description = m
-                .get("description")
-                .and_then(Yaml::as_str)
-                .map(str::to_string)
-                .or_else(|| declared_spec.map(|d| d.description.clone()))
-                .unwrap_or_default();
-            let Some((raw, from)) = self.raw_value(&p, m, base_dir, declared_spec) else {
-                continue;
-            };
-            // A template's default of the wrong type (SecOps does not check them): a warning,
-            // and the value stays text, so it fails only where a job reads it typed.
-            if from == Some("default_value")
-                && let Err(e) = params::resolve(&name, ty, false, &raw)
-            {
-                self.warn(&format!("{p}.default_value"), format!("{e}; kept as text"));
-                out.push(Parameter {
-                    snake_name: params::snake_case(&name),
-                    name,
-                    ty,
-                    mandatory,
-                    description,
-                    value: ParamValue::Str(raw.as_text().unwrap_or_default()),
-                });
-                continue;
-            }
-            match params::resolve(&name, ty, mandatory && !self.template, &raw) {
-                Ok(value) => out.push(Parameter {
-                    snake_name: params::snake_case(&name),
-                    name,
-                    ty,
-                    mandatory,
-                    description,
-                    value,
-                }),
-                Err(e) => match from {
-                    Some(k) => self.val_err(&format!("{p}.{k}"), e),
-                    // No value anywhere: point at the parameter itself.
-                    None => self.key_err(&format!("{p}.name"), e),
-                },
+            if let Some(p) = self.parameter(&file, &declared, &mut seen) {
+                out.push(p);
             }
         }
         // Declared parameters the file does not mention get their declared defaults.
@@ -738,6 +738,155 @@ impl Cx<'_> {
             }
         }
         (self.errors.len() == before).then_some(out)
+    }
+
+    /// One entry of the file's `parameters:` list (`None`: its errors are reported).
+    fn parameter(
+        &mut self,
+        file: &FileParam<'_>,
+        declared: &[ParamSpec],
+        seen: &mut BTreeMap<String, usize>,
+    ) -> Option<Parameter> {
+        let p = format!("parameters[{}]", file.i);
+        let Some(m) = file.item.as_mapping() else {
+            self.val_err(
+                &p,
+                "each parameter must be a mapping with `name` and `type`",
+            );
+            return None;
+        };
+        self.check_keys(&p, m, PARAM_KEYS);
+        let name = self.param_name(&p, m, file.i, seen)?;
+        let declared_spec = declared.iter().find(|d| d.name.eq_ignore_ascii_case(&name));
+        let ty = self.param_type(&p, m, &name, declared_spec, file.job)?;
+        let mandatory = match m.get("is_mandatory") {
+            None | Some(Yaml::Null) => declared_spec.is_some_and(|d| d.mandatory),
+            Some(Yaml::Bool(b)) => *b,
+            Some(_) => {
+                self.val_err(
+                    &format!("{p}.is_mandatory"),
+                    "`is_mandatory` must be true or false",
+                );
+                false
+            }
+        };
+        let description = m
+            .get("description")
+            .and_then(Yaml::as_str)
+            .map(str::to_string)
+            .or_else(|| declared_spec.map(|d| d.description.clone()))
+            .unwrap_or_default();
+        let (raw, from) = self.raw_value(&p, m, file.base_dir, declared_spec)?;
+        let parameter = |value| Parameter {
+            snake_name: params::snake_case(&name),
+            name: name.clone(),
+            ty,
+            mandatory,
+            description,
+            value,
+        };
+        // A template's default of the wrong type (SecOps does not check them): a warning,
+        // and the value stays text, so it fails only where a job reads it typed.
+        if from == Some("default_value")
+            && let Err(e) = params::resolve(&name, ty, false, &raw)
+        {
+            self.warn(&format!("{p}.default_value"), format!("{e}; kept as text"));
+            return Some(parameter(ParamValue::Str(
+                raw.as_text().unwrap_or_default(),
+            )));
+        }
+        match params::resolve(&name, ty, mandatory && !self.template, &raw) {
+            Ok(value) => Some(parameter(value)),
+            Err(e) => {
+                match from {
+                    Some(k) => self.val_err(&format!("{p}.{k}"), e),
+                    // No value anywhere: point at the parameter itself.
+                    None => self.key_err(&format!("{p}.name"), e),
+                }
+                None
+            }
+        }
+    }
+
+    /// A parameter's `name`: present, short, printable, not used by an earlier parameter
+    /// (case-insensitively; `seen` records it).
+    fn param_name(
+        &mut self,
+        p: &str,
+        m: &yaml_serde::Mapping,
+        i: usize,
+        seen: &mut BTreeMap<String, usize>,
+    ) -> Option<String> {
+        let name = match m.get("name").and_then(Yaml::as_str) {
+            Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+            _ => {
+                self.key_err(p, "a parameter needs a `name`");
+                return None;
+            }
+        };
+        if name.chars().count() > 150 || name.split_whitespace().count() > 13 {
+            self.val_err(
+                &format!("{p}.name"),
+                "a parameter name must be at most 150 characters and 13 words",
+            );
+        }
+        if let Some(why) = crate::redact::display_name_problem(&name) {
+            self.val_err(&format!("{p}.name"), format!("a parameter name {why}"));
+            return None;
+        }
+        if let Some(first) = seen.insert(name.to_lowercase(), i) {
+            self.val_err(
+                &format!("{p}.name"),
+                format!("parameter `{name}` is already defined at parameters[{first}]"),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// A parameter's `type` (the declared one when the file gives none), which must agree
+    /// with the type the implementation `job` declares.
+    fn param_type(
+        &mut self,
+        p: &str,
+        m: &yaml_serde::Mapping,
+        name: &str,
+        declared_spec: Option<&ParamSpec>,
+        job: &str,
+    ) -> Option<ParamType> {
+        let ty = match m.get("type") {
+            Some(t) => {
+                let text = match t {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                match ParamType::parse(&text) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.val_err(&format!("{p}.type"), e);
+                        return None;
+                    }
+                }
+            }
+            None => match declared_spec {
+                Some(d) => d.ty,
+                None => {
+                    self.key_err(p, format!("parameter `{name}` needs a `type`"));
+                    return None;
+                }
+            },
+        };
+        if let Some(d) = declared_spec
+            && !compatible(d.ty, ty)
+        {
+            self.val_err(
+                &format!("{p}.type"),
+                format!("parameter `{name}` must have type {} for job `{job}`", d.ty),
+            );
+            return None;
+        }
+        Some(ty)
     }
 
     /// The first of `value`, `value_from_env`, `value_from_file`, `default_value` (and the
@@ -764,71 +913,12 @@ impl Cx<'_> {
             return Some((yaml_to_raw(v), Some("value")));
         }
         if let Some(v) = m.get("value_from_env").filter(|v| !v.is_null()) {
-            let Some(var) = v.as_str() else {
-                self.val_err(
-                    &format!("{p}.value_from_env"),
-                    "`value_from_env` must be a variable name",
-                );
-                return None;
-            };
-            if let Err(e) = self.opts.secrets.check_env(var) {
-                self.val_err(&format!("{p}.value_from_env"), e);
-                return None;
-            }
-            return match std::env::var(var) {
-                Ok(val) => {
-                    val.hash(&mut self.fingerprint);
-                    Some((RawValue::Str(val), Some("value_from_env")))
-                }
-                Err(_) => {
-                    self.val_err(
-                        &format!("{p}.value_from_env"),
-                        format!("environment variable `{var}` is not set"),
-                    );
-                    None
-                }
-            };
+            let val = self.value_from_env(p, v)?;
+            return Some((RawValue::Str(val), Some("value_from_env")));
         }
         if let Some(v) = m.get("value_from_file").filter(|v| !v.is_null()) {
-            let Some(f) = v.as_str() else {
-                self.val_err(
-                    &format!("{p}.value_from_file"),
-                    "`value_from_file` must be a path",
-                );
-                return None;
-            };
-            let file = match self.opts.secrets.resolve_file(base_dir, f) {
-                Ok(file) => file,
-                Err(e) => {
-                    self.val_err(&format!("{p}.value_from_file"), e);
-                    return None;
-                }
-            };
-            self.inputs.push(file.clone());
-            let read = secrets::read_regular(&file, secrets::MAX_SECRET_BYTES).and_then(|b| {
-                String::from_utf8(b).map_err(|_| {
-                    secrets::ReadError::Io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "the file is not UTF-8 text",
-                    ))
-                })
-            });
-            return match read {
-                Ok(val) => {
-                    // A trailing newline is an artefact of how secret files are written.
-                    let val = val.strip_suffix('\n').unwrap_or(&val);
-                    let val = val.strip_suffix('\r').unwrap_or(val).to_string();
-                    val.hash(&mut self.fingerprint);
-                    Some((RawValue::Str(val), Some("value_from_file")))
-                }
-                Err(e) => {
-                    self.val_err(
-                        &format!("{p}.value_from_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    );
-                    None
-                }
-            };
+            let val = self.value_from_file(p, v, base_dir)?;
+            return Some((RawValue::Str(val), Some("value_from_file")));
         }
         if let Some(v) = m.get("default_value").filter(|v| !v.is_null()) {
             return Some((yaml_to_raw(v), Some("default_value")));
@@ -836,6 +926,90 @@ impl Cx<'_> {
         let declared_default = declared.and_then(|d| d.default.clone());
         Some((declared_default.unwrap_or(RawValue::Null), None))
     }
+
+    /// The value of the environment variable `value_from_env` names (if the secrets policy
+    /// allows it); it counts in the fingerprint.
+    fn value_from_env(&mut self, p: &str, v: &Yaml) -> Option<String> {
+        let Some(var) = v.as_str() else {
+            self.val_err(
+                &format!("{p}.value_from_env"),
+                "`value_from_env` must be a variable name",
+            );
+            return None;
+        };
+        if let Err(e) = self.opts.secrets.check_env(var) {
+            self.val_err(&format!("{p}.value_from_env"), e);
+            return None;
+        }
+        match std::env::var(var) {
+            Ok(val) => {
+                val.hash(&mut self.fingerprint);
+                Some(val)
+            }
+            Err(_) => {
+                self.val_err(
+                    &format!("{p}.value_from_env"),
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The text of the file `value_from_file` names (relative to the job file, if the secrets
+    /// policy allows it), without its trailing newline; it counts in the fingerprint.
+    fn value_from_file(&mut self, p: &str, v: &Yaml, base_dir: &Path) -> Option<String> {
+        let Some(f) = v.as_str() else {
+            self.val_err(
+                &format!("{p}.value_from_file"),
+                "`value_from_file` must be a path",
+            );
+            return None;
+        };
+        let file = match self.opts.secrets.resolve_file(base_dir, f) {
+            Ok(file) => file,
+            Err(e) => {
+                self.val_err(&format!("{p}.value_from_file"), e);
+                return None;
+            }
+        };
+        self.inputs.push(file.clone());
+        let read = secrets::read_regular(&file, secrets::MAX_SECRET_BYTES).and_then(|b| {
+            String::from_utf8(b).map_err(|_| {
+                secrets::ReadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the file is not UTF-8 text",
+                ))
+            })
+        });
+        match read {
+            Ok(val) => {
+                // A trailing newline is an artefact of how secret files are written.
+                let val = val.strip_suffix('\n').unwrap_or(&val);
+                let val = val.strip_suffix('\r').unwrap_or(val).to_string();
+                val.hash(&mut self.fingerprint);
+                Some(val)
+            }
+            Err(e) => {
+                self.val_err(
+                    &format!("{p}.value_from_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// One entry of a file's `parameters:` list, with what checking it needs of the file.
+struct FileParam<'a> {
+    /// Its index in the list.
+    i: usize,
+    item: &'a Yaml,
+    /// The file's `job:` (for messages).
+    job: &'a str,
+    /// The job file's folder (`value_from_file` paths are relative to it).
+    base_dir: &'a Path,
 }
 
 /// A file may declare a string-like type where the implementation wants a csv (SecOps has no
