@@ -28,12 +28,18 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::error::error_chain;
-use crate::observe::{JobsView, Observer, RunNowError, Status};
+use crate::observe::{Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
-use crate::store::ops::{JobPause, OpsStore};
 use crate::store::{Claim, RunStatus, Trigger};
 
 pub use crate::observe::MAX_SLEEP;
+pub use pauses::{PAUSE_REFRESH, PauseWiring};
+
+mod pauses;
+mod publish;
+
+use pauses::Pauses;
+use publish::Publishers;
 /// The most missed ticks counted after a restart (only for the log line).
 const MISSED_CAP: u64 = 1_000_000;
 /// How long before its instant a tick is claimed. Claiming is a database write; doing it
@@ -52,17 +58,7 @@ pub const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// While the store fails and ticks wait for a catch-up, the claim is retried this often, so
 /// that recovery does not wait for the next tick of some job (which may be a day away).
 pub const STORE_RETRY: Duration = Duration::from_secs(2);
-/// How often the pauses are re-read from the store, so that a pause made by the CLI or another
-/// replica applies here too (the daemon's own `PauseControl` wakes the loop at once).
-pub const PAUSE_REFRESH: Duration = Duration::from_secs(3);
-
 pub use crate::definition::LoadedJobs;
-
-/// What the scheduler needs for pauses: the store and a wake-up from the daemon's control.
-pub struct PauseWiring {
-    pub store: Arc<dyn OpsStore>,
-    pub wake: Arc<tokio::sync::Notify>,
-}
 
 /// Messages to the scheduler task.
 pub enum Command {
@@ -231,18 +227,12 @@ pub struct Scheduler {
     broken: HashMap<PathBuf, String>,
     /// Set while claims fail (see [`Outage`]).
     outage: Option<Outage>,
-    /// Heartbeat, readiness and the jobs view the admin server reads.
-    status: Status,
+    /// The status, the loaded definitions and the invalid files, published after loads.
+    publish: Publishers,
     /// Lateness and missed ticks are reported here (the runner's observer).
     observer: Arc<dyn Observer>,
-    /// Pauses are read from here (`None`: no pauses, as in the scheduler's unit tests).
-    pause_wiring: Option<PauseWiring>,
-    /// The pauses in force, as last read: these jobs claim no ticks.
-    paused: HashMap<String, JobPause>,
-    /// The last read of the pauses failed (logged once until a read works).
-    pauses_unreadable: bool,
-    /// Where the loaded definitions are published.
-    published: Option<tokio::sync::watch::Sender<LoadedJobs>>,
+    /// The pauses in force (none in the scheduler's unit tests).
+    pauses: Pauses,
     /// The store's membership epoch when ownership was last looked at (several replicas:
     /// each schedules only the jobs it owns, see `RunStore::owns`).
     owned_epoch: u64,
@@ -250,9 +240,6 @@ pub struct Scheduler {
     /// replica left or died), the ticks missed meanwhile are found and `misfire` decides.
     /// (The latest tick left to the other replica, by job.)
     not_owned: HashMap<String, DateTime<Utc>>,
-    /// Where the job files that fail to load are published (alerts, admin).
-    published_invalid:
-        Option<tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>>,
     /// Sustained lateness, told once per episode (see [`crate::overload`]).
     overload: crate::overload::OverloadDetector,
 }
@@ -273,12 +260,8 @@ impl Scheduler {
             tracker,
             broken: HashMap::new(),
             outage: None,
-            status: Status::default(),
-            pause_wiring: None,
-            paused: HashMap::new(),
-            pauses_unreadable: false,
-            published: None,
-            published_invalid: None,
+            publish: Publishers::default(),
+            pauses: Pauses::default(),
             overload: Default::default(),
             owned_epoch: 0,
             not_owned: HashMap::new(),
@@ -290,28 +273,26 @@ impl Scheduler {
         mut self,
         tx: tokio::sync::watch::Sender<crate::ops::alerts::evaluate::InvalidFiles>,
     ) -> Scheduler {
-        self.published_invalid = Some(tx);
+        self.publish.set_invalid(tx);
         self
     }
 
     /// Reports heartbeat, readiness and the loaded jobs to `status`.
     pub fn with_status(mut self, status: Status) -> Scheduler {
-        self.status = status;
+        self.publish.set_status(status);
         self
     }
 
-    /// Publishes the loaded jobs and the files that failed (replaced whole, off the hot path).
-    fn publish_jobs(&self) {
-        let mut jobs: Vec<Arc<JobDefinition>> =
-            self.slots.values().map(|s| s.def.clone()).collect();
-        jobs.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut invalid: Vec<(PathBuf, String)> = self
-            .broken
-            .iter()
-            .map(|(f, e)| (f.clone(), e.clone()))
-            .collect();
-        invalid.sort();
-        self.status.set_jobs(JobsView { jobs, invalid });
+    /// Honours the pauses in this store (re-read every [`PAUSE_REFRESH`] and on `wake`).
+    pub fn with_pauses(mut self, wiring: PauseWiring) -> Scheduler {
+        self.pauses = Pauses::new(wiring);
+        self
+    }
+
+    /// Publishes the loaded definitions to `tx` after every load.
+    pub fn publishing(mut self, tx: tokio::sync::watch::Sender<LoadedJobs>) -> Scheduler {
+        self.publish.set_loaded(tx);
+        self
     }
 
     /// A manual run requested through the admin API: claimed now like `run-once` (so overlap
@@ -355,29 +336,6 @@ impl Scheduler {
         }
     }
 
-    /// Honours the pauses in this store (re-read every [`PAUSE_REFRESH`] and on `wake`).
-    pub fn with_pauses(mut self, wiring: PauseWiring) -> Scheduler {
-        self.pause_wiring = Some(wiring);
-        self
-    }
-
-    /// Publishes the loaded definitions to `tx` after every load.
-    pub fn publishing(mut self, tx: tokio::sync::watch::Sender<LoadedJobs>) -> Scheduler {
-        self.published = Some(tx);
-        self
-    }
-
-    fn publish(&self) {
-        if let Some(tx) = &self.published {
-            let jobs: std::collections::BTreeMap<_, _> = self
-                .slots
-                .iter()
-                .map(|(id, s)| (id.clone(), s.def.clone()))
-                .collect();
-            tx.send_replace(Arc::new(jobs));
-        }
-    }
-
     /// Re-reads the pauses: releases the claims of newly paused jobs and makes the catch-up
     /// runs that `resume --catch-up` asked for.
     async fn refresh_pauses(&mut self) {
@@ -389,43 +347,15 @@ impl Scheduler {
     /// Reads the pauses in force and releases the claims of newly paused jobs. A store
     /// failure keeps the pauses last read (and answers false).
     async fn read_pauses(&mut self) -> bool {
-        let Some(wiring) = &self.pause_wiring else {
+        if !self.pauses.read().await {
             return false;
-        };
-        let store = wiring.store.clone();
-        let list = match store.pauses().await {
-            Ok(l) => {
-                self.pauses_unreadable = false;
-                l
-            }
-            Err(e) => {
-                // Once per outage: the claims' own failures are logged already.
-                if !self.pauses_unreadable {
-                    tracing::warn!(error = %error_chain(&e), effect = "the pauses last read stay in force", "cannot read the paused jobs");
-                }
-                self.pauses_unreadable = true;
-                return false;
-            }
-        };
-        let now_paused: HashMap<String, JobPause> =
-            list.into_iter().map(|p| (p.job_id.clone(), p)).collect();
-        for (id, p) in &now_paused {
-            if !self.paused.contains_key(id) {
-                tracing::info!(job_id = %id, since = %p.since.to_rfc3339(), actor = %p.actor, reason = p.reason.as_deref().unwrap_or(""), "job paused: no ticks until resumed");
-            }
         }
-        for id in self.paused.keys() {
-            if !now_paused.contains_key(id) {
-                tracing::info!(job_id = %id, "job resumed");
-            }
-        }
-        self.paused = now_paused;
         // Ticks claimed ahead for a job that is paused now do not run: released, not skipped,
         // so they leave no row (a paused job records nothing).
         let (keep, release): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|Reverse(c)| {
-                c.trigger == Trigger::Manual || !self.paused.contains_key(&c.job_id)
+                c.trigger == Trigger::Manual || !self.pauses.is_paused(&c.job_id)
             });
         self.pending = keep.into_iter().collect();
         for Reverse(c) in release {
@@ -436,53 +366,18 @@ impl Scheduler {
         true
     }
 
-    /// Makes the one catch-up run each `resume --catch-up` asked for (taking the request, so
-    /// another replica does not make it too). Needs the jobs loaded: a request for a job that
-    /// is not loaded is dropped.
+    /// Claims the one catch-up run each `resume --catch-up` asked for (see
+    /// [`Pauses::catch_ups`]).
     async fn resume_catch_ups(&mut self) {
-        let Some(wiring) = &self.pause_wiring else {
-            return;
-        };
-        let store = wiring.store.clone();
-        let taken = match store.take_catch_ups().await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot read the catch-up requests of resumed jobs");
-                return;
-            }
-        };
-        let mut due = Vec::new();
-        for ended in taken {
-            let Some(slot) = self.slots.get(&ended.pause.job_id) else {
-                continue;
-            };
-            if !slot.def.enabled || self.paused.contains_key(&slot.def.id) {
-                continue;
-            }
-            // The latest tick inside the pause, if any fell in it.
-            match slot.def.schedule.last_tick_at_or_before(ended.resumed_at) {
-                Some(t) if t > ended.pause.since => {
-                    tracing::info!(job_id = %slot.def.id, tick = %t.to_rfc3339(), "catch-up run for the ticks inside the pause");
-                    due.push(Due::now(slot.def.clone(), t, Trigger::CatchUp));
-                }
-                _ => {
-                    tracing::info!(job_id = %slot.def.id, "no tick fell inside the pause: no catch-up run")
-                }
-            }
+        if let Some(due) = self.pauses.catch_ups(&self.slots).await {
+            self.claim(due).await;
         }
-        self.claim(due).await;
     }
 
-    /// Loads the initial jobs, makes the catch-up runs `misfire: run_once` asks for, and runs
-    /// the loop until `shutdown` fires. Returns when the loop stopped firing; runs still in
-    /// progress are tracked by the tracker, which the caller waits on.
-    pub async fn run(
-        mut self,
-        initial: LoadReport,
-        options: SchedulerOptions,
-        mut commands: mpsc::Receiver<Command>,
-        shutdown: CancellationToken,
-    ) {
+    /// The start: logs the files that failed, reads the pauses, schedules the initial jobs,
+    /// makes the catch-up runs (`misfire: run_once`, `run_at_start`, resumes) and tells the
+    /// other replicas that this one schedules.
+    async fn start(&mut self, initial: LoadReport, options: SchedulerOptions) {
         self.log_errors(&initial);
         self.overload = crate::overload::OverloadDetector::new(options.overload);
         // Pauses before the jobs are added (a paused job neither catches up nor counts missed
@@ -498,7 +393,7 @@ impl Scheduler {
             // A job another replica schedules is its business (until it becomes ours).
             if def.enabled && !self.runner.owns(&def.id) {
                 self.not_owned.insert(def.id.clone(), now);
-            } else if def.enabled && !self.paused.contains_key(&def.id) {
+            } else if def.enabled && !self.pauses.is_paused(&def.id) {
                 if options.run_at_start {
                     catch_up.push(Due::now(def.clone(), now, Trigger::Manual));
                 } else if let Some(t) = self.missed_ticks(&def, now).await {
@@ -507,27 +402,40 @@ impl Scheduler {
             }
             self.add(def, now);
         }
-        self.publish();
+        self.publish.loaded(&self.slots);
         self.claim(catch_up).await;
         self.resume_catch_ups().await;
         self.fire_pending().await;
-        self.publish_jobs();
-        self.status.set_scheduled();
+        self.publish.jobs_view(&self.slots, &self.broken);
+        self.publish.status().set_scheduled();
         // From now on the other replicas leave this one its share of the jobs (a failure is
         // repaired by the next heartbeat, which writes the role too).
         if let Err(e) = self.runner.scheduling().await {
             tracing::warn!(error = %error_chain(&e), "cannot tell the other replicas that this one schedules");
         }
+    }
 
-        let pause_wake = self.pause_wiring.as_ref().map(|w| w.wake.clone());
+    /// Loads the initial jobs, makes the catch-up runs `misfire: run_once` asks for, and runs
+    /// the loop until `shutdown` fires. Returns when the loop stopped firing; runs still in
+    /// progress are tracked by the tracker, which the caller waits on.
+    pub async fn run(
+        mut self,
+        initial: LoadReport,
+        options: SchedulerOptions,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        self.start(initial, options).await;
+
+        let pause_wake = self.pauses.wake();
         let mut refresh = tokio::time::interval(PAUSE_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
         loop {
             // One relaxed atomic store per turn: what `/livez` and the watchdog look at.
-            self.status.heartbeat.beat();
+            self.publish.status().heartbeat.beat();
             let now = self.clock.now();
-            self.overload.turn(&self.status, now);
+            self.overload.turn(self.publish.status(), now);
             let claim_at = self.heap.peek().map(|Reverse(e)| {
                 e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
             });
@@ -550,7 +458,7 @@ impl Scheduler {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(report)) => {
                         self.reload(report);
-                        self.publish_jobs();
+                        self.publish.jobs_view(&self.slots, &self.broken);
                     }
                     Some(Command::RunNow { job_id, reply }) => {
                         let answer = self.run_now(&job_id).await;
@@ -567,7 +475,7 @@ impl Scheduler {
                         None => std::future::pending().await,
                     }
                 } => self.refresh_pauses().await,
-                _ = refresh.tick(), if self.pause_wiring.is_some() => {
+                _ = refresh.tick(), if self.pauses.is_wired() => {
                     self.refresh_pauses().await;
                     // Jobs of a replica that left are taken on here even if none is due soon.
                     let acquired = self.acquire_jobs().await;
@@ -587,7 +495,7 @@ impl Scheduler {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
-        self.status.set_loop_stopped();
+        self.publish.status().set_loop_stopped();
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
     }
 
@@ -626,13 +534,7 @@ impl Scheduler {
             }
         };
         // Ticks inside a pause were not missed: count from the end of the last pause.
-        let last = match &self.pause_wiring {
-            Some(w) => match w.store.last_resume(&def.id).await {
-                Ok(Some(r)) if r.resumed_at > last => r.resumed_at,
-                _ => last,
-            },
-            None => last,
-        };
+        let last = self.pauses.count_missed_from(&def.id, last).await;
         let missed = def.schedule.count_ticks_between(last, now, MISSED_CAP);
         if missed == 0 {
             return None;
@@ -713,7 +615,7 @@ impl Scheduler {
             let running = self.running.of_job(&id).len();
             tracing::info!(job_id = %id, running, "job removed");
         }
-        self.publish();
+        self.publish.loaded(&self.slots);
     }
 
     fn log_errors(&mut self, report: &LoadReport) {
@@ -744,22 +646,7 @@ impl Scheduler {
             self.broken.insert(file, text);
         }
         self.broken.retain(|f, _| now_broken.contains(f));
-        if let Some(tx) = &self.published_invalid {
-            let files: std::collections::BTreeMap<PathBuf, String> = self
-                .broken
-                .iter()
-                .map(|(f, e)| (f.clone(), e.clone()))
-                .collect();
-            // Only a change wakes the readers (a reload of unchanged files is no news).
-            tx.send_if_modified(|cur| {
-                if **cur == files {
-                    false
-                } else {
-                    *cur = Arc::new(files);
-                    true
-                }
-            });
-        }
+        self.publish.invalid(&self.broken);
     }
 
     /// After the replicas changed: the jobs that became ours, with the catch-up run each
@@ -794,7 +681,7 @@ impl Scheduler {
                 continue;
             };
             let def = slot.def.clone();
-            if !def.enabled || self.paused.contains_key(&id) {
+            if !def.enabled || self.pauses.is_paused(&id) {
                 continue;
             }
             if left > now {
@@ -836,7 +723,7 @@ impl Scheduler {
             }
             let def = slot.def.clone();
             let generation = slot.generation;
-            if self.paused.contains_key(&def.id) {
+            if self.pauses.is_paused(&def.id) {
                 // Paused: the tick is neither claimed nor missed; the job moves on to its
                 // next tick, so a resume starts from the future, never with a burst.
                 let after = if now > e.tick { now } else { e.tick };
@@ -856,7 +743,8 @@ impl Scheduler {
             let skipped = def.schedule.count_ticks_between(e.tick, now, MISSED_CAP);
             if skipped > 0 {
                 self.observer.ticks_missed(&def.id, skipped);
-                self.overload.ticks_missed(&self.status, now, skipped);
+                self.overload
+                    .ticks_missed(self.publish.status(), now, skipped);
                 tracing::warn!(job_id = %def.id, missed = skipped, "ticks missed");
             }
             self.push_next(&def, generation, after);
@@ -1068,7 +956,7 @@ impl Scheduler {
         }
 
         for c in firing {
-            if c.trigger != Trigger::Manual && self.paused.contains_key(&c.job_id) {
+            if c.trigger != Trigger::Manual && self.pauses.is_paused(&c.job_id) {
                 if let Err(e) = self.runner.release(c.run_id).await {
                     tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
                 }
@@ -1077,7 +965,8 @@ impl Scheduler {
             if c.trigger == Trigger::Schedule {
                 let lateness = (now - c.fire_at).to_std().unwrap_or_default();
                 self.observer.tick_fired(&c.job_id, lateness);
-                self.overload.tick_fired(&self.status, now, lateness);
+                self.overload
+                    .tick_fired(self.publish.status(), now, lateness);
             }
             // The job may have changed since the claim: run the current definition, or record
             // why the tick did not run.
