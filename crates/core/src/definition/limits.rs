@@ -22,7 +22,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Visitor};
 
-use super::located::Pos;
+use crate::config::located::Pos;
 
 /// The largest job file read (1 MiB).
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -76,7 +76,7 @@ pub(crate) fn pos_at_byte(text: &str, offset: usize) -> Pos {
 
 /// A parser location in this module's terms. The parser counts lines its own way (YAML 1.1
 /// also breaks lines at `\r`, U+0085, U+2028 and U+2029), so the position is recomputed from
-/// its byte offset: lines end at `\n`, as in editors and in [`super::located`].
+/// its byte offset: lines end at `\n`, as in editors and in [`crate::config::located`].
 pub(crate) fn yaml_pos(text: &str, loc: &yaml_serde::Location) -> Pos {
     pos_at_byte(text, loc.index())
 }
@@ -241,7 +241,7 @@ impl Scan {
             self.node_start = true;
             return self.inline(l, line, i);
         }
-        if let Some(value_at) = super::located::split_key(r).map(|(_, off)| i + off) {
+        if let Some(value_at) = crate::config::located::split_key(r).map(|(_, off)| i + off) {
             self.place(i, Kind::Map);
             self.node(l, line, i, 2)?;
             self.depth(l, line, i)?;

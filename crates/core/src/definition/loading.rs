@@ -1,6 +1,8 @@
 //! Reading job files from disk: a folder (one report of every file's errors, ids and names
 //! unique across files), one file, or text as if read from a file. Files are read bounded
 //! and checked before the YAML parser runs; the parsed document goes to [`super::parsing`].
+//! An instance file (`uses:`) loads the definition it uses here first, as a template, then
+//! the two merged (see `marketplace`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -8,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 use yaml_serde::Value as Yaml;
 
-use super::located::{Pos, Positions};
+use super::marketplace::canonical;
 use super::model::{Catalog, JobDefinition, LoadError, LoadOptions, LoadReport};
-use super::parsing::Cx;
-use super::{limits, marketplace, secrets};
+use super::parsing::{Cx, InstanceCx};
+use super::{limits, marketplace, params, secrets};
+use crate::config::grammar::suggest;
+use crate::config::located::{Pos, Positions};
 
 /// True for the file names the daemon loads from `jobs/`.
 pub fn is_job_file(path: &Path) -> bool {
@@ -328,7 +332,7 @@ pub(super) fn load_text_as(
         Ok(v) => v,
         Err(e) => return (Err(vec![yaml_error(path, text, &cx.pos, &e)]), Vec::new()),
     };
-    let def = cx.definition(path, &doc, catalog);
+    let def = cx.document(path, &doc, catalog);
     let inputs = std::mem::take(&mut cx.inputs);
     if cx.errors.is_empty() {
         (def.ok_or_else(Vec::new), inputs)
@@ -393,4 +397,219 @@ fn strip_location(text: &str) -> String {
     };
     let m = digits(after);
     format!("{}{}", &text[..i], &after[m..])
+}
+
+impl Cx<'_> {
+    /// A job file's document: an instance file (`uses:`, see `marketplace`) or a definition.
+    fn document(
+        &mut self,
+        path: &Path,
+        doc: &Yaml,
+        catalog: &dyn Catalog,
+    ) -> Option<JobDefinition> {
+        if let Some(map) = doc.as_mapping()
+            && map.contains_key("uses")
+        {
+            if self.template {
+                self.key_err(
+                    "uses",
+                    "a definition used by an instance file cannot itself `uses:` another",
+                );
+                return None;
+            }
+            return self.instance_file(path, map, catalog);
+        }
+        self.definition(path, doc, catalog)
+    }
+}
+
+const INSTANCE_KEYS: &[&str] = &[
+    "uses",
+    "name",
+    "enabled",
+    "is_enabled",
+    "schedule",
+    "run_interval_in_seconds",
+    "timeout",
+    "overlap",
+    "misfire",
+    "values",
+];
+const VALUE_KEYS: &[&str] = &["value", "value_from_env", "value_from_file"];
+
+impl Cx<'_> {
+    /// Loads an instance file (`uses:`): see the module documentation.
+    pub(super) fn instance_file(
+        &mut self,
+        path: &Path,
+        map: &yaml_serde::Mapping,
+        catalog: &dyn Catalog,
+    ) -> Option<JobDefinition> {
+        let uses = match map.get("uses") {
+            Some(Yaml::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                self.val_err(
+                    "uses",
+                    "`uses` must be the path of a SecOps job definition, relative to this file",
+                );
+                return None;
+            }
+        };
+        let def_path = path.parent().unwrap_or(Path::new(".")).join(&uses);
+        let text = match read_job_file(&def_path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.val_err("uses", format!("cannot use `{uses}`: {e}"));
+                return None;
+            }
+        };
+        // The definition is part of this job: a change to it is a change of the job.
+        self.inputs.push(canonical(&def_path));
+        text.hash(&mut self.fingerprint);
+
+        let (template, inputs) = load_text_as(&def_path, &text, catalog, self.opts, true);
+        self.inputs.extend(inputs);
+        let template = match template {
+            Ok(t) => t,
+            Err(errs) => {
+                self.errors.extend(errs);
+                return None;
+            }
+        };
+
+        let mut known: Vec<&str> = INSTANCE_KEYS.to_vec();
+        if let Some(s) = catalog.spec(&template.implementation) {
+            known.extend_from_slice(s.extra_keys());
+        }
+        self.check_keys("", map, &known);
+
+        let mut merged = merge_instance(map, &text, &template, &def_path)?;
+
+        let aliases = self.apply_values(map, &mut merged);
+        self.instance = Some(InstanceCx {
+            definition: canonical(&def_path),
+            def_pos: Positions::scan(&text),
+            aliases,
+        });
+        let mut def = self.definition(path, &Yaml::Mapping(merged), catalog)?;
+        def.uses = Some(canonical(&def_path));
+        def.ignored_keys = template.ignored_keys;
+        def.warnings = template.warnings;
+        Some(def)
+    }
+
+    /// Writes the instance's `values:` into the merged parameters; returns the aliases that
+    /// locate their errors in the instance file.
+    fn apply_values(
+        &mut self,
+        map: &yaml_serde::Mapping,
+        merged: &mut yaml_serde::Mapping,
+    ) -> Vec<(String, String, bool)> {
+        let mut aliases = Vec::new();
+        let values = match map.get("values") {
+            None | Some(Yaml::Null) => return aliases,
+            Some(Yaml::Mapping(v)) => v.clone(),
+            Some(_) => {
+                self.val_err(
+                    "values",
+                    "`values` must be a mapping of parameter names to values",
+                );
+                return aliases;
+            }
+        };
+        let names: Vec<String> = merged
+            .get("parameters")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                p.get("name")
+                    .and_then(Yaml::as_str)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        for (k, v) in &values {
+            let Some(name) = k.as_str() else {
+                self.key_err("values", "parameter names must be strings");
+                continue;
+            };
+            let at = format!("values.{name}");
+            let Some(i) = names.iter().position(|n| {
+                n.eq_ignore_ascii_case(name.trim()) || params::snake_case(n) == name.trim()
+            }) else {
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = suggest(name, &known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_else(|| format!(" (the definition has: {})", known.join(", ")));
+                self.key_err(&at, format!("unknown parameter `{name}`{hint}"));
+                continue;
+            };
+            let Some(item) = merged
+                .get_mut("parameters")
+                .and_then(Yaml::as_sequence_mut)
+                .and_then(|s| s.get_mut(i))
+                .and_then(Yaml::as_mapping_mut)
+            else {
+                continue;
+            };
+            for key in VALUE_KEYS {
+                item.remove(*key);
+            }
+            let scalar = match v {
+                Yaml::Mapping(m) => {
+                    self.check_keys(&at, m, VALUE_KEYS);
+                    for key in VALUE_KEYS {
+                        if let Some(x) = m.get(*key) {
+                            item.insert((*key).into(), x.clone());
+                        }
+                    }
+                    false
+                }
+                other => {
+                    item.insert("value".into(), other.clone());
+                    true
+                }
+            };
+            aliases.push((format!("parameters[{i}]"), at, scalar));
+        }
+        aliases
+    }
+}
+
+/// The definition's document with the instance's keys over it (`values:` apart), `job:` set to
+/// the template's implementation and its script's path made absolute.
+fn merge_instance(
+    map: &yaml_serde::Mapping,
+    text: &str,
+    template: &JobDefinition,
+    def_path: &Path,
+) -> Option<yaml_serde::Mapping> {
+    // Parsed again as it was loaded just now: cannot fail.
+    let def_doc: Yaml = yaml_serde::from_str(text).ok()?;
+    let mut merged = def_doc.as_mapping()?.clone();
+    if map.contains_key("schedule") || map.contains_key("run_interval_in_seconds") {
+        merged.remove("schedule");
+        merged.remove("run_interval_in_seconds");
+    }
+    if map.contains_key("enabled") || map.contains_key("is_enabled") {
+        merged.remove("enabled");
+        merged.remove("is_enabled");
+    }
+    for (k, v) in map {
+        if !matches!(k.as_str(), Some("uses" | "values")) {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    merged.insert("job".into(), Yaml::String(template.implementation.clone()));
+    // The script stays beside the definition, wherever the instance is.
+    if let Some(script) = template.extra.get("script").and_then(|v| v.as_str())
+        && !map.contains_key("script")
+    {
+        let dir = def_path.parent().unwrap_or(Path::new("."));
+        let full = canonical(&dir.join(script));
+        merged.insert("script".into(), Yaml::String(full.display().to_string()));
+    }
+    Some(merged)
 }

@@ -11,15 +11,16 @@
 //! instance's keys, located in the instance file. A merged parameter path the instance did not
 //! write (a missing mandatory value) is reported against the instance, with the definition's
 //! location as a note.
+//!
+//! This module holds the names and the file rules (ids from file names, the script beside a
+//! definition, which definitions a folder's instance files use); the two passes are
+//! `loading`'s (`Cx::instance_file`), and locating a merged error is `parsing`'s
+//! (`Cx::instance_place`).
 
 use std::collections::HashSet;
-use std::hash::Hash;
 use std::path::{Path, PathBuf};
 
-use yaml_serde::Value as Yaml;
-
-use super::located::{Pos, Positions};
-use super::{Catalog, Cx, JobDefinition, LoadError, params, valid_id};
+use super::model::Catalog;
 
 /// Keys SecOps exports carry that soarjobd has no use for: accepted, and listed by
 /// `check --verbose`. (Action/connector-shaped metadata some job files also carry.)
@@ -40,20 +41,6 @@ pub const SECOPS_ONLY_KEYS: &[&str] = &[
 ];
 
 /// The keys an instance file may have (besides its implementation's own keys).
-const INSTANCE_KEYS: &[&str] = &[
-    "uses",
-    "name",
-    "enabled",
-    "is_enabled",
-    "schedule",
-    "run_interval_in_seconds",
-    "timeout",
-    "overlap",
-    "misfire",
-    "values",
-];
-const VALUE_KEYS: &[&str] = &["value", "value_from_env", "value_from_file"];
-
 /// The job id a file name gives: today's ids (`[a-z0-9][a-z0-9_-]*`) unchanged; otherwise
 /// lower-case, camel-case boundaries split, runs of other characters as one `-`:
 /// `CloseCasesBasedOnSearch` -> `close-cases-based-on-search`, `DRP Deduplication Job` ->
@@ -151,256 +138,11 @@ pub(super) fn missing_job_message(path: &Path, catalog: &dyn Catalog) -> String 
     }
 }
 
-/// What the merged pass of an instance file needs to locate its errors.
-pub(super) struct InstanceCx {
-    definition: PathBuf,
-    def_pos: Positions,
-    /// `parameters[i]` of the merged document -> `values.<Name>` of the instance, and whether
-    /// the value was written as a plain scalar (no `value:` key under it).
-    aliases: Vec<(String, String, bool)>,
-}
-
-impl Cx<'_> {
-    /// A warning at `path` (not in the merged pass of an instance: its template pass already
-    /// warned, located in the definition).
-    pub(super) fn warn(&mut self, path: &str, message: String) {
-        if self.instance.is_some() {
-            return;
-        }
-        let p = self.pos.value(path).unwrap_or(Pos { line: 1, column: 1 });
-        self.warnings.push(LoadError {
-            file: self.file.clone(),
-            line: p.line,
-            column: p.column,
-            message,
-        });
-    }
-
-    /// In the merged pass of an instance file: where an error at `path` of the merged
-    /// document belongs in the instance file, with a note pointing into the definition when
-    /// the instance did not write that part. `Err(message)`: locate it as usual.
-    pub(super) fn instance_place(
-        &self,
-        path: &str,
-        message: String,
-        value: bool,
-    ) -> Result<(Pos, String), String> {
-        let Some(inst) = self.instance.as_ref() else {
-            return Err(message);
-        };
-        if path.starts_with("parameters[")
-            && let Some(end) = path.find(']').map(|e| e + 1)
-        {
-            let (prefix, rest) = path.split_at(end);
-            if let Some((_, alias, scalar)) = inst.aliases.iter().find(|(p, _, _)| p == prefix) {
-                let target = match rest {
-                    ".value" | ".name" | "" if *scalar => alias.clone(),
-                    ".name" | "" => alias.clone(),
-                    r => format!("{alias}{r}"),
-                };
-                let pos = if value {
-                    self.pos.value(&target)
-                } else {
-                    self.pos.key(&target)
-                };
-                return Ok((pos.unwrap_or(Pos { line: 1, column: 1 }), message));
-            }
-        } else if self.pos.key(path).is_some() {
-            return Err(message);
-        }
-        // A part of the definition the instance did not write.
-        let at = self
-            .pos
-            .key("values")
-            .or_else(|| self.pos.key("uses"))
-            .unwrap_or(Pos { line: 1, column: 1 });
-        // A parameter is best named by its `name` line in the definition.
-        let def_path = match path.find(']') {
-            Some(end) if path.starts_with("parameters[") => format!("{}.name", &path[..=end]),
-            _ => path.to_string(),
-        };
-        let d = inst
-            .def_pos
-            .key(&def_path)
-            .unwrap_or(Pos { line: 1, column: 1 });
-        let hint = if message.starts_with("missing mandatory parameter") {
-            "; give it under `values:`"
-        } else {
-            ""
-        };
-        Ok((
-            at,
-            format!(
-                "{message}{hint} (note: defined at {}:{}:{})",
-                inst.definition.display(),
-                d.line,
-                d.column
-            ),
-        ))
-    }
-
-    /// Loads an instance file (`uses:`): see the module documentation.
-    pub(super) fn instance_file(
-        &mut self,
-        path: &Path,
-        map: &yaml_serde::Mapping,
-        catalog: &dyn Catalog,
-    ) -> Option<JobDefinition> {
-        let uses = match map.get("uses") {
-            Some(Yaml::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => {
-                self.val_err(
-                    "uses",
-                    "`uses` must be the path of a SecOps job definition, relative to this file",
-                );
-                return None;
-            }
-        };
-        let def_path = path.parent().unwrap_or(Path::new(".")).join(&uses);
-        let text = match super::read_job_file(&def_path) {
-            Ok(t) => t,
-            Err(e) => {
-                self.val_err("uses", format!("cannot use `{uses}`: {e}"));
-                return None;
-            }
-        };
-        // The definition is part of this job: a change to it is a change of the job.
-        self.inputs.push(canonical(&def_path));
-        text.hash(&mut self.fingerprint);
-
-        let (template, inputs) = super::load_text_as(&def_path, &text, catalog, self.opts, true);
-        self.inputs.extend(inputs);
-        let template = match template {
-            Ok(t) => t,
-            Err(errs) => {
-                self.errors.extend(errs);
-                return None;
-            }
-        };
-
-        let mut known: Vec<&str> = INSTANCE_KEYS.to_vec();
-        if let Some(s) = catalog.spec(&template.implementation) {
-            known.extend_from_slice(s.extra_keys());
-        }
-        self.check_keys("", map, &known);
-
-        // Parsed again as it was loaded just now: cannot fail.
-        let def_doc: Yaml = yaml_serde::from_str(&text).ok()?;
-        let mut merged = def_doc.as_mapping()?.clone();
-        if map.contains_key("schedule") || map.contains_key("run_interval_in_seconds") {
-            merged.remove("schedule");
-            merged.remove("run_interval_in_seconds");
-        }
-        if map.contains_key("enabled") || map.contains_key("is_enabled") {
-            merged.remove("enabled");
-            merged.remove("is_enabled");
-        }
-        for (k, v) in map {
-            if !matches!(k.as_str(), Some("uses" | "values")) {
-                merged.insert(k.clone(), v.clone());
-            }
-        }
-        merged.insert("job".into(), Yaml::String(template.implementation.clone()));
-        // The script stays beside the definition, wherever the instance is.
-        if let Some(script) = template.extra.get("script").and_then(|v| v.as_str())
-            && !map.contains_key("script")
-        {
-            let dir = def_path.parent().unwrap_or(Path::new("."));
-            let full = canonical(&dir.join(script));
-            merged.insert("script".into(), Yaml::String(full.display().to_string()));
-        }
-
-        let aliases = self.apply_values(map, &mut merged);
-        self.instance = Some(InstanceCx {
-            definition: canonical(&def_path),
-            def_pos: Positions::scan(&text),
-            aliases,
-        });
-        let mut def = self.definition(path, &Yaml::Mapping(merged), catalog)?;
-        def.uses = Some(canonical(&def_path));
-        def.ignored_keys = template.ignored_keys;
-        def.warnings = template.warnings;
-        Some(def)
-    }
-
-    /// Writes the instance's `values:` into the merged parameters; returns the aliases that
-    /// locate their errors in the instance file.
-    fn apply_values(
-        &mut self,
-        map: &yaml_serde::Mapping,
-        merged: &mut yaml_serde::Mapping,
-    ) -> Vec<(String, String, bool)> {
-        let mut aliases = Vec::new();
-        let values = match map.get("values") {
-            None | Some(Yaml::Null) => return aliases,
-            Some(Yaml::Mapping(v)) => v.clone(),
-            Some(_) => {
-                self.val_err(
-                    "values",
-                    "`values` must be a mapping of parameter names to values",
-                );
-                return aliases;
-            }
-        };
-        let names: Vec<String> = merged
-            .get("parameters")
-            .and_then(Yaml::as_sequence)
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                p.get("name")
-                    .and_then(Yaml::as_str)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .collect();
-        for (k, v) in &values {
-            let Some(name) = k.as_str() else {
-                self.key_err("values", "parameter names must be strings");
-                continue;
-            };
-            let at = format!("values.{name}");
-            let Some(i) = names.iter().position(|n| {
-                n.eq_ignore_ascii_case(name.trim()) || params::snake_case(n) == name.trim()
-            }) else {
-                let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                let hint = super::suggest(name, &known)
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_else(|| format!(" (the definition has: {})", known.join(", ")));
-                self.key_err(&at, format!("unknown parameter `{name}`{hint}"));
-                continue;
-            };
-            let Some(item) = merged
-                .get_mut("parameters")
-                .and_then(Yaml::as_sequence_mut)
-                .and_then(|s| s.get_mut(i))
-                .and_then(Yaml::as_mapping_mut)
-            else {
-                continue;
-            };
-            for key in VALUE_KEYS {
-                item.remove(*key);
-            }
-            let scalar = match v {
-                Yaml::Mapping(m) => {
-                    self.check_keys(&at, m, VALUE_KEYS);
-                    for key in VALUE_KEYS {
-                        if let Some(x) = m.get(*key) {
-                            item.insert((*key).into(), x.clone());
-                        }
-                    }
-                    false
-                }
-                other => {
-                    item.insert("value".into(), other.clone());
-                    true
-                }
-            };
-            aliases.push((format!("parameters[{i}]"), at, scalar));
-        }
-        aliases
-    }
+/// A job id: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+pub(super) fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

@@ -37,11 +37,6 @@ pub use params::{ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawVal
 pub use parsing::yaml_to_json;
 pub use secrets::SecretsPolicy;
 
-// For `marketplace` (an instance file loads its definition as a template).
-use loading::{load_text_as, read_job_file};
-use parsing::Cx;
-pub(crate) use parsing::valid_id;
-
 // What the unit tests (`use super::*`) name besides the public items.
 #[cfg(test)]
 use crate::schedule::Schedule;

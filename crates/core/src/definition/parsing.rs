@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use yaml_serde::Value as Yaml;
 
-use super::located::{Pos, Positions};
-use super::marketplace::{self, SECOPS_ONLY_KEYS, job_id_from_stem};
+use super::marketplace::{self, SECOPS_ONLY_KEYS, job_id_from_stem, valid_id};
 use super::model::{
     Catalog, DEFAULT_INTERVAL_SECS, DEFAULT_TIMEOUT, JobDefinition, JobSpec, LoadError,
     LoadOptions, Misfire, Overlap,
 };
 use super::params::{self, ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
-use super::{alerts, secrets, suggest};
+use super::{alerts, secrets};
+use crate::config::grammar::suggest;
+use crate::config::located::{Pos, Positions};
 use crate::schedule::{self, Schedule};
 
 pub(super) const TOP_KEYS: &[&str] = &[
@@ -50,6 +51,15 @@ const PARAM_KEYS: &[&str] = &[
     "value_from_file",
 ];
 
+/// The merged pass of an instance file (`uses:` + `values:`): where its errors belong.
+pub(super) struct InstanceCx {
+    pub(super) definition: PathBuf,
+    pub(super) def_pos: Positions,
+    /// `parameters[i]` of the merged document -> `values.<Name>` of the instance, and whether
+    /// the value was written as a plain scalar (no `value:` key under it).
+    pub(super) aliases: Vec<(String, String, bool)>,
+}
+
 /// The descriptive keys of a job file (see [`Cx::about`]).
 struct About {
     name: Option<String>,
@@ -77,7 +87,7 @@ pub(super) struct Cx<'o> {
     /// (the instance gives them) and the implementation's checks wait for the instance.
     pub(super) template: bool,
     /// Loading the merge of an instance file and its definition (see `marketplace`).
-    pub(super) instance: Option<marketplace::InstanceCx>,
+    pub(super) instance: Option<InstanceCx>,
 }
 
 impl Cx<'_> {
@@ -140,17 +150,6 @@ impl Cx<'_> {
             );
             return None;
         };
-
-        if self.instance.is_none() && map.contains_key("uses") {
-            if self.template {
-                self.key_err(
-                    "uses",
-                    "a definition used by an instance file cannot itself `uses:` another",
-                );
-                return None;
-            }
-            return self.instance_file(path, map, catalog);
-        }
 
         // The checks run in the order of the file's usual layout; errors are sorted by
         // position at the end anyway.
@@ -1012,16 +1011,90 @@ struct FileParam<'a> {
     base_dir: &'a Path,
 }
 
+impl Cx<'_> {
+    /// A warning at `path` (not in the merged pass of an instance: its template pass already
+    /// warned, located in the definition).
+    pub(super) fn warn(&mut self, path: &str, message: String) {
+        if self.instance.is_some() {
+            return;
+        }
+        let p = self.pos.value(path).unwrap_or(Pos { line: 1, column: 1 });
+        self.warnings.push(LoadError {
+            file: self.file.clone(),
+            line: p.line,
+            column: p.column,
+            message,
+        });
+    }
+
+    /// In the merged pass of an instance file: where an error at `path` of the merged
+    /// document belongs in the instance file, with a note pointing into the definition when
+    /// the instance did not write that part. `Err(message)`: locate it as usual.
+    pub(super) fn instance_place(
+        &self,
+        path: &str,
+        message: String,
+        value: bool,
+    ) -> Result<(Pos, String), String> {
+        let Some(inst) = self.instance.as_ref() else {
+            return Err(message);
+        };
+        if path.starts_with("parameters[")
+            && let Some(end) = path.find(']').map(|e| e + 1)
+        {
+            let (prefix, rest) = path.split_at(end);
+            if let Some((_, alias, scalar)) = inst.aliases.iter().find(|(p, _, _)| p == prefix) {
+                let target = match rest {
+                    ".value" | ".name" | "" if *scalar => alias.clone(),
+                    ".name" | "" => alias.clone(),
+                    r => format!("{alias}{r}"),
+                };
+                let pos = if value {
+                    self.pos.value(&target)
+                } else {
+                    self.pos.key(&target)
+                };
+                return Ok((pos.unwrap_or(Pos { line: 1, column: 1 }), message));
+            }
+        } else if self.pos.key(path).is_some() {
+            return Err(message);
+        }
+        // A part of the definition the instance did not write.
+        let at = self
+            .pos
+            .key("values")
+            .or_else(|| self.pos.key("uses"))
+            .unwrap_or(Pos { line: 1, column: 1 });
+        // A parameter is best named by its `name` line in the definition.
+        let def_path = match path.find(']') {
+            Some(end) if path.starts_with("parameters[") => format!("{}.name", &path[..=end]),
+            _ => path.to_string(),
+        };
+        let d = inst
+            .def_pos
+            .key(&def_path)
+            .unwrap_or(Pos { line: 1, column: 1 });
+        let hint = if message.starts_with("missing mandatory parameter") {
+            "; give it under `values:`"
+        } else {
+            ""
+        };
+        Ok((
+            at,
+            format!(
+                "{message}{hint} (note: defined at {}:{}:{})",
+                inst.definition.display(),
+                d.line,
+                d.column
+            ),
+        ))
+    }
+}
+
 /// A file may declare a string-like type where the implementation wants a csv (SecOps has no
 /// csv type, so a SecOps file says `string` for `Tags`), and vice versa.
 fn compatible(declared: ParamType, file: ParamType) -> bool {
     declared == file || matches!((declared, file), (ParamType::Csv, ParamType::String))
-}
-
-pub(crate) fn valid_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn join(prefix: &str, key: &str) -> String {
