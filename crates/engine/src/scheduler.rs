@@ -369,7 +369,13 @@ impl Scheduler {
     /// Claims the one catch-up run each `resume --catch-up` asked for (see
     /// [`Pauses::catch_ups`]).
     async fn resume_catch_ups(&mut self) {
-        if let Some(due) = self.pauses.catch_ups(&self.slots).await {
+        let slots = &self.slots;
+        let loaded = |id: &str| slots.get(id).map(|s| s.def.clone());
+        if let Some(ticks) = self.pauses.catch_ups(loaded).await {
+            let due = ticks
+                .into_iter()
+                .map(|(def, tick)| Due::now(def, tick, Trigger::CatchUp))
+                .collect();
             self.claim(due).await;
         }
     }
@@ -402,11 +408,12 @@ impl Scheduler {
             }
             self.add(def, now);
         }
-        self.publish.loaded(&self.slots);
+        self.publish.loaded(self.slots.values().map(|s| &s.def));
         self.claim(catch_up).await;
         self.resume_catch_ups().await;
         self.fire_pending().await;
-        self.publish.jobs_view(&self.slots, &self.broken);
+        self.publish
+            .jobs_view(self.slots.values().map(|s| &s.def), &self.broken);
         self.publish.status().set_scheduled();
         // From now on the other replicas leave this one its share of the jobs (a failure is
         // repaired by the next heartbeat, which writes the role too).
@@ -458,7 +465,8 @@ impl Scheduler {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(report)) => {
                         self.reload(report);
-                        self.publish.jobs_view(&self.slots, &self.broken);
+                        self.publish
+            .jobs_view(self.slots.values().map(|s| &s.def), &self.broken);
                     }
                     Some(Command::RunNow { job_id, reply }) => {
                         let answer = self.run_now(&job_id).await;
@@ -615,7 +623,7 @@ impl Scheduler {
             let running = self.running.of_job(&id).len();
             tracing::info!(job_id = %id, running, "job removed");
         }
-        self.publish.loaded(&self.slots);
+        self.publish.loaded(self.slots.values().map(|s| &s.def));
     }
 
     fn log_errors(&mut self, report: &LoadReport) {

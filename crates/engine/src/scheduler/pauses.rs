@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Due, Slot};
+use crate::definition::JobDefinition;
 use crate::error::error_chain;
-use crate::store::Trigger;
 use crate::store::ops::{JobPause, OpsStore};
 
 /// How often the pauses are re-read from the store, so that a pause made by the CLI or another
@@ -100,9 +99,13 @@ impl Pauses {
     }
 
     /// The one catch-up run each `resume --catch-up` asked for (taking the request, so
-    /// another replica does not make it too), for the jobs in `slots`: a request for a job
-    /// that is not loaded is dropped. `None`: no wiring, or the requests cannot be read.
-    pub(super) async fn catch_ups(&self, slots: &HashMap<String, Slot>) -> Option<Vec<Due>> {
+    /// another replica does not make it too): the job and the tick to run, for the jobs
+    /// `loaded` finds (a request for a job that is not loaded is dropped). `None`: no wiring,
+    /// or the requests cannot be read.
+    pub(super) async fn catch_ups(
+        &self,
+        loaded: impl Fn(&str) -> Option<Arc<JobDefinition>>,
+    ) -> Option<Vec<(Arc<JobDefinition>, DateTime<Utc>)>> {
         let wiring = self.wiring.as_ref()?;
         let store = wiring.store.clone();
         let taken = match store.take_catch_ups().await {
@@ -114,20 +117,20 @@ impl Pauses {
         };
         let mut due = Vec::new();
         for ended in taken {
-            let Some(slot) = slots.get(&ended.pause.job_id) else {
+            let Some(def) = loaded(&ended.pause.job_id) else {
                 continue;
             };
-            if !slot.def.enabled || self.is_paused(&slot.def.id) {
+            if !def.enabled || self.is_paused(&def.id) {
                 continue;
             }
             // The latest tick inside the pause, if any fell in it.
-            match slot.def.schedule.last_tick_at_or_before(ended.resumed_at) {
+            match def.schedule.last_tick_at_or_before(ended.resumed_at) {
                 Some(t) if t > ended.pause.since => {
-                    tracing::info!(job_id = %slot.def.id, tick = %t.to_rfc3339(), "catch-up run for the ticks inside the pause");
-                    due.push(Due::now(slot.def.clone(), t, Trigger::CatchUp));
+                    tracing::info!(job_id = %def.id, tick = %t.to_rfc3339(), "catch-up run for the ticks inside the pause");
+                    due.push((def.clone(), t));
                 }
                 _ => {
-                    tracing::info!(job_id = %slot.def.id, "no tick fell inside the pause: no catch-up run")
+                    tracing::info!(job_id = %def.id, "no tick fell inside the pause: no catch-up run")
                 }
             }
         }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{LoadedJobs, Slot};
-use crate::definition::JobDefinition;
+use crate::definition::{JobDefinition, LoadedJobs};
 use crate::observe::{JobsView, Status};
 use crate::ops::alerts::evaluate::InvalidFiles;
 
@@ -47,13 +46,13 @@ impl Publishers {
         &self.status
     }
 
-    /// Publishes the loaded jobs and the files that failed to the status' jobs view.
-    pub(super) fn jobs_view(
+    /// Publishes the loaded jobs (`defs`) and the files that failed to the status' jobs view.
+    pub(super) fn jobs_view<'a>(
         &self,
-        slots: &HashMap<String, Slot>,
+        defs: impl Iterator<Item = &'a Arc<JobDefinition>>,
         broken: &HashMap<PathBuf, String>,
     ) {
-        let mut jobs: Vec<Arc<JobDefinition>> = slots.values().map(|s| s.def.clone()).collect();
+        let mut jobs: Vec<Arc<JobDefinition>> = defs.cloned().collect();
         jobs.sort_by(|a, b| a.id.cmp(&b.id));
         let mut invalid: Vec<(PathBuf, String)> =
             broken.iter().map(|(f, e)| (f.clone(), e.clone())).collect();
@@ -61,13 +60,10 @@ impl Publishers {
         self.status.set_jobs(JobsView { jobs, invalid });
     }
 
-    /// Publishes the loaded definitions by id.
-    pub(super) fn loaded(&self, slots: &HashMap<String, Slot>) {
+    /// Publishes the loaded definitions (`defs`) by id.
+    pub(super) fn loaded<'a>(&self, defs: impl Iterator<Item = &'a Arc<JobDefinition>>) {
         if let Some(tx) = &self.loaded {
-            let jobs: BTreeMap<_, _> = slots
-                .iter()
-                .map(|(id, s)| (id.clone(), s.def.clone()))
-                .collect();
+            let jobs: BTreeMap<_, _> = defs.map(|d| (d.id.clone(), d.clone())).collect();
             tx.send_replace(Arc::new(jobs));
         }
     }
