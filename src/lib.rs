@@ -25,11 +25,11 @@ pub mod replicas;
 pub use soarjobd_clients::{http, soar, threatconnect};
 pub use soarjobd_containment as containment;
 pub use soarjobd_core::{
-    alerts, config, definition, error, exec_policy, exit, job, observe, overload, platform, redact,
-    schedule,
+    alerts, config, definition, error, exec_policy, exit, job, observe, platform, redact, schedule,
 };
 pub use soarjobd_engine::{
-    clock, cluster, control, daemon, ops, runner, scheduler, systemd, telemetry, timer, watch,
+    clock, cluster, control, daemon, ops, overload, runner, scheduler, systemd, telemetry, timer,
+    watch,
 };
 
 /// The store: the core's traits and row types, and the backends of `soarjobd-store`, under

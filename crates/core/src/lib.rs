@@ -18,7 +18,6 @@ pub mod exec_policy;
 pub mod exit;
 pub mod job;
 pub mod observe;
-pub mod overload;
 pub mod platform;
 pub mod redact;
 pub mod schedule;

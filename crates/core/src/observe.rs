@@ -152,7 +152,7 @@ pub struct Status {
     jobs: Arc<RwLock<Arc<JobsView>>>,
     ready_tx: Arc<tokio::sync::Notify>,
     /// Overload episodes (written by the scheduler's detector, read by `/readyz`, `/metrics`).
-    overload: Arc<std::sync::Mutex<crate::overload::OverloadView>>,
+    overload: Arc<std::sync::Mutex<OverloadView>>,
 }
 
 impl Status {
@@ -166,7 +166,7 @@ impl Status {
     }
 
     /// Whether the scheduler is overloaded now, the episodes so far, and the figures.
-    pub fn overload(&self) -> crate::overload::OverloadView {
+    pub fn overload(&self) -> OverloadView {
         self.overload
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -174,7 +174,7 @@ impl Status {
     }
 
     #[doc(hidden)] // the engine's scheduler publishes it
-    pub fn update_overload(&self, f: impl FnOnce(&mut crate::overload::OverloadView)) {
+    pub fn update_overload(&self, f: impl FnOnce(&mut OverloadView)) {
         f(&mut self.overload.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
@@ -230,4 +230,19 @@ pub enum RunNowError {
     Store(String),
     #[error("the daemon is shutting down")]
     Stopping,
+}
+
+/// What an operator sees of overload (`/readyz`, `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OverloadView {
+    /// An episode is in progress.
+    pub overloaded: bool,
+    /// Episodes since the daemon started.
+    pub episodes: u64,
+    /// The current episode's figures (the last one's once it ended).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub late_ticks: u64,
+    pub on_time_ticks: u64,
+    pub max_lateness_ms: u64,
+    pub ticks_missed: u64,
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod control;
 pub mod daemon;
 pub mod ops;
+pub mod overload;
 pub mod runner;
 pub mod scheduler;
 pub mod systemd;
@@ -23,6 +24,4 @@ pub mod watch;
 // The core's modules, under the names the engine's modules use (`crate::definition`,
 // `crate::store`): this crate's code reads as the one flow it is part of. Not re-exported:
 // other crates name them `soarjobd_core::...`.
-use soarjobd_core::{
-    config, definition, error, exec_policy, exit, job, observe, overload, redact, store,
-};
+use soarjobd_core::{config, definition, error, exec_policy, exit, job, observe, redact, store};

@@ -9,11 +9,14 @@
 //! single burst of late signals, not an episode; a host that cannot keep up is.
 //!
 //! The detector runs on the scheduler's task with the scheduler's clock (so its tests run on a
-//! virtual one); what it found is published in [`crate::observe::Status`].
+//! virtual one); what it found is published in the core's [`Status`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+pub use soarjobd_core::observe::OverloadView;
+use soarjobd_core::observe::Status;
 
 /// When lateness is an overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,21 +37,6 @@ impl Default for OverloadOptions {
             calm: Duration::from_secs(10),
         }
     }
-}
-
-/// What an operator sees of overload (`/readyz`, `/metrics`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OverloadView {
-    /// An episode is in progress.
-    pub overloaded: bool,
-    /// Episodes since the daemon started.
-    pub episodes: u64,
-    /// The current episode's figures (the last one's once it ended).
-    pub since: Option<DateTime<Utc>>,
-    pub late_ticks: u64,
-    pub on_time_ticks: u64,
-    pub max_lateness_ms: u64,
-    pub ticks_missed: u64,
 }
 
 /// Late ticks, on-time ticks, worst lateness and missed ticks since the first late signal.
@@ -80,12 +68,7 @@ impl OverloadDetector {
     }
 
     /// A scheduled tick fired `lateness` after its instant.
-    pub fn tick_fired(
-        &mut self,
-        status: &crate::observe::Status,
-        now: DateTime<Utc>,
-        lateness: Duration,
-    ) {
+    pub fn tick_fired(&mut self, status: &Status, now: DateTime<Utc>, lateness: Duration) {
         if lateness > self.options.lateness {
             self.late(status, now, Some(lateness), 0);
         } else {
@@ -101,17 +84,12 @@ impl OverloadDetector {
     }
 
     /// `count` ticks of a job passed without running.
-    pub fn ticks_missed(
-        &mut self,
-        status: &crate::observe::Status,
-        now: DateTime<Utc>,
-        count: u64,
-    ) {
+    pub fn ticks_missed(&mut self, status: &Status, now: DateTime<Utc>, count: u64) {
         self.late(status, now, None, count);
     }
 
     /// A turn of the scheduler loop: ends an episode after the calm period.
-    pub fn turn(&mut self, status: &crate::observe::Status, now: DateTime<Utc>) {
+    pub fn turn(&mut self, status: &Status, now: DateTime<Utc>) {
         let Some(last) = self.last_late else {
             return;
         };
@@ -139,7 +117,7 @@ impl OverloadDetector {
 
     fn late(
         &mut self,
-        status: &crate::observe::Status,
+        status: &Status,
         now: DateTime<Utc>,
         lateness: Option<Duration>,
         missed: u64,
@@ -189,7 +167,6 @@ fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::Status;
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
