@@ -16,6 +16,7 @@ pub mod lock;
 pub mod migrate_state;
 pub mod owner;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 pub use lock::{DaemonLock, LockError};
