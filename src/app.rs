@@ -96,6 +96,26 @@ impl App {
         )
     }
 
+    /// The ids of every job file in the jobs folder, valid or not: a file with errors still
+    /// names a job one may ask about (its history) or want paused until it is fixed.
+    pub fn known_jobs(&self) -> KnownJobs {
+        let report = self.load_jobs();
+        let mut ids: Vec<String> = report
+            .jobs
+            .iter()
+            .map(|d| d.id.clone())
+            .chain(report.errors.iter().filter_map(|e| {
+                e.file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_owned)
+            }))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        KnownJobs(ids)
+    }
+
     /// Opens the state store the settings name (as a client of a cluster: `list`, `history`,
     /// `run-once` and `nodes` judge liveness with the settings' `cluster.*` timings).
     pub async fn open_store(&self) -> Result<Arc<dyn Store>, StoreError> {
@@ -217,6 +237,27 @@ fn platform_section(settings: &Settings, p: &dyn Platform) -> Value {
     match settings.section(p.section()) {
         Value::Null => Value::Object(Map::new()),
         other => other.clone(),
+    }
+}
+
+/// The job ids of the jobs folder ([`App::known_jobs`]), sorted; shown as a list in errors
+/// (`none` when there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownJobs(pub Vec<String>);
+
+impl KnownJobs {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|k| k == id)
+    }
+}
+
+impl std::fmt::Display for KnownJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&self.0.join(", "))
+        }
     }
 }
 

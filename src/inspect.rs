@@ -172,15 +172,10 @@ pub async fn history(app: &App, job_id: &str, limit: u32, json_out: bool) -> i32
         }
     };
     if runs.is_empty() {
-        let known = known_jobs(app);
-        if !known.iter().any(|id| id == job_id) {
-            let list = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
+        let known = app.known_jobs();
+        if !known.contains(job_id) {
             eprintln!(
-                "error: no job `{job_id}` in {} and no runs recorded for it (known jobs: {list})",
+                "error: no job `{job_id}` in {} and no runs recorded for it (known jobs: {known})",
                 settings.jobs_dir.display()
             );
             return exit::USAGE;
@@ -229,26 +224,6 @@ pub async fn history(app: &App, job_id: &str, limit: u32, json_out: bool) -> i32
         );
     }
     exit::SUCCESS
-}
-
-/// The ids of every job file in the jobs folder, valid or not (a file with errors still names
-/// a job the user may ask about), sorted.
-fn known_jobs(app: &App) -> Vec<String> {
-    let report = crate::definition::load_dir(&app.settings().jobs_dir, app.registry().as_ref());
-    let mut ids: Vec<String> = report
-        .jobs
-        .iter()
-        .map(|d| d.id.clone())
-        .chain(report.errors.iter().filter_map(|e| {
-            e.file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_owned)
-        }))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
 }
 
 /// `soarjobd run-once`: one run of `job_id` with `app`'s jobs, in the foreground.
