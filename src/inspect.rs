@@ -9,11 +9,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::app::App;
-use crate::definition::Overlap;
-use crate::exit;
-use crate::job::error_chain;
-use crate::runner::{RunControl, RunRequest, TickClaim};
-use crate::store::{Claim, RunRecord, Store, Trigger};
+use soarjobd_core::definition::Overlap;
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
+use soarjobd_core::store::{Claim, RunRecord, Store, Trigger};
+use soarjobd_engine::runner::{RunControl, RunRequest, TickClaim};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -48,13 +48,13 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
         }
     };
     store.close().await;
-    let paused: HashMap<&str, &crate::store::ops::JobPause> =
+    let paused: HashMap<&str, &soarjobd_core::store::ops::JobPause> =
         pauses.iter().map(|p| (p.job_id.as_str(), p)).collect();
     let last: HashMap<&str, &RunRecord> =
         last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
     let success: HashMap<&str, i64> = stamps
         .iter()
-        .filter(|(_, k, _)| k == crate::job::DEFAULT_TIMESTAMP_KEY)
+        .filter(|(_, k, _)| k == soarjobd_core::job::DEFAULT_TIMESTAMP_KEY)
         .map(|(j, _, v)| (j.as_str(), *v))
         .collect();
     let now = Utc::now();
@@ -264,7 +264,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         Err(code) => return code,
     };
     // The run's log lines are kept with it, as the daemon's are (`soarjobd logs RUN_ID`).
-    let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+    let run_logs = soarjobd_engine::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
     let runner = app.runner(store.clone()).with_run_logs(run_logs.clone());
     let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
@@ -311,7 +311,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         let control = control.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                control.stop(crate::runner::StopReason::Shutdown);
+                control.stop(soarjobd_engine::runner::StopReason::Shutdown);
             }
         })
     };

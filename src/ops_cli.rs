@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{App, KnownJobs};
-use crate::exit;
-use crate::job::error_chain;
-use crate::ops::runlog::format_line;
-use crate::ops::{OpsError, PauseControl};
-use crate::store::ops::PauseOutcome;
-use crate::store::{RunStore, Store};
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
+use soarjobd_core::store::ops::PauseOutcome;
+use soarjobd_core::store::{RunStore, Store};
+use soarjobd_engine::ops::runlog::format_line;
+use soarjobd_engine::ops::{OpsError, PauseControl};
 
 /// How often `logs --follow` polls for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -143,7 +143,7 @@ pub async fn logs(app: &App, run_id: i64, follow: bool, json: bool) -> i32 {
 }
 
 async fn print_logs(store: &dyn Store, run_id: i64, follow: bool, json: bool) -> i32 {
-    let fail = |e: crate::store::StoreError| {
+    let fail = |e: soarjobd_core::store::StoreError| {
         eprintln!("error: {}", error_chain(&e));
         exit::FAILURE
     };
