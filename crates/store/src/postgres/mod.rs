@@ -1162,21 +1162,12 @@ impl JobStateStore for PgStore {
     }
 
     async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
         )
         .fetch_all(&self.inner.pool)
         .await
-        .db()?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).db()?,
-                    row.try_get(1).db()?,
-                    row.try_get(2).db()?,
-                ))
-            })
-            .collect()
+        .db()
     }
 
     async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
@@ -1208,18 +1199,15 @@ impl JobStateStore for PgStore {
         &self,
         job_id: &str,
     ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT \"key\", \"value\" FROM job_context WHERE job_id = $1 ORDER BY \"key\"",
         )
         .bind(job_id)
         .fetch_all(&self.inner.pool)
         .await
         .db()?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("key").db()?;
-                Ok((key, parse_json("value", row.try_get("value").db()?)?))
-            })
+        rows.into_iter()
+            .map(|(key, value)| Ok((key, parse_json("value", value)?)))
             .collect()
     }
 

@@ -9,7 +9,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::PgStore;
 use crate::Db;
@@ -273,7 +272,7 @@ impl OpsStore for PgStore {
     }
 
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT job_id, MAX(finished_at) AS at FROM job_runs \
              WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY job_id \
              ORDER BY job_id",
@@ -281,13 +280,8 @@ impl OpsStore for PgStore {
         .fetch_all(self.pool())
         .await
         .db()?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("job_id").db()?,
-                    from_millis("at", r.try_get("at").db()?)?,
-                ))
-            })
+        rows.into_iter()
+            .map(|(job_id, at)| Ok((job_id, from_millis("at", at)?)))
             .collect()
     }
 }
