@@ -30,7 +30,7 @@ use soarjobd_core::config::{LogFormat, Settings};
 use soarjobd_core::definition::JobSpec;
 use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
 use soarjobd_engine::daemon::Daemon;
-use soarjobd_store::postgres::testdb::TestDb;
+use soarjobd_store::testdb::TestDb;
 
 struct Size {
     /// The replica counts measured on PostgreSQL.
@@ -243,8 +243,7 @@ struct Load {
 /// utime + stime of the server backends connected to `db` now, in seconds (the replicas' pool
 /// connections live for the whole run, so this is the server's work for them).
 async fn backend_cpu(db: &TestDb) -> f64 {
-    let Ok(pool) = sqlx::PgPool::connect(&soarjobd_store::postgres::testdb::server_url()).await
-    else {
+    let Ok(pool) = sqlx::PgPool::connect(&soarjobd_store::testdb::server_url()).await else {
         return 0.0;
     };
     let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")

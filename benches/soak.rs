@@ -400,7 +400,7 @@ fn tick_rows(db: &Path) -> Vec<(String, i64)> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = soarjobd_store::sqlite::SqliteStore::open(&format!("sqlite:{}", db.display()))
+        let store = soarjobd_store::SqliteStore::open(&format!("sqlite:{}", db.display()))
             .await
             .expect("open the soak database");
         let rows: Vec<(String, i64)> = sqlx::query_as(

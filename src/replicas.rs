@@ -76,7 +76,7 @@ pub async fn nodes(app: &App, json_out: bool) -> i32 {
 
 /// `soarjobd migrate-state --from sqlite:... --to postgres://...`.
 pub async fn migrate_state(from: &str, to: &str) -> i32 {
-    use soarjobd_store::migrate_state::{MigrateStateError, migrate_state};
+    use soarjobd_store::{MigrateStateError, migrate_state};
     match migrate_state(from, to).await {
         Ok(c) => {
             println!(

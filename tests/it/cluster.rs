@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use soarjobd_core::store::ops::RunLogLine;
-use soarjobd_store::postgres::testdb::TestDb;
+use soarjobd_store::testdb::TestDb;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
@@ -565,7 +565,7 @@ async fn comment_on_tagged_cases_on_two_replicas_comments_each_case_once() {
 async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     use soarjobd_sim::soar as sim;
     use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
-    use soarjobd_store::migrate_state::{MigrateStateError, migrate_state};
+    use soarjobd_store::{MigrateStateError, migrate_state};
     const KEY: &str = "it-migrate-key-93be";
     let sim = sim::start(
         SoarSimConfig {
@@ -1003,7 +1003,7 @@ async fn three_replicas_run_as_many_long_ticks_as_one_node() {
 /// The test database refuses connections (`ALLOW_CONNECTIONS false`) and every connection to
 /// it is killed (`pg_terminate_backend`), or it is let in again.
 async fn database_outage(db: &TestDb, down: bool) {
-    let admin = PgPool::connect(&soarjobd_store::postgres::testdb::server_url())
+    let admin = PgPool::connect(&soarjobd_store::testdb::server_url())
         .await
         .expect("admin connection");
     let allow = if down { "false" } else { "true" };

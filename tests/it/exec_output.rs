@@ -65,7 +65,7 @@ async fn a_50_mb_line_and_many_lines_are_logged_cut_and_capped_without_blocking(
 async fn a_failed_context_write_fails_the_run() {
     let app = TestApp::new();
     // A real store failure: the database refuses one key.
-    let store = soarjobd_store::sqlite::SqliteStore::open(&app.settings.database_url)
+    let store = soarjobd_store::SqliteStore::open(&app.settings.database_url)
         .await
         .unwrap();
     sqlx::query(

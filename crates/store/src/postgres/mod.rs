@@ -94,8 +94,6 @@ const GONE_MESSAGE: &str =
 const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
                             (killed, frozen or cut off); another replica took the run over";
 
-pub use soarjobd_core::store::is_postgres_url;
-
 /// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
 #[derive(Clone)]
 pub struct PgStore {
