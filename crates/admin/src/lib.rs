@@ -14,16 +14,16 @@
 //! guessing, its body); every connection is capped and timed out by [`conn`]. A protected
 //! route names the caller it needs as an argument ([`extract::Reader`], [`extract::Operator`]).
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod config;
 mod conn;
-pub mod error;
-pub mod extract;
-pub mod guard;
+mod error;
+mod extract;
+mod guard;
 mod limit;
-pub mod metrics;
-pub mod page;
+mod metrics;
+mod page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
