@@ -18,17 +18,18 @@
 //! pages through the owner's groups of the type 500 at a time. The lower bound counts the
 //! creates alone: `G + I + A`.
 //!
-//! [`BatchWriter`]: soarjobd::threatconnect::BatchWriter
+//! [`BatchWriter`]: soarjobd_clients::threatconnect::BatchWriter
 
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::Value;
-use soarjobd::sim::threatconnect::{self as sim, Behaviour, TcSimConfig, TcSimHandle};
-use soarjobd::threatconnect::{
+use soarjobd_clients::threatconnect::{
     BatchOutcome, BatchReport, BatchWriter, Group, GroupAssociation, Indicator,
     ThreatConnectClient, ThreatConnectConfig,
 };
+use soarjobd_sim::threatconnect as sim;
+use soarjobd_sim::threatconnect::{Behaviour, TcSimConfig, TcSimHandle};
 
 const ACCESS_ID: &str = "bench-access-id";
 const SECRET: &str = "bench-secret-key";

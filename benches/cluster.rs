@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use soarjobd::config::{LogFormat, Settings};
-use soarjobd::daemon::Daemon;
-use soarjobd::definition::JobSpec;
-use soarjobd::job::{Job, JobContext, JobError, Outcome};
-use soarjobd::store::postgres::testdb::TestDb;
+use soarjobd_core::config::{LogFormat, Settings};
+use soarjobd_core::definition::JobSpec;
+use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::daemon::Daemon;
+use soarjobd_store::testdb::TestDb;
 
 struct Size {
     /// The replica counts measured on PostgreSQL.
@@ -193,7 +193,7 @@ fn daemon_child() {
         .enable_all()
         .build()
         .expect("runtime");
-    soarjobd::telemetry::init(LogFormat::Json, "warn");
+    soarjobd_engine::telemetry::init(LogFormat::Json, "warn");
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -207,9 +207,10 @@ fn daemon_child() {
             ..Settings::default()
         };
         if let Ok(h) = std::env::var("SOARJOBD_CLUSTER_HEARTBEAT") {
-            settings.cluster.heartbeat = soarjobd::config::grammar::parse_duration(&h).unwrap();
+            settings.cluster.heartbeat =
+                soarjobd_core::config::grammar::parse_duration(&h).unwrap();
             settings.cluster.dead_after =
-                soarjobd::config::grammar::parse_duration(&env("SOARJOBD_CLUSTER_DEAD_AFTER"))
+                soarjobd_core::config::grammar::parse_duration(&env("SOARJOBD_CLUSTER_DEAD_AFTER"))
                     .unwrap();
         }
         let daemon = Daemon::builder()
@@ -242,8 +243,7 @@ struct Load {
 /// utime + stime of the server backends connected to `db` now, in seconds (the replicas' pool
 /// connections live for the whole run, so this is the server's work for them).
 async fn backend_cpu(db: &TestDb) -> f64 {
-    let Ok(pool) = sqlx::PgPool::connect(&soarjobd::store::postgres::testdb::server_url()).await
-    else {
+    let Ok(pool) = sqlx::PgPool::connect(&soarjobd_store::testdb::server_url()).await else {
         return 0.0;
     };
     let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
@@ -409,7 +409,7 @@ async fn takeover(size: &Size) -> (f64, f64) {
     let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
     // The job's first run comes from the replicas' start-up catch-up: a past tick of the job
     // is recorded before they start (the schema made by opening the store here).
-    let store = soarjobd::store::open(db.url())
+    let store = soarjobd_store::open(db.url())
         .await
         .expect("open the store");
     store.close().await;

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{Timelike, Utc};
 use serde_json::{Value, json};
-use soarjobd::config::Settings;
-use soarjobd::daemon::Daemon;
-use soarjobd::definition::JobSpec;
-use soarjobd::job::{Job, JobContext, JobError, Outcome};
-use soarjobd::store::{NewRun, RunFinish, RunStatus, Trigger};
+use soarjobd_core::config::Settings;
+use soarjobd_core::definition::JobSpec;
+use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
+use soarjobd_engine::daemon::Daemon;
 
 struct Size {
     jobs: usize,
@@ -281,10 +281,10 @@ fn load_files(n: usize) -> (f64, usize) {
         )
         .unwrap();
     }
-    let mut registry = soarjobd::job::Registry::new();
-    registry.register(soarjobd::jobs::exec::Exec);
+    let mut registry = soarjobd_core::job::Registry::new();
+    registry.register(soarjobd_jobs::exec::Exec);
     let t = Instant::now();
-    let report = soarjobd::definition::load_dir(dir.path(), &registry);
+    let report = soarjobd_core::definition::load_dir(dir.path(), &registry);
     let now = Utc::now();
     let mut scheduled = 0;
     for d in &report.jobs {
@@ -302,7 +302,7 @@ fn store_throughput(n: usize) -> (f64, f64) {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = soarjobd::store::open(&format!("sqlite:{}", dir.path().join("s.db").display()))
+        let store = soarjobd_store::open(&format!("sqlite:{}", dir.path().join("s.db").display()))
             .await
             .unwrap();
         let base = Utc::now();

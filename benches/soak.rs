@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use soarjobd::config::{LogFormat, Settings};
-use soarjobd::daemon::Daemon;
-use soarjobd::definition::JobSpec;
-use soarjobd::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_core::config::{LogFormat, Settings};
+use soarjobd_core::definition::JobSpec;
+use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::daemon::Daemon;
 
 struct Size {
     jobs: usize,
@@ -110,7 +110,7 @@ fn daemon_child(dir: &Path) {
         .enable_all()
         .build()
         .expect("runtime");
-    soarjobd::telemetry::init(LogFormat::Json, "info");
+    soarjobd_engine::telemetry::init(LogFormat::Json, "info");
     rt.block_on(async {
         let settings = Settings {
             jobs_dir: dir.join("jobs"),
@@ -400,7 +400,7 @@ fn tick_rows(db: &Path) -> Vec<(String, i64)> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = soarjobd::store::sqlite::SqliteStore::open(&format!("sqlite:{}", db.display()))
+        let store = soarjobd_store::SqliteStore::open(&format!("sqlite:{}", db.display()))
             .await
             .expect("open the soak database");
         let rows: Vec<(String, i64)> = sqlx::query_as(

@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use soarjobd::config::Settings;
-use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
-use soarjobd::store::RunStatus;
+use soarjobd_core::config::Settings;
+use soarjobd_core::store::RunStatus;
+use soarjobd_sim::soar as sim;
+use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
 
 const JOB: &str = "bench";
 const KEY: &str = "bench-app-key";
@@ -189,7 +190,7 @@ async fn measure(level: &Level, latency_ms: u64) -> Measure {
     let total = started.elapsed();
     assert_eq!(code, 0, "the benchmark run did not succeed");
 
-    let store = soarjobd::store::open(&settings.database_url)
+    let store = soarjobd_store::open(&settings.database_url)
         .await
         .expect("open the store");
     let run = store

@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use soarjobd::app::App;
-//! # use soarjobd::jobs::exec::Exec as MyJob;
+//! # use soarjobd_jobs::exec::Exec as MyJob;
 //! fn main() {
 //!     std::process::exit(soarjobd::cli::main_with(App::builder().register(MyJob)));
 //! }
@@ -23,14 +23,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::{SectionSpec, Settings};
-use crate::daemon::{Daemon, DaemonBuilder};
-use crate::definition::{self, LoadReport};
-use crate::job::{Job, Registry};
-use crate::ops::alerts::Notifier;
-use crate::platform::{Installer, Platform};
-use crate::runner::Runner;
-use crate::store::{self, Store, StoreError};
+use soarjobd_core::config::{SectionSpec, Settings};
+use soarjobd_core::definition;
+use soarjobd_core::definition::LoadReport;
+use soarjobd_core::job::{Job, Registry};
+use soarjobd_core::platform::{Installer, Platform};
+use soarjobd_engine::daemon::{Daemon, DaemonBuilder};
+use soarjobd_engine::ops::alerts::Notifier;
+use soarjobd_engine::runner::Runner;
+
+use soarjobd_core::store::{Store, StoreError};
 
 /// Every problem found while building the app from the settings.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +64,11 @@ impl App {
     /// [`AppBuilder::platform`].
     pub fn builder() -> AppBuilder {
         App::bare()
-            .register(crate::jobs::exec::Exec)
-            .platform(crate::jobs::SoarPlatform)
-            .platform(crate::jobs::ThreatConnectPlatform)
+            .register(soarjobd_jobs::exec::Exec)
+            .platform(soarjobd_jobs::SoarPlatform)
+            .platform(soarjobd_jobs::ThreatConnectPlatform)
             // After SoarPlatform: its scripts' requests go through the SOAR client.
-            .platform(crate::jobs::SecopsPlatform)
+            .platform(soarjobd_jobs::SecopsPlatform)
     }
 
     /// No job and no platform.
@@ -96,23 +98,43 @@ impl App {
         )
     }
 
+    /// The ids of every job file in the jobs folder, valid or not: a file with errors still
+    /// names a job one may ask about (its history) or want paused until it is fixed.
+    pub fn known_jobs(&self) -> KnownJobs {
+        let report = self.load_jobs();
+        let mut ids: Vec<String> = report
+            .jobs
+            .iter()
+            .map(|d| d.id.clone())
+            .chain(report.errors.iter().filter_map(|e| {
+                e.file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_owned)
+            }))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        KnownJobs(ids)
+    }
+
     /// Opens the state store the settings name (as a client of a cluster: `list`, `history`,
     /// `run-once` and `nodes` judge liveness with the settings' `cluster.*` timings).
     pub async fn open_store(&self) -> Result<Arc<dyn Store>, StoreError> {
         let cluster = &self.settings.cluster;
-        let options = store::OpenOptions {
+        let options = soarjobd_core::store::OpenOptions {
             role: "client",
             heartbeat: cluster.heartbeat,
             dead_after: cluster.dead_after,
         };
-        store::open_with(&self.settings.database_url, &options).await
+        soarjobd_store::open_with(&self.settings.database_url, &options).await
     }
 
     /// A runner over `store` with this app's jobs (for `run-once`).
     pub fn runner(&self, store: Arc<dyn Store>) -> Runner {
         // An unknown `exec.user` is a problem `build` reported; each run re-checks the switch.
-        let exec =
-            crate::exec_policy::ExecPolicy::from_settings(&self.settings.exec).unwrap_or_default();
+        let exec = soarjobd_core::exec_policy::ExecPolicy::from_settings(&self.settings.exec)
+            .unwrap_or_default();
         Runner::new(store, self.registry.clone()).with_exec_policy(Arc::new(exec))
     }
 
@@ -121,7 +143,7 @@ impl App {
     /// ```no_run
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
     /// use soarjobd::app::App;
-    /// let settings = soarjobd::config::load(&Default::default())?;
+    /// let settings = soarjobd_core::config::load(&Default::default())?;
     /// let app = App::builder().settings(settings).build()?;
     /// let daemon = app.daemon().start().await?;
     /// daemon.run_until_signal().await;
@@ -160,7 +182,7 @@ impl AppBuilder {
         self.platforms.iter().map(|p| p.section()).collect()
     }
 
-    /// The platforms' section declarations, for [`crate::config::load_with`], so a config
+    /// The platforms' section declarations, for [`soarjobd_core::config::load_with`], so a config
     /// file is checked whole (its own keys and every platform section) at once.
     pub fn section_specs(&self) -> Vec<SectionSpec> {
         let mut specs: Vec<SectionSpec> = self.platforms.iter().map(|p| p.spec()).collect();
@@ -193,7 +215,7 @@ impl AppBuilder {
         }
         // The binary's own jobs last: they replace platform jobs with the same id.
         registry.extend(self.jobs);
-        if let Err(e) = crate::exec_policy::ExecPolicy::from_settings(&self.settings.exec) {
+        if let Err(e) = soarjobd_core::exec_policy::ExecPolicy::from_settings(&self.settings.exec) {
             problems.push(e);
         }
         let notifiers =
@@ -217,6 +239,27 @@ fn platform_section(settings: &Settings, p: &dyn Platform) -> Value {
     match settings.section(p.section()) {
         Value::Null => Value::Object(Map::new()),
         other => other.clone(),
+    }
+}
+
+/// The job ids of the jobs folder ([`App::known_jobs`]), sorted; shown as a list in errors
+/// (`none` when there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownJobs(pub Vec<String>);
+
+impl KnownJobs {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|k| k == id)
+    }
+}
+
+impl std::fmt::Display for KnownJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&self.0.join(", "))
+        }
     }
 }
 
@@ -296,8 +339,8 @@ mod tests {
     #[test]
     fn a_bare_app_has_only_what_it_is_given() {
         let app = App::bare()
-            .register(crate::jobs::exec::Exec)
-            .platform(crate::jobs::SoarPlatform)
+            .register(soarjobd_jobs::exec::Exec)
+            .platform(soarjobd_jobs::SoarPlatform)
             .build()
             .unwrap();
         assert!(app.registry().get("comment-on-tagged-cases").is_some());

@@ -1,6 +1,6 @@
 //! The command line: subcommands and their output. `main` only calls [`main`] here.
 //!
-//! Every subcommand returns an exit code from [`crate::exit`]; this is the one place that
+//! Every subcommand returns an exit code from [`soarjobd_core::exit`]; this is the one place that
 //! turns errors into codes and messages.
 
 use std::io::Write;
@@ -11,12 +11,13 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{App, AppBuilder};
-use crate::config::{self, LogFormat, Settings, Sources};
-use crate::definition::LoadError;
 pub use crate::demo::SimCmd;
-use crate::exit;
-use crate::job::error_chain;
-use crate::schedule::{Schedule, parse_timezone};
+use soarjobd_core::config;
+use soarjobd_core::config::{LogFormat, Settings, Sources};
+use soarjobd_core::definition::LoadError;
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
+use soarjobd_core::schedule::{Schedule, parse_timezone};
 
 #[derive(Parser, Debug)]
 #[command(name = "soarjobd", version, about = "Runs scheduled SOAR jobs", long_about = None)]
@@ -160,7 +161,7 @@ pub fn main() -> i32 {
 ///
 /// ```no_run
 /// use soarjobd::app::App;
-/// # use soarjobd::jobs::exec::Exec as MyJob;
+/// # use soarjobd_jobs::exec::Exec as MyJob;
 /// fn main() {
 ///     std::process::exit(soarjobd::cli::main_with(App::builder().register(MyJob)));
 /// }
@@ -312,7 +313,7 @@ async fn dispatch(
     if let Some(l) = cli.log_level {
         settings.log.level = l;
     }
-    crate::telemetry::init(settings.log.format, &settings.log.level);
+    soarjobd_engine::telemetry::init(settings.log.format, &settings.log.level);
     match command {
         Cmd::Run => run(app.settings(settings)).await,
         // `list` and `history` read the store and the job files: a broken platform section
@@ -396,7 +397,7 @@ async fn run(app: AppBuilder) -> i32 {
             }
             exit::SUCCESS
         }
-        Err(crate::daemon::DaemonError::StoppedDuringStart) => {
+        Err(soarjobd_engine::daemon::DaemonError::StoppedDuringStart) => {
             tracing::info!("shutdown requested during startup; daemon stopped");
             exit::SUCCESS
         }
@@ -404,8 +405,10 @@ async fn run(app: AppBuilder) -> i32 {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
             match e {
                 // A second daemon on one database is a usage error: say who holds it.
-                crate::daemon::DaemonError::Lock(crate::store::LockError::InUse { .. })
-                | crate::daemon::DaemonError::Exec(_) => {
+                soarjobd_engine::daemon::DaemonError::Lock(soarjobd_store::LockError::InUse {
+                    ..
+                })
+                | soarjobd_engine::daemon::DaemonError::Exec(_) => {
                     eprintln!("error: {e}");
                     exit::USAGE
                 }
@@ -431,7 +434,7 @@ async fn probe(settings: &Settings, addr: Option<std::net::SocketAddr>, path: &s
                 }
             },
             Err(p) => {
-                eprintln!("error: {}", crate::config::grammar::join(&p));
+                eprintln!("error: {}", soarjobd_core::config::grammar::join(&p));
                 return exit::USAGE;
             }
         },

@@ -17,12 +17,12 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::app::AppBuilder;
-use crate::config::Settings;
-use crate::exit;
+use soarjobd_core::config::Settings;
+use soarjobd_core::exit;
 #[cfg(feature = "sim")]
-use crate::job::error_chain;
+use soarjobd_core::job::error_chain;
 #[cfg(feature = "sim")]
-use crate::sim;
+use soarjobd_sim as sim;
 
 /// The seed of the demo's cases.
 #[cfg(feature = "sim")]

@@ -9,11 +9,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::app::App;
-use crate::definition::Overlap;
-use crate::exit;
-use crate::job::error_chain;
-use crate::runner::{RunControl, RunRequest, TickClaim};
-use crate::store::{Claim, RunRecord, Store, Trigger};
+use soarjobd_core::definition::Overlap;
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
+use soarjobd_core::store::{Claim, RunRecord, Store, Trigger};
+use soarjobd_engine::runner::{RunControl, RunRequest, TickClaim};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -48,13 +48,13 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
         }
     };
     store.close().await;
-    let paused: HashMap<&str, &crate::store::ops::JobPause> =
+    let paused: HashMap<&str, &soarjobd_core::store::ops::JobPause> =
         pauses.iter().map(|p| (p.job_id.as_str(), p)).collect();
     let last: HashMap<&str, &RunRecord> =
         last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
     let success: HashMap<&str, i64> = stamps
         .iter()
-        .filter(|(_, k, _)| k == crate::job::DEFAULT_TIMESTAMP_KEY)
+        .filter(|(_, k, _)| k == soarjobd_core::job::DEFAULT_TIMESTAMP_KEY)
         .map(|(j, _, v)| (j.as_str(), *v))
         .collect();
     let now = Utc::now();
@@ -172,15 +172,10 @@ pub async fn history(app: &App, job_id: &str, limit: u32, json_out: bool) -> i32
         }
     };
     if runs.is_empty() {
-        let known = known_jobs(app);
-        if !known.iter().any(|id| id == job_id) {
-            let list = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
+        let known = app.known_jobs();
+        if !known.contains(job_id) {
             eprintln!(
-                "error: no job `{job_id}` in {} and no runs recorded for it (known jobs: {list})",
+                "error: no job `{job_id}` in {} and no runs recorded for it (known jobs: {known})",
                 settings.jobs_dir.display()
             );
             return exit::USAGE;
@@ -231,26 +226,6 @@ pub async fn history(app: &App, job_id: &str, limit: u32, json_out: bool) -> i32
     exit::SUCCESS
 }
 
-/// The ids of every job file in the jobs folder, valid or not (a file with errors still names
-/// a job the user may ask about), sorted.
-fn known_jobs(app: &App) -> Vec<String> {
-    let report = crate::definition::load_dir(&app.settings().jobs_dir, app.registry().as_ref());
-    let mut ids: Vec<String> = report
-        .jobs
-        .iter()
-        .map(|d| d.id.clone())
-        .chain(report.errors.iter().filter_map(|e| {
-            e.file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_owned)
-        }))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
 /// `soarjobd run-once`: one run of `job_id` with `app`'s jobs, in the foreground.
 pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
     let settings = app.settings();
@@ -289,7 +264,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         Err(code) => return code,
     };
     // The run's log lines are kept with it, as the daemon's are (`soarjobd logs RUN_ID`).
-    let run_logs = crate::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+    let run_logs = soarjobd_engine::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
     let runner = app.runner(store.clone()).with_run_logs(run_logs.clone());
     let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
@@ -336,7 +311,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         let control = control.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                control.stop(crate::runner::StopReason::Shutdown);
+                control.stop(soarjobd_engine::runner::StopReason::Shutdown);
             }
         })
     };

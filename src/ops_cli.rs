@@ -6,13 +6,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
-use crate::exit;
-use crate::job::error_chain;
-use crate::ops::runlog::format_line;
-use crate::ops::{OpsError, PauseControl};
-use crate::store::ops::PauseOutcome;
-use crate::store::{RunStore, Store};
+use crate::app::{App, KnownJobs};
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
+use soarjobd_core::store::ops::PauseOutcome;
+use soarjobd_core::store::{RunStore, Store};
+use soarjobd_engine::ops::runlog::format_line;
+use soarjobd_engine::ops::{OpsError, PauseControl};
 
 /// How often `logs --follow` polls for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -38,39 +38,18 @@ async fn open(app: &App) -> Result<Arc<dyn Store>, i32> {
 
 /// A control that accepts the jobs of the jobs folder (valid or not: a broken file still
 /// names a job one may want paused until it is fixed).
-fn control(app: &App, store: Arc<dyn Store>) -> (PauseControl, Vec<String>) {
-    let report = app.load_jobs();
-    let mut ids: Vec<String> = report
-        .jobs
-        .iter()
-        .map(|d| d.id.clone())
-        .chain(report.errors.iter().filter_map(|e| {
-            e.file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_owned)
-        }))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    let known = ids.clone();
-    let control = PauseControl::new(
-        store,
-        Arc::new(move |id: &str| known.iter().any(|k| k == id)),
-    );
-    (control, ids)
+fn control(app: &App, store: Arc<dyn Store>) -> (PauseControl, KnownJobs) {
+    let known = app.known_jobs();
+    let ids = known.clone();
+    let control = PauseControl::new(store, Arc::new(move |id: &str| ids.contains(id)));
+    (control, known)
 }
 
-fn report_error(app: &App, e: OpsError, known: &[String]) -> i32 {
+fn report_error(app: &App, e: OpsError, known: &KnownJobs) -> i32 {
     match e {
         OpsError::UnknownJob(id) => {
-            let list = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
             eprintln!(
-                "error: no job `{id}` in {} (known jobs: {list})",
+                "error: no job `{id}` in {} (known jobs: {known})",
                 app.settings().jobs_dir.display()
             );
             exit::USAGE
@@ -164,7 +143,7 @@ pub async fn logs(app: &App, run_id: i64, follow: bool, json: bool) -> i32 {
 }
 
 async fn print_logs(store: &dyn Store, run_id: i64, follow: bool, json: bool) -> i32 {
-    let fail = |e: crate::store::StoreError| {
+    let fail = |e: soarjobd_core::store::StoreError| {
         eprintln!("error: {}", error_chain(&e));
         exit::FAILURE
     };

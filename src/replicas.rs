@@ -7,8 +7,8 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::app::App;
-use crate::exit;
-use crate::job::error_chain;
+use soarjobd_core::exit;
+use soarjobd_core::job::error_chain;
 
 /// `soarjobd nodes`: the processes registered on the database, with their last heartbeat.
 /// On SQLite, says that the database is single-node.
@@ -76,7 +76,7 @@ pub async fn nodes(app: &App, json_out: bool) -> i32 {
 
 /// `soarjobd migrate-state --from sqlite:... --to postgres://...`.
 pub async fn migrate_state(from: &str, to: &str) -> i32 {
-    use crate::store::migrate_state::{MigrateStateError, migrate_state};
+    use soarjobd_store::{MigrateStateError, migrate_state};
     match migrate_state(from, to).await {
         Ok(c) => {
             println!(
@@ -89,7 +89,7 @@ pub async fn migrate_state(from: &str, to: &str) -> i32 {
                 c.pauses,
                 c.run_log_lines,
                 c.alert_episodes,
-                crate::daemon::redact_url(to)
+                soarjobd_engine::daemon::redact_url(to)
             );
             exit::SUCCESS
         }
@@ -103,9 +103,9 @@ pub async fn migrate_state(from: &str, to: &str) -> i32 {
                 | MigrateStateError::SourceMissing(_)
                 | MigrateStateError::SourceForeign { .. }
                 | MigrateStateError::SourceOlder { .. }
-                | MigrateStateError::Store(crate::store::StoreError::SchemaTooNew { .. }) => {
-                    exit::USAGE
-                }
+                | MigrateStateError::Store(soarjobd_core::store::StoreError::SchemaTooNew {
+                    ..
+                }) => exit::USAGE,
                 MigrateStateError::Store(_) => exit::FAILURE,
             }
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use soarjobd::admin::{Admin, RunningAdmin};
-use soarjobd::daemon::RunningDaemon;
+use soarjobd_engine::daemon::RunningDaemon;
 
 use crate::support::{TestApp, capture_logs, eventually, sleep_job};
 
@@ -373,7 +373,7 @@ async fn api_auth_audit_metrics_and_readiness() {
 
     // Platform requests reach every metrics registry of the process through the core's hook
     // (what the clients' transport calls after each attempt).
-    soarjobd::observe::platform_request(
+    soarjobd_core::observe::platform_request(
         "test-platform",
         "GET",
         Some(429),

@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use secrecy::SecretString;
 use serde_json::Value;
-use soarjobd::config::grammar::SecretSource;
-use soarjobd::store::RunStatus;
+use soarjobd_core::config::grammar::SecretSource;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 

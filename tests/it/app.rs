@@ -2,7 +2,7 @@
 //! configured fails its run with the keys to set.
 
 use serde_json::json;
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use soarjobd::store::ops::RunLogLine;
-use soarjobd::store::postgres::testdb::TestDb;
+use soarjobd_core::store::ops::RunLogLine;
+use soarjobd_store::testdb::TestDb;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
@@ -457,7 +457,8 @@ async fn a_frozen_replicas_late_finish_is_fenced() {
 #[cfg(feature = "sim")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_on_tagged_cases_on_two_replicas_comments_each_case_once() {
-    use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
+    use soarjobd_sim::soar as sim;
+    use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
     const KEY: &str = "it-cluster-key-5d1f";
     const COMMENT: &str = "Triaged by a soarjobd replica";
     let sim = sim::start(
@@ -562,8 +563,9 @@ async fn comment_on_tagged_cases_on_two_replicas_comments_each_case_once() {
 #[cfg(feature = "sim")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
-    use soarjobd::sim::soar::{self as sim, CasePatch, SoarSimConfig};
-    use soarjobd::store::migrate_state::{MigrateStateError, migrate_state};
+    use soarjobd_sim::soar as sim;
+    use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
+    use soarjobd_store::{MigrateStateError, migrate_state};
     const KEY: &str = "it-migrate-key-93be";
     let sim = sim::start(
         SoarSimConfig {
@@ -910,7 +912,7 @@ fn executed(dir: &Path) -> Vec<i64> {
 /// Per job, the ticks that ran (succeeded) within `[from, to)` (unix ms), and whether any
 /// executed run id is a row twice or two executions share a tick.
 async fn ticks_run(
-    store: &std::sync::Arc<dyn soarjobd::store::Store>,
+    store: &std::sync::Arc<dyn soarjobd_core::store::Store>,
     jobs: usize,
     executed: &[i64],
     (from, to): (i64, i64),
@@ -923,8 +925,8 @@ async fn ticks_run(
         for r in store.history(&job, 10_000).await.unwrap() {
             let at = r.scheduled_at.timestamp_millis();
             tick_of.insert(r.id, (job.clone(), at - at % 1000));
-            if r.status == soarjobd::store::RunStatus::Succeeded
-                && r.trigger == soarjobd::store::Trigger::Schedule
+            if r.status == soarjobd_core::store::RunStatus::Succeeded
+                && r.trigger == soarjobd_core::store::Trigger::Schedule
                 && (from..to).contains(&at)
             {
                 run += 1;
@@ -973,11 +975,11 @@ async fn three_replicas_run_as_many_long_ticks_as_one_node() {
         (started.timestamp() + 5) * 1000,
         (ended.timestamp() - 2) * 1000,
     );
-    let pg = soarjobd::store::open(db.url()).await.unwrap();
+    let pg = soarjobd_store::open(db.url()).await.unwrap();
     let (pg_run, pg_problems) = ticks_run(&pg, JOBS, &executed(pg_dir.path()), window).await;
     pg.close().await;
     let url = format!("sqlite:{}", sqlite_dir.path().join("state.db").display());
-    let sqlite = soarjobd::store::open(&url).await.unwrap();
+    let sqlite = soarjobd_store::open(&url).await.unwrap();
     let (sqlite_run, sqlite_problems) =
         ticks_run(&sqlite, JOBS, &executed(sqlite_dir.path()), window).await;
     sqlite.close().await;
@@ -1001,7 +1003,7 @@ async fn three_replicas_run_as_many_long_ticks_as_one_node() {
 /// The test database refuses connections (`ALLOW_CONNECTIONS false`) and every connection to
 /// it is killed (`pg_terminate_backend`), or it is let in again.
 async fn database_outage(db: &TestDb, down: bool) {
-    let admin = PgPool::connect(&soarjobd::store::postgres::testdb::server_url())
+    let admin = PgPool::connect(&soarjobd_store::testdb::server_url())
         .await
         .expect("admin connection");
     let allow = if down { "false" } else { "true" };
@@ -1157,7 +1159,7 @@ async fn replicas_recover_by_themselves_from_a_database_outage() {
         0,
         "nobody was declared dead for an outage everybody saw"
     );
-    let all = soarjobd::store::open(db.url()).await.unwrap();
+    let all = soarjobd_store::open(db.url()).await.unwrap();
     let (_, problems) = ticks_run(&all, JOBS, &executed(dir.path()), (0, i64::MAX)).await;
     all.close().await;
     assert!(problems.is_empty(), "{problems:?}");
@@ -1212,7 +1214,7 @@ async fn a_run_ending_during_an_outage_is_recorded_after_it_and_not_run_again() 
     // fails during the outage and makes the run `failed` honestly; recorded after it all the
     // same.) A past tick, so the replicas' start-up catch-up makes the run.
     {
-        let store = soarjobd::store::open(db.url()).await.unwrap();
+        let store = soarjobd_store::open(db.url()).await.unwrap();
         store.close().await;
         let pool = pool(&db).await;
         sqlx::query(

@@ -134,9 +134,9 @@ threatconnect:
 fn platform_sections_share_one_grammar() {
     use secrecy::ExposeSecret;
     use serde_json::json;
-    use soarjobd::config::Origins;
-    use soarjobd::soar::SoarConfig;
-    use soarjobd::threatconnect::{Auth, ThreatConnectConfig};
+    use soarjobd_clients::soar::SoarConfig;
+    use soarjobd_clients::threatconnect::{Auth, ThreatConnectConfig};
+    use soarjobd_core::config::Origins;
 
     let origins = Origins::default();
     let dir = tempfile::tempdir().unwrap();
@@ -194,9 +194,9 @@ fn platform_sections_share_one_grammar() {
         assert_eq!(secret_key.expose_secret(), want, "{content:?}");
         // SOAR reads its file with the same rule: the key it sends is `want`, so the client
         // builds exactly when `want` is a valid header value.
-        let soar_client = soarjobd::soar::SoarClient::new(&s);
+        let soar_client = soarjobd_clients::soar::SoarClient::new(&s);
         assert_eq!(soar_client.is_ok(), !want.contains('\n'), "{content:?}");
-        let read = soarjobd::config::grammar::read_secret_file(&f).unwrap();
+        let read = soarjobd_core::config::grammar::read_secret_file(&f).unwrap();
         assert_eq!(read.secret.expose_secret(), want, "{content:?}");
     }
     for (section, value) in [

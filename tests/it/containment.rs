@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 
@@ -50,9 +50,9 @@ fn the_example_validates_its_parameters_at_load_time() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.yaml");
     std::fs::write(&f, "name: R\njob: stale-case-reminder\nparameters:\n  - {name: Items, type: csv, value: a}\n  - {name: Max Hours Backwards, type: integer, value: 0}\n").unwrap();
-    let mut reg = soarjobd::job::Registry::new();
+    let mut reg = soarjobd_core::job::Registry::new();
     reg.register(custom_job::StaleCaseReminder);
-    let errs = soarjobd::definition::load_file(&f, &reg).unwrap_err();
+    let errs = soarjobd_core::definition::load_file(&f, &reg).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (5, 55));
     assert!(errs[0].message.contains(">= 1"));

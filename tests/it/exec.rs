@@ -1,6 +1,6 @@
 //! `job: exec` through the same runner as `run-once`: stdin document, exit codes, timeouts.
 
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 
@@ -173,7 +173,7 @@ async fn a_missing_program_or_working_dir_is_a_located_load_error() {
         "name: P\njob: exec\ncommand:\n  - no-such-program-xyz\n  - arg\n",
     );
     let built = app.app();
-    let report = soarjobd::definition::load_dir(app.jobs_dir(), built.registry().as_ref());
+    let report = soarjobd_core::definition::load_dir(app.jobs_dir(), built.registry().as_ref());
     let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     let jobs = app.jobs_dir().display().to_string();
     assert!(

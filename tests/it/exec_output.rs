@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use soarjobd::jobs::exec::{LINE_MAX, RUN_LINES_MAX};
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
+use soarjobd_jobs::exec::{LINE_MAX, RUN_LINES_MAX};
 
 use crate::support::*;
 
@@ -65,7 +65,7 @@ async fn a_50_mb_line_and_many_lines_are_logged_cut_and_capped_without_blocking(
 async fn a_failed_context_write_fails_the_run() {
     let app = TestApp::new();
     // A real store failure: the database refuses one key.
-    let store = soarjobd::store::sqlite::SqliteStore::open(&app.settings.database_url)
+    let store = soarjobd_store::SqliteStore::open(&app.settings.database_url)
         .await
         .unwrap();
     sqlx::query(
@@ -75,7 +75,7 @@ async fn a_failed_context_write_fails_the_run() {
     .execute(store.pool())
     .await
     .unwrap();
-    soarjobd::store::RunStore::close(&store).await;
+    soarjobd_core::store::RunStore::close(&store).await;
     app.write_job(
         "ctx",
         &job(

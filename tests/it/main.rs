@@ -21,7 +21,7 @@ mod reload;
 mod runtime;
 #[cfg(feature = "sim")]
 mod secops;
-// These two drive the simulators (`soarjobd::sim`, the default feature `sim`).
+// These two drive the simulators (`soarjobd_sim`, the default feature `sim`).
 #[cfg(feature = "sim")]
 mod soar;
 mod store_faults;

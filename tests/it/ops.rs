@@ -3,9 +3,9 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use soarjobd::ops::OpsError;
-use soarjobd::store::ops::PauseOutcome;
-use soarjobd::store::{RunStatus, Trigger};
+use soarjobd_core::store::ops::PauseOutcome;
+use soarjobd_core::store::{RunStatus, Trigger};
+use soarjobd_engine::ops::OpsError;
 
 use crate::support::*;
 

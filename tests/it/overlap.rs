@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use soarjobd::store::{RunStatus, Trigger};
+use soarjobd_core::store::{RunStatus, Trigger};
 
 use crate::support::*;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use soarjobd::store::RunStatus;
+use soarjobd_core::store::RunStatus;
 
 use crate::support::*;
 

@@ -148,7 +148,7 @@ async fn the_in_process_runner_redacts_the_message_and_the_output_events() {
 /// redacted, and after the job file changes its password, the new one is.
 #[tokio::test]
 async fn scheduled_runs_redact_the_current_password_after_a_reload() {
-    use soarjobd::store::RunStatus;
+    use soarjobd_core::store::RunStatus;
     use std::time::Duration;
     let app = TestApp::new();
     let job = |password: &str, version: &str| {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use soarjobd::store::{NewRun, RunStatus, Trigger};
+use soarjobd_core::store::{NewRun, RunStatus, Trigger};
 
 use crate::support::*;
 
@@ -212,7 +212,7 @@ async fn running_rows_of_a_dead_process_become_interrupted() {
     d.shutdown().await;
 }
 
-async fn misfire_case(policy: &str) -> Vec<soarjobd::store::RunRecord> {
+async fn misfire_case(policy: &str) -> Vec<soarjobd_core::store::RunRecord> {
     let app = TestApp::new();
     app.write_job(
         "m",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use soarjobd::sim::soar::{self as sim, CasePatch, SimHandle, SoarSimConfig};
-use soarjobd::store::{RunRecord, RunStatus};
+use soarjobd_core::store::{RunRecord, RunStatus};
+use soarjobd_sim::soar as sim;
+use soarjobd_sim::soar::{CasePatch, SimHandle, SoarSimConfig};
 
 use crate::support::*;
 
@@ -73,7 +74,7 @@ async fn run_job(app: &TestApp, id: &str) -> RunRecord {
     let code = soarjobd::inspect::run_once(&app.app(), id, &[]).await;
     let store = app.store().await;
     let run = runs(&store, id).await.pop().expect("the run was recorded");
-    assert_eq!(code, soarjobd::exit::for_run(run.status), "{run:?}");
+    assert_eq!(code, soarjobd_core::exit::for_run(run.status), "{run:?}");
     run
 }
 
@@ -406,7 +407,7 @@ async fn a_script_that_reports_failure_or_timeout_gets_that_status() {
                  s.end('{name} says so', False, {state})\n"
             ),
         );
-        let id = soarjobd::definition::job_id_from_stem(name);
+        let id = soarjobd_core::definition::job_id_from_stem(name);
         instance(&app, &id, "tools", name, "");
         let run = run_job(&app, &id).await;
         assert_eq!(run.status, want, "{run:?}");

@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use soarjobd::sim::soar::{
-    self as sim, CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig,
-};
-use soarjobd::store::{RunRecord, RunStatus, SeenState, Store};
+use soarjobd_core::store::{RunRecord, RunStatus, SeenState, Store};
+use soarjobd_sim::soar as sim;
+use soarjobd_sim::soar::{CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig};
 
 use crate::support::*;
 
@@ -98,7 +97,7 @@ async fn run_job(app: &TestApp) -> RunRecord {
     let run = runs(&store, JOB).await.pop().expect("the run was recorded");
     assert_eq!(
         code,
-        soarjobd::exit::for_run(run.status),
+        soarjobd_core::exit::for_run(run.status),
         "exit code of {run:?}"
     );
     run

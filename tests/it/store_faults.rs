@@ -13,15 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use soarjobd::runner::Runner;
-use soarjobd::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
-use soarjobd::store::ops::{
+use soarjobd_core::store::ops::{
     AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
 };
-use soarjobd::store::{
+use soarjobd_core::store::{
     Claim, JobStateStore, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
     SeenState, Store, StoreError, StoreResult, Trigger,
 };
+use soarjobd_engine::runner::Runner;
+use soarjobd_engine::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -350,7 +350,7 @@ async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
     let mut registry = app.app().registry().as_ref().clone();
     registry.register(Sleep::default());
     let registry = Arc::new(registry);
-    let report = soarjobd::definition::load_dir(app.jobs_dir(), registry.as_ref());
+    let report = soarjobd_core::definition::load_dir(app.jobs_dir(), registry.as_ref());
     assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
     let runner = Runner::new(store.clone(), registry);
     let tracker = TaskTracker::new();

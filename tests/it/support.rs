@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use soarjobd::config::{LogFormat, Settings};
-use soarjobd::daemon::RunningDaemon;
-use soarjobd::definition::{JobSpec, ParamSpec, ParamType};
-use soarjobd::job::{Job, JobContext, JobError, Outcome};
-use soarjobd::store::{RunRecord, RunStatus, Store};
+use soarjobd_core::config::{LogFormat, Settings};
+use soarjobd_core::definition::{JobSpec, ParamSpec, ParamType};
+use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_core::store::{RunRecord, RunStatus, Store};
+use soarjobd_engine::daemon::RunningDaemon;
 
 /// A buffer that collects log output so tests can assert on it.
 #[derive(Clone, Default)]
@@ -54,7 +54,7 @@ pub fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
     static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
     SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let buf = LogBuf::default();
-    let sub = soarjobd::telemetry::subscriber(
+    let sub = soarjobd_engine::telemetry::subscriber(
         LogFormat::Json,
         tracing_subscriber::EnvFilter::new("debug"),
         buf.clone(),
@@ -107,7 +107,7 @@ impl TestApp {
     }
 
     /// The daemon of [`TestApp::app`].
-    pub fn builder(&self) -> soarjobd::daemon::DaemonBuilder {
+    pub fn builder(&self) -> soarjobd_engine::daemon::DaemonBuilder {
         self.app().daemon()
     }
 
@@ -123,7 +123,7 @@ impl TestApp {
     }
 
     pub async fn store(&self) -> Arc<dyn Store> {
-        soarjobd::store::open(&self.settings.database_url)
+        soarjobd_store::open(&self.settings.database_url)
             .await
             .unwrap()
     }

@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use soarjobd::sim::soar::{
-    self as soar_sim, CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig,
-};
-use soarjobd::sim::threatconnect::{self as tc_sim, Behaviour, TcSimConfig, TcSimHandle};
-use soarjobd::store::{RunRecord, RunStatus, Store};
+use soarjobd_core::store::{RunRecord, RunStatus, Store};
+use soarjobd_sim::soar as soar_sim;
+use soarjobd_sim::soar::{CasePatch, CaseSummary, Override, SimHandle, SoarSimConfig};
+use soarjobd_sim::threatconnect as tc_sim;
+use soarjobd_sim::threatconnect::{Behaviour, TcSimConfig, TcSimHandle};
 
 use crate::support::*;
 
@@ -194,7 +194,7 @@ async fn run_job(app: &TestApp) -> (i32, RunRecord) {
     let run = runs(&store, JOB).await.pop().expect("the run was recorded");
     assert_eq!(
         code,
-        soarjobd::exit::for_run(run.status),
+        soarjobd_core::exit::for_run(run.status),
         "exit code of {run:?}"
     );
     (code, run)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,6 +23,7 @@ use soarjobd_engine::ops::OpsError;
 use crate::Shared;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{Operator, Reader};
 
 /// How many upcoming fires a job answer lists.
 const NEXT_FIRES: usize = 3;
@@ -113,11 +114,7 @@ pub fn job_json(
     })
 }
 
-pub async fn jobs(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    s.auth.caller(&headers)?;
+pub async fn jobs(State(s): State<Arc<Shared>>, _: Reader) -> Result<Json<Value>, ApiError> {
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.map_err(ApiError::store)?;
     let pauses = s.pauses().await?;
@@ -152,9 +149,8 @@ pub fn find_job(s: &Shared, id: &str) -> Result<Arc<JobDefinition>, ApiError> {
 pub async fn job(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Reader,
 ) -> Result<Json<Value>, ApiError> {
-    s.auth.caller(&headers)?;
     let def = find_job(&s, &id)?;
     let last = s
         .control
@@ -215,9 +211,8 @@ pub async fn job_runs(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
     Query(q): Query<RunsQuery>,
-    headers: HeaderMap,
+    _: Reader,
 ) -> Result<Json<Value>, ApiError> {
-    s.auth.caller(&headers)?;
     find_job(&s, &id)?;
     let runs = job_runs_page(&s, &id, &q).await?;
     let next_before = runs.last().map(|r| r.id);
@@ -236,9 +231,8 @@ pub async fn get_run(s: &Shared, run_id: i64) -> Result<RunRecord, ApiError> {
 pub async fn run(
     State(s): State<Arc<Shared>>,
     Path(run_id): Path<i64>,
-    headers: HeaderMap,
+    _: Reader,
 ) -> Result<Json<Value>, ApiError> {
-    s.auth.caller(&headers)?;
     Ok(Json(json!(get_run(&s, run_id).await?)))
 }
 
@@ -282,10 +276,9 @@ pub async fn start_run(
 pub async fn run_job(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     let run_id = start_run(&s, &caller, &id, body.reason.as_deref()).await?;
     Ok((
@@ -339,10 +332,9 @@ pub async fn cancel_run(
 pub async fn cancel(
     State(s): State<Arc<Shared>>,
     Path(run_id): Path<i64>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     cancel_run(&s, &caller, run_id, body.reason.as_deref()).await?;
     Ok((
@@ -412,10 +404,9 @@ pub async fn resume_job(
 pub async fn pause(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     let outcome = pause_job(&s, &caller, &id, body.reason.as_deref()).await?;
     let already = matches!(outcome, PauseOutcome::AlreadyPaused(_));
@@ -427,10 +418,9 @@ pub async fn pause(
 pub async fn resume(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.operator(&headers)?;
     let body = action_body(&body)?;
     Ok(Json(
         resume_job(&s, &caller, &id, body.catch_up, body.reason.as_deref()).await?,
@@ -465,9 +455,8 @@ pub async fn logs(
     State(s): State<Arc<Shared>>,
     Path(run_id): Path<i64>,
     Query(q): Query<LogsQuery>,
-    headers: HeaderMap,
+    _: Reader,
 ) -> Result<Json<Value>, ApiError> {
-    s.auth.caller(&headers)?;
     let run = get_run(&s, run_id).await?;
     let lines = log_lines(&s, run_id, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?;
     let last_seq = lines.last().map(|l| l.seq);

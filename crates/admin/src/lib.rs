@@ -11,17 +11,19 @@
 //! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
 //!
 //! Before any handler, every request passes [`guard`] (its `Host`, its origin, credential
-//! guessing, its body); every connection is capped and timed out by [`conn`].
+//! guessing, its body); every connection is capped and timed out by [`conn`]. A protected
+//! route names the caller it needs as an argument ([`extract::Reader`], [`extract::Operator`]).
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod config;
 mod conn;
-pub mod error;
-pub mod guard;
+mod error;
+mod extract;
+mod guard;
 mod limit;
-pub mod metrics;
-pub mod page;
+mod metrics;
+mod page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -50,6 +52,7 @@ pub use guard::{Hosts, Refusals};
 pub use metrics::Metrics;
 
 use crate::error::ApiError;
+use crate::extract::Reader;
 
 /// The largest request body accepted (the bodies are a reason or a login form).
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -208,11 +211,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics_text(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    s.auth.caller(&headers)?;
+async fn metrics_text(State(s): State<Arc<Shared>>, _: Reader) -> Result<Response, ApiError> {
     // One query per scrape; a failing store leaves the paused gauge at 0 rather than failing
     // the whole scrape (`/readyz` reports the store).
     let pauses = s.pauses().await.unwrap_or_default();

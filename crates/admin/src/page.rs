@@ -27,6 +27,7 @@ use crate::Shared;
 use crate::api::{self, RunsQuery};
 use crate::auth::{COOKIE_NAME, Role};
 use crate::error::ApiError;
+use crate::extract::{Operator, Page, Reader};
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -138,14 +139,6 @@ fn duration(r: &RunRecord) -> String {
     })
 }
 
-/// A page, or the way to the login form when a token is needed.
-fn guard(s: &Shared, headers: &HeaderMap) -> Result<Role, Box<Response>> {
-    match s.auth.caller(headers) {
-        Ok(c) => Ok(c.role),
-        Err(_) => Err(Box::new(Redirect::to("/login").into_response())),
-    }
-}
-
 /// The job's buttons: Run now, and Pause or Resume (operators only).
 fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
     if role != Role::Operator {
@@ -166,11 +159,8 @@ fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
     )
 }
 
-pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let role = match guard(&s, &headers) {
-        Ok(r) => r,
-        Err(r) => return *r,
-    };
+pub async fn index(State(s): State<Arc<Shared>>, reader: Reader<Page>) -> Response {
+    let role = reader.caller.role;
     let view = s.control.status.jobs();
     let last = s.control.store.last_runs().await.unwrap_or_default();
     let pauses = s.pauses().await.unwrap_or_default();
@@ -240,12 +230,9 @@ pub async fn index(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
 pub async fn job(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    reader: Reader<Page>,
 ) -> Response {
-    let role = match guard(&s, &headers) {
-        Ok(r) => r,
-        Err(r) => return *r,
-    };
+    let role = reader.caller.role;
     let def = match api::find_job(&s, &id) {
         Ok(d) => d,
         Err(e) => return error_page(e),
@@ -320,12 +307,9 @@ pub async fn job(
 pub async fn run(
     State(s): State<Arc<Shared>>,
     Path(run_id): Path<i64>,
-    headers: HeaderMap,
+    reader: Reader<Page>,
 ) -> Response {
-    let role = match guard(&s, &headers) {
-        Ok(r) => r,
-        Err(r) => return *r,
-    };
+    let role = reader.caller.role;
     let r = match api::get_run(&s, run_id).await {
         Ok(r) => r,
         Err(e) => return error_page(e),
@@ -380,7 +364,8 @@ pub async fn run(
     .into_response()
 }
 
-fn error_page(e: ApiError) -> Response {
+/// An error as a page (the status stays the error's).
+pub(crate) fn error_page(e: ApiError) -> Response {
     let body = format!("<h1>{}</h1><p>{}</p>", e.status.as_u16(), esc(&e.message));
     (e.status, layout("Error", &body, false, false)).into_response()
 }
@@ -388,12 +373,8 @@ fn error_page(e: ApiError) -> Response {
 pub async fn run_now(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator<Page>,
 ) -> Response {
-    let caller = match s.auth.operator(&headers) {
-        Ok(c) => c,
-        Err(e) => return error_page(e),
-    };
     match api::start_run(&s, &caller, &id, Some("status page")).await {
         Ok(run_id) => Redirect::to(&format!("/runs/{run_id}")).into_response(),
         Err(e) => error_page(e),
@@ -403,12 +384,8 @@ pub async fn run_now(
 pub async fn cancel(
     State(s): State<Arc<Shared>>,
     Path(run_id): Path<i64>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator<Page>,
 ) -> Response {
-    let caller = match s.auth.operator(&headers) {
-        Ok(c) => c,
-        Err(e) => return error_page(e),
-    };
     match api::cancel_run(&s, &caller, run_id, Some("status page")).await {
         Ok(()) => Redirect::to(&format!("/runs/{run_id}")).into_response(),
         Err(e) => error_page(e),
@@ -472,12 +449,8 @@ fn session_cookie(s: &Shared, id: &str, max_age: u64) -> HeaderValue {
 pub async fn pause(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator<Page>,
 ) -> Response {
-    let caller = match s.auth.operator(&headers) {
-        Ok(c) => c,
-        Err(e) => return error_page(e),
-    };
     match api::pause_job(&s, &caller, &id, Some("status page")).await {
         Ok(_) => Redirect::to(&format!("/jobs/{}", seg(&id))).into_response(),
         Err(e) => error_page(e),
@@ -487,12 +460,8 @@ pub async fn pause(
 pub async fn resume(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Operator { caller, .. }: Operator<Page>,
 ) -> Response {
-    let caller = match s.auth.operator(&headers) {
-        Ok(c) => c,
-        Err(e) => return error_page(e),
-    };
     match api::resume_job(&s, &caller, &id, false, None).await {
         Ok(_) => Redirect::to(&format!("/jobs/{}", seg(&id))).into_response(),
         Err(e) => error_page(e),

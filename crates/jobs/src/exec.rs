@@ -41,7 +41,7 @@ use soarjobd_core::definition::{FieldError, JobSpec, Parameters};
 use soarjobd_core::job::{Job, JobContext, JobError, Outcome, error_chain};
 use soarjobd_core::redact::{Redactor, escape_controls};
 
-use crate::process::Contained;
+use crate::process::{self, Contained};
 
 /// Time between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -49,8 +49,6 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 const STDERR_TAIL: usize = 10;
 /// The failure message quotes at most this many bytes of those lines (the end is kept).
 const TAIL_MAX: usize = 4 * 1024;
-/// Environment variables passed through from the daemon.
-const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
 /// A logged output line is cut after this many bytes.
 pub const LINE_MAX: usize = 16 * 1024;
 /// A `::stats` / `::context` line may be this long (it must be read whole to be parsed).
@@ -115,26 +113,7 @@ impl ExecConfig {
                 None
             }
         };
-        let mut env = Vec::new();
-        match extra.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    match v {
-                        Value::String(s) => env.push((k.clone(), s.clone())),
-                        Value::Number(_) | Value::Bool(_) => env.push((k.clone(), v.to_string())),
-                        _ => errs.push(FieldError::new(
-                            format!("env.{k}"),
-                            "environment values must be strings",
-                        )),
-                    }
-                }
-            }
-            Some(_) => errs.push(FieldError::new(
-                "env",
-                "`env` must be a mapping of variable names to values",
-            )),
-        }
+        let env = process::parse_env(extra, |_| None, errs);
         (!command.is_empty()).then_some(ExecConfig {
             command,
             working_dir,
@@ -192,7 +171,7 @@ impl ExecConfig {
                     None => std::env::current_dir().unwrap_or_default().join(path),
                 }
             };
-            if let Err(why) = executable(&full) {
+            if let Err(why) = process::executable(&full) {
                 let from = if path.is_absolute() {
                     String::new()
                 } else if wd.is_some() {
@@ -210,10 +189,7 @@ impl ExecConfig {
             let cwd = wd
                 .clone()
                 .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-            let found = std::env::split_paths(&path)
-                .map(|dir| cwd.join(dir).join(program))
-                .any(|p| executable(&p).is_ok());
-            if !found {
+            if !process::in_path(program, &path, &cwd) {
                 errs.push(FieldError::new(
                     "command[0]",
                     format!(
@@ -223,17 +199,6 @@ impl ExecConfig {
                 ));
             }
         }
-    }
-}
-
-/// `Ok` if `path` is a file with an execute permission bit.
-fn executable(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Err("is a folder".into()),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable".into()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("does not exist ({}: {e})", path.display())),
     }
 }
 
@@ -290,16 +255,11 @@ impl Job for Exec {
         // the waiter below use it concurrently.
         let ctx: &JobContext = ctx;
         let mut cmd = Command::new(&cfg.command[0]);
+        process::clean_env(&mut cmd);
         cmd.args(&cfg.command[1..])
-            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for k in PASS_ENV {
-            if let Ok(v) = std::env::var(k) {
-                cmd.env(k, v);
-            }
-        }
         for (k, v) in &cfg.env {
             cmd.env(k, v);
         }

@@ -4,11 +4,11 @@
 //! and installs [`SoarPlatform`] and [`ThreatConnectPlatform`], which build their clients and
 //! hand them to their jobs.
 
-pub mod cases;
+mod cases;
 pub mod comment_on_tagged_cases;
 pub mod exec;
-pub mod platforms;
-pub mod process;
+mod platforms;
+mod process;
 pub mod push_case_iocs;
 pub mod secops_script;
 

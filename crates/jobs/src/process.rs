@@ -1,8 +1,11 @@
 //! A job's child process under the run's containment, shared by `exec` and `secops-script`:
 //! the process record written before the program starts, its own process group and cgroup
 //! ([`RunContainment`]), and the stop sequence on cancellation (SIGTERM to the group, SIGKILL
-//! after the grace). One place, so both jobs kill and record exactly alike.
+//! after the grace). One place, so both jobs kill and record exactly alike. Also what both
+//! read from their job files and check alike: the `env` mapping, the clean environment the
+//! process starts with, whether a program is an executable file, `run_as`.
 
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -14,6 +17,71 @@ use soarjobd_containment::RunContainment;
 use soarjobd_core::definition::FieldError;
 use soarjobd_core::exec_policy::{ExecSlot, RunAs};
 use soarjobd_core::job::{JobContext, JobError};
+
+/// Environment variables passed through from the daemon; the rest of its environment is not.
+const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+/// Clears `cmd`'s environment but for [`PASS_ENV`], taken from the daemon's.
+pub fn clean_env(cmd: &mut Command) {
+    cmd.env_clear();
+    for k in PASS_ENV {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+}
+
+/// A job file's `env` key: a mapping of variable names to strings (numbers and booleans as
+/// their text). `reserved(name)` says why a variable may not be set, if it may not.
+pub fn parse_env(
+    extra: &Map<String, Value>,
+    reserved: impl Fn(&str) -> Option<String>,
+    errs: &mut Vec<FieldError>,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    match extra.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => env.push((k.clone(), s.clone())),
+                    Value::Number(_) | Value::Bool(_) => env.push((k.clone(), v.to_string())),
+                    _ => errs.push(FieldError::new(
+                        format!("env.{k}"),
+                        "environment values must be strings",
+                    )),
+                }
+                if let Some(why) = reserved(k) {
+                    errs.push(FieldError::new(format!("env.{k}"), why));
+                }
+            }
+        }
+        Some(_) => errs.push(FieldError::new(
+            "env",
+            "`env` must be a mapping of variable names to values",
+        )),
+    }
+    env
+}
+
+/// `Ok` if `path` is a file with an execute permission bit, else why not.
+pub fn executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err("is a folder".into()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("does not exist ({}: {e})", path.display())),
+    }
+}
+
+/// Whether the bare name `program` is an executable file in a folder of `path` (a `PATH`
+/// value; its relative folders taken from `cwd`).
+pub fn in_path(program: &str, path: &str, cwd: &Path) -> bool {
+    std::env::split_paths(path)
+        .map(|dir| cwd.join(dir).join(program))
+        .any(|p| executable(&p).is_ok())
+}
 
 /// A started child with its containment. Dropping it (the run abandoned) kills everything.
 pub struct Contained {
@@ -153,5 +221,71 @@ impl Contained {
         self.cont.leader_reaped();
         self.cont.finish().await;
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_values_are_text_and_reserved_names_are_refused_by_name() {
+        let extra = json!({"env": {"A": "x", "N": 3, "B": true, "L": [1], "APP_IP": "1.2.3.4"}});
+        let mut errs = Vec::new();
+        let env = parse_env(
+            extra.as_object().unwrap(),
+            |k| (k == "APP_IP").then(|| format!("`{k}` is set by soarjobd")),
+            &mut errs,
+        );
+        let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        assert_eq!(env, ["A=x", "APP_IP=1.2.3.4", "B=true", "N=3"]);
+        let mut errs: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        errs.sort();
+        assert_eq!(
+            errs,
+            [
+                ("env.APP_IP", "`APP_IP` is set by soarjobd"),
+                ("env.L", "environment values must be strings")
+            ]
+        );
+
+        let mut errs = Vec::new();
+        parse_env(
+            json!({"env": "A=1"}).as_object().unwrap(),
+            |_| None,
+            &mut errs,
+        );
+        assert_eq!(errs[0].path, "env");
+    }
+
+    #[test]
+    fn only_executable_files_are_programs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("prog");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        assert_eq!(executable(&prog).unwrap_err(), "is not executable");
+        assert!(!in_path("prog", "bin", dir.path().parent().unwrap()));
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(executable(&prog), Ok(()));
+        assert_eq!(executable(dir.path()).unwrap_err(), "is a folder");
+        assert!(
+            executable(&dir.path().join("none"))
+                .unwrap_err()
+                .starts_with("does not exist")
+        );
+        // A relative folder of PATH is taken from the working directory given.
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        assert!(in_path(
+            "prog",
+            &format!("/nonexistent:{name}"),
+            dir.path().parent().unwrap()
+        ));
+        assert!(!in_path("other", name, dir.path().parent().unwrap()));
     }
 }

@@ -1,25 +1,34 @@
 //! soarjobd-store: the backends of the core's store traits (`soarjobd_core::store`).
 //!
-//! [`sqlite`] (the default: one daemon per database file, with its [`lock`] and run
-//! [`owner`] records) and [`postgres`] (several replicas on one database: run leases, node
+//! [`SqliteStore`] (the default: one daemon per database file, with its [`DaemonLock`] and
+//! run owner records) and [`PgStore`] (several replicas on one database: run leases, node
 //! heartbeats, takeover), their schemas (this crate's `migrations/<backend>/`, embedded at
-//! compile time), [`migrate_state`] (SQLite -> PostgreSQL), and `contract`: the behaviours
+//! compile time), [`migrate_state()`] (SQLite -> PostgreSQL), and `contract`: the behaviours
 //! every backend keeps, run against both here and offered to other backends behind the
-//! feature `store-contract`. [`open`] picks the backend a database URL names.
+//! feature `store-contract`. [`open`] picks the backend a database URL names. The modules
+//! are private: what other crates use is re-exported here (and `testdb`, a throw-away
+//! PostgreSQL database per test, behind the feature `test-db`).
 //!
 //! Only the composition root (and the engine's daemon, which opens its own store) depend on
 //! this crate: the clients and the jobs never build a database driver.
 
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
-pub mod lock;
-pub mod migrate_state;
-pub mod owner;
-pub mod postgres;
-pub mod sqlite;
+mod lock;
+mod migrate_state;
+mod owner;
+mod postgres;
+mod rows;
+mod sqlite;
 
+// The surface other crates use; the modules stay private.
 pub use lock::{DaemonLock, LockError};
+pub use migrate_state::{Copied, MigrateStateError, migrate_state};
+pub use postgres::PgStore;
+#[cfg(any(test, feature = "test-db"))]
+pub use postgres::testdb;
 pub use soarjobd_core::store::RunOwner;
+pub use sqlite::{SqliteStore, database_path};
 
 use std::sync::Arc;
 

@@ -27,17 +27,21 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::owner::{Liveness, OwnerExt, OwnerGuard, owners_dir};
 use super::{
-    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStatus,
-    RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
+    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStore,
+    SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
 use crate::Db;
+use crate::rows::{
+    millis, opt_from_millis, owner_from_row, parse_json, process_from_row, run_from_row,
+    runs_from_rows, seen_from_row, ticks_to_db,
+};
 
 mod ops;
 
@@ -518,94 +522,11 @@ fn warn_if_shared(path: &Path) {
     }
 }
 
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_millis(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
-        column,
-        value: ms.to_string(),
-    })
-}
-
-fn opt_from_millis(column: &'static str, ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
-    ms.map(|ms| from_millis(column, ms)).transpose()
-}
-
-fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Value> {
-    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
-        column,
-        value: text,
-    })
-}
-
-fn run_from_row(row: &SqliteRow) -> StoreResult<RunRecord> {
-    let trigger: String = row.try_get("trigger").db()?;
-    let trigger = Trigger::parse(&trigger).ok_or(StoreError::Corrupt {
-        column: "trigger",
-        value: trigger,
-    })?;
-    let status: String = row.try_get("status").db()?;
-    let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
-        column: "status",
-        value: status,
-    })?;
-    Ok(RunRecord {
-        id: row.try_get("id").db()?,
-        job_id: row.try_get("job_id").db()?,
-        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at").db()?)?,
-        trigger,
-        status,
-        started_at: from_millis("started_at", row.try_get("started_at").db()?)?,
-        finished_at: opt_from_millis("finished_at", row.try_get("finished_at").db()?)?,
-        duration_ms: row.try_get("duration_ms").db()?,
-        message: row.try_get("message").db()?,
-        error: row.try_get("error").db()?,
-        stats: parse_json("stats", row.try_get("stats").db()?)?,
-        owner: owner_from_row(row)?,
-    })
-}
-
-fn owner_from_row(row: &SqliteRow) -> StoreResult<Option<RunOwner>> {
-    let pid: Option<i64> = row.try_get("owner_pid").db()?;
-    let host: Option<String> = row.try_get("owner_host").db()?;
-    Ok(match (pid, host) {
-        (Some(pid), Some(host)) => Some(RunOwner {
-            pid,
-            host,
-            nonce: row
-                .try_get::<Option<String>, _>("owner_nonce")
-                .db()?
-                .unwrap_or_default(),
-        }),
-        _ => None,
-    })
-}
-
 /// Whether a `running` row's owner is alive (`dir`: the database's owners folder); rows from
 /// before owners were recorded count as dead (every `running` row found at startup did,
 /// before).
 fn row_is_live(owner: Option<&RunOwner>, dir: &Path) -> bool {
     owner.is_some_and(|o| o.liveness(dir) != Liveness::Dead)
-}
-
-fn seen_from_row(row: &SqliteRow) -> StoreResult<SeenEntry> {
-    let state: String = row.try_get("state").db()?;
-    let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
-        column: "state",
-        value: state,
-    })?;
-    Ok(SeenEntry {
-        item: row.try_get("item").db()?,
-        state,
-        run_id: row.try_get("run_id").db()?,
-        updated_at: from_millis("updated_at", row.try_get("updated_at").db()?)?,
-    })
-}
-
-fn runs_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<RunRecord>> {
-    rows.iter().map(run_from_row).collect()
 }
 
 /// Inserts claimed rows, returning each one's id or `None` when its tick was already taken.
@@ -1116,25 +1037,7 @@ impl RunStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .db()?;
-        rows.iter()
-            .map(|row| {
-                Ok(RunProcess {
-                    run_id: row.try_get("run_id").db()?,
-                    host: row.try_get("host").db()?,
-                    boot_id: row.try_get("boot_id").db()?,
-                    owner_pid: row.try_get("owner_pid").db()?,
-                    owner_start_ticks: ticks_from_db(row.try_get("owner_start_ticks").db()?),
-                    pgid: row.try_get("pgid").db()?,
-                    leader_start_ticks: row
-                        .try_get::<Option<i64>, _>("leader_start_ticks")
-                        .db()?
-                        .map(ticks_from_db),
-                    token: row.try_get("token").db()?,
-                    cgroup: row.try_get("cgroup").db()?,
-                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at").db()?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(process_from_row).collect()
     }
 
     async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
@@ -1182,21 +1085,12 @@ impl JobStateStore for SqliteStore {
     }
 
     async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
         )
         .fetch_all(&self.pool)
         .await
-        .db()?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).db()?,
-                    row.try_get(1).db()?,
-                    row.try_get(2).db()?,
-                ))
-            })
-            .collect()
+        .db()
     }
 
     async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
@@ -1250,19 +1144,15 @@ impl JobStateStore for SqliteStore {
         &self,
         job_id: &str,
     ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT \"key\", \"value\" FROM job_context WHERE job_id = ? ORDER BY \"key\"",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
         .await
         .db()?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("key").db()?;
-                let value = parse_json("value", row.try_get("value").db()?)?;
-                Ok((key, value))
-            })
+        rows.into_iter()
+            .map(|(key, value)| Ok((key, parse_json("value", value)?)))
             .collect()
     }
 
@@ -1352,14 +1242,6 @@ impl JobStateStore for SqliteStore {
 }
 
 /// Clock-tick counts fit in an `i64` for ~10^9 years of uptime; saturate rather than wrap.
-fn ticks_to_db(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-fn ticks_from_db(t: i64) -> u64 {
-    u64::try_from(t).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     /// The store contract (`super::super::contract`) against SQLite: each handle is a
@@ -1409,6 +1291,7 @@ mod tests {
     }
 
     use super::*;
+    use soarjobd_core::store::RunStatus;
     use tempfile::TempDir;
 
     async fn temp_store() -> (TempDir, PathBuf, SqliteStore) {

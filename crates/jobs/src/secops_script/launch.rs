@@ -51,32 +51,14 @@ impl Config {
                 None
             }
         };
-        let mut env = Vec::new();
-        match extra.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    match v {
-                        Value::String(s) => env.push((k.clone(), s.clone())),
-                        Value::Number(_) | Value::Bool(_) => env.push((k.clone(), v.to_string())),
-                        _ => errs.push(FieldError::new(
-                            format!("env.{k}"),
-                            "environment values must be strings",
-                        )),
-                    }
-                    if matches!(k.as_str(), "APP_IP" | "APP_PORT" | "APP_USE_SSL") {
-                        errs.push(FieldError::new(
-                            format!("env.{k}"),
-                            format!("`{k}` is set by soarjobd (it points at the SDK gateway)"),
-                        ));
-                    }
-                }
-            }
-            Some(_) => errs.push(FieldError::new(
-                "env",
-                "`env` must be a mapping of variable names to values",
-            )),
-        }
+        let env = crate::process::parse_env(
+            extra,
+            |k| {
+                matches!(k, "APP_IP" | "APP_PORT" | "APP_USE_SSL")
+                    .then(|| format!("`{k}` is set by soarjobd (it points at the SDK gateway)"))
+            },
+            errs,
+        );
         Some(Config {
             script: script?,
             python,
@@ -151,14 +133,15 @@ pub(super) fn launch_for(script: &Path, source: &str) -> Result<Launch, String> 
     })
 }
 
-/// Whether `program` can be started: a path to a file, or a name found in `PATH`.
+/// Whether `program` can be started: a path to an executable file, or a name found in the
+/// daemon's `PATH` (as `exec` checks its program).
 pub(super) fn find_program(program: &str) -> bool {
+    use crate::process::{executable, in_path};
     if program.contains('/') {
-        return Path::new(program).is_file();
+        return executable(Path::new(program)).is_ok();
     }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    let cwd = std::env::current_dir().unwrap_or_default();
+    std::env::var("PATH").is_ok_and(|path| in_path(program, &path, &cwd))
 }
 
 /// This job instance as `GetInstalledJobs` lists it (TIPCommon reads its parameter list from

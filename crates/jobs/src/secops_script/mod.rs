@@ -46,8 +46,6 @@ use output::{bounded_lines, outcome_of, shown};
 pub const ID: &str = "secops-script";
 /// The default interpreter (`secops.python`).
 pub const DEFAULT_PYTHON: &str = "python3";
-/// Environment variables passed through from the daemon.
-const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
 /// The most of the script's stdout (its output object) that is read.
 const STDOUT_MAX: u64 = 8 * 1024 * 1024;
 /// How many trailing stderr lines are kept for the failure reason.
@@ -153,12 +151,7 @@ impl Job for SecopsScript {
 
         let python = cfg.python.clone().unwrap_or_else(|| self.python.clone());
         let mut cmd = Command::new(&python);
-        cmd.env_clear();
-        for k in PASS_ENV {
-            if let Ok(v) = std::env::var(k) {
-                cmd.env(k, v);
-            }
-        }
+        crate::process::clean_env(&mut cmd);
         let base = absolute(job_file.parent().unwrap_or(Path::new("")));
         let mut pythonpath: Vec<PathBuf> = Vec::new();
         for (k, v) in &cfg.env {

@@ -39,17 +39,21 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, RunFinish, RunHolder,
-    RunOwner, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError,
-    StoreResult, Trigger,
+    RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError, StoreResult,
+    Trigger,
 };
 use crate::Db;
+use crate::rows::{
+    from_millis, millis, owner_from_row, parse_json, parse_trigger, process_from_row, run_from_row,
+    runs_from_rows, seen_from_row, ticks_to_db,
+};
 
 /// The migrations in `migrations/postgres/`, embedded at compile time. sqlx's migrator holds
 /// a PostgreSQL advisory lock while it applies them, so replicas starting at once apply each
@@ -89,8 +93,6 @@ const GONE_MESSAGE: &str =
 /// The message of a `running` row taken over from a replica that stopped heartbeating.
 const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
                             (killed, frozen or cut off); another replica took the run over";
-
-pub use soarjobd_core::store::is_postgres_url;
 
 /// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
 #[derive(Clone)]
@@ -416,89 +418,6 @@ async fn read_members(pool: &PgPool, dead_after_ms: i64) -> StoreResult<Vec<i64>
     .fetch_all(pool)
     .await
     .db()
-}
-
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_millis(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
-        column,
-        value: ms.to_string(),
-    })
-}
-
-fn parse_json(column: &'static str, text: String) -> StoreResult<serde_json::Value> {
-    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
-        column,
-        value: text,
-    })
-}
-
-fn parse_trigger(s: String) -> StoreResult<Trigger> {
-    Trigger::parse(&s).ok_or(StoreError::Corrupt {
-        column: "trigger",
-        value: s,
-    })
-}
-
-fn owner_from_row(row: &PgRow) -> StoreResult<Option<RunOwner>> {
-    let pid: Option<i64> = row.try_get("owner_pid").db()?;
-    let host: Option<String> = row.try_get("owner_host").db()?;
-    let node: Option<i64> = row.try_get("owner_node").db()?;
-    Ok(match (pid, host) {
-        (Some(pid), Some(host)) => Some(RunOwner {
-            pid,
-            host,
-            nonce: node.map(|n| n.to_string()).unwrap_or_default(),
-        }),
-        _ => None,
-    })
-}
-
-fn run_from_row(row: &PgRow) -> StoreResult<RunRecord> {
-    let status: String = row.try_get("status").db()?;
-    let status = RunStatus::parse(&status).ok_or(StoreError::Corrupt {
-        column: "status",
-        value: status,
-    })?;
-    Ok(RunRecord {
-        id: row.try_get("id").db()?,
-        job_id: row.try_get("job_id").db()?,
-        scheduled_at: from_millis("scheduled_at", row.try_get("scheduled_at").db()?)?,
-        trigger: parse_trigger(row.try_get("trigger").db()?)?,
-        status,
-        started_at: from_millis("started_at", row.try_get("started_at").db()?)?,
-        finished_at: row
-            .try_get::<Option<i64>, _>("finished_at")
-            .db()?
-            .map(|ms| from_millis("finished_at", ms))
-            .transpose()?,
-        duration_ms: row.try_get("duration_ms").db()?,
-        message: row.try_get("message").db()?,
-        error: row.try_get("error").db()?,
-        stats: parse_json("stats", row.try_get("stats").db()?)?,
-        owner: owner_from_row(row)?,
-    })
-}
-
-fn runs_from_rows(rows: &[PgRow]) -> StoreResult<Vec<RunRecord>> {
-    rows.iter().map(run_from_row).collect()
-}
-
-fn seen_from_row(row: &PgRow) -> StoreResult<SeenEntry> {
-    let state: String = row.try_get("state").db()?;
-    let state = SeenState::parse(&state).ok_or(StoreError::Corrupt {
-        column: "state",
-        value: state,
-    })?;
-    Ok(SeenEntry {
-        item: row.try_get("item").db()?,
-        state,
-        run_id: row.try_get("run_id").db()?,
-        updated_at: from_millis("updated_at", row.try_get("updated_at").db()?)?,
-    })
 }
 
 /// `(started_at, finished_at, duration_ms)` of a row being claimed; a skipped tick ends as it
@@ -1137,12 +1056,9 @@ impl RunStore for PgStore {
         .bind(&p.host)
         .bind(&p.boot_id)
         .bind(p.owner_pid)
-        .bind(i64::try_from(p.owner_start_ticks).unwrap_or(i64::MAX))
+        .bind(ticks_to_db(p.owner_start_ticks))
         .bind(p.pgid)
-        .bind(
-            p.leader_start_ticks
-                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-        )
+        .bind(p.leader_start_ticks.map(ticks_to_db))
         .bind(&p.token)
         .bind(p.cgroup.as_deref())
         .bind(millis(p.recorded_at))
@@ -1161,26 +1077,7 @@ impl RunStore for PgStore {
         .fetch_all(&self.inner.pool)
         .await
         .db()?;
-        let ticks = |t: i64| u64::try_from(t).unwrap_or(0);
-        rows.iter()
-            .map(|row| {
-                Ok(RunProcess {
-                    run_id: row.try_get("run_id").db()?,
-                    host: row.try_get("host").db()?,
-                    boot_id: row.try_get("boot_id").db()?,
-                    owner_pid: row.try_get("owner_pid").db()?,
-                    owner_start_ticks: ticks(row.try_get("owner_start_ticks").db()?),
-                    pgid: row.try_get("pgid").db()?,
-                    leader_start_ticks: row
-                        .try_get::<Option<i64>, _>("leader_start_ticks")
-                        .db()?
-                        .map(ticks),
-                    token: row.try_get("token").db()?,
-                    cgroup: row.try_get("cgroup").db()?,
-                    recorded_at: from_millis("recorded_at", row.try_get("recorded_at").db()?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(process_from_row).collect()
     }
 
     async fn forget_run_process(&self, run_id: i64) -> StoreResult<bool> {
@@ -1263,21 +1160,12 @@ impl JobStateStore for PgStore {
     }
 
     async fn all_timestamps(&self) -> StoreResult<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT job_id, \"key\", value_ms FROM job_timestamps ORDER BY job_id, \"key\"",
         )
         .fetch_all(&self.inner.pool)
         .await
-        .db()?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).db()?,
-                    row.try_get(1).db()?,
-                    row.try_get(2).db()?,
-                ))
-            })
-            .collect()
+        .db()
     }
 
     async fn context_get(&self, job_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
@@ -1309,18 +1197,15 @@ impl JobStateStore for PgStore {
         &self,
         job_id: &str,
     ) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT \"key\", \"value\" FROM job_context WHERE job_id = $1 ORDER BY \"key\"",
         )
         .bind(job_id)
         .fetch_all(&self.inner.pool)
         .await
         .db()?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("key").db()?;
-                Ok((key, parse_json("value", row.try_get("value").db()?)?))
-            })
+        rows.into_iter()
+            .map(|(key, value)| Ok((key, parse_json("value", value)?)))
             .collect()
     }
 

@@ -4,58 +4,20 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, WriteTx, from_millis, millis, opt_from_millis, parse_json};
+use super::{SqliteStore, WriteTx};
 use crate::Db;
+use crate::rows::{
+    ended_from_row, episode_from_row, from_millis, log_line_from_row, millis, pause_from_row,
+};
+use soarjobd_core::store::StoreResult;
 use soarjobd_core::store::ops::{
     AlertEpisode, AlertRule, EndedPause, JobPause, OpsStore, PauseOutcome, RunLogLine,
 };
-use soarjobd_core::store::{StoreError, StoreResult};
 
 /// Log lines per INSERT statement (7 parameters each, far below SQLite's limit) and per write
 /// transaction: small, so a tick waiting for the write gate is not held up by a chatty run.
 const LOG_CHUNK: usize = 100;
-
-fn pause_from_row(row: &SqliteRow) -> StoreResult<JobPause> {
-    Ok(JobPause {
-        job_id: row.try_get("job_id").db()?,
-        since: from_millis("since", row.try_get("since").db()?)?,
-        reason: row.try_get("reason").db()?,
-        actor: row.try_get("actor").db()?,
-    })
-}
-
-fn ended_from_row(row: &SqliteRow) -> StoreResult<Option<EndedPause>> {
-    let Some(resumed_at) = opt_from_millis("resumed_at", row.try_get("resumed_at").db()?)? else {
-        return Ok(None);
-    };
-    Ok(Some(EndedPause {
-        pause: pause_from_row(row)?,
-        resumed_at,
-        resumed_by: row
-            .try_get::<Option<String>, _>("resumed_by")
-            .db()?
-            .unwrap_or_default(),
-        catch_up: row.try_get::<i64, _>("catch_up").db()? != 0,
-    }))
-}
-
-fn episode_from_row(row: &SqliteRow) -> StoreResult<AlertEpisode> {
-    let rule: String = row.try_get("rule").db()?;
-    Ok(AlertEpisode {
-        id: row.try_get("id").db()?,
-        rule: AlertRule::parse(&rule).ok_or(StoreError::Corrupt {
-            column: "rule",
-            value: rule,
-        })?,
-        subject: row.try_get("subject").db()?,
-        opened_at: from_millis("opened_at", row.try_get("opened_at").db()?)?,
-        detail: row.try_get("detail").db()?,
-        resolved_at: opt_from_millis("resolved_at", row.try_get("resolved_at").db()?)?,
-    })
-}
 
 const PAUSE_COLUMNS: &str = "job_id, since, reason, actor, resumed_at, resumed_by, catch_up";
 const EPISODE_COLUMNS: &str = "id, rule, subject, opened_at, detail, resolved_at";
@@ -244,19 +206,7 @@ impl OpsStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .db()?;
-        rows.iter()
-            .map(|r| {
-                Ok(RunLogLine {
-                    run_id: r.try_get("run_id").db()?,
-                    seq: r.try_get("seq").db()?,
-                    at: from_millis("at", r.try_get("at").db()?)?,
-                    level: r.try_get("level").db()?,
-                    target: r.try_get("target").db()?,
-                    message: r.try_get("message").db()?,
-                    fields: parse_json("fields", r.try_get("fields").db()?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(log_line_from_row).collect()
     }
 
     async fn open_alert(
@@ -313,19 +263,15 @@ impl OpsStore for SqliteStore {
     }
 
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT job_id, MAX(finished_at) AS at FROM job_runs \
              WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY job_id ORDER BY job_id",
         )
         .fetch_all(&self.pool)
-        .await.db()?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("job_id").db()?,
-                    from_millis("at", r.try_get("at").db()?)?,
-                ))
-            })
+        .await
+        .db()?;
+        rows.into_iter()
+            .map(|(job_id, at)| Ok((job_id, from_millis("at", at)?)))
             .collect()
     }
 }
