@@ -107,6 +107,10 @@ pub struct Refusals {
 
 impl Refusals {
     pub fn new(metrics: Arc<Metrics>) -> Refusals {
+        // Every reason from the start (at 0), so an alert on a rate sees the first refusal.
+        for r in Refusal::ALL {
+            metrics.seed_refused(r.as_str());
+        }
         Refusals {
             metrics,
             logged: Mutex::default(),

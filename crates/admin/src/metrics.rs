@@ -240,12 +240,6 @@ impl Metrics {
             "Requests and connections the admin server refused, by reason",
             m.refused.clone(),
         );
-        // Every reason from the start (at 0), so an alert on a rate sees the first refusal.
-        for r in crate::guard::Refusal::ALL {
-            let _ = m.refused.get_or_create(&ReasonLabel {
-                reason: r.as_str().to_string(),
-            });
-        }
         registry.register(
             "build",
             "The running version",
@@ -257,6 +251,14 @@ impl Metrics {
         let http: Arc<dyn HttpObserver> = m.clone();
         soarjobd_core::observe::add_http_observer(&http);
         m
+    }
+
+    /// Makes a refusal reason's series exist at 0 (`guard::Refusals` seeds every reason at
+    /// start, so an alert on a rate sees the first refusal).
+    pub fn seed_refused(&self, reason: &str) {
+        let _ = self.refused.get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        });
     }
 
     /// Counts a refusal by the admin server (`guard::Refusal::as_str`).
