@@ -3,8 +3,8 @@
 //!
 //! [`Reader`] needs either token (or a session), [`Operator`] the operator's; without tokens
 //! configured every caller is the local operator. What a refusal looks like is the route's
-//! face: [`Api`] answers with the JSON error (401 with `WWW-Authenticate`, or 403), [`Page`]
-//! sends a reader to the login form and shows an operator's refusal as an error page, with
+//! face: [`Api`] answers with the JSON error (401 with `WWW-Authenticate`, or 403), the status
+//! page's `Page` (in `page`, which implements [`Face`] for it) sends a reader to the login form and shows an operator's refusal as an error page, with
 //! the same status. The refusal counting and rate limiting of failed credentials stay in
 //! `guard`, which sees these answers' statuses like any other.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::IntoResponse;
 
 use crate::Shared;
 use crate::auth::{Caller, Role};
@@ -34,21 +34,6 @@ impl Face for Api {
 
     fn refuse(e: ApiError, _need: Role) -> ApiError {
         e
-    }
-}
-
-/// The status page: a reader without a session goes to the login form; a refused action is
-/// an error page.
-pub struct Page;
-
-impl Face for Page {
-    type Rejection = Response;
-
-    fn refuse(e: ApiError, need: Role) -> Response {
-        match need {
-            Role::Read => Redirect::to("/login").into_response(),
-            Role::Operator => crate::page::error_page(e),
-        }
     }
 }
 

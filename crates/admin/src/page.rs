@@ -27,7 +27,7 @@ use crate::Shared;
 use crate::api::{self, RunsQuery};
 use crate::auth::{COOKIE_NAME, Role};
 use crate::error::ApiError;
-use crate::extract::{Operator, Page, Reader};
+use crate::extract::{Face, Operator, Reader};
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -365,6 +365,21 @@ pub async fn run(
 }
 
 /// An error as a page (the status stays the error's).
+/// The status page: a reader without a session goes to the login form; a refused action is
+/// an error page.
+pub struct Page;
+
+impl Face for Page {
+    type Rejection = Response;
+
+    fn refuse(e: ApiError, need: Role) -> Response {
+        match need {
+            Role::Read => Redirect::to("/login").into_response(),
+            Role::Operator => error_page(e),
+        }
+    }
+}
+
 pub(crate) fn error_page(e: ApiError) -> Response {
     let body = format!("<h1>{}</h1><p>{}</p>", e.status.as_u16(), esc(&e.message));
     (e.status, layout("Error", &body, false, false)).into_response()
