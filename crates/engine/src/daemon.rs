@@ -410,8 +410,13 @@ impl RunningDaemon {
         // start marks the runs it left as interrupted.
         let mut signals = std::mem::replace(&mut self.signals, Signals::none());
         let (running, tracker) = (self.running.clone(), self.tracker.clone());
+        // Set once the second signal is in: the graceful path below may then finish first
+        // (the killed runs end, so its wait ends), and must not return a clean exit.
+        let forced = CancellationToken::new();
+        let forcing = forced.clone();
         tokio::spawn(async move {
             signals.recv().await;
+            forcing.cancel();
             tracing::warn!(
                 running = running.len(),
                 "second signal: killing the runs' processes and exiting"
@@ -443,6 +448,10 @@ impl RunningDaemon {
             std::process::exit(crate::exit::FAILURE);
         });
         self.shutdown().await;
+        if forced.is_cancelled() {
+            // The forced exit's task ends the process with a failure code.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Stops firing, waits up to the grace period for running jobs, cancels the rest, and
