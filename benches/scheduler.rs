@@ -284,7 +284,11 @@ fn load_files(n: usize) -> (f64, usize) {
     let mut registry = soarjobd_core::job::Registry::new();
     registry.register(soarjobd_jobs::exec::Exec);
     let t = Instant::now();
-    let report = soarjobd_core::definition::load_dir(dir.path(), &registry);
+    let report = soarjobd_core::definition::load_dir(
+        dir.path(),
+        &registry,
+        soarjobd_containment::open_nonblocking,
+    );
     let now = Utc::now();
     let mut scheduled = 0;
     for d in &report.jobs {

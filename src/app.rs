@@ -94,7 +94,9 @@ impl App {
         definition::load_dir_with(
             &self.settings.jobs_dir,
             self.registry.as_ref(),
-            &self.settings.load_options(),
+            &self
+                .settings
+                .load_options(soarjobd_containment::open_nonblocking),
         )
     }
 
@@ -133,8 +135,7 @@ impl App {
     /// A runner over `store` with this app's jobs (for `run-once`).
     pub fn runner(&self, store: Arc<dyn Store>) -> Runner {
         // An unknown `exec.user` is a problem `build` reported; each run re-checks the switch.
-        let exec = soarjobd_core::exec_policy::ExecPolicy::from_settings(&self.settings.exec)
-            .unwrap_or_default();
+        let exec = soarjobd_containment::exec_policy(&self.settings.exec).unwrap_or_default();
         Runner::new(store, self.registry.clone()).with_exec_policy(Arc::new(exec))
     }
 
@@ -215,7 +216,7 @@ impl AppBuilder {
         }
         // The binary's own jobs last: they replace platform jobs with the same id.
         registry.extend(self.jobs);
-        if let Err(e) = soarjobd_core::exec_policy::ExecPolicy::from_settings(&self.settings.exec) {
+        if let Err(e) = soarjobd_containment::exec_policy(&self.settings.exec) {
             problems.push(e);
         }
         let notifiers =

@@ -52,7 +52,9 @@ fn the_example_validates_its_parameters_at_load_time() {
     std::fs::write(&f, "name: R\njob: stale-case-reminder\nparameters:\n  - {name: Items, type: csv, value: a}\n  - {name: Max Hours Backwards, type: integer, value: 0}\n").unwrap();
     let mut reg = soarjobd_core::job::Registry::new();
     reg.register(custom_job::StaleCaseReminder);
-    let errs = soarjobd_core::definition::load_file(&f, &reg).unwrap_err();
+    let errs =
+        soarjobd_core::definition::load_file(&f, &reg, soarjobd_containment::open_nonblocking)
+            .unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (5, 55));
     assert!(errs[0].message.contains(">= 1"));

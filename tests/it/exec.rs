@@ -173,7 +173,11 @@ async fn a_missing_program_or_working_dir_is_a_located_load_error() {
         "name: P\njob: exec\ncommand:\n  - no-such-program-xyz\n  - arg\n",
     );
     let built = app.app();
-    let report = soarjobd_core::definition::load_dir(app.jobs_dir(), built.registry().as_ref());
+    let report = soarjobd_core::definition::load_dir(
+        app.jobs_dir(),
+        built.registry().as_ref(),
+        soarjobd_containment::open_nonblocking,
+    );
     let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     let jobs = app.jobs_dir().display().to_string();
     assert!(

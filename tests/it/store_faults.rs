@@ -350,7 +350,11 @@ async fn the_scheduler_recovers_by_itself_when_a_failing_store_works_again() {
     let mut registry = app.app().registry().as_ref().clone();
     registry.register(Sleep::default());
     let registry = Arc::new(registry);
-    let report = soarjobd_core::definition::load_dir(app.jobs_dir(), registry.as_ref());
+    let report = soarjobd_core::definition::load_dir(
+        app.jobs_dir(),
+        registry.as_ref(),
+        soarjobd_containment::open_nonblocking,
+    );
     assert_eq!(report.jobs.len(), 1, "{:?}", report.errors);
     let runner = Runner::new(store.clone(), registry);
     let tracker = TaskTracker::new();

@@ -57,6 +57,9 @@ use chrono::Utc;
 
 use soarjobd_core::store::{RunProcess, RunProcessLog, RunStore};
 
+mod host;
+pub use host::{check_can_switch, check_exec_user, exec_policy, lookup_user, open_nonblocking};
+
 /// The environment variable that carries a run's token.
 pub const TOKEN_ENV: &str = "SOARJOBD_RUN_TOKEN";
 /// The environment variable that carries the run id (for scripts; not trusted as a marker).
@@ -521,7 +524,9 @@ impl RunContainment {
             .as_ref()
             .and_then(|c| CString::new(c.dir.join("cgroup.procs").as_os_str().as_bytes()).ok());
         let parent = std::process::id() as libc::pid_t;
-        let ids = run_as.filter(|u| u.is_switch()).map(|u| (u.uid, u.gid));
+        let ids = run_as
+            .filter(|u| host::is_switch(u))
+            .map(|u| (u.uid, u.gid));
         // SAFETY: the closure runs in the forked child before exec and only makes raw
         // syscalls (open, write, close, setgroups, setgid, setuid, prctl, getppid), which are
         // async-signal-safe; the path was allocated before the fork.

@@ -2,7 +2,8 @@
 //! at once. The `exec:` config section (`exec.user`, `exec.max_concurrent`) and a job's own
 //! `run_as` key end up here; the runner hands the policy to every run ([`JobContext`]), and
 //! the jobs' process code (`soarjobd-jobs`' `process`) applies it through
-//! [`crate::containment::RunContainment::configure`].
+//! `soarjobd_containment::RunContainment::configure`. This module holds the policy as data;
+//! what asks the OS (the user database, the effective uid) is `soarjobd-containment`'s.
 //!
 //! * **Another user.** A daemon started as root runs job processes as `exec.user` (or a job's
 //!   `run_as`): the child drops its supplementary groups, sets its group and user before
@@ -17,7 +18,6 @@
 //!
 //! [`JobContext`]: crate::job::JobContext
 
-use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,9 @@ pub struct ExecSettings {
     pub max_concurrent: usize,
 }
 
-/// A user to run job processes as, looked up in the user database.
+/// A user to run job processes as, as the user database has it. Looking a user up and asking
+/// whether this process may switch to it are the OS's business, so they live outside the core
+/// (it depends on no libc): `soarjobd_containment::{lookup_user, check_can_switch}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub name: String,
@@ -41,80 +43,6 @@ pub struct RunAs {
     pub gid: u32,
     /// The user's home folder (the process's `HOME`).
     pub home: String,
-}
-
-impl RunAs {
-    /// Looks `name` up (a user name, or a numeric uid) in the user database.
-    pub fn lookup(name: &str) -> Result<RunAs, String> {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err("the user name is empty".into());
-        }
-        let c = CString::new(name).map_err(|_| format!("`{name}` is not a user name"))?;
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: getpwnam_r/getpwuid_r write into `pwd` and `buf`, both ours and large
-        // enough (ERANGE otherwise, reported below); `out` points to `pwd` or is null.
-        let rc = unsafe {
-            match name.parse::<u32>() {
-                Ok(uid) => {
-                    libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out)
-                }
-                Err(_) => libc::getpwnam_r(
-                    c.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut out,
-                ),
-            }
-        };
-        if rc != 0 {
-            return Err(format!(
-                "cannot look up user `{name}`: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if out.is_null() {
-            return Err(format!("no user `{name}` on this host"));
-        }
-        // SAFETY: on success the strings point into `buf`, NUL-terminated.
-        let (user, home) = unsafe {
-            (
-                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-                CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
-            )
-        };
-        Ok(RunAs {
-            name: user,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home,
-        })
-    }
-
-    /// Whether this process can start processes as this user: it is root, or it is that
-    /// user already (then nothing changes).
-    pub fn check_can_switch(&self) -> Result<(), String> {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        if euid == 0 || euid == self.uid {
-            Ok(())
-        } else {
-            Err(format!(
-                "running job processes as `{}` needs the daemon to run as root (it runs as \
-                 uid {euid}); start it as root, or remove the setting",
-                self.name
-            ))
-        }
-    }
-
-    /// Whether starting a process as this user changes anything.
-    pub fn is_switch(&self) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() != self.uid }
-    }
 }
 
 /// The process policy every run gets: the default user and the slots.
@@ -133,37 +61,19 @@ pub struct ExecSlot {
 }
 
 impl ExecPolicy {
-    /// The policy of `settings`: looks the user up (an unknown user is an error). Whether the
-    /// daemon may switch to it is checked by [`ExecPolicy::check_can_switch`], at start.
-    pub fn from_settings(settings: &ExecSettings) -> Result<ExecPolicy, String> {
-        let user = match &settings.user {
-            Some(u) => Some(RunAs::lookup(u).map_err(|e| format!("`exec.user`: {e}"))?),
-            None => None,
-        };
-        Ok(ExecPolicy {
+    /// The policy of `exec.max_concurrent` with `user` as the default user (`exec.user`,
+    /// already looked up: `soarjobd_containment::exec_policy` builds it from the settings).
+    pub fn new(user: Option<RunAs>, max_concurrent: usize) -> ExecPolicy {
+        ExecPolicy {
             user,
-            slots: (settings.max_concurrent > 0).then(|| {
-                (
-                    settings.max_concurrent,
-                    Arc::new(Semaphore::new(settings.max_concurrent)),
-                )
-            }),
-        })
+            slots: (max_concurrent > 0)
+                .then(|| (max_concurrent, Arc::new(Semaphore::new(max_concurrent)))),
+        }
     }
 
     /// The user job processes run as by default (`exec.user`).
     pub fn user(&self) -> Option<&RunAs> {
         self.user.as_ref()
-    }
-
-    /// Fails when `exec.user` is set and this process cannot switch to it.
-    pub fn check_can_switch(&self) -> Result<(), String> {
-        match &self.user {
-            Some(u) => u
-                .check_can_switch()
-                .map_err(|e| format!("`exec.user`: {e}")),
-            None => Ok(()),
-        }
     }
 
     /// Waits for a slot (FIFO: tokio's semaphore is fair), or `None` when `cancel` fires
@@ -213,25 +123,9 @@ impl ExecPolicy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn users_are_looked_up_by_name_and_uid() {
-        let root = RunAs::lookup("root").unwrap();
-        assert_eq!((root.uid, root.gid), (0, 0));
-        assert_eq!(RunAs::lookup("0").unwrap().name, "root");
-        assert!(
-            RunAs::lookup("no-such-user-soarjobd")
-                .unwrap_err()
-                .contains("no user")
-        );
-    }
-
     #[tokio::test]
     async fn slots_queue_and_a_cancelled_wait_gives_up() {
-        let p = ExecPolicy::from_settings(&ExecSettings {
-            user: None,
-            max_concurrent: 1,
-        })
-        .unwrap();
+        let p = ExecPolicy::new(None, 1);
         let cancel = CancellationToken::new();
         let first = p.slot(&cancel).await.unwrap();
         assert_eq!(first.queued, Duration::ZERO);

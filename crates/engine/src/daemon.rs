@@ -135,8 +135,8 @@ impl DaemonBuilder {
         let settings = self.settings;
         // Before the store: a daemon that cannot start job processes as configured must not
         // start at all (running them as its own user instead would expose its credentials).
-        let exec = crate::exec_policy::ExecPolicy::from_settings(&settings.exec)
-            .and_then(|p| p.check_can_switch().map(|()| p))
+        let exec = soarjobd_containment::exec_policy(&settings.exec)
+            .and_then(|p| soarjobd_containment::check_exec_user(&p).map(|()| p))
             .map_err(DaemonError::Exec)?;
         let clustered = crate::store::is_postgres_url(&settings.database_url);
         let store = store::open_with(
@@ -189,7 +189,7 @@ impl DaemonBuilder {
         let running = RunningRuns::default();
 
         let jobs_dir = settings.jobs_dir.clone();
-        let load_options = settings.load_options();
+        let load_options = settings.load_options(soarjobd_containment::open_nonblocking);
         let initial = {
             let (d, r, o) = (jobs_dir.clone(), registry.clone(), load_options.clone());
             let load =

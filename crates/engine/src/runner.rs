@@ -674,6 +674,7 @@ mod tests {
             std::path::Path::new("/nonexistent/job-a.yaml"),
             &text,
             &registry(),
+            soarjobd_containment::open_nonblocking,
         )
         .expect("valid")
     }

@@ -68,6 +68,7 @@ fn job(registry: &Registry, id: &str, body: &str) -> JobDefinition {
         Path::new(&format!("/nonexistent/{id}.yaml")),
         &text,
         registry,
+        soarjobd_containment::open_nonblocking,
     )
     .unwrap_or_else(|e| panic!("{id}: {e:?}"))
 }

@@ -732,7 +732,11 @@ mod tests {
         let client = SoarClient::new(&cfg).unwrap();
         let mut registry = soarjobd_core::job::Registry::new();
         registry.register(CommentOnTaggedCases::new(Configured::ready(client)));
-        let report = soarjobd_core::definition::load_dir(dir.path(), &registry);
+        let report = soarjobd_core::definition::load_dir(
+            dir.path(),
+            &registry,
+            soarjobd_containment::open_nonblocking,
+        );
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.jobs.len(), 1);
         let key = (file.display().to_string(), 32, 2);

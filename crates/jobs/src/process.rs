@@ -95,13 +95,14 @@ pub struct Contained {
 /// own (`None`). Refused when the daemon cannot switch to it (it is not root).
 pub fn run_as(ctx: &JobContext, job_run_as: Option<&str>) -> Result<Option<RunAs>, JobError> {
     let user = match job_run_as {
-        Some(name) => {
-            Some(RunAs::lookup(name).map_err(|e| JobError::msg(format!("`run_as`: {e}")))?)
-        }
+        Some(name) => Some(
+            soarjobd_containment::lookup_user(name)
+                .map_err(|e| JobError::msg(format!("`run_as`: {e}")))?,
+        ),
         None => ctx.exec_policy().user().cloned(),
     };
     if let Some(u) = &user {
-        u.check_can_switch().map_err(JobError::msg)?;
+        soarjobd_containment::check_can_switch(u).map_err(JobError::msg)?;
     }
     Ok(user)
 }
@@ -117,7 +118,7 @@ pub fn validate_run_as(extra: &Map<String, Value>, errs: &mut Vec<FieldError>) {
     match extra.get("run_as") {
         None | Some(Value::Null) => {}
         Some(Value::String(name)) => {
-            if let Err(e) = RunAs::lookup(name) {
+            if let Err(e) = soarjobd_containment::lookup_user(name) {
                 errs.push(FieldError::new("run_as", format!("`run_as`: {e}")));
             }
         }

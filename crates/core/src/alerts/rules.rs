@@ -149,6 +149,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn load_str(
+        path: &std::path::Path,
+        text: &str,
+        catalog: &dyn crate::definition::Catalog,
+    ) -> Result<JobDefinition, Vec<crate::definition::LoadError>> {
+        let open = crate::definition::secrets::test_open;
+        crate::definition::load_str(path, text, catalog, open)
+    }
+
     struct Any;
     struct Spec;
     impl crate::definition::JobSpec for Spec {}
@@ -165,7 +174,7 @@ mod tests {
     #[test]
     fn a_job_files_alerts_key_is_read_and_its_errors_located() {
         let path = std::path::Path::new("jobs/j.yaml");
-        let def = crate::definition::load_str(
+        let def = load_str(
             path,
             "name: J\njob: x\nschedule: {every: 10m}\nalerts: {failed_runs_in_a_row: 5}\n",
             &Any,
@@ -174,8 +183,7 @@ mod tests {
         let rules = AlertSettings::default().for_job(&def);
         assert_eq!(rules.failed_runs_in_a_row, 5);
         assert_eq!(rules.no_success_for, Some(Duration::from_secs(1800)));
-        let off = crate::definition::load_str(path, "name: J\njob: x\nalerts: off\n", &Any)
-            .expect("loads");
+        let off = load_str(path, "name: J\njob: x\nalerts: off\n", &Any).expect("loads");
         assert_eq!(
             AlertSettings::default().for_job(&off),
             JobRules {
@@ -183,7 +191,7 @@ mod tests {
                 no_success_for: None
             }
         );
-        let cron = crate::definition::load_str(
+        let cron = load_str(
             path,
             "name: J\njob: x\nschedule: {cron: '0 3 * * *'}\n",
             &Any,
@@ -193,9 +201,8 @@ mod tests {
             AlertSettings::default().for_job(&cron).no_success_for,
             Some(CRON_NO_SUCCESS)
         );
-        let errs =
-            crate::definition::load_str(path, "name: J\njob: x\nalerts:\n  failed_runs: 2\n", &Any)
-                .expect_err("refused");
+        let errs = load_str(path, "name: J\njob: x\nalerts:\n  failed_runs: 2\n", &Any)
+            .expect_err("refused");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 4, "{errs:?}");
         assert!(errs[0].message.contains("alerts.failed_runs"), "{errs:?}");

@@ -130,9 +130,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How job files are loaded under these settings (the `secrets` policy).
-    pub fn load_options(&self) -> crate::definition::LoadOptions {
-        let mut opts = crate::definition::LoadOptions::for_jobs_dir(&self.jobs_dir);
+    /// How job files are loaded under these settings (the `secrets` policy), opened with
+    /// `open` (see [`crate::definition::OpenFile`]).
+    pub fn load_options(
+        &self,
+        open: crate::definition::OpenFile,
+    ) -> crate::definition::LoadOptions {
+        let mut opts = crate::definition::LoadOptions::for_jobs_dir(&self.jobs_dir, open);
         opts.secrets.env_allow = self.secrets.env_allow.clone();
         if let Some(dirs) = &self.secrets.dirs {
             opts.secrets.dirs = dirs.clone();
@@ -839,13 +843,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.secrets.env_allow, vec!["TICKETS_API_KEY", "MYJOB_*"]);
-        let o = s.load_options();
+        let o = s.load_options(crate::definition::secrets::test_open);
         assert_eq!(
             o.secrets.dirs,
             vec![dir.path().join("keys"), PathBuf::from("/run/secrets")]
         );
         // Defaults: nothing from the environment, the jobs folder and /run/secrets.
-        let o = Settings::default().load_options();
+        let o = Settings::default().load_options(crate::definition::secrets::test_open);
         assert!(o.secrets.env_allow.is_empty());
         assert_eq!(
             o.secrets.dirs,

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use super::tests::TestCatalog;
+use super::tests::{TestCatalog, load_file, load_str};
 use super::*;
 
 /// Fragments job files (and broken ones) are made of.

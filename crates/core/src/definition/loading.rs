@@ -13,6 +13,7 @@ use yaml_serde::Value as Yaml;
 use super::marketplace::canonical;
 use super::model::{Catalog, JobDefinition, LoadError, LoadOptions, LoadReport};
 use super::parsing::{Cx, InstanceCx};
+use super::secrets::OpenFile;
 use super::{limits, marketplace, params, secrets};
 use crate::config::grammar::suggest;
 use crate::config::located::{Pos, Positions};
@@ -24,9 +25,10 @@ pub fn is_job_file(path: &Path) -> bool {
 }
 
 /// Loads every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name, and checks
-/// what spans files: unique ids and unique names. Uses the default [`LoadOptions`] for `dir`.
-pub fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
-    load_dir_with(dir, catalog, &LoadOptions::for_jobs_dir(dir))
+/// what spans files: unique ids and unique names. Uses the default [`LoadOptions`] for `dir`,
+/// opening files with `open`.
+pub fn load_dir(dir: &Path, catalog: &dyn Catalog, open: OpenFile) -> LoadReport {
+    load_dir_with(dir, catalog, &LoadOptions::for_jobs_dir(dir, open))
 }
 
 /// [`load_dir`] with explicit options (the daemon's `secrets` settings).
@@ -34,10 +36,10 @@ pub fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
 /// Entries with a job file's name that are not loadable files (folders, FIFOs, sockets,
 /// broken or looping symbolic links, names that are not UTF-8) are reported as errors rather
 /// than skipped, so `check` and the log say why a job is missing. Nothing here blocks on a
-/// FIFO: types are checked, and files are opened non-blocking.
+/// FIFO: types are checked, and files are opened non-blocking (with `opts.open`).
 pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> LoadReport {
     let mut report = LoadReport::default();
-    let Some(files) = job_files(dir, &mut report) else {
+    let Some(files) = job_files(dir, opts.open, &mut report) else {
         report.folder_unreadable = true;
         return report;
     };
@@ -61,7 +63,7 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
 /// The job files of `dir`, sorted, without the marketplace definitions its instance files
 /// use; entries named like job files that cannot be loaded are errors in `report`. `None`:
 /// the folder cannot be listed (the error is in `report`).
-fn job_files(dir: &Path, report: &mut LoadReport) -> Option<Vec<PathBuf>> {
+fn job_files(dir: &Path, open: OpenFile, report: &mut LoadReport) -> Option<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -96,7 +98,7 @@ fn job_files(dir: &Path, report: &mut LoadReport) -> Option<Vec<PathBuf>> {
     files.sort();
     // Marketplace definitions that instance files of this folder `uses:` are templates, not
     // jobs of their own.
-    let used = marketplace::used_definitions(&files);
+    let used = marketplace::used_definitions(&files, open);
     files.retain(|f| !used.contains(&marketplace::canonical(f)));
     report.errors.sort_by(|a, b| a.file.cmp(&b.file));
     Some(files)
@@ -178,7 +180,7 @@ fn entry_problem(path: &Path) -> Option<String> {
             "this is a {}, not a job file; job files must be regular files",
             secrets::file_kind(&m)
         )),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound && is_symlink_loop(path) => {
             Some("this is a symbolic link loop; it names no file".into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -188,10 +190,35 @@ fn entry_problem(path: &Path) -> Option<String> {
     }
 }
 
-/// Loads one job file, with the default [`LoadOptions`] for its folder.
-pub fn load_file(path: &Path, catalog: &dyn Catalog) -> Result<JobDefinition, Vec<LoadError>> {
+/// Whether following the symbolic links from `path` comes back to one it passed already, or
+/// never ends (std names no `ELOOP` kind on stable Rust, and the core asks the OS through
+/// std only: the links are followed here, one `readlink` at a time, as the kernel would, up
+/// to its 40 hops).
+fn is_symlink_loop(path: &Path) -> bool {
+    const MAX_HOPS: usize = 40;
+    let mut seen = std::collections::HashSet::new();
+    let mut at = path.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        let Ok(target) = std::fs::read_link(&at) else {
+            return false;
+        };
+        at = at.parent().unwrap_or(Path::new("/")).join(target);
+        if !seen.insert(at.clone()) {
+            return true;
+        }
+    }
+    true
+}
+
+/// Loads one job file, with the default [`LoadOptions`] for its folder (opening files with
+/// `open`).
+pub fn load_file(
+    path: &Path,
+    catalog: &dyn Catalog,
+    open: OpenFile,
+) -> Result<JobDefinition, Vec<LoadError>> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    load_file_with(path, catalog, &LoadOptions::for_jobs_dir(dir))
+    load_file_with(path, catalog, &LoadOptions::for_jobs_dir(dir, open))
 }
 
 /// [`load_file`] with explicit options.
@@ -209,7 +236,7 @@ fn load_file_inner(
     catalog: &dyn Catalog,
     opts: &LoadOptions,
 ) -> (Result<JobDefinition, Vec<LoadError>>, Vec<PathBuf>) {
-    match read_job_file(path) {
+    match read_job_file(path, opts.open) {
         Ok(text) => load_text(path, &text, catalog, opts),
         Err(e) => (Err(vec![e]), Vec::new()),
     }
@@ -217,9 +244,9 @@ fn load_file_inner(
 
 /// Reads a job file: regular files only, at most [`limits::MAX_FILE_BYTES`], UTF-8. Each
 /// refusal is located (the limit at the byte where it is crossed, bad UTF-8 at its byte).
-pub(super) fn read_job_file(path: &Path) -> Result<String, LoadError> {
+pub(super) fn read_job_file(path: &Path, open: OpenFile) -> Result<String, LoadError> {
     let max = limits::MAX_FILE_BYTES as u64;
-    let bytes = secrets::read_regular_prefix(path, max)
+    let bytes = secrets::read_regular_prefix(path, max, open)
         .map_err(|e| file_error(path, format!("cannot read the file: {e}")))?;
     let located = |pos: Pos, message: String| LoadError {
         file: path.to_path_buf(),
@@ -257,14 +284,15 @@ pub(super) fn read_job_file(path: &Path) -> Result<String, LoadError> {
 }
 
 /// Loads a job from `text`, as if read from `path` (whose stem is the job id), with the
-/// default [`LoadOptions`] for its folder.
+/// default [`LoadOptions`] for its folder (secret files opened with `open`).
 pub fn load_str(
     path: &Path,
     text: &str,
     catalog: &dyn Catalog,
+    open: OpenFile,
 ) -> Result<JobDefinition, Vec<LoadError>> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    load_str_with(path, text, catalog, &LoadOptions::for_jobs_dir(dir))
+    load_str_with(path, text, catalog, &LoadOptions::for_jobs_dir(dir, open))
 }
 
 /// [`load_str`] with explicit options.
@@ -456,7 +484,7 @@ impl Cx<'_> {
             }
         };
         let def_path = path.parent().unwrap_or(Path::new(".")).join(&uses);
-        let text = match read_job_file(&def_path) {
+        let text = match read_job_file(&def_path, self.opts.open) {
             Ok(t) => t,
             Err(e) => {
                 self.val_err("uses", format!("cannot use `{uses}`: {e}"));

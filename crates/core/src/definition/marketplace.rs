@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::model::Catalog;
+use super::secrets::OpenFile;
 
 /// Keys SecOps exports carry that soarjobd has no use for: accepted, and listed by
 /// `check --verbose`. (Action/connector-shaped metadata some job files also carry.)
@@ -82,11 +83,11 @@ pub(super) fn canonical(path: &Path) -> PathBuf {
 
 /// The definitions the instance files among `files` use (canonical paths). A light line scan
 /// for a top-level `uses:` (no YAML parse: the full load parses and checks each file later).
-pub(super) fn used_definitions(files: &[PathBuf]) -> HashSet<PathBuf> {
+pub(super) fn used_definitions(files: &[PathBuf], open: OpenFile) -> HashSet<PathBuf> {
     let mut used = HashSet::new();
     for f in files {
         let Ok(bytes) =
-            super::secrets::read_regular_prefix(f, super::limits::MAX_FILE_BYTES as u64)
+            super::secrets::read_regular_prefix(f, super::limits::MAX_FILE_BYTES as u64, open)
         else {
             continue;
         };
@@ -150,9 +151,8 @@ mod tests {
     use std::path::Path;
 
     use super::job_id_from_stem as id;
-    use crate::definition::{
-        Catalog, FieldError, JobSpec, ParamValue, Parameters, load_dir, load_file,
-    };
+    use crate::definition::tests::{load_dir, load_file};
+    use crate::definition::{Catalog, FieldError, JobSpec, ParamValue, Parameters};
 
     #[test]
     fn ids_from_file_names() {

@@ -35,7 +35,7 @@ pub use model::{
 };
 pub use params::{ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
 pub use parsing::yaml_to_json;
-pub use secrets::SecretsPolicy;
+pub use secrets::{OpenFile, SecretsPolicy};
 
 // What the unit tests (`use super::*`) name besides the public items.
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::alerts;
 use super::params::{ParamSpec, Parameters};
-use super::secrets::SecretsPolicy;
+use super::secrets::{OpenFile, SecretsPolicy};
 use crate::schedule::Schedule;
 
 /// The SecOps platform's run time limit, our default `timeout`.
@@ -193,17 +193,21 @@ pub struct LoadReport {
     pub folder_unreadable: bool,
 }
 
-/// How job files are loaded: what they may read besides themselves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How job files are loaded: what they may read besides themselves, and how they are opened.
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub secrets: SecretsPolicy,
+    /// How job and secret files are opened: without blocking (see [`OpenFile`]).
+    pub open: OpenFile,
 }
 
 impl LoadOptions {
-    /// The defaults for a jobs folder: see [`SecretsPolicy::default_for`].
-    pub fn for_jobs_dir(dir: &Path) -> LoadOptions {
+    /// The defaults for a jobs folder (see [`SecretsPolicy::default_for`]), opening files
+    /// with `open`.
+    pub fn for_jobs_dir(dir: &Path, open: OpenFile) -> LoadOptions {
         LoadOptions {
             secrets: SecretsPolicy::default_for(dir),
+            open,
         }
     }
 }

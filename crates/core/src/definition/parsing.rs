@@ -973,14 +973,15 @@ impl Cx<'_> {
             }
         };
         self.inputs.push(file.clone());
-        let read = secrets::read_regular(&file, secrets::MAX_SECRET_BYTES).and_then(|b| {
-            String::from_utf8(b).map_err(|_| {
-                secrets::ReadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the file is not UTF-8 text",
-                ))
-            })
-        });
+        let read = secrets::read_regular(&file, secrets::MAX_SECRET_BYTES, self.opts.open)
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|_| {
+                    secrets::ReadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is not UTF-8 text",
+                    ))
+                })
+            });
         match read {
             Ok(val) => {
                 // A trailing newline is an artefact of how secret files are written.

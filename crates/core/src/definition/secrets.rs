@@ -11,11 +11,20 @@
 //!   a link cannot escape); `/proc` and `/sys` are never readable, whatever is configured.
 //!   Files are opened non-blocking and must be regular files no larger than
 //!   [`MAX_SECRET_BYTES`], so a FIFO or `/dev/zero` cannot stall or exhaust a load.
+//!
+//! The non-blocking open itself needs the OS's open flags, which the core does not know (it
+//! depends on no libc): the caller hands the loader one, an [`OpenFile`] in
+//! [`LoadOptions::open`](super::LoadOptions) (`soarjobd_containment::open_nonblocking`).
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+
+/// Opens a file for reading **without blocking**: a FIFO (or another file whose open waits)
+/// put where a job or secret file is expected must not make the open wait for a writer, or
+/// a load would hang forever. The core reads job and secret files only through one of these;
+/// the daemon's is `soarjobd_containment::open_nonblocking` (`O_NONBLOCK`).
+pub type OpenFile = fn(&Path) -> std::io::Result<File>;
 
 /// The default secrets folder of container runtimes (Docker/Kubernetes secrets).
 pub const RUN_SECRETS: &str = "/run/secrets";
@@ -186,12 +195,23 @@ pub fn file_kind(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// Reads at most `max` bytes of a regular file. The open never blocks (a FIFO swapped in
+/// The tests' [`OpenFile`]: what `soarjobd_containment::open_nonblocking` does (the core's
+/// tests may use libc, the core may not).
+#[cfg(test)]
+pub(crate) fn test_open(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Reads at most `max` bytes of a regular file with `open` (which must not block). The open never blocks (a FIFO swapped in
 /// after a check would otherwise wait for a writer forever), and the type is checked on the
 /// opened file, so there is no window between check and read. `Ok(bytes)` may hold `max + 1`
 /// bytes; callers that need to locate the limit use [`read_regular_prefix`].
-pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
-    let bytes = read_regular_prefix(path, max)?;
+pub fn read_regular(path: &Path, max: u64, open: OpenFile) -> Result<Vec<u8>, ReadError> {
+    let bytes = read_regular_prefix(path, max, open)?;
     if bytes.len() as u64 > max {
         return Err(ReadError::TooLarge(max));
     }
@@ -199,12 +219,8 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
 }
 
 /// Like [`read_regular`], but a file over the limit returns its first `max + 1` bytes.
-pub fn read_regular_prefix(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(ReadError::Io)?;
+pub fn read_regular_prefix(path: &Path, max: u64, open: OpenFile) -> Result<Vec<u8>, ReadError> {
+    let file = open(path).map_err(ReadError::Io)?;
     let meta = file.metadata().map_err(ReadError::Io)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular(file_kind(&meta)));
@@ -308,18 +324,23 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(matches!(
-            read_regular(&fifo, 10),
+            read_regular(&fifo, 10, test_open),
             Err(ReadError::NotRegular("FIFO"))
         ));
         assert!(matches!(
-            read_regular(dir.path(), 10),
+            read_regular(dir.path(), 10, test_open),
             Err(ReadError::NotRegular("folder")) | Err(ReadError::Io(_))
         ));
         std::fs::write(dir.path().join("big"), vec![b'x'; 11]).unwrap();
         assert!(matches!(
-            read_regular(&dir.path().join("big"), 10),
+            read_regular(&dir.path().join("big"), 10, test_open),
             Err(ReadError::TooLarge(10))
         ));
-        assert_eq!(read_regular(&dir.path().join("big"), 11).unwrap().len(), 11);
+        assert_eq!(
+            read_regular(&dir.path().join("big"), 11, test_open)
+                .unwrap()
+                .len(),
+            11
+        );
     }
 }

@@ -1,4 +1,24 @@
 use super::*;
+use secrets::test_open;
+
+// The loader with its default options, opening files as the daemon does (non-blocking): these
+// names shadow the public ones, which take the opener as an argument.
+pub(super) fn load_dir(dir: &Path, catalog: &dyn Catalog) -> LoadReport {
+    super::load_dir(dir, catalog, test_open)
+}
+pub(super) fn load_file(
+    path: &Path,
+    catalog: &dyn Catalog,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    super::load_file(path, catalog, test_open)
+}
+pub(super) fn load_str(
+    path: &Path,
+    text: &str,
+    catalog: &dyn Catalog,
+) -> Result<JobDefinition, Vec<LoadError>> {
+    super::load_str(path, text, catalog, test_open)
+}
 
 /// A catalog with one implementation that declares parameters and an extra key, so the loader
 /// is tested without any concrete job.
@@ -259,7 +279,7 @@ fn file_names_give_ids_and_names_without_letters_are_rejected() {
 
 /// A policy that allows the test's variables (`value_from_env` is refused by default).
 fn allowing(dir: &Path, vars: &[&str]) -> LoadOptions {
-    let mut o = LoadOptions::for_jobs_dir(dir);
+    let mut o = LoadOptions::for_jobs_dir(dir, test_open);
     o.secrets.env_allow = vars.iter().map(|v| v.to_string()).collect();
     o
 }
