@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use soarjobd_core::config::{LogFormat, Settings};
 use soarjobd_core::definition::JobSpec;
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
-use soarjobd_engine::daemon::Daemon;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::Daemon;
 use soarjobd_store::testdb::TestDb;
 
 struct Size {

@@ -19,9 +19,9 @@ use chrono::{Timelike, Utc};
 use serde_json::{Value, json};
 use soarjobd_core::config::Settings;
 use soarjobd_core::definition::JobSpec;
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
 use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
-use soarjobd_engine::daemon::Daemon;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::Daemon;
 
 struct Size {
     jobs: usize,
@@ -281,7 +281,7 @@ fn load_files(n: usize) -> (f64, usize) {
         )
         .unwrap();
     }
-    let mut registry = soarjobd_core::job::Registry::new();
+    let mut registry = soarjobd_core::Registry::new();
     registry.register(soarjobd_jobs::exec::Exec);
     let t = Instant::now();
     let report = soarjobd_core::definition::load_dir(

@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use soarjobd_core::config::{LogFormat, Settings};
 use soarjobd_core::definition::JobSpec;
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
-use soarjobd_engine::daemon::Daemon;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::Daemon;
 
 struct Size {
     jobs: usize,

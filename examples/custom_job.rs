@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use soarjobd::app::App;
 use soarjobd_core::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
 
 /// Reminds about each item once. A real job would call an API where this one logs.
 pub struct StaleCaseReminder;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use soarjobd_admin::{AdminSettings, Metrics, Shared};
 use soarjobd_core::config::Settings;
-use soarjobd_engine::daemon::{DaemonBuilder, RunningDaemon};
+use soarjobd_engine::{DaemonBuilder, RunningDaemon};
 
 /// The admin server's listener, bound before the daemon starts (a busy port fails the start
 /// before anything runs), and the metrics the daemon is built to report to.

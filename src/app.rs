@@ -23,14 +23,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use soarjobd_core::Notifier;
 use soarjobd_core::config::{SectionSpec, Settings};
 use soarjobd_core::definition;
 use soarjobd_core::definition::LoadReport;
-use soarjobd_core::job::{Job, Registry};
-use soarjobd_core::platform::{Installer, Platform};
-use soarjobd_engine::daemon::{Daemon, DaemonBuilder};
-use soarjobd_engine::ops::alerts::Notifier;
-use soarjobd_engine::runner::Runner;
+use soarjobd_core::{Installer, Platform};
+use soarjobd_core::{Job, Registry};
+use soarjobd_engine::{Daemon, DaemonBuilder, Runner};
 
 use soarjobd_core::store::{Store, StoreError};
 
@@ -219,11 +218,10 @@ impl AppBuilder {
         if let Err(e) = soarjobd_containment::exec_policy(&self.settings.exec) {
             problems.push(e);
         }
-        let notifiers =
-            soarjobd_clients::alert_sinks::sinks(&self.settings.alerts).unwrap_or_else(|e| {
-                problems.push(e);
-                Vec::new()
-            });
+        let notifiers = soarjobd_clients::sinks(&self.settings.alerts).unwrap_or_else(|e| {
+            problems.push(e);
+            Vec::new()
+        });
         (
             App {
                 settings: self.settings,

@@ -15,9 +15,9 @@ pub use crate::demo::SimCmd;
 use soarjobd_core::config;
 use soarjobd_core::config::{LogFormat, Settings, Sources};
 use soarjobd_core::definition::LoadError;
+use soarjobd_core::error_chain;
 use soarjobd_core::exit;
-use soarjobd_core::job::error_chain;
-use soarjobd_core::schedule::{Schedule, parse_timezone};
+use soarjobd_core::{Schedule, parse_timezone};
 
 #[derive(Parser, Debug)]
 #[command(name = "soarjobd", version, about = "Runs scheduled SOAR jobs", long_about = None)]
@@ -397,7 +397,7 @@ async fn run(app: AppBuilder) -> i32 {
             }
             exit::SUCCESS
         }
-        Err(soarjobd_engine::daemon::DaemonError::StoppedDuringStart) => {
+        Err(soarjobd_engine::DaemonError::StoppedDuringStart) => {
             tracing::info!("shutdown requested during startup; daemon stopped");
             exit::SUCCESS
         }
@@ -405,10 +405,8 @@ async fn run(app: AppBuilder) -> i32 {
             tracing::error!(error = %error_chain(&e), "cannot start the daemon");
             match e {
                 // A second daemon on one database is a usage error: say who holds it.
-                soarjobd_engine::daemon::DaemonError::Lock(soarjobd_store::LockError::InUse {
-                    ..
-                })
-                | soarjobd_engine::daemon::DaemonError::Exec(_) => {
+                soarjobd_engine::DaemonError::Lock(soarjobd_store::LockError::InUse { .. })
+                | soarjobd_engine::DaemonError::Exec(_) => {
                     eprintln!("error: {e}");
                     exit::USAGE
                 }

@@ -18,9 +18,9 @@ use serde_json::json;
 
 use crate::app::AppBuilder;
 use soarjobd_core::config::Settings;
-use soarjobd_core::exit;
 #[cfg(feature = "sim")]
-use soarjobd_core::job::error_chain;
+use soarjobd_core::error_chain;
+use soarjobd_core::exit;
 #[cfg(feature = "sim")]
 use soarjobd_sim as sim;
 

@@ -10,10 +10,10 @@ use serde_json::json;
 
 use crate::app::App;
 use soarjobd_core::definition::Overlap;
+use soarjobd_core::error_chain;
 use soarjobd_core::exit;
-use soarjobd_core::job::error_chain;
 use soarjobd_core::store::{Claim, RunRecord, Store, Trigger};
-use soarjobd_engine::runner::{RunControl, RunRequest, TickClaim};
+use soarjobd_engine::{RunControl, RunRequest, TickClaim};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -54,7 +54,7 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
         last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
     let success: HashMap<&str, i64> = stamps
         .iter()
-        .filter(|(_, k, _)| k == soarjobd_core::job::DEFAULT_TIMESTAMP_KEY)
+        .filter(|(_, k, _)| k == soarjobd_core::DEFAULT_TIMESTAMP_KEY)
         .map(|(j, _, v)| (j.as_str(), *v))
         .collect();
     let now = Utc::now();
@@ -264,7 +264,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         Err(code) => return code,
     };
     // The run's log lines are kept with it, as the daemon's are (`soarjobd logs RUN_ID`).
-    let run_logs = soarjobd_engine::ops::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
+    let run_logs = soarjobd_engine::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
     let runner = app.runner(store.clone()).with_run_logs(run_logs.clone());
     let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
@@ -311,7 +311,7 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
         let control = control.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                control.stop(soarjobd_engine::runner::StopReason::Shutdown);
+                control.stop(soarjobd_engine::StopReason::Shutdown);
             }
         })
     };

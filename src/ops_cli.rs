@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{App, KnownJobs};
+use soarjobd_core::error_chain;
 use soarjobd_core::exit;
-use soarjobd_core::job::error_chain;
 use soarjobd_core::store::ops::PauseOutcome;
 use soarjobd_core::store::{RunStore, Store};
-use soarjobd_engine::ops::runlog::format_line;
-use soarjobd_engine::ops::{OpsError, PauseControl};
+use soarjobd_engine::format_run_log_line as format_line;
+use soarjobd_engine::{OpsError, PauseControl};
 
 /// How often `logs --follow` polls for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);

@@ -7,8 +7,8 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::app::App;
+use soarjobd_core::error_chain;
 use soarjobd_core::exit;
-use soarjobd_core::job::error_chain;
 
 /// `soarjobd nodes`: the processes registered on the database, with their last heartbeat.
 /// On SQLite, says that the database is single-node.
@@ -89,7 +89,7 @@ pub async fn migrate_state(from: &str, to: &str) -> i32 {
                 c.pauses,
                 c.run_log_lines,
                 c.alert_episodes,
-                soarjobd_engine::daemon::redact_url(to)
+                soarjobd_core::redact_url(to)
             );
             exit::SUCCESS
         }

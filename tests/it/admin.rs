@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use soarjobd::admin::{Admin, RunningAdmin};
-use soarjobd_engine::daemon::RunningDaemon;
+use soarjobd_engine::RunningDaemon;
 
 use crate::support::{TestApp, capture_logs, eventually, sleep_job};
 
@@ -373,12 +373,7 @@ async fn api_auth_audit_metrics_and_readiness() {
 
     // Platform requests reach every metrics registry of the process through the core's hook
     // (what the clients' transport calls after each attempt).
-    soarjobd_core::observe::platform_request(
-        "test-platform",
-        "GET",
-        Some(429),
-        Duration::from_millis(5),
-    );
+    soarjobd_core::platform_request("test-platform", "GET", Some(429), Duration::from_millis(5));
 
     // The scrape, parsed by a Prometheus text-format parser.
     assert_eq!(api.get("/metrics", None).await.0, 401);

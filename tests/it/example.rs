@@ -50,7 +50,7 @@ fn the_example_validates_its_parameters_at_load_time() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.yaml");
     std::fs::write(&f, "name: R\njob: stale-case-reminder\nparameters:\n  - {name: Items, type: csv, value: a}\n  - {name: Max Hours Backwards, type: integer, value: 0}\n").unwrap();
-    let mut reg = soarjobd_core::job::Registry::new();
+    let mut reg = soarjobd_core::Registry::new();
     reg.register(custom_job::StaleCaseReminder);
     let errs =
         soarjobd_core::definition::load_file(&f, &reg, soarjobd_containment::open_nonblocking)

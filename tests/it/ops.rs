@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use soarjobd_core::store::ops::PauseOutcome;
 use soarjobd_core::store::{RunStatus, Trigger};
-use soarjobd_engine::ops::OpsError;
+use soarjobd_engine::OpsError;
 
 use crate::support::*;
 

@@ -20,8 +20,8 @@ use soarjobd_core::store::{
     Claim, JobStateStore, NewRun, RunFinish, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
     SeenState, Store, StoreError, StoreResult, Trigger,
 };
-use soarjobd_engine::runner::Runner;
-use soarjobd_engine::scheduler::{RunningRuns, Scheduler, SchedulerOptions};
+use soarjobd_engine::Runner;
+use soarjobd_engine::{RunningRuns, Scheduler, SchedulerOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use soarjobd_core::config::{LogFormat, Settings};
 use soarjobd_core::definition::{JobSpec, ParamSpec, ParamType};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
 use soarjobd_core::store::{RunRecord, RunStatus, Store};
-use soarjobd_engine::daemon::RunningDaemon;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
+use soarjobd_engine::RunningDaemon;
 
 /// A buffer that collects log output so tests can assert on it.
 #[derive(Clone, Default)]
@@ -107,7 +107,7 @@ impl TestApp {
     }
 
     /// The daemon of [`TestApp::app`].
-    pub fn builder(&self) -> soarjobd_engine::daemon::DaemonBuilder {
+    pub fn builder(&self) -> soarjobd_engine::DaemonBuilder {
         self.app().daemon()
     }
 

@@ -13,12 +13,12 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use soarjobd_core::RunNowError;
+use soarjobd_core::ScheduleKind;
 use soarjobd_core::definition::JobDefinition;
-use soarjobd_core::observe::RunNowError;
-use soarjobd_core::schedule::ScheduleKind;
 use soarjobd_core::store::ops::{JobPause, PauseOutcome, RunLogLine};
 use soarjobd_core::store::{RunRecord, RunStatus};
-use soarjobd_engine::ops::OpsError;
+use soarjobd_engine::OpsError;
 
 use crate::Shared;
 use crate::auth::Caller;

@@ -8,7 +8,7 @@
 //! * `/`: the status page ([`page`]).
 //!
 //! The server depends on the core only: it sees the daemon through
-//! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
+//! [`soarjobd_engine::Control`], and feeds metrics through the core's observer hooks.
 //!
 //! Before any handler, every request passes [`guard`] (its `Host`, its origin, credential
 //! guessing, its body); every connection is capped and timed out by [`conn`]. A protected
@@ -38,9 +38,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde_json::json;
-use soarjobd_core::observe::heartbeat_limit;
+use soarjobd_core::heartbeat_limit;
 use soarjobd_core::store::ops::JobPause;
-use soarjobd_engine::control::Control;
+use soarjobd_engine::Control;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -21,9 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use soarjobd_core::observe::{HttpObserver, Observer};
 use soarjobd_core::store::{RunRecord, RunStatus};
-use soarjobd_engine::control::Control;
+use soarjobd_core::{HttpObserver, Observer};
+use soarjobd_engine::Control;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
@@ -249,7 +249,7 @@ impl Metrics {
         );
         let m = Arc::new(Metrics { registry, ..m });
         let http: Arc<dyn HttpObserver> = m.clone();
-        soarjobd_core::observe::add_http_observer(&http);
+        soarjobd_core::add_http_observer(&http);
         m
     }
 

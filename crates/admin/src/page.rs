@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use soarjobd_core::definition::JobDefinition;
 use soarjobd_core::store::{RunRecord, RunStatus};
-use soarjobd_engine::ops::runlog::format_line;
+use soarjobd_engine::format_run_log_line as format_line;
 
 use crate::Shared;
 use crate::api::{self, RunsQuery};

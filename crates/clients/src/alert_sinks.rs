@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use soarjobd_core::alerts::{AlertSettings, Notification, Notifier, NotifyError};
+use soarjobd_core::{AlertSettings, Notification, Notifier, NotifyError};
 
 /// The body a sink sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

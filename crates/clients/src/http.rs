@@ -99,7 +99,7 @@ pub struct HttpConfig {
     /// [`sensitive_header`].
     pub default_headers: HeaderMap,
     /// The platform's name, the `platform` label of the request metrics
-    /// (`soarjobd_core::observe::platform_request`).
+    /// (`soarjobd_core::platform_request`).
     pub platform: &'static str,
 }
 
@@ -547,7 +547,7 @@ impl HttpClient {
         // show the rate limits and failures the retries hid.
         let sent = Instant::now();
         let observe = |status: Option<StatusCode>| {
-            soarjobd_core::observe::platform_request(
+            soarjobd_core::platform_request(
                 self.inner.platform,
                 method.as_str(),
                 status.map(|s| s.as_u16()),
@@ -773,7 +773,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Parses a transport duration from configuration: `500ms`, `30s`, `15m`, `1h`, or a bare
 /// number of seconds. Shared by the platform clients' config sections (timeouts, poll
-/// intervals); job schedules use the stricter [`soarjobd_core::schedule::parse_duration`].
+/// intervals); job schedules use the stricter [`soarjobd_core::parse_duration`].
 pub fn parse_config_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -939,7 +939,7 @@ mod tests {
         calls: std::sync::Mutex<Vec<(String, Option<u16>)>>,
     }
 
-    impl soarjobd_core::observe::HttpObserver for Seen {
+    impl soarjobd_core::HttpObserver for Seen {
         fn platform_request(&self, platform: &str, method: &str, status: Option<u16>, _: Duration) {
             if platform == self.platform {
                 self.calls
@@ -957,8 +957,8 @@ mod tests {
             platform: "hook-test",
             calls: Default::default(),
         });
-        let hook: Arc<dyn soarjobd_core::observe::HttpObserver> = seen.clone();
-        soarjobd_core::observe::add_http_observer(&hook);
+        let hook: Arc<dyn soarjobd_core::HttpObserver> = seen.clone();
+        soarjobd_core::add_http_observer(&hook);
         let http = client(|c| c.platform = "hook-test");
         let _: serde_json::Value = http.get_json(base.join("flaky/2").unwrap()).await.unwrap();
         let port = {

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use soarjobd_core::exec_policy::{ExecPolicy, ExecSettings, RunAs};
+use soarjobd_core::{ExecPolicy, ExecSettings, RunAs};
 
 /// Looks `name` up (a user name, or a numeric uid) in the user database.
 pub fn lookup_user(name: &str) -> Result<RunAs, String> {

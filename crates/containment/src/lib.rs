@@ -514,7 +514,7 @@ impl RunContainment {
     pub fn configure(
         &self,
         cmd: &mut tokio::process::Command,
-        run_as: Option<&soarjobd_core::exec_policy::RunAs>,
+        run_as: Option<&soarjobd_core::RunAs>,
     ) {
         cmd.process_group(0)
             .env(TOKEN_ENV, &self.token)
@@ -618,7 +618,7 @@ impl RunContainment {
         let killed = tokio::task::spawn_blocking(job).await.unwrap_or(0);
         if let Err(e) = self.store.forget().await {
             tracing::warn!(
-                error = %soarjobd_core::error::error_chain(&e),
+                error = %soarjobd_core::error_chain(&e),
                 "cannot forget the run's process record (the next start will)"
             );
         }
@@ -782,7 +782,7 @@ pub async fn recover(store: &dyn RunStore) {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!(
-                error = %soarjobd_core::error::error_chain(&e),
+                error = %soarjobd_core::error_chain(&e),
                 "cannot read the processes of earlier runs; they are not cleaned up"
             );
             return;
@@ -822,7 +822,7 @@ pub async fn recover(store: &dyn RunStore) {
         }
         if let Err(e) = store.forget_run_process(run_id).await {
             tracing::warn!(
-                error = %soarjobd_core::error::error_chain(&e),
+                error = %soarjobd_core::error_chain(&e),
                 run_id,
                 "cannot forget a run's process record"
             );

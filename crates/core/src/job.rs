@@ -108,8 +108,6 @@ impl JobError {
     }
 }
 
-pub use crate::error::error_chain;
-
 /// A job implementation.
 #[async_trait]
 pub trait Job: JobSpec + Send + Sync + 'static {

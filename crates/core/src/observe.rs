@@ -1,6 +1,6 @@
 //! What the daemon shows to an operator while it runs: the scheduler loop's heartbeat, the
 //! readiness flags, the loaded jobs, and the [`Observer`] hooks metrics are fed through.
-//! What the admin server may *do* to a daemon is `soarjobd_engine::control::Control`, above
+//! What the admin server may *do* to a daemon is `soarjobd_engine::Control`, above
 //! the scheduler it sends commands to.
 //!
 //! The core defines only these small seams; the admin server (`soarjobd-admin`) implements

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::observe::{RunNowError, Status};
 use crate::runner::StopReason;
 use crate::scheduler::{Command, RunningRuns};
 use crate::store::ops::RunLogLine;
 use crate::store::{RunRecord, Store, StoreResult};
+use soarjobd_core::{RunNowError, Status};
 
 /// What the admin server may do to a running daemon: read its state, start a manual run
 /// (through the scheduler, so the claim, overlap and shutdown rules of every run apply) and

@@ -18,19 +18,18 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::control::Control;
 use crate::definition::{self, LoadedJobs};
-use crate::error::error_chain;
-use crate::job::{Job, Registry};
-use crate::observe::{Observer, Status};
 use crate::ops::PauseControl;
 use crate::ops::alerts::evaluate::InvalidFiles;
 use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
 use crate::store::{RunStore, Store, StoreError};
+use soarjobd_core::error_chain;
+use soarjobd_core::{Job, Registry};
+use soarjobd_core::{Observer, Status};
 use soarjobd_store::{self as store, DaemonLock, LockError};
 
-/// Kept under its old path for the CLI; it lives in [`crate::redact`].
-pub use crate::redact::redact_url;
+use soarjobd_core::redact_url;
 
 /// How often old runs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use soarjobd_core::observe::OverloadView;
-use soarjobd_core::observe::Status;
+use soarjobd_core::Status;
 
 /// When lateness is an overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +181,11 @@ mod tests {
         d.tick_fired(&status, at(0), late);
         d.ticks_missed(&status, at(0), 2);
         d.turn(&status, at(11));
-        assert_eq!(status.overload(), OverloadView::default(), "a stall");
+        assert_eq!(
+            status.overload(),
+            soarjobd_core::OverloadView::default(),
+            "a stall"
+        );
         for s in 20..30 {
             d.tick_fired(&status, at(s), late);
             d.tick_fired(&status, at(s), Duration::from_millis(10));

@@ -29,14 +29,14 @@ use crate::clock::{Clock, RealClock};
 use crate::definition::Overlap;
 use crate::definition::params::ParamValue;
 use crate::definition::{JobDefinition, Parameters};
-use crate::error::error_chain;
-use crate::job::{JobContext, JobContextParts, JobError, OutcomeStatus, Registry, Stats};
-use crate::observe::{NoObserver, Observer};
-use crate::redact::Redactor;
 use crate::store::{
     Claim, JobStateStore, NewRun, RunFinish, RunProcessLog, RunStatus, RunStore, Store,
     StoreResult, Trigger,
 };
+use soarjobd_core::Redactor;
+use soarjobd_core::error_chain;
+use soarjobd_core::{JobContext, JobContextParts, JobError, OutcomeStatus, Registry, Stats};
+use soarjobd_core::{NoObserver, Observer};
 
 /// How long a job gets to return after its token fired, before it is abandoned. Longer
 /// than `exec`'s SIGTERM-to-SIGKILL grace, so a script's process group is always reaped by the
@@ -149,7 +149,7 @@ pub struct Runner {
     /// Told of every recorded run end (the alert evaluator).
     ended: Option<Arc<crate::ops::alerts::RunEnded>>,
     /// How job processes start (`exec:`), handed to every run.
-    exec: Arc<crate::exec_policy::ExecPolicy>,
+    exec: Arc<soarjobd_core::ExecPolicy>,
 }
 
 /// Job id -> (the definition the redactor was built for, the redactor).
@@ -171,7 +171,7 @@ impl Runner {
     }
 
     /// Runs start their processes under `policy` (`exec.user`, `exec.max_concurrent`).
-    pub fn with_exec_policy(mut self, policy: Arc<crate::exec_policy::ExecPolicy>) -> Runner {
+    pub fn with_exec_policy(mut self, policy: Arc<soarjobd_core::ExecPolicy>) -> Runner {
         self.exec = policy;
         self
     }
@@ -578,7 +578,7 @@ impl StopCause {
 /// Maps the job task's result to a run status. `stopped` is set when the job returned after
 /// being asked to stop.
 fn map_result(
-    res: Result<Result<crate::job::Outcome, JobError>, Box<dyn std::any::Any + Send>>,
+    res: Result<Result<soarjobd_core::Outcome, JobError>, Box<dyn std::any::Any + Send>>,
     stopped: Option<StopCause>,
 ) -> (RunStatus, Option<String>, Option<String>) {
     match res {
@@ -636,9 +636,9 @@ mod tests {
     use super::*;
     use crate::definition;
     use crate::definition::JobSpec;
-    use crate::job::Registry;
-    use crate::job::{Job, JobContext, Outcome};
     use crate::store::{RunStatus, Store};
+    use soarjobd_core::Registry;
+    use soarjobd_core::{Job, JobContext, Outcome};
 
     /// A job that does nothing (these tests claim; they do not run).
     struct Noop;

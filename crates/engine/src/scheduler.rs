@@ -27,13 +27,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
-use crate::error::error_chain;
-use crate::observe::{Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
 use crate::store::{Claim, RunStatus, Trigger};
+use soarjobd_core::error_chain;
+use soarjobd_core::{Observer, RunNowError, Status};
 
-pub use crate::observe::MAX_SLEEP;
 pub use pauses::{PAUSE_REFRESH, PauseWiring};
+pub use soarjobd_core::MAX_SLEEP;
 
 mod pauses;
 mod publish;
@@ -67,7 +67,7 @@ pub enum Command {
     /// A manual run of a loaded job, now (the admin API); answers the claimed run id.
     RunNow {
         job_id: String,
-        reply: tokio::sync::oneshot::Sender<Result<i64, crate::observe::RunNowError>>,
+        reply: tokio::sync::oneshot::Sender<Result<i64, soarjobd_core::RunNowError>>,
     },
     /// A run of the job (its tick `tick`) was taken over from a dead replica and marked
     /// `interrupted`; `misfire: run_once` makes one catch-up run for it.

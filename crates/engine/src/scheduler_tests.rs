@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 use super::{Command, RunningRuns, Scheduler, SchedulerOptions};
 use crate::clock::VirtualClock;
 use crate::definition::{self, JobDefinition, JobSpec, LoadReport};
-use crate::job::{Job, JobContext, JobError, Outcome, Registry};
 use crate::runner::{CANCEL_GRACE, Runner, StopReason};
 use crate::store::{NewRun, RunFinish, RunRecord, RunStatus, Store, Trigger};
+use soarjobd_core::{Job, JobContext, JobError, Outcome, Registry};
 
 /// The test job. By id prefix: `hold-*` runs until it is asked to stop, `stubborn-*` never
 /// returns (ignores its token), anything else succeeds at once.

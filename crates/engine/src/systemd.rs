@@ -4,14 +4,14 @@
 //! Without `NOTIFY_SOCKET` (not under systemd, tests) every call is a no-op. The watchdog
 //! pings come from this task, but only while the scheduler loop's heartbeat is fresh: a stuck
 //! loop stops the pings and systemd restarts the service (`WatchdogSec` must exceed
-//! [`crate::observe::heartbeat_limit`]).
+//! [`soarjobd_core::heartbeat_limit`]).
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{Status, heartbeat_limit};
+use soarjobd_core::{Status, heartbeat_limit};
 
 /// Sends `READY=1` when the first schedule is loaded, then `WATCHDOG=1` at half the
 /// watchdog interval while the heartbeat is fresh, until `shutdown`.

@@ -71,7 +71,7 @@ where
 /// A writer that escapes control characters in what it writes, except the newline that ends
 /// (or separates lines of) a record and tab: `\r` and C0/DEL bytes become `\xNN`, C1 controls
 /// (U+0080..U+009F) and the bidirectional-formatting and invisible characters of
-/// [`crate::redact::is_bidi_or_invisible`] (U+202E, U+2066, ...) become `\u{NNNN}`. It works on
+/// [`soarjobd_core::is_bidi_or_invisible`] (U+202E, U+2066, ...) become `\u{NNNN}`. It works on
 /// bytes, so a record split across writes cannot be corrupted (a multi-byte character split
 /// across two writes is the only thing it would miss; the formatter writes a record in one
 /// call), and bytes that are not UTF-8 pass through as they are.
@@ -116,7 +116,7 @@ impl<W: std::io::Write> std::io::Write for Escaping<W> {
             let b = buf[i];
             if b >= 0x80 {
                 if let Some((c, len)) = char_at(buf, i) {
-                    if c.is_control() || crate::redact::is_bidi_or_invisible(c) {
+                    if c.is_control() || soarjobd_core::is_bidi_or_invisible(c) {
                         out.extend_from_slice(format!("\\u{{{:x}}}", c as u32).as_bytes());
                     } else {
                         out.extend_from_slice(&buf[i..i + len]);
@@ -219,7 +219,7 @@ mod tests {
         );
         assert!(text.contains("Ñandú 日本"), "{text}");
         assert!(
-            !text.chars().any(crate::redact::is_bidi_or_invisible),
+            !text.chars().any(soarjobd_core::is_bidi_or_invisible),
             "{text:?}"
         );
     }

@@ -8,7 +8,7 @@ use soarjobd_clients::soar::{
     CASE_FILTER_MAX_RESULTS, CaseFilter, CaseStatusFilter, FilterOperator, SoarClient, SortBy,
     SortOrder,
 };
-use soarjobd_core::job::JobError;
+use soarjobd_core::JobError;
 
 /// Open cases with any of the tags, in the environments, started or updated since `since`.
 ///

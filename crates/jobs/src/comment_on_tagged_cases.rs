@@ -40,10 +40,10 @@ use tokio::time::Instant;
 
 use crate::cases::find_cases;
 use soarjobd_clients::soar::{SoarClient, SoarError, WriteFate};
+use soarjobd_core::Configured;
 use soarjobd_core::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
-use soarjobd_core::platform::Configured;
 use soarjobd_core::store::SeenState;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
 
 /// The seen-set scope of (case, comment) items.
 pub const SCOPE: &str = "comments";
@@ -595,7 +595,7 @@ impl Work<'_> {
                     let settles_at = Utc::now() + self.settle;
                     tracing::warn!(
                         case_id,
-                        error = %soarjobd_core::job::error_chain(&e),
+                        error = %soarjobd_core::error_chain(&e),
                         settles_at = %settles_at.to_rfc3339_opts(SecondsFormat::Millis, true),
                         "comment in doubt (no answer); the case is checked once the write had time to land"
                     );
@@ -637,7 +637,7 @@ impl Work<'_> {
                     }
                 }
             }
-            let chain = soarjobd_core::job::error_chain(&e).replace('\n', ": ");
+            let chain = soarjobd_core::error_chain(&e).replace('\n', ": ");
             tracing::warn!(case_id, attempt = writes, error = %chain, "comment not written; writing it again");
             last_error = Some(chain);
             if writes < MAX_WRITES_PER_CASE {
@@ -679,8 +679,8 @@ fn failure_of(case_id: u64, what: &str, e: SoarError) -> Result<CaseResult, JobE
     if e.is_auth() {
         return Err(JobError::context("SecOps SOAR refused the credentials", e));
     }
-    let chain = soarjobd_core::job::error_chain(&e).replace('\n', ": ");
-    tracing::warn!(case_id, what, error = %soarjobd_core::job::error_chain(&e), "case failed");
+    let chain = soarjobd_core::error_chain(&e).replace('\n', ": ");
+    tracing::warn!(case_id, what, error = %soarjobd_core::error_chain(&e), "case failed");
     Ok(CaseResult::Failed(format!(
         "case {case_id}: {what}: {chain}"
     )))
@@ -730,7 +730,7 @@ mod tests {
         let mut cfg = soarjobd_clients::soar::SoarConfig::legacy("http://127.0.0.1:9", "k");
         cfg.max_concurrency = 2;
         let client = SoarClient::new(&cfg).unwrap();
-        let mut registry = soarjobd_core::job::Registry::new();
+        let mut registry = soarjobd_core::Registry::new();
         registry.register(CommentOnTaggedCases::new(Configured::ready(client)));
         let report = soarjobd_core::definition::load_dir(
             dir.path(),

@@ -38,8 +38,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use soarjobd_core::definition::{FieldError, JobSpec, Parameters};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome, error_chain};
-use soarjobd_core::redact::{Redactor, escape_controls};
+use soarjobd_core::{Job, JobContext, JobError, Outcome, error_chain};
+use soarjobd_core::{Redactor, escape_controls};
 
 use crate::process::{self, Contained};
 
@@ -270,7 +270,7 @@ impl Job for Exec {
         }
 
         let since = ctx
-            .stored_timestamp(soarjobd_core::job::DEFAULT_TIMESTAMP_KEY)
+            .stored_timestamp(soarjobd_core::DEFAULT_TIMESTAMP_KEY)
             .await?;
         let input = json!({
             "job_id": ctx.job_id(),
@@ -363,7 +363,7 @@ impl Job for Exec {
             }
         };
         Ok(match (context_failure, outcome.status) {
-            (Some(why), soarjobd_core::job::OutcomeStatus::Partial) => {
+            (Some(why), soarjobd_core::OutcomeStatus::Partial) => {
                 Outcome::failed(format!("{}; and {why}", outcome.message))
             }
             _ => outcome,

@@ -1,4 +1,4 @@
-//! The SOAR and ThreatConnect platforms as plugins ([`soarjobd_core::platform::Platform`]): each reads
+//! The SOAR and ThreatConnect platforms as plugins ([`soarjobd_core::Platform`]): each reads
 //! its config section, builds its client and registers the built-in jobs that use it, each
 //! job holding its client.
 //!
@@ -11,7 +11,7 @@ use serde_json::Value;
 use soarjobd_clients::soar::{SoarClient, SoarConfig};
 use soarjobd_clients::threatconnect::{ThreatConnectClient, ThreatConnectConfig};
 use soarjobd_core::config::{Origins, Problem, Section, SectionSpec};
-use soarjobd_core::platform::{Configured, Installer, Platform, section_secrets};
+use soarjobd_core::{Configured, Installer, Platform, section_secrets};
 
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
 use super::push_case_iocs::PushCaseIocs;

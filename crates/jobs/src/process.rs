@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use serde_json::{Map, Value};
 use soarjobd_containment::RunContainment;
 use soarjobd_core::definition::FieldError;
-use soarjobd_core::exec_policy::{ExecSlot, RunAs};
-use soarjobd_core::job::{JobContext, JobError};
+use soarjobd_core::{ExecSlot, RunAs};
+use soarjobd_core::{JobContext, JobError};
 
 /// Environment variables passed through from the daemon; the rest of its environment is not.
 const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];

@@ -19,9 +19,9 @@ use soarjobd_clients::soar::{CaseDetails, Entity, SoarClient, entity_types};
 use soarjobd_clients::threatconnect::{
     BatchOutcome, BatchWriter, Group, GroupAssociation, GroupType, Indicator, ThreatConnectClient,
 };
+use soarjobd_core::Configured;
 use soarjobd_core::definition::{FieldError, JobSpec, ParamSpec, ParamType, Parameters};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
-use soarjobd_core::platform::Configured;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
 
 /// How many case details are read at once.
 const DETAIL_CONCURRENCY: usize = 8;

@@ -9,14 +9,14 @@
 //!   `plan` (validation, merging, xids, job splitting, error mapping; no I/O) and
 //!   [`report`] (the [`BatchReport`] and its exit code).
 
-pub mod auth;
-pub mod batch;
-pub mod client;
-pub mod config;
-pub mod items;
+mod auth;
+mod batch;
+mod client;
+mod config;
+mod items;
 mod plan;
-pub mod report;
-pub mod types;
+mod report;
+mod types;
 
 pub use auth::Auth;
 pub use batch::BatchWriter;

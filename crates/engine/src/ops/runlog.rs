@@ -28,9 +28,9 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::error::error_chain;
-use crate::redact::Redactor;
 use crate::store::ops::{OpsStore, RunLogLine};
+use soarjobd_core::Redactor;
+use soarjobd_core::error_chain;
 
 /// The name of the span the runner opens for each run; events inside it are kept.
 pub const RUN_SPAN: &str = "run";

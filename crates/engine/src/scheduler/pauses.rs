@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::definition::JobDefinition;
-use crate::error::error_chain;
 use crate::store::ops::{JobPause, OpsStore};
+use soarjobd_core::error_chain;
 
 /// How often the pauses are re-read from the store, so that a pause made by the CLI or another
 /// replica applies here too (the daemon's own `PauseControl` wakes the loop at once).

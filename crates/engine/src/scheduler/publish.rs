@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::definition::{JobDefinition, LoadedJobs};
-use crate::observe::{JobsView, Status};
 use crate::ops::alerts::evaluate::InvalidFiles;
+use soarjobd_core::{JobsView, Status};
 
 /// The scheduler's three publishers (each optional but the status, whose default nobody
 /// reads).

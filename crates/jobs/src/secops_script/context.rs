@@ -4,13 +4,13 @@
 
 use serde_json::Value;
 
-use soarjobd_core::job::{JobContext, JobError};
+use soarjobd_core::{JobContext, JobError};
 
 use super::gateway::{ContextOp, OpKind};
 
 /// The SecOps SDK's context key of `fetch_timestamp` / `save_timestamp`; kept as the job's
 /// last-success timestamp, so `list`/`history` show it.
-const TIMESTAMP_KEY: &str = soarjobd_core::job::DEFAULT_TIMESTAMP_KEY;
+const TIMESTAMP_KEY: &str = soarjobd_core::DEFAULT_TIMESTAMP_KEY;
 
 /// An integer timestamp as the SDK saves it: a JSON number or a JSON string of digits.
 pub(super) fn as_millis(v: &Value) -> Option<i64> {

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use soarjobd_clients::soar::SoarClient;
-use soarjobd_core::platform::Configured;
+use soarjobd_core::Configured;
 
 /// A job context property request, answered by the run's task.
 pub(crate) struct ContextOp {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use soarjobd_core::JobContext;
 use soarjobd_core::definition::{FieldError, ParamValue};
-use soarjobd_core::job::JobContext;
 
 /// How a script is started.
 #[derive(Debug, Clone, PartialEq, Eq)]

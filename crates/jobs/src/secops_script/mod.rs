@@ -31,9 +31,9 @@ use tokio::process::Command;
 use tokio::sync::OnceCell;
 
 use soarjobd_clients::soar::SoarClient;
+use soarjobd_core::Configured;
 use soarjobd_core::definition::{FieldError, JobSpec, Parameters};
-use soarjobd_core::job::{Job, JobContext, JobError, Outcome};
-use soarjobd_core::platform::Configured;
+use soarjobd_core::{Job, JobContext, JobError, Outcome};
 
 use crate::exec::{KILL_GRACE, LINE_MAX, RUN_LINES_MAX};
 use crate::process::Contained;

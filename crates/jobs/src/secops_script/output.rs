@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use soarjobd_core::job::{JobContext, Outcome};
-use soarjobd_core::redact::escape_controls;
+use soarjobd_core::escape_controls;
+use soarjobd_core::{JobContext, Outcome};
 
 use crate::exec::{LINE_MAX, RUN_LINES_MAX};
 

@@ -142,7 +142,7 @@ impl PgStore {
     /// registers this handle as a node and starts its heartbeat.
     pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<PgStore> {
         let open_error = |source: sqlx::Error| StoreError::Open {
-            url: soarjobd_core::redact::redact_url(url),
+            url: soarjobd_core::redact_url(url),
             source: Box::new(source),
         };
         // PostgreSQL's notices ("relation ... already exists, skipping" from the migrator's

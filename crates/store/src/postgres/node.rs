@@ -133,7 +133,7 @@ pub(super) async fn heartbeat_loop(inner: Weak<Inner>, every: Duration, stop: Ca
             Ok(()) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %soarjobd_core::error::error_chain(&e), "cannot write the heartbeat");
+                tracing::warn!(error = %soarjobd_core::error_chain(&e), "cannot write the heartbeat");
             }
             Err(_) => {}
         }

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Notifier};
-use crate::error::error_chain;
+use soarjobd_core::error_chain;
 
 struct Queue {
     sink: Arc<dyn Notifier>,

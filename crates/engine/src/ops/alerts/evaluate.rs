@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::AlertSettings;
+use super::AlertSettings;
 use super::{AlertState, Dispatcher, Notification, RunEnded};
 use crate::definition::LoadedJobs;
-use crate::error::error_chain;
 use crate::store::ops::{AlertEpisode, AlertRule};
 use crate::store::{RunRecord, RunStatus, Store, StoreResult};
+use soarjobd_core::error_chain;
 
 /// The job files that failed to load, with their errors, as the scheduler publishes them.
 pub type InvalidFiles = Arc<BTreeMap<PathBuf, String>>;

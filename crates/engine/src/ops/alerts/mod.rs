@@ -1,6 +1,6 @@
 //! The alert tasks: the evaluator ([`evaluate`]) and the delivery to the sinks ([`dispatch`]).
 //! The settings, [`Notification`] and the [`Notifier`] trait are the core's
-//! (`soarjobd_core::alerts`), re-exported here.
+//! (`soarjobd_core::{AlertSettings, Notification, Notifier}`), re-exported here.
 
 pub mod dispatch;
 pub mod evaluate;
@@ -11,10 +11,8 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 pub use dispatch::Dispatcher;
-pub use evaluate::{Evaluator, consecutive_failures};
-pub use soarjobd_core::alerts::{
-    AlertSettings, AlertState, JobAlerts, NoSuccessFor, Notification, Notifier, NotifyError, rules,
-};
+pub use evaluate::Evaluator;
+pub use soarjobd_core::{AlertSettings, AlertState, Notification, Notifier};
 
 /// Run ends, as the runner signals them to the evaluator: the ids of jobs whose runs ended
 /// since the evaluator last looked, and a wake-up. Bounded by the number of jobs, and the
