@@ -1120,5 +1120,4 @@ fn log_loaded(def: &JobDefinition, changed: bool) {
 }
 
 #[cfg(test)]
-#[path = "scheduler_tests.rs"]
 mod tests;
