@@ -265,6 +265,11 @@ impl Runner {
         self.runs.scheduling().await
     }
 
+    /// Announces that this process's scheduler stopped (see [`RunStore::stopped_scheduling`]).
+    pub async fn stopped_scheduling(&self) -> StoreResult<()> {
+        self.runs.stopped_scheduling().await
+    }
+
     /// Whether this process schedules the job's ticks (see [`RunStore::owns`]).
     pub fn owns(&self, job_id: &str) -> bool {
         self.runs.owns(job_id)
@@ -296,6 +301,32 @@ impl Runner {
     /// The newest claimed schedule or catch-up tick of a job (for misfire after a restart).
     pub async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
         self.runs.last_scheduled_at(job_id).await
+    }
+
+    /// The row of the job's newest claimed schedule or catch-up tick (the one
+    /// [`Runner::last_scheduled_at`] names), if any.
+    pub async fn last_tick(&self, job_id: &str) -> StoreResult<Option<crate::store::RunRecord>> {
+        let Some(last) = self.runs.last_scheduled_at(job_id).await? else {
+            return Ok(None);
+        };
+        // It is among the newest rows (history is ordered by start).
+        Ok(self
+            .runs
+            .history(job_id, 16)
+            .await?
+            .into_iter()
+            .find(|r| r.trigger != Trigger::Manual && r.scheduled_at == last))
+    }
+
+    /// Whether a schedule or catch-up row of the job later than `after` ran or will run
+    /// (any status but `skipped` and `interrupted`).
+    pub async fn ran_after(&self, job_id: &str, after: DateTime<Utc>) -> StoreResult<bool> {
+        // Newest first: the rows after a tick just taken over are among the newest.
+        Ok(self.runs.history(job_id, 32).await?.iter().any(|r| {
+            r.trigger != Trigger::Manual
+                && r.scheduled_at > after
+                && !matches!(r.status, RunStatus::Skipped | RunStatus::Interrupted)
+        }))
     }
 
     /// Finishes the row of a claimed run that will not run (overlap `skip`, a job removed or

@@ -30,7 +30,7 @@ use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::error::error_chain;
 use crate::observe::{Observer, RunNowError, Status};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
-use crate::store::{Claim, RunStatus, Trigger};
+use crate::store::{Claim, RunRecord, RunStatus, Trigger};
 
 pub use crate::observe::MAX_SLEEP;
 pub use pauses::{PAUSE_REFRESH, PauseWiring};
@@ -503,6 +503,13 @@ impl Scheduler {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
+        // Then the other replicas take this one's jobs within a sweep (a tenth of a
+        // heartbeat), not when its node row goes once its last runs ended; its runs stay its
+        // own meanwhile (it heartbeats until the store closes). After the releases, so the
+        // ticks released are free for the new owners to claim.
+        if let Err(e) = self.runner.stopped_scheduling().await {
+            tracing::warn!(error = %error_chain(&e), "cannot tell the other replicas that this one stopped scheduling");
+        }
         self.publish.status().set_loop_stopped();
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
     }
@@ -518,16 +525,35 @@ impl Scheduler {
         if !slot.def.enabled || slot.def.misfire != Misfire::RunOnce {
             return;
         }
+        let def = slot.def.clone();
+        // A later tick of the job ran or is about to (not `skipped`, not `interrupted`): a
+        // live replica schedules the job and ran on (the dead one was finishing an old run of
+        // it), or its new owner took it on and claimed this catch-up's key already (see
+        // `acquired_catch_up`). Either way the interrupted run's work is covered. (A later
+        // catch-up that was skipped because the dead replica's run still counted as running
+        // covers nothing.)
+        let key = tick + chrono::Duration::milliseconds(1);
+        match self.runner.ran_after(job_id, key).await {
+            Ok(true) => {
+                tracing::info!(
+                    job_id,
+                    tick = %tick.to_rfc3339(),
+                    "run taken over from a dead replica: later ticks ran, no catch-up"
+                );
+                return;
+            }
+            Ok(_) => {}
+            // The claim key still makes the catch-up once.
+            Err(e) => {
+                tracing::warn!(job_id, error = %error_chain(&e), "cannot read the last tick")
+            }
+        }
         tracing::info!(
             job_id,
             tick = %tick.to_rfc3339(),
             "catch-up run for a run taken over from a dead replica"
         );
-        let due = Due::now(
-            slot.def.clone(),
-            tick + chrono::Duration::milliseconds(1),
-            Trigger::CatchUp,
-        );
+        let due = Due::now(def, key, Trigger::CatchUp);
         self.claim(vec![due]).await;
         self.fire_pending().await;
     }
@@ -703,11 +729,91 @@ impl Scheduler {
                     trigger: Trigger::Schedule,
                     fire_at: Some(fire_at),
                 });
-            } else if let Some(t) = self.missed_ticks(&def, now).await {
-                due.push(Due::now(def, t, Trigger::CatchUp));
+            } else if let Some(d) = self.acquired_late(&def, left, now).await {
+                due.push(d);
             }
         }
         due
+    }
+
+    /// What to claim for a job that just became ours, whose ticks since `left` nobody claimed.
+    ///
+    /// Its previous owner died or left; the replica that takes a dead owner's running rows
+    /// over (any replica's sweep, see [`Scheduler::take_over`]) may be another one, and
+    /// both must make *one* catch-up between them, whichever comes first:
+    ///
+    /// * the job's last tick was taken over (`interrupted`): the catch-up's key is that tick
+    ///   plus 1 ms, the key [`Scheduler::take_over`] claims, so the one that claims second
+    ///   finds it taken;
+    /// * the last row is a catch-up (the takeover's, made a moment ago): it covered the ticks
+    ///   missed until it started, so only ticks after its start count;
+    /// * otherwise the ticks missed since the last tick count, as after a restart.
+    ///
+    /// A job handed over by a replica that stopped gracefully (it released the tick it had
+    /// claimed ahead) has missed at most the one tick `left` to it a moment ago: that tick is
+    /// claimed as the tick it is and fires now (late, not missed), as one node runs a tick
+    /// it wakes up late for, whatever `misfire` says.
+    async fn acquired_late(
+        &self,
+        def: &Arc<JobDefinition>,
+        left: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<Due> {
+        let last = match self.runner.last_tick(&def.id).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(job_id = %def.id, error = %error_chain(&e), "cannot read the last tick");
+                return None;
+            }
+        };
+        if let Some(r) = &last
+            && r.status != RunStatus::Interrupted
+            && r.scheduled_at < left
+            && def.schedule.count_ticks_between(r.scheduled_at, now, 2) == 1
+            && def.schedule.count_ticks_between(left, now, 1) == 0
+        {
+            return Some(Due {
+                def: def.clone(),
+                tick: left,
+                trigger: Trigger::Schedule,
+                fire_at: Some(def.schedule.fire_at(&def.id, left)),
+            });
+        }
+        self.acquired_catch_up(def, last, now)
+            .await
+            .map(|t| Due::now(def.clone(), t, Trigger::CatchUp))
+    }
+
+    /// See [`Scheduler::acquired_late`]: the catch-up tick, given the job's last tick.
+    async fn acquired_catch_up(
+        &self,
+        def: &JobDefinition,
+        last: Option<RunRecord>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match last {
+            Some(r) if r.status == RunStatus::Interrupted && def.misfire == Misfire::RunOnce => {
+                tracing::warn!(
+                    job_id = %def.id,
+                    last_tick = %r.scheduled_at.to_rfc3339(),
+                    action = "one catch-up run now",
+                    "the job's last run was taken over from a dead replica"
+                );
+                Some(r.scheduled_at + chrono::Duration::milliseconds(1))
+            }
+            Some(r) if r.trigger == Trigger::CatchUp => {
+                let missed = def.schedule.count_ticks_between(
+                    r.started_at.max(r.scheduled_at),
+                    now,
+                    MISSED_CAP,
+                );
+                if missed == 0 {
+                    return None;
+                }
+                self.missed_ticks(def, now).await
+            }
+            _ => self.missed_ticks(def, now).await,
+        }
     }
 
     /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`] of the jobs this

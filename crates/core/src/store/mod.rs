@@ -429,6 +429,14 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Tells the other replicas that this daemon's scheduler stopped (a graceful stop: its
+    /// runs may still be finishing), so that they take its jobs over at once instead of when
+    /// its node row goes at close. Its runs stay its own: it keeps heartbeating until then.
+    /// A no-op on single-node backends.
+    async fn stopped_scheduling(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Whether this process schedules `job_id`'s ticks. On PostgreSQL the jobs are spread
     /// over the live replicas (rendezvous hashing), so each tick is claimed by one replica
     /// only; single-node backends schedule every job.
