@@ -303,30 +303,13 @@ impl Runner {
         self.runs.last_scheduled_at(job_id).await
     }
 
-    /// The row of the job's newest claimed schedule or catch-up tick (the one
-    /// [`Runner::last_scheduled_at`] names), if any.
-    pub async fn last_tick(&self, job_id: &str) -> StoreResult<Option<crate::store::RunRecord>> {
-        let Some(last) = self.runs.last_scheduled_at(job_id).await? else {
-            return Ok(None);
-        };
-        // It is among the newest rows (history is ordered by start).
-        Ok(self
-            .runs
-            .history(job_id, 16)
-            .await?
-            .into_iter()
-            .find(|r| r.trigger != Trigger::Manual && r.scheduled_at == last))
-    }
-
-    /// Whether a schedule or catch-up row of the job later than `after` ran or will run
-    /// (any status but `skipped` and `interrupted`).
-    pub async fn ran_after(&self, job_id: &str, after: DateTime<Utc>) -> StoreResult<bool> {
-        // Newest first: the rows after a tick just taken over are among the newest.
-        Ok(self.runs.history(job_id, 32).await?.iter().any(|r| {
-            r.trigger != Trigger::Manual
-                && r.scheduled_at > after
-                && !matches!(r.status, RunStatus::Skipped | RunStatus::Interrupted)
-        }))
+    /// The rows of the jobs' newest claimed schedule or catch-up ticks (see
+    /// [`RunStore::last_ticks`]).
+    pub async fn last_ticks(
+        &self,
+        job_ids: &[String],
+    ) -> StoreResult<Vec<crate::store::RunRecord>> {
+        self.runs.last_ticks(job_ids).await
     }
 
     /// Finishes the row of a claimed run that will not run (overlap `skip`, a job removed or

@@ -985,6 +985,20 @@ impl RunStore for PgStore {
         ms.map(|ms| from_millis("scheduled_at", ms)).transpose()
     }
 
+    async fn last_ticks(&self, job_ids: &[String]) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (job_id) ",
+            run_columns!(),
+            " FROM job_runs WHERE job_id = ANY($1) AND \"trigger\" <> 'manual' \
+             ORDER BY job_id, scheduled_at DESC, id DESC"
+        ))
+        .bind(job_ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .db()?;
+        runs_from_rows(&rows)
+    }
+
     async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
