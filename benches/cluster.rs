@@ -40,6 +40,9 @@ struct Size {
     warmup: u64,
     /// `cluster.heartbeat` / `cluster.dead_after` for the takeover (None: the defaults).
     takeover_timings: Option<(&'static str, &'static str)>,
+    /// The long-ticks case: how long each setup runs, and a replica is killed this often.
+    long_secs: u64,
+    kill_every: u64,
 }
 
 const FULL: Size = Size {
@@ -48,6 +51,8 @@ const FULL: Size = Size {
     secs: 60,
     warmup: 5,
     takeover_timings: None,
+    long_secs: 60,
+    kill_every: 10,
 };
 const SMOKE: Size = Size {
     replicas: &[3],
@@ -56,7 +61,17 @@ const SMOKE: Size = Size {
     warmup: 2,
     // Short, but not so short that a loaded CI machine's stalls read as deaths.
     takeover_timings: Some(("500ms", "1500ms")),
+    long_secs: 12,
+    kill_every: 5,
 };
+
+/// Which parts run (`SOARJOBD_CLUSTER_BENCH_PARTS`, comma-separated: `load`, `long`,
+/// `takeover`; all by default).
+fn part(name: &str) -> bool {
+    std::env::var("SOARJOBD_CLUSTER_BENCH_PARTS")
+        .map(|v| v.split(',').any(|p| p.trim() == name))
+        .unwrap_or(true)
+}
 
 fn main() {
     if std::env::var("SOARJOBD_CLUSTER_CHILD").is_ok() {
@@ -64,13 +79,30 @@ fn main() {
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let size = if full { FULL } else { SMOKE };
+    let mut size = if full { FULL } else { SMOKE };
+    // Shorter runs: `SOARJOBD_CLUSTER_BENCH_SECS=20`, `SOARJOBD_CLUSTER_BENCH_REPLICAS=3`.
+    if let Some(secs) = std::env::var("SOARJOBD_CLUSTER_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.secs = secs;
+        size.long_secs = secs;
+    }
+    if let Ok(list) = std::env::var("SOARJOBD_CLUSTER_BENCH_REPLICAS") {
+        let counts: Vec<usize> = list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        size.replicas = Box::leak(counts.into_boxed_slice());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let long = part("long").then(|| rt.block_on(long_ticks(&size)));
     let mut results = Vec::new();
-    for &n in size.replicas {
+    let replica_counts = if part("load") { size.replicas } else { &[] };
+    for &n in replica_counts {
         eprintln!("cluster bench: {n} replica(s) on PostgreSQL...");
         let r = rt.block_on(load(&size, n, true));
         results.push((
@@ -78,14 +110,44 @@ fn main() {
             r,
         ));
     }
-    eprintln!("cluster bench: 1 daemon on SQLite...");
-    results.push((
-        "SQLite, 1 daemon".to_string(),
-        rt.block_on(load(&size, 1, false)),
-    ));
-    eprintln!("cluster bench: takeover...");
-    let takeover = rt.block_on(takeover(&size));
+    if part("load") {
+        eprintln!("cluster bench: 1 daemon on SQLite...");
+        results.push((
+            "SQLite, 1 daemon".to_string(),
+            rt.block_on(load(&size, 1, false)),
+        ));
+    }
+    let takeover = part("takeover").then(|| {
+        eprintln!("cluster bench: takeover...");
+        rt.block_on(takeover(&size))
+    });
     println!();
+    if let Some(long) = &long {
+        long.print(&size);
+    }
+    if part("load") {
+        print_load(&size, &results);
+    }
+    if let Some(takeover) = takeover {
+        let timings = size.takeover_timings.unwrap_or(("2s (default)", "6s"));
+        println!(
+            "takeover (heartbeat {}, dead_after {}): SIGKILL -> interrupted {:.1} s, -> catch-up start {:.1} s",
+            timings.0, timings.1, takeover.0, takeover.1
+        );
+    }
+    for (name, r) in &results {
+        assert_eq!(r.doubled, 0, "a tick ran twice: {name}");
+        assert!(r.runs_per_s > 0.0, "nothing ran: {name}");
+        if full {
+            assert_eq!(r.lost, 0, "ticks were lost: {name}");
+        }
+    }
+    if let Some(long) = &long {
+        long.check();
+    }
+}
+
+fn print_load(size: &Size, results: &[(String, Load)]) {
     println!(
         "cluster benchmark: {} jobs every 1s for {} s (measured after {} s)",
         size.jobs, size.secs, size.warmup
@@ -94,7 +156,7 @@ fn main() {
         "| setup | runs/s | lost | doubled | p50 lateness ms | p99 lateness ms | CPU s per replica | replicas' CPU s | database server CPU s | total CPU s | runs per replica (spread) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in &results {
+    for (name, r) in results {
         let replicas: f64 = r.cpu_s.iter().sum();
         let mean = r.per_replica.iter().sum::<usize>() as f64 / r.per_replica.len().max(1) as f64;
         let spread = r
@@ -123,18 +185,6 @@ fn main() {
                 .join(" / "),
             spread * 100.0,
         );
-    }
-    let timings = size.takeover_timings.unwrap_or(("2s (default)", "6s"));
-    println!(
-        "takeover (heartbeat {}, dead_after {}): SIGKILL -> interrupted {:.1} s, -> catch-up start {:.1} s",
-        timings.0, timings.1, takeover.0, takeover.1
-    );
-    for (name, r) in &results {
-        assert_eq!(r.doubled, 0, "a tick ran twice: {name}");
-        assert!(r.runs_per_s > 0.0, "nothing ran: {name}");
-        if full {
-            assert_eq!(r.lost, 0, "ticks were lost: {name}");
-        }
     }
 }
 
@@ -493,4 +543,310 @@ async fn takeover(size: &Size) -> (f64, f64) {
     let interrupted = interrupted.expect("the killed replica's run was never taken over");
     let caught_up = caught_up.expect("no catch-up run after the takeover");
     (interrupted.as_secs_f64(), caught_up.as_secs_f64())
+}
+
+// --- Long ticks: 20 exec jobs whose runs take ~0.9 s ------------------------------------------
+
+/// One setup of the long-ticks case, counted from the rows and from what the jobs ran.
+struct LongSetup {
+    name: String,
+    /// Ticks of the measured window (jobs x seconds).
+    possible: usize,
+    ran: usize,
+    /// `overlap: skip`: the previous run (here or on another replica) still going at the tick.
+    skipped: usize,
+    /// The killed replicas' runs going at the kill and their jobs' ticks until another replica
+    /// took each over.
+    lost_to_kills: usize,
+    /// Ticks nobody ran otherwise (no row, or a row interrupted).
+    missing: usize,
+    /// Claim keys executed more than once.
+    doubled: usize,
+    /// Catch-up runs of the killed replicas' jobs, and (job, kill) pairs caught up more than
+    /// once.
+    catch_ups: usize,
+    caught_up_twice: usize,
+    /// Per victim job and kill: seconds from the SIGKILL to the job's first run elsewhere.
+    takeovers: Vec<f64>,
+}
+
+struct LongTicks {
+    setups: Vec<LongSetup>,
+}
+
+impl LongTicks {
+    fn print(&self, size: &Size) {
+        println!(
+            "long ticks: 20 exec jobs every 1s (sh + sleep 0.9), overlap skip, misfire run_once, \
+             {} s each (measured after {} s); kills every {} s",
+            size.long_secs, size.warmup, size.kill_every
+        );
+        println!(
+            "| setup | ticks | ran | skipped (overlap) | lost to kills | missing otherwise | doubled | catch-ups (twice) | takeover s mean / max |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for r in &self.setups {
+            let takeover = if r.takeovers.is_empty() {
+                "-".to_string()
+            } else {
+                let mean = r.takeovers.iter().sum::<f64>() / r.takeovers.len() as f64;
+                let max = r.takeovers.iter().copied().fold(0.0, f64::max);
+                format!("{mean:.1} / {max:.1}")
+            };
+            println!(
+                "| {} | {} | {} ({:.1} %) | {} | {} | {} | {} | {} ({}) | {takeover} |",
+                r.name,
+                r.possible,
+                r.ran,
+                r.ran as f64 * 100.0 / r.possible.max(1) as f64,
+                r.skipped,
+                r.lost_to_kills,
+                r.missing,
+                r.doubled,
+                r.catch_ups,
+                r.caught_up_twice,
+            );
+        }
+    }
+
+    fn check(&self) {
+        for r in &self.setups {
+            assert_eq!(r.doubled, 0, "a tick ran twice: {}", r.name);
+            assert_eq!(r.caught_up_twice, 0, "a job caught up twice: {}", r.name);
+            assert!(r.ran > 0, "nothing ran: {}", r.name);
+        }
+    }
+}
+
+/// A `soarjobd run` process (the real binary) on `url`, its output in `<dir>/<name>.log`.
+fn soarjobd(dir: &Path, url: &str, name: &str, timings: Option<(&str, &str)>) -> Proc {
+    let out = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_soarjobd"));
+    c.arg("run")
+        .current_dir(dir)
+        .env_remove("SOARJOBD_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("SOARJOBD__JOBS_DIR", dir.join("jobs"))
+        .env("SOARJOBD__DATABASE_URL", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    if let Some((h, d)) = timings {
+        c.env("SOARJOBD__CLUSTER__HEARTBEAT", h)
+            .env("SOARJOBD__CLUSTER__DEAD_AFTER", d);
+    }
+    Proc(c.spawn().expect("start soarjobd"))
+}
+
+/// The three setups, one after the other: 3 replicas, 3 replicas with one SIGKILLed every
+/// `kill_every` seconds (restarted half a second later), one SQLite daemon.
+async fn long_ticks(size: &Size) -> LongTicks {
+    let mut setups = Vec::new();
+    for (name, replicas, kills) in [
+        ("PostgreSQL, 3 replicas", 3, false),
+        (
+            "PostgreSQL, 3 replicas, one SIGKILLed every interval",
+            3,
+            true,
+        ),
+        ("SQLite, 1 daemon", 1, false),
+    ] {
+        eprintln!("cluster bench: long ticks, {name}...");
+        setups.push(long_setup(size, name, replicas, kills).await);
+    }
+    LongTicks { setups }
+}
+
+async fn long_setup(size: &Size, name: &str, replicas: usize, kills: bool) -> LongSetup {
+    const JOBS: usize = 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    let ran_file = dir.path().join("ran");
+    for n in 0..JOBS {
+        std::fs::write(
+            dir.path().join(format!("jobs/j{n:02}.yaml")),
+            format!(
+                "name: j{n:02}\njob: exec\nschedule: {{every: 1s}}\noverlap: skip\n\
+                 misfire: run_once\n\
+                 command: [/bin/sh, -c, 'echo $SOARJOBD_RUN_ID >> {}; sleep 0.9']\n",
+                ran_file.display()
+            ),
+        )
+        .unwrap();
+    }
+    let pg = if replicas > 1 {
+        Some(TestDb::create().await)
+    } else {
+        None
+    };
+    let url = match &pg {
+        Some(db) => db.url().to_string(),
+        None => format!("sqlite:{}", dir.path().join("state.db").display()),
+    };
+    let timings = size.takeover_timings;
+    let start = Utc::now();
+    let mut procs: Vec<Proc> = (0..replicas)
+        .map(|i| soarjobd(dir.path(), &url, &format!("r{i}-0"), timings))
+        .collect();
+    // (pid, unix ms of the SIGKILL)
+    let mut killed: Vec<(i64, i64)> = Vec::new();
+    let began = Instant::now();
+    let mut round = 0;
+    loop {
+        let next = Duration::from_secs(size.kill_every * (round + 1));
+        if !kills || next + Duration::from_secs(3) > Duration::from_secs(size.long_secs) {
+            break;
+        }
+        tokio::time::sleep(next.saturating_sub(began.elapsed())).await;
+        let i = round as usize % replicas;
+        let pid = i64::from(procs[i].id());
+        // SAFETY: a signal to our own child.
+        unsafe {
+            libc::kill(procs[i].id() as i32, libc::SIGKILL);
+        }
+        let _ = procs[i].wait();
+        killed.push((pid, Utc::now().timestamp_millis()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        round += 1;
+        procs[i] = soarjobd(dir.path(), &url, &format!("r{i}-{round}"), timings);
+    }
+    tokio::time::sleep(Duration::from_secs(size.long_secs).saturating_sub(began.elapsed())).await;
+    let end = Utc::now();
+    for p in &mut procs {
+        stop(p);
+    }
+    let store = soarjobd_store::open(&url).await.expect("open the store");
+    let mut rows = Vec::new();
+    for n in 0..JOBS {
+        rows.extend(
+            store
+                .history(&format!("j{n:02}"), 100_000)
+                .await
+                .expect("history"),
+        );
+    }
+    store.close().await;
+    let executed: Vec<i64> = std::fs::read_to_string(&ran_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    use soarjobd_core::store::{RunStatus, Trigger};
+    let by_id: HashMap<i64, &soarjobd_core::store::RunRecord> =
+        rows.iter().map(|r| (r.id, r)).collect();
+    let ran_ids: std::collections::HashSet<i64> = executed.iter().copied().collect();
+    let mut per_key: HashMap<(&str, i64), usize> = HashMap::new();
+    for id in &executed {
+        if let Some(r) = by_id.get(id) {
+            *per_key
+                .entry((r.job_id.as_str(), r.scheduled_at.timestamp_millis()))
+                .or_default() += 1;
+        }
+    }
+    let pid_of = |r: &soarjobd_core::store::RunRecord| r.owner.as_ref().map_or(0, |o| o.pid);
+    let ms = |t: chrono::DateTime<Utc>| t.timestamp_millis();
+    // Each kill's victim jobs (the killed replica claimed one of their ticks in the 1.5 s
+    // before) and when each ran again elsewhere.
+    let mut victims: Vec<(usize, String, i64)> = Vec::new();
+    for (k, (pid, at)) in killed.iter().enumerate() {
+        let mut jobs: Vec<&str> = rows
+            .iter()
+            .filter(|r| {
+                pid_of(r) == *pid
+                    && r.trigger == Trigger::Schedule
+                    && (at - 1500..=*at).contains(&ms(r.scheduled_at))
+            })
+            .map(|r| r.job_id.as_str())
+            .collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in jobs {
+            let taken = rows
+                .iter()
+                .filter(|r| {
+                    r.job_id == job
+                        && pid_of(r) != *pid
+                        && ms(r.started_at) > *at
+                        && ran_ids.contains(&r.id)
+                })
+                .map(|r| ms(r.started_at))
+                .min()
+                .unwrap_or(i64::MAX);
+            victims.push((k, job.to_string(), taken));
+        }
+    }
+    let killed_pids: Vec<i64> = killed.iter().map(|(p, _)| *p).collect();
+    let mut outcome: HashMap<(&str, i64), &str> = HashMap::new();
+    for r in rows.iter().filter(|r| r.trigger == Trigger::Schedule) {
+        let o = match r.status {
+            RunStatus::Succeeded => "ran",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted if killed_pids.contains(&pid_of(r)) => "killed",
+            _ => "missing",
+        };
+        outcome.insert((r.job_id.as_str(), ms(r.scheduled_at)), o);
+    }
+    let from = (start.timestamp() + size.warmup as i64) * 1000;
+    let to = (end.timestamp() - 2) * 1000;
+    let mut setup = LongSetup {
+        name: name.to_string(),
+        possible: 0,
+        ran: 0,
+        skipped: 0,
+        lost_to_kills: 0,
+        missing: 0,
+        doubled: per_key.values().filter(|n| **n > 1).count(),
+        catch_ups: 0,
+        caught_up_twice: 0,
+        takeovers: victims
+            .iter()
+            .filter(|(_, _, taken)| *taken < i64::MAX)
+            .map(|(k, _, taken)| (taken - killed[*k].1) as f64 / 1000.0)
+            .collect(),
+    };
+    for n in 0..JOBS {
+        let job = format!("j{n:02}");
+        for t in (from..to).step_by(1000) {
+            setup.possible += 1;
+            match outcome.get(&(job.as_str(), t)).copied() {
+                Some("ran") => setup.ran += 1,
+                Some("skipped") => setup.skipped += 1,
+                Some("killed") => setup.lost_to_kills += 1,
+                _ => {
+                    let excused = victims.iter().any(|(k, j, taken)| {
+                        *j == job && (killed[*k].1 - 1000..=taken.saturating_add(1000)).contains(&t)
+                    });
+                    if excused {
+                        setup.lost_to_kills += 1;
+                    } else {
+                        setup.missing += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut catch_ups: HashMap<(usize, &str), usize> = HashMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.trigger == Trigger::CatchUp && ran_ids.contains(&r.id) && r.started_at < end)
+    {
+        if let Some(k) = killed.iter().rposition(|(_, at)| ms(r.started_at) > *at) {
+            *catch_ups.entry((k, r.job_id.as_str())).or_default() += 1;
+        }
+    }
+    setup.catch_ups = catch_ups.values().sum();
+    setup.caught_up_twice = catch_ups.values().filter(|n| **n > 1).count();
+    if setup.caught_up_twice > 0 || setup.missing > 0 {
+        eprintln!(
+            "{name}: caught up twice {:?}; logs kept in {}",
+            catch_ups
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .collect::<Vec<_>>(),
+            dir.path().display()
+        );
+        let _ = dir.keep();
+    }
+    setup
 }

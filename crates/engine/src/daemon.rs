@@ -6,10 +6,11 @@
 //! `shutdown_grace` to finish on their own, and only then asked to stop, so a job in the
 //! middle of its work is not interrupted by a routine restart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -570,18 +571,23 @@ async fn sweep_loop(store: Arc<dyn RunStore>, sweep: Sweep, shutdown: Cancellati
         match store.interrupt_running(Utc::now()).await {
             Ok(runs) => {
                 failing.ok();
+                // One catch-up per job, for its newest tick taken over: a dead replica may
+                // leave two rows of a job `running` (the run going and the next tick, claimed
+                // ahead), and they are one loss.
+                let mut newest: HashMap<String, DateTime<Utc>> = HashMap::new();
                 for r in runs {
                     tracing::warn!(
                         job_id = %r.job_id, run_id = r.id, scheduled_at = %r.scheduled_at.to_rfc3339(),
                         reason = r.message.as_deref().unwrap_or(""),
                         "run interrupted: the process running it is gone"
                     );
-                    if let Some(tx) = &sweep.take_over {
+                    let tick = newest.entry(r.job_id).or_insert(r.scheduled_at);
+                    *tick = (*tick).max(r.scheduled_at);
+                }
+                if let Some(tx) = &sweep.take_over {
+                    for (job_id, tick) in newest {
                         let _ = tx
-                            .send(crate::scheduler::Command::TakenOver {
-                                job_id: r.job_id.clone(),
-                                tick: r.scheduled_at,
-                            })
+                            .send(crate::scheduler::Command::TakenOver { job_id, tick })
                             .await;
                     }
                 }

@@ -265,6 +265,11 @@ impl Runner {
         self.runs.scheduling().await
     }
 
+    /// Announces that this process's scheduler stopped (see [`RunStore::stopped_scheduling`]).
+    pub async fn stopped_scheduling(&self) -> StoreResult<()> {
+        self.runs.stopped_scheduling().await
+    }
+
     /// Whether this process schedules the job's ticks (see [`RunStore::owns`]).
     pub fn owns(&self, job_id: &str) -> bool {
         self.runs.owns(job_id)
@@ -296,6 +301,15 @@ impl Runner {
     /// The newest claimed schedule or catch-up tick of a job (for misfire after a restart).
     pub async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
         self.runs.last_scheduled_at(job_id).await
+    }
+
+    /// The rows of the jobs' newest claimed schedule or catch-up ticks (see
+    /// [`RunStore::last_ticks`]).
+    pub async fn last_ticks(
+        &self,
+        job_ids: &[String],
+    ) -> StoreResult<Vec<crate::store::RunRecord>> {
+        self.runs.last_ticks(job_ids).await
     }
 
     /// Finishes the row of a claimed run that will not run (overlap `skip`, a job removed or

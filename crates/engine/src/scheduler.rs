@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::definition::{JobDefinition, LoadReport, Misfire, Overlap};
 use crate::runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
-use crate::store::{Claim, RunStatus, Trigger};
+use crate::store::{Claim, RunRecord, RunStatus, Trigger};
 use soarjobd_core::error_chain;
 use soarjobd_core::{Observer, RunNowError, Status};
 
@@ -473,7 +473,32 @@ impl Scheduler {
                         let _ = reply.send(answer);
                     }
                     Some(Command::TakenOver { job_id, tick }) => {
-                        self.take_over(&job_id, tick).await;
+                        // The sweep sends a kill's runs one by one: taken over together.
+                        let mut taken = vec![(job_id, tick)];
+                        let mut other = Vec::new();
+                        while let Ok(cmd) = commands.try_recv() {
+                            match cmd {
+                                Command::TakenOver { job_id, tick } => taken.push((job_id, tick)),
+                                cmd => other.push(cmd),
+                            }
+                        }
+                        self.take_over(taken).await;
+                        for cmd in other {
+                            match cmd {
+                                Command::Reload(report) => {
+                                    self.reload(report);
+                                    self.publish.jobs_view(
+                                        self.slots.values().map(|s| &s.def),
+                                        &self.broken,
+                                    );
+                                }
+                                Command::RunNow { job_id, reply } => {
+                                    let answer = self.run_now(&job_id).await;
+                                    let _ = reply.send(answer);
+                                }
+                                Command::TakenOver { .. } => {}
+                            }
+                        }
                     }
                     None => break,
                 },
@@ -503,32 +528,71 @@ impl Scheduler {
                 tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
             }
         }
+        // Then the other replicas take this one's jobs within a sweep (a tenth of a
+        // heartbeat), not when its node row goes once its last runs ended; its runs stay its
+        // own meanwhile (it heartbeats until the store closes). After the releases, so the
+        // ticks released are free for the new owners to claim.
+        if let Err(e) = self.runner.stopped_scheduling().await {
+            tracing::warn!(error = %error_chain(&e), "cannot tell the other replicas that this one stopped scheduling");
+        }
         self.publish.status().set_loop_stopped();
         tracing::info!(running = self.running.len(), "scheduler stopped firing");
     }
 
-    /// The catch-up run for a run taken over from a dead replica, when the job's misfire is
-    /// `run_once`. Its claim key is the interrupted tick plus 1 ms: interval and cron ticks
-    /// are whole seconds, so it can meet no real tick, and only the one replica that took
-    /// the run over (the sweep hands each row to exactly one) ever claims it.
-    async fn take_over(&mut self, job_id: &str, tick: DateTime<Utc>) {
-        let Some(slot) = self.slots.get(job_id) else {
-            return;
-        };
-        if !slot.def.enabled || slot.def.misfire != Misfire::RunOnce {
+    /// The catch-up runs for runs taken over from a dead replica (one per job: its newest
+    /// tick taken over), for the jobs whose misfire is `run_once`. A catch-up's claim key is
+    /// the interrupted tick plus 1 ms: interval and cron ticks are whole seconds, so it can
+    /// meet no real tick, and the job's new owner uses the same key if it takes the job on
+    /// (see [`Scheduler::acquired_catch_up`]), so the two make one catch-up between them.
+    /// All in one read and one claim: a kill hands over many runs at once, and this loop
+    /// must not fall behind its ticks meanwhile.
+    async fn take_over(&mut self, taken: Vec<(String, DateTime<Utc>)>) {
+        let taken: Vec<(Arc<JobDefinition>, DateTime<Utc>)> = taken
+            .into_iter()
+            .filter_map(|(job_id, tick)| {
+                let def = &self.slots.get(&job_id)?.def;
+                (def.enabled && def.misfire == Misfire::RunOnce).then(|| (def.clone(), tick))
+            })
+            .collect();
+        if taken.is_empty() {
             return;
         }
-        tracing::info!(
-            job_id,
-            tick = %tick.to_rfc3339(),
-            "catch-up run for a run taken over from a dead replica"
-        );
-        let due = Due::now(
-            slot.def.clone(),
-            tick + chrono::Duration::milliseconds(1),
-            Trigger::CatchUp,
-        );
-        self.claim(vec![due]).await;
+        let ids: Vec<String> = taken.iter().map(|(d, _)| d.id.clone()).collect();
+        let last: HashMap<String, RunRecord> = match self.runner.last_ticks(&ids).await {
+            Ok(rows) => rows.into_iter().map(|r| (r.job_id.clone(), r)).collect(),
+            // The claim keys still make each catch-up once.
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot read the jobs' last ticks");
+                HashMap::new()
+            }
+        };
+        let mut due = Vec::new();
+        for (def, tick) in taken {
+            let key = tick + chrono::Duration::milliseconds(1);
+            // A later tick of the job ran or is about to (not `skipped`, not `interrupted`):
+            // a live replica schedules the job and ran on (the dead one was finishing an old
+            // run of it), or its new owner took it on and claimed this catch-up's key already.
+            // Either way the interrupted run's work is covered. (A later catch-up skipped
+            // because the dead replica's run still counted as running covers nothing.)
+            if let Some(r) = last.get(&def.id)
+                && r.scheduled_at > key
+                && !matches!(r.status, RunStatus::Skipped | RunStatus::Interrupted)
+            {
+                tracing::info!(
+                    job_id = %def.id,
+                    tick = %tick.to_rfc3339(),
+                    "run taken over from a dead replica: later ticks ran, no catch-up"
+                );
+                continue;
+            }
+            tracing::info!(
+                job_id = %def.id,
+                tick = %tick.to_rfc3339(),
+                "catch-up run for a run taken over from a dead replica"
+            );
+            due.push(Due::now(def, key, Trigger::CatchUp));
+        }
+        self.claim(due).await;
         self.fire_pending().await;
     }
 
@@ -541,6 +605,16 @@ impl Scheduler {
                 return None;
             }
         };
+        self.missed_ticks_since(def, last, now).await
+    }
+
+    /// [`Scheduler::missed_ticks`] with the job's last claimed tick already read.
+    async fn missed_ticks_since(
+        &self,
+        def: &JobDefinition,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         // Ticks inside a pause were not missed: count from the end of the last pause.
         let last = self.pauses.count_missed_from(&def.id, last).await;
         let missed = def.schedule.count_ticks_between(last, now, MISSED_CAP);
@@ -682,6 +756,19 @@ impl Scheduler {
             "jobs of a replica that left or died are scheduled here now"
         );
         let now = self.clock.now();
+        let ids: Vec<String> = acquired.iter().map(|(id, _)| id.clone()).collect();
+        // One read for all of them: a replica that dies hands over a share of the jobs at
+        // once, and this loop must not fall behind its ticks meanwhile.
+        let mut last: HashMap<String, RunRecord> = match self.runner.last_ticks(&ids).await {
+            Ok(rows) => rows.into_iter().map(|r| (r.job_id.clone(), r)).collect(),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot read the last ticks of the jobs taken on");
+                for id in &ids {
+                    self.not_owned.remove(id);
+                }
+                return Vec::new();
+            }
+        };
         let mut due = Vec::new();
         for (id, left) in acquired {
             self.not_owned.remove(&id);
@@ -703,11 +790,86 @@ impl Scheduler {
                     trigger: Trigger::Schedule,
                     fire_at: Some(fire_at),
                 });
-            } else if let Some(t) = self.missed_ticks(&def, now).await {
-                due.push(Due::now(def, t, Trigger::CatchUp));
+            } else if let Some(d) = self.acquired_late(&def, left, now, last.remove(&id)).await {
+                due.push(d);
             }
         }
         due
+    }
+
+    /// What to claim for a job that just became ours, whose ticks since `left` nobody claimed.
+    ///
+    /// Its previous owner died or left; the replica that takes a dead owner's running rows
+    /// over (any replica's sweep, see [`Scheduler::take_over`]) may be another one, and
+    /// both must make *one* catch-up between them, whichever comes first:
+    ///
+    /// * the job's last tick was taken over (`interrupted`): the catch-up's key is that tick
+    ///   plus 1 ms, the key [`Scheduler::take_over`] claims, so the one that claims second
+    ///   finds it taken;
+    /// * the last row is a catch-up (the takeover's, made a moment ago): it covered the ticks
+    ///   missed until it started, so only ticks after its start count;
+    /// * otherwise the ticks missed since the last tick count, as after a restart.
+    ///
+    /// A job handed over by a replica that stopped gracefully (it released the tick it had
+    /// claimed ahead) has missed at most the one tick `left` to it a moment ago: that tick is
+    /// claimed as the tick it is and fires now (late, not missed), as one node runs a tick
+    /// it wakes up late for, whatever `misfire` says.
+    async fn acquired_late(
+        &self,
+        def: &Arc<JobDefinition>,
+        left: DateTime<Utc>,
+        now: DateTime<Utc>,
+        last: Option<RunRecord>,
+    ) -> Option<Due> {
+        if let Some(r) = &last
+            && r.status != RunStatus::Interrupted
+            && r.scheduled_at < left
+            && def.schedule.count_ticks_between(r.scheduled_at, now, 2) == 1
+            && def.schedule.count_ticks_between(left, now, 1) == 0
+        {
+            return Some(Due {
+                def: def.clone(),
+                tick: left,
+                trigger: Trigger::Schedule,
+                fire_at: Some(def.schedule.fire_at(&def.id, left)),
+            });
+        }
+        self.acquired_catch_up(def, last, now)
+            .await
+            .map(|t| Due::now(def.clone(), t, Trigger::CatchUp))
+    }
+
+    /// See [`Scheduler::acquired_late`]: the catch-up tick, given the job's last tick.
+    async fn acquired_catch_up(
+        &self,
+        def: &JobDefinition,
+        last: Option<RunRecord>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match last {
+            Some(r) if r.status == RunStatus::Interrupted && def.misfire == Misfire::RunOnce => {
+                tracing::warn!(
+                    job_id = %def.id,
+                    last_tick = %r.scheduled_at.to_rfc3339(),
+                    action = "one catch-up run now",
+                    "the job's last run was taken over from a dead replica"
+                );
+                Some(r.scheduled_at + chrono::Duration::milliseconds(1))
+            }
+            Some(r) if r.trigger == Trigger::CatchUp => {
+                let missed = def.schedule.count_ticks_between(
+                    r.started_at.max(r.scheduled_at),
+                    now,
+                    MISSED_CAP,
+                );
+                if missed == 0 {
+                    return None;
+                }
+                self.missed_ticks_since(def, r.scheduled_at, now).await
+            }
+            Some(r) => self.missed_ticks_since(def, r.scheduled_at, now).await,
+            None => None,
+        }
     }
 
     /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`] of the jobs this

@@ -376,6 +376,27 @@ pub trait RunStore: Send + Sync + 'static {
     /// The newest `scheduled_at` among the job's `schedule` and `catch_up` rows, if any.
     async fn last_scheduled_at(&self, job_id: &str) -> StoreResult<Option<DateTime<Utc>>>;
 
+    /// For each of the jobs that has one, the row of its newest `schedule` or `catch_up` tick
+    /// (the one [`RunStore::last_scheduled_at`] names). The default reads job by job.
+    async fn last_ticks(&self, job_ids: &[String]) -> StoreResult<Vec<RunRecord>> {
+        let mut rows = Vec::new();
+        for job_id in job_ids {
+            let Some(last) = self.last_scheduled_at(job_id).await? else {
+                continue;
+            };
+            // It is among the newest rows (history is ordered by start).
+            if let Some(r) = self
+                .history(job_id, 16)
+                .await?
+                .into_iter()
+                .find(|r| r.trigger != Trigger::Manual && r.scheduled_at == last)
+            {
+                rows.push(r);
+            }
+        }
+        Ok(rows)
+    }
+
     /// One run by id.
     async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>>;
 
@@ -426,6 +447,14 @@ pub trait RunStore: Send + Sync + 'static {
     /// its share of the jobs (until then they keep scheduling them: a starting replica
     /// makes no gap). A no-op on single-node backends.
     async fn scheduling(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Tells the other replicas that this daemon's scheduler stopped (a graceful stop: its
+    /// runs may still be finishing), so that they take its jobs over at once instead of when
+    /// its node row goes at close. Its runs stay its own: it keeps heartbeating until then.
+    /// A no-op on single-node backends.
+    async fn stopped_scheduling(&self) -> StoreResult<()> {
         Ok(())
     }
 

@@ -110,6 +110,9 @@ pub(super) struct Inner {
     /// A daemon's scheduler runs (see [`RunStore::scheduling`]): until then its node row says
     /// `starting` and the other replicas keep scheduling the jobs it will own.
     scheduling: std::sync::atomic::AtomicBool,
+    /// A daemon's scheduler stopped (graceful stop): its node row says `stopping`, so the
+    /// other replicas take its jobs while its last runs finish.
+    stopped: std::sync::atomic::AtomicBool,
     dead_after_ms: i64,
     /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
     leases: std::sync::Mutex<HashMap<i64, i64>>,
@@ -180,6 +183,7 @@ impl PgStore {
             pid,
             role: options.role,
             scheduling: std::sync::atomic::AtomicBool::new(false),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
             leases: Default::default(),
             unrecorded: Default::default(),
@@ -338,7 +342,11 @@ impl Inner {
     /// The role written in this handle's node row: a daemon is `starting` until its scheduler
     /// runs, and only `daemon` rows share the jobs (see [`members`]).
     pub(super) fn node_role(&self) -> &'static str {
-        if self.role == "daemon" && !self.scheduling.load(Ordering::SeqCst) {
+        if self.role != "daemon" {
+            self.role
+        } else if self.stopped.load(Ordering::SeqCst) {
+            "stopping"
+        } else if !self.scheduling.load(Ordering::SeqCst) {
             "starting"
         } else {
             self.role
@@ -946,6 +954,17 @@ impl RunStore for PgStore {
         Ok(())
     }
 
+    async fn stopped_scheduling(&self) -> StoreResult<()> {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        sqlx::query("UPDATE nodes SET role = $2 WHERE id = $1")
+            .bind(self.me())
+            .bind(self.inner.node_role())
+            .execute(&self.inner.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
     fn owns(&self, job_id: &str) -> bool {
         let me = self.me();
         self.inner.members.get().owner(job_id, me) == me
@@ -964,6 +983,20 @@ impl RunStore for PgStore {
         .await
         .db()?;
         ms.map(|ms| from_millis("scheduled_at", ms)).transpose()
+    }
+
+    async fn last_ticks(&self, job_ids: &[String]) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (job_id) ",
+            run_columns!(),
+            " FROM job_runs WHERE job_id = ANY($1) AND \"trigger\" <> 'manual' \
+             ORDER BY job_id, scheduled_at DESC, id DESC"
+        ))
+        .bind(job_ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .db()?;
+        runs_from_rows(&rows)
     }
 
     async fn run(&self, run_id: i64) -> StoreResult<Option<RunRecord>> {
