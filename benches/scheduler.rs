@@ -52,6 +52,7 @@ fn main() {
         return;
     }
     let ours = run_child("ours", full);
+    let ours_logs = run_child("ours+logs", full);
     let ours_admin = run_child("ours+admin", full);
     let tcs = run_child("tokio-cron-scheduler", full);
     let (load_ms, loaded) = load_files(size.files);
@@ -64,7 +65,11 @@ fn main() {
     println!("| engine | runs | p50 lateness | p99 lateness | max lateness | CPU s | peak RSS |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, r) in [
-        ("soarjobd", &ours),
+        ("soarjobd, no log subscriber", &ours),
+        (
+            "soarjobd, daemon log (JSON, info) + run logs stored (defaults)",
+            &ours_logs,
+        ),
         ("soarjobd + admin server, scraped every 100 ms", &ours_admin),
         ("tokio-cron-scheduler 0.15", &tcs),
     ] {
@@ -149,10 +154,21 @@ fn engine_child(engine: &str, jobs: usize, secs: u64) -> Value {
         .build()
         .unwrap();
     let lateness = Arc::new(Mutex::new(Vec::<i64>::new()));
+    if engine == "ours+logs" {
+        // The daemon's own subscriber as `soarjobd` installs it with the default settings:
+        // every run's lines stored with the run, and the process log at info as JSON. The
+        // process log goes to a sink: its formatting is measured, not a terminal or journal.
+        let sub = soarjobd_engine::telemetry::subscriber(
+            soarjobd_core::config::LogFormat::Json,
+            soarjobd_engine::telemetry::filter("info"),
+            std::io::sink,
+        );
+        tracing::subscriber::set_global_default(sub).expect("one subscriber");
+    }
     let cpu0 = cpu_seconds();
     rt.block_on(async {
         match engine {
-            "ours" => run_ours(jobs, secs, lateness.clone(), false).await,
+            "ours" | "ours+logs" => run_ours(jobs, secs, lateness.clone(), false).await,
             "ours+admin" => run_ours(jobs, secs, lateness.clone(), true).await,
             _ => run_tcs(jobs, secs, lateness.clone()).await,
         }

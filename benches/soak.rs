@@ -69,7 +69,12 @@ fn main() {
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let size = if full { FULL } else { SMOKE };
+    let mut size = if full { FULL } else { SMOKE };
+    // `SOARJOBD_SOAK_EXEC=N`: N `exec` jobs running `sh -c "echo tick N"` instead of the no-op
+    // jobs (the process spawn, containment record and cgroup included).
+    if let Some(n) = exec_jobs() {
+        size.jobs = n;
+    }
     let report = soak(&size);
     report.print(&size);
     // Invariants that hold on any machine, however loaded (no timing in them).
@@ -118,9 +123,14 @@ fn daemon_child(dir: &Path) {
             shutdown_grace: Duration::from_secs(10),
             ..Settings::default()
         };
+        // 300 runs per job (5 minutes of a job every second) instead of the default 1,000, so
+        // the database reaches the bound in force half-way and the second half shows it hold.
+        let mut settings = settings;
+        settings.history.keep_runs = 300;
         let daemon = Daemon::builder()
             .settings(settings)
             .register(Noop)
+            .register(soarjobd_jobs::exec::Exec)
             .start()
             .await
             .expect("daemon starts");
@@ -128,7 +138,17 @@ fn daemon_child(dir: &Path) {
     });
 }
 
+fn exec_jobs() -> Option<usize> {
+    std::env::var("SOARJOBD_SOAK_EXEC").ok()?.parse().ok()
+}
+
 fn job_file(i: usize, edit: usize) -> String {
+    if exec_jobs().is_some() {
+        return format!(
+            "name: Soak job {i}\njob: exec\ndescription: edit {edit}\nschedule: {{every: 1s}}\n\
+             timeout: 30s\ncommand: [sh, -c, 'echo tick {i}']\n"
+        );
+    }
     format!(
         "name: Soak job {i}\njob: noop\ndescription: edit {edit}\nschedule: {{every: 1s}}\n\
          timeout: 30s\n"
@@ -154,8 +174,8 @@ struct Report {
     runs: u64,
     rss_start_kb: u64,
     rss_end_kb: u64,
-    /// RSS sampled every second: (seconds since the start, KiB).
-    rss_samples: Vec<(u64, u64)>,
+    /// RSS, CPU and database size sampled every second.
+    rss_samples: Vec<Sample>,
     cpu_s: f64,
     missed_in_stop: u64,
     missed_outside: u64,
@@ -171,6 +191,21 @@ struct Report {
     missed_logged: u64,
     clean_exit: bool,
     measured_s: u64,
+}
+
+/// One sample of the daemon, taken every second.
+struct Sample {
+    /// Seconds since the start.
+    s: u64,
+    rss_kb: u64,
+    cpu_ticks: u64,
+    /// The database file and its WAL.
+    db_bytes: u64,
+}
+
+fn db_bytes(db: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(db) + size(&db.with_extension("db-wal"))
 }
 
 fn soak(size: &Size) -> Report {
@@ -206,10 +241,16 @@ fn soak(size: &Size) -> Report {
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
+        let db = dir.path().join("soak.db");
         std::thread::spawn(move || {
             let mut out = Vec::new();
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                out.push((t0.elapsed().as_secs(), rss_kb(pid)));
+                out.push(Sample {
+                    s: t0.elapsed().as_secs(),
+                    rss_kb: rss_kb(pid),
+                    cpu_ticks: cpu_ticks(pid),
+                    db_bytes: db_bytes(&db),
+                });
                 std::thread::sleep(Duration::from_secs(1));
             }
             out
@@ -320,8 +361,8 @@ impl Report {
             let t = size.warmup + (size.secs - size.warmup) * q / 4;
             self.rss_samples
                 .iter()
-                .rfind(|(s, _)| *s <= t)
-                .map(|(_, kb)| format!("{:.1}", *kb as f64 / 1024.0))
+                .rfind(|x| x.s <= t)
+                .map(|x| format!("{:.1}", x.rss_kb as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into())
         };
         println!(
@@ -340,6 +381,33 @@ impl Report {
             },
             self.cpu_s
         );
+        // Per whole minute: RSS and database size at its end, daemon CPU per run in it (every
+        // job runs once a second, so a minute holds jobs x 60 runs; the minute with the
+        // SIGSTOP holds fewer).
+        let tick = clock_ticks_per_s();
+        let minutes = size.secs / 60;
+        let mut per_minute = Vec::new();
+        for m in 1..=minutes {
+            let find = |t: u64| self.rss_samples.iter().rfind(|x| x.s <= t);
+            if let (Some(a), Some(b)) = (find((m - 1) * 60), find(m * 60))
+                && b.s > a.s
+            {
+                let runs = size.jobs as f64 * (b.s - a.s) as f64;
+                let cpu_us = (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / tick * 1e6;
+                per_minute.push(format!(
+                    "{m}: {:.0} µs, {:.1} MB, {:.1} MB",
+                    cpu_us / runs,
+                    b.rss_kb as f64 / 1024.0,
+                    b.db_bytes as f64 / 1e6
+                ));
+            }
+        }
+        if !per_minute.is_empty() {
+            println!(
+                "| per minute: daemon CPU per run, RSS, database size | {} |",
+                per_minute.join("; ")
+            );
+        }
         println!(
             "| ticks missed during the SIGSTOP (expected) | {} |",
             self.missed_in_stop

@@ -265,7 +265,9 @@ pub async fn run_once(app: &App, job_id: &str, overrides: &[String]) -> i32 {
     };
     // The run's log lines are kept with it, as the daemon's are (`soarjobd logs RUN_ID`).
     let run_logs = soarjobd_engine::RunLogs::start(store.clone(), settings.run_logs.max_bytes);
-    let runner = app.runner(store.clone()).with_run_logs(run_logs.clone());
+    let runner = app
+        .runner(store.clone())
+        .with_run_logs(run_logs.clone(), settings.run_logs.mode);
     let now = runner.clock().now();
     // The daemon's claim path (`Runner::claim`), with the same overlap rule across processes:
     // with `overlap: skip` (or `replace`, which cannot cancel another process's run) the claim

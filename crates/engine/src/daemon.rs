@@ -24,7 +24,7 @@ use crate::ops::alerts::evaluate::InvalidFiles;
 use crate::ops::alerts::{Dispatcher, Evaluator, Notifier, RunEnded};
 use crate::runner::{Runner, StopReason};
 use crate::scheduler::{PauseWiring, RunningRuns, Scheduler, SchedulerOptions};
-use crate::store::{RunStore, Store, StoreError};
+use crate::store::{Retention, RunStore, Store, StoreError};
 use soarjobd_core::error_chain;
 use soarjobd_core::{Job, Registry};
 use soarjobd_core::{Observer, Status};
@@ -32,8 +32,6 @@ use soarjobd_store::{self as store, DaemonLock, LockError};
 
 use soarjobd_core::redact_url;
 
-/// How often old runs are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How often `running` rows of dead processes (a `run-once` killed with SIGKILL) are marked
 /// `interrupted`. A claim of the same job finds them sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -175,7 +173,7 @@ impl DaemonBuilder {
         let ended = Arc::new(RunEnded::default());
         let mut runner = Runner::new(store.clone(), registry.clone())
             .with_exec_policy(Arc::new(exec))
-            .with_run_logs(run_logs.clone())
+            .with_run_logs(run_logs.clone(), settings.run_logs.mode)
             .with_run_ended(ended.clone());
         if let Some(o) = self.observer {
             runner = runner.with_observer(o);
@@ -256,8 +254,8 @@ impl DaemonBuilder {
         ));
         let pruner_task = tokio::spawn(prune_loop(
             store.clone(),
-            settings.history.keep_runs,
-            settings.history.keep_days,
+            settings.history.clone(),
+            settings.run_logs.clone(),
             shutdown.clone(),
         ));
         // On PostgreSQL the sweep is the takeover: it runs every heartbeat, so a dead
@@ -293,6 +291,7 @@ impl DaemonBuilder {
                 invalid: invalid.clone(),
                 ended,
                 dispatcher: dispatcher.clone(),
+                known_open: Default::default(),
             }
             .run(shutdown.clone()),
         );
@@ -522,24 +521,106 @@ impl Signals {
     }
 }
 
-/// Prunes old runs at start and then every hour, off the scheduler's path.
+/// The retention in force at `now` under `history` and `run_logs` settings (0 turns a bound
+/// off).
+pub fn retention(
+    history: &crate::config::HistorySettings,
+    logs: &crate::config::RunLogSettings,
+    now: chrono::DateTime<Utc>,
+) -> Retention {
+    let before = |days: u32| {
+        if days == 0 {
+            chrono::DateTime::<Utc>::MIN_UTC
+        } else {
+            now - chrono::Duration::days(i64::from(days))
+        }
+    };
+    let count = |n: u32| if n == 0 { u32::MAX } else { n };
+    Retention {
+        keep_runs: count(history.keep_runs),
+        older_than: before(history.keep_days),
+        keep_failed_runs: count(history.keep_failed_runs),
+        failed_older_than: before(history.keep_failed_days),
+        logs_older_than: before(logs.keep_days),
+    }
+}
+
+/// Rows deleted per prune step: a few short write transactions, which ticks interleave with.
+const PRUNE_LIMIT: u32 = 500;
+
+/// How often at most the database-size warning repeats while the size stays above the bound.
+const SIZE_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes in small steps every `history.prune_every` (and step after step while a step
+/// deletes a full batch), off the scheduler's path; gives the freed pages back to the file
+/// system and warns while the database is larger than `history.warn_db_mb`.
 async fn prune_loop(
     store: Arc<dyn RunStore>,
-    keep_runs: u32,
-    keep_days: u32,
+    history: crate::config::HistorySettings,
+    logs: crate::config::RunLogSettings,
     shutdown: CancellationToken,
 ) {
-    let mut timer = tokio::time::interval(PRUNE_EVERY);
+    let mut timer = tokio::time::interval(history.prune_every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<tokio::time::Instant> = None;
+    let mut failing = crate::store::failing::FailureLog::new("cannot prune old runs");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = timer.tick() => {}
         }
-        let older_than = Utc::now() - chrono::Duration::days(i64::from(keep_days));
-        match store.prune(keep_runs, older_than).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, keep_runs, keep_days, "old runs pruned"),
-            Err(e) => tracing::error!(error = %error_chain(&e), "cannot prune old runs"),
+        let mut total = crate::store::Pruned::default();
+        loop {
+            let r = retention(&history, &logs, Utc::now());
+            match store.prune_step(&r, PRUNE_LIMIT).await {
+                Ok(p) => {
+                    failing.ok();
+                    total.runs += p.runs;
+                    total.log_rows += p.log_rows;
+                    if p.runs < u64::from(PRUNE_LIMIT) && p.log_rows < u64::from(PRUNE_LIMIT) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failing.failed(&error_chain(&e));
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // A backlog is worked off step by step, each a few short transactions apart.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if total.runs > 0 || total.log_rows > 0 {
+            tracing::debug!(
+                runs = total.runs,
+                log_rows = total.log_rows,
+                "old runs pruned"
+            );
+        }
+        let size = match store.reclaim().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "cannot reclaim free pages");
+                None
+            }
+        };
+        let limit = history.warn_db_mb.saturating_mul(1024 * 1024);
+        if let Some(bytes) = size
+            && limit > 0
+            && bytes > limit
+            && warned.is_none_or(|at| at.elapsed() >= SIZE_WARNING_EVERY)
+        {
+            warned = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                size_mb = bytes / (1024 * 1024),
+                warn_db_mb = history.warn_db_mb,
+                keep_runs = history.keep_runs,
+                keep_days = history.keep_days,
+                "the database is larger than history.warn_db_mb; lower the retention \
+                 (history.keep_runs, keep_days, run_logs.keep_days) or raise the bound"
+            );
         }
     }
 }

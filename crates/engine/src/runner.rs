@@ -144,8 +144,9 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     /// Run starts and ends are reported here (metrics); the scheduler reports to it too.
     observer: Arc<dyn Observer>,
-    /// Where each run's log lines are kept (`None`: only the process log has them).
-    run_logs: Option<crate::ops::RunLogs>,
+    /// Where each run's log lines are kept, and the mode of jobs that set none (`None`: only
+    /// the process log has them).
+    run_logs: Option<(crate::ops::RunLogs, crate::definition::RunLogMode)>,
     /// Told of every recorded run end (the alert evaluator).
     ended: Option<Arc<crate::ops::alerts::RunEnded>>,
     /// How job processes start (`exec:`), handed to every run.
@@ -193,9 +194,14 @@ impl Runner {
         &self.observer
     }
 
-    /// Keeps every run's log lines with the run (see [`crate::ops::runlog`]).
-    pub fn with_run_logs(mut self, logs: crate::ops::RunLogs) -> Runner {
-        self.run_logs = Some(logs);
+    /// Keeps runs' log lines with the run (see [`crate::ops::runlog`]), as each job's
+    /// `run_logs` says, or as `default` says for jobs that do not.
+    pub fn with_run_logs(
+        mut self,
+        logs: crate::ops::RunLogs,
+        default: crate::definition::RunLogMode,
+    ) -> Runner {
+        self.run_logs = Some((logs, default));
         self
     }
 
@@ -341,16 +347,22 @@ impl Runner {
         let def = req.definition.clone();
         let redactor = self.redactor(&req);
         // The run's log buffer rides on its span: every event inside it is kept with the run.
-        let log = self
-            .run_logs
-            .as_ref()
-            .map(|l| l.open(req.run_id, redactor.clone()));
+        // `off` opens no buffer; `problems` holds the lines until the run's end decides.
+        let log = self.run_logs.as_ref().and_then(|(l, default)| {
+            l.open(
+                req.run_id,
+                redactor.clone(),
+                def.run_logs.unwrap_or(*default),
+            )
+        });
+        // The span's fields are formatted only if a layer records them (the scheduled
+        // instant as text was built for every run, logged or not).
         let span = crate::ops::runlog::capture_into(log.as_ref(), || {
             tracing::info_span!(
                 "run",
                 job_id = %def.id,
                 run_id = req.run_id,
-                scheduled_at = %req.scheduled_at.to_rfc3339(),
+                scheduled_at = %Rfc3339(req.scheduled_at),
                 trigger = req.trigger.as_str(),
             )
         });
@@ -420,10 +432,10 @@ impl Runner {
             ),
         }
         if let Some(log) = log {
-            log.close();
+            log.close(status);
         }
         if let Some(ended) = &self.ended {
-            ended.ended(&def.id);
+            ended.ended(&def.id, status);
         }
         RunSummary {
             run_id: req.run_id,
@@ -553,6 +565,15 @@ impl Runner {
                 (status, Some(msg), None)
             }
         }
+    }
+}
+
+/// An instant shown as RFC 3339 when (and only when) it is formatted.
+struct Rfc3339(DateTime<Utc>);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_rfc3339())
     }
 }
 

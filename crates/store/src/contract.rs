@@ -16,8 +16,8 @@ use serde_json::json;
 
 use super::ops::{AlertRule, PauseOutcome, RunLogLine};
 use super::{
-    Claim, NewRun, RunFinish, RunProcess, RunStatus, SeenEntry, SeenState, Store, StoreError,
-    Trigger,
+    Claim, NewRun, Pruned, Retention, RunFinish, RunProcess, RunStatus, SeenEntry, SeenState,
+    Store, StoreError, Trigger,
 };
 
 /// One database of the backend under test.
@@ -51,6 +51,7 @@ macro_rules! each_contract_test {
             history_is_newest_first_and_limited,
             last_runs_gives_each_jobs_newest_run,
             prune_keeps_the_newest_the_recent_and_the_running,
+            prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart,
             timestamps_round_trip,
             context_round_trips_json,
             seen_set_round_trips,
@@ -989,6 +990,116 @@ pub async fn pauses_are_kept_resumed_and_catch_ups_taken_once(f: &dyn StoreFacto
 
 /// Run log lines are stored once per `(run, seq)`, read in order from a seq on, dropped for
 /// runs that do not exist, and deleted with their run when it is pruned.
+/// `prune_step`: whichever bound is reached first deletes a run (the newest N of a job *or*
+/// the last days), failed runs are counted and aged apart, running rows stay, no step deletes
+/// more than its limit, and old run-log lines go while their run stays.
+pub async fn prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let hour = TimeDelta::hours(1).num_milliseconds();
+    let day = 24 * hour;
+    let now = 1_000 * day;
+    // (job, started hours ago, status; Running: left running)
+    let mut rows: Vec<(&str, i64, RunStatus)> = vec![("job-a", 12, RunStatus::Running)];
+    for d in 1..=12 {
+        rows.push(("job-a", d * 24, RunStatus::Succeeded));
+    }
+    for h in [60, 156, 228] {
+        rows.push(("job-a", h, RunStatus::Failed));
+    }
+    rows.push(("job-b", 40 * 24, RunStatus::Succeeded)); // older than 30 days: deleted
+    rows.push(("job-b", 40 * 24 + 1, RunStatus::TimedOut)); // failed, younger than 90 days
+    rows.push(("job-b", 100 * 24, RunStatus::Interrupted)); // failed, older than 90 days
+    let mut ids = std::collections::HashMap::new();
+    for (job, hours_ago, status) in &rows {
+        let start = now - hours_ago * hour;
+        let id = claim_one(&store, new_run(job, start, Trigger::Schedule)).await;
+        if *status != RunStatus::Running {
+            assert!(
+                store
+                    .finish_run(id, &finish(*status, start + 10))
+                    .await
+                    .expect("finish")
+            );
+        }
+        ids.insert((*job, *hours_ago), id);
+    }
+    let running = ids[&("job-a", 12)];
+    let line = |run_id: i64, seq: i64, at_ms: i64| RunLogLine {
+        run_id,
+        seq,
+        at: at(at_ms),
+        level: "INFO".into(),
+        target: "t".into(),
+        message: format!("line {seq}"),
+        fields: json!({}),
+    };
+    store
+        .append_run_logs(&[
+            line(running, 1, now - 10 * day),
+            line(running, 2, now - 8 * day),
+            line(running, 3, now - day),
+        ])
+        .await
+        .expect("append");
+    let retention = Retention {
+        keep_runs: 5,
+        older_than: at(now - 30 * day),
+        keep_failed_runs: 2,
+        failed_older_than: at(now - 90 * day),
+        logs_older_than: at(now - 7 * day),
+    };
+    let mut total = Pruned::default();
+    let mut steps = 0;
+    loop {
+        let p = store.prune_step(&retention, 4).await.expect("prune step");
+        assert!(p.runs <= 4 && p.log_rows <= 4, "{p:?}");
+        total.runs += p.runs;
+        total.log_rows += p.log_rows;
+        steps += 1;
+        if p.runs == 0 && p.log_rows == 0 {
+            break;
+        }
+        assert!(steps < 20, "pruning does not end");
+    }
+    // job-a: the newest five rows (running, 1 d, 2 d, the failure at 60 h, 3 d) are kept;
+    // older successes go (9), and of the failures the newest two stay. job-b: the old
+    // success and the failure older than 90 days go.
+    assert_eq!(total.runs, 9 + 1 + 2, "{total:?}");
+    assert_eq!(total.log_rows, 2, "{total:?}");
+    let mut left: Vec<i64> = store
+        .history("job-a", 100)
+        .await
+        .expect("history")
+        .into_iter()
+        .chain(store.history("job-b", 100).await.expect("history"))
+        .map(|r| r.id)
+        .collect();
+    left.sort();
+    let mut want: Vec<i64> = [
+        ("job-a", 12),
+        ("job-a", 24),
+        ("job-a", 48),
+        ("job-a", 72),
+        ("job-a", 60),
+        ("job-a", 156),
+        ("job-b", 40 * 24 + 1),
+    ]
+    .iter()
+    .map(|k| ids[k])
+    .collect();
+    want.sort();
+    assert_eq!(left, want);
+    let lines = store.run_logs(running, 0, 10).await.expect("lines");
+    assert_eq!(lines.iter().map(|l| l.seq).collect::<Vec<_>>(), [3]);
+    // Steady: nothing more to delete.
+    assert_eq!(
+        store.prune_step(&retention, 4).await.expect("prune step"),
+        Pruned::default()
+    );
+    store.close().await;
+}
+
 pub async fn run_logs_are_kept_in_order_and_pruned_with_their_run(f: &dyn StoreFactory) {
     let db = f.create().await;
     let s = db.open().await;

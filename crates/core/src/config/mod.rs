@@ -81,12 +81,25 @@ impl Default for ClusterSettings {
     }
 }
 
+/// `history:` — how long run rows are kept. Whichever bound is reached first deletes a run:
+/// a job that runs every second keeps its newest `keep_runs`, a daily job its last
+/// `keep_days` days. Failed runs (failed, timed out, interrupted) are counted and aged on
+/// their own, so a stream of successes never pushes the last failures out.
 #[derive(Debug, Clone)]
 pub struct HistorySettings {
-    /// Keep at least the newest this many runs per job.
+    /// The newest this many runs per job are kept (at most).
     pub keep_runs: u32,
-    /// Keep every run younger than this many days.
+    /// Runs older than this many days are deleted.
     pub keep_days: u32,
+    /// The newest this many failed runs per job are kept (at most).
+    pub keep_failed_runs: u32,
+    /// Failed runs older than this many days are deleted.
+    pub keep_failed_days: u32,
+    /// How often a small batch of old rows is pruned.
+    pub prune_every: Duration,
+    /// A warning is logged (once an hour at most) while the database file is larger than
+    /// this many MiB; 0: never.
+    pub warn_db_mb: u64,
 }
 
 /// The default bound on a run's stored log (`run_logs.max_bytes`).
@@ -98,6 +111,10 @@ pub struct RunLogSettings {
     /// The most bytes of log kept per run (`max_bytes`, default 1 MiB); beyond it the first and
     /// last halves are kept.
     pub max_bytes: usize,
+    /// Which runs keep their lines, for jobs that do not say (`mode`, default `all`).
+    pub mode: crate::definition::RunLogMode,
+    /// Lines older than this many days are deleted (their run stays): `keep_days`, default 7.
+    pub keep_days: u32,
 }
 
 /// The whole daemon configuration, validated.
@@ -177,10 +194,16 @@ impl Default for Settings {
             history: HistorySettings {
                 keep_runs: 1000,
                 keep_days: 30,
+                keep_failed_runs: 1000,
+                keep_failed_days: 90,
+                prune_every: Duration::from_secs(10),
+                warn_db_mb: 1024,
             },
             alerts: Default::default(),
             run_logs: RunLogSettings {
                 max_bytes: DEFAULT_RUN_LOG_MAX_BYTES,
+                mode: crate::definition::RunLogMode::All,
+                keep_days: 7,
             },
             cluster: ClusterSettings::default(),
             reload_poll: Duration::from_secs(30),
@@ -521,11 +544,24 @@ fn validate(
     let mut history = top.section("history");
     s.history.keep_runs = history.uint("keep_runs", s.history.keep_runs, 0);
     s.history.keep_days = history.uint("keep_days", s.history.keep_days, 0);
+    s.history.keep_failed_runs = history.uint("keep_failed_runs", s.history.keep_failed_runs, 0);
+    s.history.keep_failed_days = history.uint("keep_failed_days", s.history.keep_failed_days, 0);
+    s.history.prune_every = history.positive_duration("prune_every", s.history.prune_every);
+    s.history.warn_db_mb = history.uint("warn_db_mb", s.history.warn_db_mb, 0);
     let history = history.finish();
     top.absorb(history);
 
     let mut run_logs = top.section("run_logs");
     s.run_logs.max_bytes = run_logs.uint("max_bytes", s.run_logs.max_bytes, 1024);
+    {
+        use crate::definition::RunLogMode as M;
+        s.run_logs.mode = run_logs.choice(
+            "mode",
+            &[("all", M::All), ("problems", M::Problems), ("off", M::Off)],
+            s.run_logs.mode,
+        );
+    }
+    s.run_logs.keep_days = run_logs.uint("keep_days", s.run_logs.keep_days, 0);
     let run_logs = run_logs.finish();
     top.absorb(run_logs);
 

@@ -31,7 +31,7 @@ pub use loading::{
 pub use marketplace::{SECOPS_ONLY_KEYS, job_id_from_stem};
 pub use model::{
     Catalog, DEFAULT_INTERVAL_SECS, DEFAULT_TIMEOUT, FieldError, JobDefinition, JobSpec, LoadError,
-    LoadOptions, LoadReport, LoadedJobs, Misfire, Overlap,
+    LoadOptions, LoadReport, LoadedJobs, Misfire, Overlap, RunLogMode,
 };
 pub use params::{ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
 pub use parsing::yaml_to_json;

@@ -41,6 +41,39 @@ pub enum Misfire {
     Skip,
 }
 
+/// Which of a run's log lines are stored with it (`run_logs:` in a job file, and the global
+/// default `run_logs.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunLogMode {
+    /// Every line at info or above.
+    All,
+    /// A succeeded run's lines only if it logged a warning or worse; every line of a run that
+    /// did not succeed. The lines are held until the run ends (`logs --follow` shows them then).
+    Problems,
+    /// None.
+    Off,
+}
+
+impl RunLogMode {
+    pub fn parse(s: &str) -> Option<RunLogMode> {
+        Some(match s {
+            "all" => RunLogMode::All,
+            "problems" => RunLogMode::Problems,
+            "off" => RunLogMode::Off,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunLogMode::All => "all",
+            RunLogMode::Problems => "problems",
+            RunLogMode::Off => "off",
+        }
+    }
+}
+
 /// The loaded job definitions by id, as the scheduler last published them (after the first
 /// load and every reload); the admin API and `PauseControl` read it.
 pub type LoadedJobs = std::sync::Arc<BTreeMap<String, std::sync::Arc<JobDefinition>>>;
@@ -65,6 +98,8 @@ pub struct JobDefinition {
     pub timeout: Duration,
     pub overlap: Overlap,
     pub misfire: Misfire,
+    /// The job's `run_logs` mode; `None` follows the global `run_logs.mode`.
+    pub run_logs: Option<RunLogMode>,
     /// The job's own alert rules (`alerts:`), over the config's.
     pub alerts: alerts::JobAlerts,
     pub parameters: Parameters,

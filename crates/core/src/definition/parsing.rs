@@ -12,7 +12,7 @@ use yaml_serde::Value as Yaml;
 use super::marketplace::{self, SECOPS_ONLY_KEYS, job_id_from_stem, valid_id};
 use super::model::{
     Catalog, DEFAULT_INTERVAL_SECS, DEFAULT_TIMEOUT, JobDefinition, JobSpec, LoadError,
-    LoadOptions, Misfire, Overlap,
+    LoadOptions, Misfire, Overlap, RunLogMode,
 };
 use super::params::{self, ParamSpec, ParamType, ParamValue, Parameter, Parameters, RawValue};
 use super::{alerts, secrets};
@@ -36,6 +36,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "timeout",
     "overlap",
     "misfire",
+    "run_logs",
     "parameters",
     "alerts",
 ];
@@ -160,6 +161,7 @@ impl Cx<'_> {
         let schedule = self.schedule(map);
         let (timeout, overlap, misfire) = self.run_policy(map);
         let alerts = self.alerts(map);
+        let run_logs = self.run_logs(map);
         let parameters = self.parameters(path, map, spec);
         let extra = self.extra(path, map, spec, inferred_script, parameters.as_ref());
 
@@ -178,6 +180,7 @@ impl Cx<'_> {
             timeout: timeout?,
             overlap,
             misfire,
+            run_logs,
             alerts,
             parameters: parameters?,
             extra,
@@ -413,6 +416,19 @@ impl Cx<'_> {
             }
         };
         (timeout, overlap, misfire)
+    }
+
+    /// The job's `run_logs` mode, if it sets one.
+    fn run_logs(&mut self, map: &yaml_serde::Mapping) -> Option<RunLogMode> {
+        let m = self.opt_str(map, "run_logs")?;
+        let mode = RunLogMode::parse(&m);
+        if mode.is_none() {
+            self.val_err(
+                "run_logs",
+                format!("invalid run_logs `{m}` (expected all, problems or off)"),
+            );
+        }
+        mode
     }
 
     /// The job's own `alerts:` rules.

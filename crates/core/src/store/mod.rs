@@ -411,6 +411,29 @@ pub trait RunStore: Send + Sync + 'static {
     /// Returns the number of rows deleted.
     async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// One small step of pruning under `retention` (see [`Retention`]): deletes at most
+    /// `limit` run rows and at most `limit` run-log rows, oldest first. The daemon calls it
+    /// every `history.prune_every` and again at once while a step deleted a full batch, so a
+    /// database bloated by a burst shrinks in many short write transactions that ticks
+    /// interleave with. Never deletes a `running` row.
+    ///
+    /// The default implementation prunes runs with [`RunStore::prune`] (both bounds must
+    /// agree before a run goes) and no run-log lines.
+    async fn prune_step(&self, retention: &Retention, limit: u32) -> StoreResult<Pruned> {
+        let _ = limit;
+        let runs = self
+            .prune(retention.keep_runs, retention.older_than)
+            .await?;
+        Ok(Pruned { runs, log_rows: 0 })
+    }
+
+    /// Gives the space of deleted rows back to the file system (SQLite: an incremental
+    /// vacuum of a bounded number of pages) and returns the database's size in bytes, if
+    /// the backend knows it.
+    async fn reclaim(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
     /// Flushes and closes the database (checkpointing the SQLite WAL).
     async fn close(&self);
 
@@ -478,6 +501,37 @@ pub trait RunStore: Send + Sync + 'static {
         None
     }
 }
+
+/// The bounds of stored history ([`RunStore::prune_step`]): a run is deleted as soon as one
+/// rule no longer keeps it (the newest `keep_runs` *or* the last days, whichever is fewer).
+/// Failed runs (failed, timed out, interrupted) are counted and aged on their own rules.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// The newest this many finished runs of a job (of any status) are kept, at most.
+    pub keep_runs: u32,
+    /// Runs that started before this are deleted.
+    pub older_than: DateTime<Utc>,
+    /// The newest this many failed runs of a job are kept, at most.
+    pub keep_failed_runs: u32,
+    /// Failed runs that started before this are deleted.
+    pub failed_older_than: DateTime<Utc>,
+    /// Run-log lines logged before this are deleted (their run stays).
+    pub logs_older_than: DateTime<Utc>,
+}
+
+/// What one [`RunStore::prune_step`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub runs: u64,
+    pub log_rows: u64,
+}
+
+/// The statuses [`Retention`] counts as failed.
+pub const FAILED_STATUSES: [RunStatus; 3] = [
+    RunStatus::Failed,
+    RunStatus::TimedOut,
+    RunStatus::Interrupted,
+];
 
 /// One registered process of a clustered database (`soarjobd nodes`).
 #[derive(Debug, Clone, Serialize)]

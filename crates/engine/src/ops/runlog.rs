@@ -7,9 +7,16 @@
 //!   span is created ([`capture_into`]): the layer takes it from a thread-local in
 //!   `on_new_span`. Nothing global maps run ids to buffers, so several daemons (tests) in one
 //!   process never mix their runs, and a subscriber without the layer simply stores nothing.
-//! * One writer task per [`RunLogs`] drains the buffers every [`FLUSH_EVERY`] into the store
-//!   ([`OpsStore::append_run_logs`]) in batches. A slow or failing database delays or loses
-//!   log lines, never a run.
+//! * One writer task per [`RunLogs`] writes the lines of ended runs (handed over by
+//!   [`RunBuffer::close`]) and the lines so far of runs still going, every [`FLUSH_EVERY`] or
+//!   soon after a run ends, but at most once per [`MIN_GAP`]: the thousand runs that end
+//!   together at a tick are written in one or two batches, not a flush per run (the profile
+//!   showed the writer woken per run end, each time cloning and locking every open buffer).
+//!   A slow or failing database delays or loses log lines, never a run.
+//!
+//! What is kept follows the job's `run_logs` mode ([`RunLogMode`]): `all`; `problems`, where
+//! a run's lines are held until it ends and kept only if it did not succeed or logged a
+//! warning or worse; `off`, where the runner opens no buffer at all.
 //!
 //! Each run keeps at most `max_bytes` (config `run_logs.max_bytes`): the first half is written
 //! as it comes, the last half is held back in a ring until the run ends; the lines in between
@@ -28,6 +35,8 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::definition::RunLogMode;
+use crate::store::RunStatus;
 use crate::store::ops::{OpsStore, RunLogLine};
 use soarjobd_core::Redactor;
 use soarjobd_core::error_chain;
@@ -36,6 +45,9 @@ use soarjobd_core::error_chain;
 pub const RUN_SPAN: &str = "run";
 /// How often buffered lines are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// The least time between two flushes: run ends wake the writer, but a burst of them is
+/// written together.
+pub const MIN_GAP: Duration = Duration::from_millis(100);
 /// Bytes counted per line on top of its text (the row's other columns).
 const LINE_OVERHEAD: usize = 32;
 
@@ -139,10 +151,14 @@ impl Visit for Fields {
 /// One run's lines on their way to the store.
 pub struct RunBuffer {
     run_id: i64,
+    /// Its key among the open buffers of its [`RunLogs`].
+    key: u64,
     redactor: Redactor,
     half: usize,
+    mode: RunLogMode,
     state: Mutex<BufferState>,
-    wake: Arc<Notify>,
+    /// The writer's side; weak, so that a buffer never closed does not keep it alive.
+    shared: std::sync::Weak<Shared>,
 }
 
 #[derive(Default)]
@@ -160,6 +176,8 @@ struct BufferState {
     cut: u64,
     first_cut_seq: Option<i64>,
     closed: bool,
+    /// A line at WARN or worse was logged (`problems` mode keeps such a run's lines).
+    problem: bool,
 }
 
 impl RunBuffer {
@@ -176,6 +194,7 @@ impl RunBuffer {
             return;
         }
         st.next_seq += 1;
+        st.problem |= *meta.level() <= tracing::Level::WARN;
         let line = RunLogLine {
             run_id: self.run_id,
             seq: st.next_seq,
@@ -203,38 +222,79 @@ impl RunBuffer {
         }
     }
 
-    /// Marks the run's log complete: the tail (and the cut marker) become writable.
-    pub fn close(&self) {
+    /// Marks the run's log complete, the run having ended with `status`: the tail (and the
+    /// cut marker) are handed to the writer, or everything is dropped when the job's mode is
+    /// `problems` and the run succeeded without a warning.
+    pub fn close(&self, status: RunStatus) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
             return;
         }
         st.closed = true;
-        if let Some(seq) = st.first_cut_seq {
-            let at = st.tail.front().map(|(l, _)| l.at).unwrap_or_else(Utc::now);
-            let cut = st.cut;
-            st.unwritten.push(RunLogLine {
-                run_id: self.run_id,
-                seq,
-                at,
-                level: "WARN".into(),
-                target: "soarjobd::run_logs".into(),
-                message: format!("[... {cut} lines cut ...]"),
-                fields: serde_json::json!({ "cut_lines": cut }),
-            });
+        let keep = match self.mode {
+            RunLogMode::All => true,
+            RunLogMode::Problems => st.problem || status != RunStatus::Succeeded,
+            RunLogMode::Off => false,
+        };
+        let mut lines = std::mem::take(&mut st.unwritten);
+        if keep {
+            if let Some(seq) = st.first_cut_seq {
+                let at = st.tail.front().map(|(l, _)| l.at).unwrap_or_else(Utc::now);
+                let cut = st.cut;
+                lines.push(RunLogLine {
+                    run_id: self.run_id,
+                    seq,
+                    at,
+                    level: "WARN".into(),
+                    target: "soarjobd::run_logs".into(),
+                    message: format!("[... {cut} lines cut ...]"),
+                    fields: serde_json::json!({ "cut_lines": cut }),
+                });
+            }
+            lines.extend(st.tail.drain(..).map(|(l, _)| l));
+        } else {
+            lines.clear();
         }
-        let tail: Vec<RunLogLine> = st.tail.drain(..).map(|(l, _)| l).collect();
-        st.unwritten.extend(tail);
+        // Nothing of the run stays behind in the buffer.
+        st.tail = VecDeque::new();
         drop(st);
-        self.wake.notify_one();
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.key);
+            if !lines.is_empty() {
+                shared
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&mut lines);
+            }
+            shared.wake.notify_one();
+        }
     }
 
-    /// Takes the lines ready to be written; `true` once the buffer is closed and empty.
-    fn drain(&self, into: &mut Vec<RunLogLine>) -> bool {
+    /// Takes the head lines written so far of a run still going (`all` mode only: `problems`
+    /// decides at the end).
+    fn drain(&self, into: &mut Vec<RunLogLine>) {
+        if self.mode != RunLogMode::All {
+            return;
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         into.append(&mut st.unwritten);
-        st.closed
     }
+}
+
+/// What the buffers and the writer share.
+#[derive(Default)]
+struct Shared {
+    /// The buffers of runs still going, by key.
+    open: Mutex<std::collections::HashMap<u64, Arc<RunBuffer>>>,
+    next_key: std::sync::atomic::AtomicU64,
+    /// Lines of ended runs, ready to be written.
+    ready: Mutex<Vec<RunLogLine>>,
+    wake: Notify,
 }
 
 /// The run-log service of one store: opens buffers for runs and writes them in the background.
@@ -246,8 +306,7 @@ pub struct RunLogs {
 struct Inner {
     store: Arc<dyn OpsStore>,
     max_bytes: usize,
-    buffers: Mutex<Vec<Arc<RunBuffer>>>,
-    wake: Arc<Notify>,
+    shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Lines whose write failed (the database is down), written again at the next flush;
@@ -266,12 +325,11 @@ impl RunLogs {
         let inner = Arc::new(Inner {
             store,
             max_bytes: max_bytes.max(2 * LINE_OVERHEAD),
-            buffers: Mutex::new(Vec::new()),
+            shared: Arc::default(),
             unwritten: Mutex::new(Vec::new()),
             failing: Mutex::new(crate::store::failing::FailureLog::new(
                 "cannot store run log lines; they are kept and written again at the next flush",
             )),
-            wake: Arc::new(Notify::new()),
             stop: tokio_util::sync::CancellationToken::new(),
             writer: Mutex::new(None),
         });
@@ -280,21 +338,36 @@ impl RunLogs {
         RunLogs { inner }
     }
 
-    /// A buffer for a run; give it to [`capture_into`] and [`RunBuffer::close`] it at the end.
-    pub fn open(&self, run_id: i64, redactor: Redactor) -> Arc<RunBuffer> {
+    /// A buffer for a run whose job keeps its lines in `mode` (`None` for `off`); give it to
+    /// [`capture_into`] and [`RunBuffer::close`] it at the end.
+    pub fn open(
+        &self,
+        run_id: i64,
+        redactor: Redactor,
+        mode: RunLogMode,
+    ) -> Option<Arc<RunBuffer>> {
+        if mode == RunLogMode::Off {
+            return None;
+        }
+        let shared = &self.inner.shared;
+        let key = shared
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let buffer = Arc::new(RunBuffer {
             run_id,
+            key,
             redactor,
             half: self.inner.max_bytes / 2,
+            mode,
             state: Mutex::new(BufferState::default()),
-            wake: self.inner.wake.clone(),
+            shared: Arc::downgrade(shared),
         });
-        self.inner
-            .buffers
+        shared
+            .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(buffer.clone());
-        buffer
+            .insert(key, buffer.clone());
+        Some(buffer)
     }
 
     /// Writes what is buffered and stops the writer (at shutdown, before the store closes).
@@ -315,41 +388,44 @@ impl RunLogs {
 
 async fn write_loop(inner: Arc<Inner>) {
     loop {
-        // A run that ends wakes the writer, so its last lines are stored at once; otherwise
+        // A run that ends wakes the writer, so its last lines are stored soon; otherwise
         // lines are written every FLUSH_EVERY, in one batch for every run.
         let stopping = tokio::select! {
             _ = inner.stop.cancelled() => true,
             _ = tokio::time::sleep(FLUSH_EVERY) => false,
-            _ = inner.wake.notified() => false,
+            _ = inner.shared.wake.notified() => false,
         };
         flush(&inner).await;
         if stopping {
             return;
         }
+        // The runs that end meanwhile are written together by the next flush.
+        tokio::select! {
+            _ = inner.stop.cancelled() => {
+                flush(&inner).await;
+                return;
+            }
+            _ = tokio::time::sleep(MIN_GAP) => {}
+        }
     }
 }
 
 async fn flush(inner: &Inner) {
-    let buffers: Vec<Arc<RunBuffer>> = inner
-        .buffers
+    let mut lines =
+        std::mem::take(&mut *inner.shared.ready.lock().unwrap_or_else(|p| p.into_inner()));
+    // Runs still going: what they logged so far (long runs are followed as they go).
+    let open: Vec<Arc<RunBuffer>> = inner
+        .shared
+        .open
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut lines = Vec::new();
-    let mut done: Vec<usize> = Vec::new();
-    for b in &buffers {
-        // A closed buffer takes no more lines: once drained it is finished.
-        if b.drain(&mut lines) {
-            done.push(Arc::as_ptr(b) as usize);
-        }
+        .values()
+        .cloned()
+        .collect();
+    for b in &open {
+        b.drain(&mut lines);
     }
-    if !done.is_empty() {
-        inner
-            .buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|b| !done.contains(&(Arc::as_ptr(b) as usize)));
-    }
+    drop(open);
     let mut unwritten =
         std::mem::take(&mut *inner.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
     if !unwritten.is_empty() {
@@ -400,7 +476,8 @@ pub fn format_line(l: &RunLogLine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewRun, RunStatus, Store, Trigger};
+    use crate::store::{NewRun, Store, Trigger};
+    use chrono::DateTime;
     use tracing_subscriber::prelude::*;
 
     async fn store_with_run() -> (tempfile::TempDir, Arc<dyn Store>, i64) {
@@ -430,7 +507,9 @@ mod tests {
         let logs = RunLogs::start(store.clone(), 4096);
         let sub = tracing_subscriber::registry().with(RunLogLayer);
         let _guard = tracing::subscriber::set_default(sub);
-        let buffer = logs.open(run_id, Redactor::new(["hunter2-secret"]));
+        let buffer = logs
+            .open(run_id, Redactor::new(["hunter2-secret"]), RunLogMode::All)
+            .expect("a buffer");
         let span = capture_into(Some(&buffer), || tracing::info_span!("run", run_id));
         tracing::info!("outside the run");
         span.in_scope(|| {
@@ -440,7 +519,7 @@ mod tests {
             }
             tracing::info!("the very last line");
         });
-        buffer.close();
+        buffer.close(RunStatus::Succeeded);
         logs.close().await;
         let lines = store.run_logs(run_id, 0, 10_000).await.expect("read");
         let texts: Vec<String> = lines.iter().map(format_line).collect();
@@ -485,13 +564,19 @@ mod tests {
         let logs = RunLogs::start(store.clone(), crate::config::DEFAULT_RUN_LOG_MAX_BYTES);
         let _guard =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(RunLogLayer));
-        let buffer = logs.open(run_id, Redactor::new(std::iter::empty::<&str>()));
+        let buffer = logs
+            .open(
+                run_id,
+                Redactor::new(std::iter::empty::<&str>()),
+                RunLogMode::All,
+            )
+            .expect("a buffer");
         // The buffer is offered to a span of another name: it must not stay pending.
         let other = capture_into(Some(&buffer), || tracing::info_span!("other"));
         let run = capture_into(None, || tracing::info_span!("run"));
         other.in_scope(|| tracing::info!("in other"));
         run.in_scope(|| tracing::info!("in a run without buffer"));
-        buffer.close();
+        buffer.close(RunStatus::Succeeded);
         logs.close().await;
         assert!(
             store
@@ -500,6 +585,66 @@ mod tests {
                 .expect("read")
                 .is_empty()
         );
+        store.close().await;
+    }
+
+    /// `problems` keeps a succeeded run's lines only when it warned, and every line of a run
+    /// that did not succeed; `off` opens no buffer. Nothing is written before the run ends.
+    #[tokio::test]
+    async fn problems_mode_keeps_only_runs_that_warned_or_did_not_succeed() {
+        let (_dir, store, quiet) = store_with_run().await;
+        let claim = |s: i64| NewRun {
+            job_id: "j".into(),
+            scheduled_at: DateTime::from_timestamp(s, 0).expect("instant"),
+            trigger: Trigger::Schedule,
+            status: RunStatus::Running,
+            started_at: Utc::now(),
+            message: None,
+        };
+        let ids = store
+            .claim_runs(&[claim(100), claim(200)])
+            .await
+            .expect("claim");
+        let (warned, failed) = (ids[0].expect("claimed"), ids[1].expect("claimed"));
+        let logs = RunLogs::start(store.clone(), 64 * 1024);
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(RunLogLayer));
+        let none = || Redactor::new(std::iter::empty::<&str>());
+        assert!(logs.open(quiet, none(), RunLogMode::Off).is_none());
+        let mut buffers = Vec::new();
+        for (run_id, warn) in [(quiet, false), (warned, true), (failed, false)] {
+            let b = logs
+                .open(run_id, none(), RunLogMode::Problems)
+                .expect("a buffer");
+            let span = capture_into(Some(&b), || tracing::info_span!("run", run_id));
+            span.in_scope(|| {
+                tracing::info!("working");
+                if warn {
+                    tracing::warn!("something looks wrong");
+                }
+            });
+            buffers.push(b);
+        }
+        // Held back until the end, even across a flush.
+        tokio::time::sleep(FLUSH_EVERY + MIN_GAP).await;
+        assert!(
+            store
+                .run_logs(warned, 0, 10)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        buffers[0].close(RunStatus::Succeeded);
+        buffers[1].close(RunStatus::Succeeded);
+        buffers[2].close(RunStatus::Failed);
+        logs.close().await;
+        let count = |id| {
+            let store = store.clone();
+            async move { store.run_logs(id, 0, 10).await.expect("read").len() }
+        };
+        assert_eq!(count(quiet).await, 0);
+        assert_eq!(count(warned).await, 2);
+        assert_eq!(count(failed).await, 1);
         store.close().await;
     }
 }

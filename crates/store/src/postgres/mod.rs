@@ -45,9 +45,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, RunFinish, RunHolder,
-    RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError, StoreResult,
-    Trigger,
+    Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, Pruned, Retention,
+    RunFinish, RunHolder, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState,
+    StoreError, StoreResult, Trigger,
 };
 use crate::Db;
 use crate::rows::{
@@ -1057,6 +1057,59 @@ impl RunStore for PgStore {
         .db()?
         .rows_affected();
         Ok(deleted)
+    }
+
+    /// One statement for the runs (ranked per job, and per job among its failed or other
+    /// runs), one for the oldest run-log lines; several replicas pruning at once delete each
+    /// row once.
+    async fn prune_step(&self, r: &Retention, limit: u32) -> StoreResult<Pruned> {
+        let runs = sqlx::query(
+            "DELETE FROM job_runs WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, status, started_at, \
+                            ROW_NUMBER() OVER (PARTITION BY job_id \
+                                               ORDER BY started_at DESC, id DESC) AS rn, \
+                            ROW_NUMBER() OVER (PARTITION BY job_id, \
+                                               status IN ('failed', 'timed_out', 'interrupted') \
+                                               ORDER BY started_at DESC, id DESC) AS crn \
+                     FROM job_runs \
+                 ) ranked \
+                 WHERE status <> 'running' AND CASE \
+                     WHEN status IN ('failed', 'timed_out', 'interrupted') \
+                     THEN crn > $3 OR started_at < $4 \
+                     ELSE rn > $1 OR started_at < $2 END \
+                 ORDER BY started_at, id LIMIT $5 \
+             ) AND status <> 'running'",
+        )
+        .bind(i64::from(r.keep_runs))
+        .bind(millis(r.older_than))
+        .bind(i64::from(r.keep_failed_runs))
+        .bind(millis(r.failed_older_than))
+        .bind(i64::from(limit))
+        .execute(&self.inner.pool)
+        .await
+        .db()?
+        .rows_affected();
+        let log_rows = sqlx::query(
+            "DELETE FROM run_logs WHERE ctid IN ( \
+                 SELECT ctid FROM run_logs WHERE at < $1 LIMIT $2)",
+        )
+        .bind(millis(r.logs_older_than))
+        .bind(i64::from(limit))
+        .execute(&self.inner.pool)
+        .await
+        .db()?
+        .rows_affected();
+        Ok(Pruned { runs, log_rows })
+    }
+
+    async fn reclaim(&self) -> StoreResult<Option<u64>> {
+        // PostgreSQL's autovacuum reuses the space of deleted rows; the size is what it is.
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.inner.pool)
+            .await
+            .db()?;
+        Ok(u64::try_from(bytes).ok())
     }
 
     /// Stops the heartbeat and deletes this node's row, so another replica does not wait for

@@ -80,6 +80,13 @@ pub struct Evaluator {
     pub invalid: watch::Receiver<InvalidFiles>,
     pub ended: Arc<RunEnded>,
     pub dispatcher: Dispatcher,
+    /// The episodes known to be open, `(rule, subject)`: read at every sweep and kept up to
+    /// date by this evaluator's own opens and resolves; `None` until the first sweep. A run
+    /// end that cannot change anything (no failure, no open episode of its job) then costs
+    /// no query: at a thousand runs a second, the history read and the two resolve UPDATEs
+    /// per run end were a third of the daemon's CPU. An episode another replica opened is
+    /// learnt at the next sweep (`alerts.check_every`), so its resolution may wait that long.
+    pub known_open: std::sync::Mutex<Option<HashSet<(AlertRule, String)>>>,
 }
 
 fn log_err(failing: &mut crate::store::failing::FailureLog, r: StoreResult<()>) {
@@ -115,8 +122,10 @@ impl Evaluator {
                 _ = shutdown.cancelled() => return,
                 _ = ended.wait() => {
                     let jobs = ended.take();
-                    for id in jobs {
-                        log_err(&mut failing, self.on_run_end(&id).await);
+                    for (id, failed) in jobs {
+                        if failed || self.may_resolve(&id) {
+                            log_err(&mut failing, self.on_run_end(&id).await);
+                        }
                     }
                 }
                 r = invalid.changed() => {
@@ -136,6 +145,30 @@ impl Evaluator {
                     }
                     log_err(&mut failing, self.on_sweep(started).await);
                 }
+            }
+        }
+    }
+
+    /// Whether a run end without failures may resolve an episode of `job_id`: one of its
+    /// episodes is open, or which are open is not known yet.
+    fn may_resolve(&self, job_id: &str) -> bool {
+        let known = self.known_open.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(open) = known.as_ref() else {
+            return true;
+        };
+        [AlertRule::FailedRunsInARow, AlertRule::NoSuccessFor]
+            .into_iter()
+            .any(|rule| open.contains(&(rule, job_id.to_string())))
+    }
+
+    /// Keeps [`Evaluator::known_open`] up to date with an open (`true`) or a resolve.
+    fn know(&self, rule: AlertRule, subject: &str, open: bool) {
+        let mut known = self.known_open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = known.as_mut() {
+            if open {
+                set.insert((rule, subject.to_string()));
+            } else {
+                set.remove(&(rule, subject.to_string()));
             }
         }
     }
@@ -169,6 +202,8 @@ impl Evaluator {
         {
             self.notify(AlertState::Firing, &ep, summary);
         }
+        // Open now, by this call or an earlier one.
+        self.know(rule, subject, true);
         Ok(())
     }
 
@@ -176,6 +211,7 @@ impl Evaluator {
         if let Some(ep) = self.store.resolve_alert(rule, subject, Utc::now()).await? {
             self.notify(AlertState::Resolved, &ep, summary);
         }
+        self.know(rule, subject, false);
         Ok(())
     }
 
@@ -278,7 +314,13 @@ impl Evaluator {
                 self.open(AlertRule::NoSuccessFor, id, summary).await?;
             }
         }
-        for ep in self.store.open_alerts().await? {
+        let open = self.store.open_alerts().await?;
+        *self.known_open.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+            open.iter()
+                .map(|ep| (ep.rule, ep.subject.clone()))
+                .collect(),
+        );
+        for ep in open {
             if ep.rule != AlertRule::JobInvalid && !jobs.contains_key(&ep.subject) {
                 let summary = format!("job `{}` was removed", ep.subject);
                 self.resolve(ep.rule, &ep.subject, summary).await?;
