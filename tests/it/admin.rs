@@ -1143,3 +1143,201 @@ async fn a_client_that_stops_reading_is_closed_by_the_idle_timeout() {
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// What [`seed_thousand_jobs`] made.
+pub struct Seeded {
+    /// The jobs whose newest counted run failed, timed out or was interrupted, in the page's
+    /// order (by name).
+    pub failing: Vec<String>,
+    /// The jobs of `integration: ThreatConnect`.
+    pub threatconnect: std::collections::BTreeSet<String>,
+    /// A job with 40 runs of every final status.
+    pub rainbow: String,
+}
+
+/// 1,000 job files (`job-0000` .. `job-0999`, three integrations, every 100th disabled, a
+/// schedule that does not fire during a test) and their history, written to the store before
+/// the daemon starts: three runs each, a failure last for 40 of them, 40 runs of every final
+/// status for `job-0003`.
+pub async fn seed_thousand_jobs(t: &TestApp) -> Seeded {
+    use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
+    let mut threatconnect = std::collections::BTreeSet::new();
+    let mut failing = Vec::new();
+    let base = chrono::Utc::now() - chrono::TimeDelta::days(2);
+    let mut claims = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..1000_i64 {
+        let id = format!("job-{i:04}");
+        let integration = ["ThreatConnect", "SecOps", "Tools"][(i % 3) as usize];
+        if i % 3 == 0 {
+            threatconnect.insert(id.clone());
+        }
+        let enabled = if i % 100 == 99 {
+            "enabled: false\n"
+        } else {
+            ""
+        };
+        t.write_job(
+            &id,
+            &format!(
+                "name: Job {i:04}\njob: sleep\nintegration: {integration}\n\
+                 schedule: {{cron: '0 0 1 1 *'}}\n{enabled}"
+            ),
+        );
+        use RunStatus::*;
+        let statuses: Vec<RunStatus> = match i % 100 {
+            _ if i == 3 => {
+                let every = [
+                    Partial,
+                    Failed,
+                    TimedOut,
+                    Skipped,
+                    Interrupted,
+                    Cancelled,
+                    Succeeded,
+                ];
+                (0..40).map(|k| every[(k + 2) % every.len()]).collect()
+            }
+            7 => vec![Succeeded, Succeeded, Failed],
+            17 => vec![Succeeded, Partial, TimedOut],
+            27 => vec![Succeeded, Succeeded, Interrupted],
+            37 => vec![Failed, Failed, Succeeded],
+            47 => vec![Succeeded, Failed, Cancelled],
+            _ => vec![Succeeded, Succeeded, Succeeded],
+        };
+        if [7, 17, 27, 47].contains(&(i % 100)) {
+            failing.push(id.clone());
+        }
+        for (k, status) in statuses.into_iter().enumerate() {
+            let started = base + chrono::TimeDelta::seconds(i + 600 * k as i64);
+            claims.push(NewRun {
+                job_id: id.clone(),
+                scheduled_at: started,
+                trigger: Trigger::Manual,
+                status: RunStatus::Running,
+                started_at: started,
+                message: None,
+            });
+            ends.push(RunFinish {
+                status,
+                finished_at: started
+                    + chrono::TimeDelta::milliseconds(100 * (i % 7 + 1) + 37 * k as i64),
+                message: Some(format!("{status}")),
+                error: None,
+                stats: json!({}),
+            });
+        }
+    }
+    let store = t.store().await;
+    let ids = store.claim_runs(&claims).await.unwrap();
+    for (id, end) in ids.into_iter().zip(&ends) {
+        assert!(store.finish_run(id.unwrap(), end).await.unwrap());
+    }
+    store.close().await;
+    Seeded {
+        failing,
+        threatconnect,
+        rainbow: "job-0003".into(),
+    }
+}
+
+/// The `data-job` ids of a jobs page's rows, in order.
+fn page_rows(html: &str) -> Vec<String> {
+    html.split("<tr data-job=\"")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 21: the jobs page's filters and paging are query parameters answered by the server
+/// (no script needed): state, platform, text, page and page size, with the counts per state
+/// over the jobs the other filters keep; bad values fall back to the defaults.
+#[tokio::test]
+async fn jobs_page_filters_and_pages_on_the_server() {
+    let mut t = TestApp::new();
+    let seeded = seed_thousand_jobs(&t).await;
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let http = reqwest::Client::new();
+    let get = |q: &'static str| {
+        let req = http
+            .get(format!("{}{q}", server.url()))
+            .bearer_auth(READ)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            assert_eq!(r.status(), 200, "{q}");
+            let timing = r.headers()["server-timing"].to_str().unwrap().to_string();
+            assert!(timing.starts_with("page;dur="), "{timing}");
+            r.text().await.unwrap()
+        }
+    };
+
+    let ready = eventually(Duration::from_secs(30), || {
+        let req = http.get(format!("{}readyz", server.url())).send();
+        async move { req.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "the jobs were loaded");
+
+    // Failing first, then the rest by name; 50 a page.
+    let page = get("").await;
+    let rows = page_rows(&page);
+    assert_eq!(rows.len(), 50, "{page}");
+    assert_eq!(rows[..40], seeded.failing[..]);
+    assert_eq!(rows[40], "job-0000");
+    assert!(page.contains("1–50 of 1000 jobs"), "{page}");
+    assert!(page.contains("id=\"count-failing\" class=\"b-failing\">failing <b>40</b>"));
+    assert!(page.contains("id=\"count-disabled\" class=\"b-disabled\">disabled <b>10</b>"));
+    assert!(page.contains("href=\"/?page=2\" rel=\"next\""), "{page}");
+
+    // A later page of another size: the order goes on; the links keep the size.
+    let page = get("?per=100&page=3").await;
+    let rows = page_rows(&page);
+    assert_eq!(rows.len(), 100);
+    // 40 failing, then the others by name: 95 a hundred (4 failing, 1 disabled).
+    assert_eq!(rows[0], "job-0169", "{rows:?}");
+    assert!(page.contains("201–300 of 1000 jobs"));
+    assert!(page.contains("href=\"/?page=4&amp;per=100\" rel=\"next\""));
+    assert!(page.contains("href=\"/?page=2&amp;per=100\" rel=\"prev\""));
+    // Past the end: the last page; nonsense: the defaults.
+    let page = get("?page=999").await;
+    assert!(page.contains("951–1000 of 1000 jobs"), "{page}");
+    assert!(page.contains("page 20 of 20"), "{page}");
+    // Disabled jobs come last.
+    assert_eq!(
+        page_rows(&page)[40..],
+        (0..10).map(|h| format!("job-0{h}99")).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        page_rows(&get("?page=abc&per=-1&state=nope").await).len(),
+        50
+    );
+
+    // State, platform and text together; the counts follow platform and text.
+    let page = get("?state=failing&platform=threatconnect&q=job-01").await;
+    let want: Vec<&String> = seeded
+        .failing
+        .iter()
+        .filter(|id| seeded.threatconnect.contains(*id) && id.starts_with("job-01"))
+        .collect();
+    assert_eq!(page_rows(&page).iter().collect::<Vec<_>>(), want);
+    assert!(page.contains(&format!(
+        "all <b>{}</b>",
+        (100..200).filter(|i| i % 3 == 0).count()
+    )));
+    assert!(page.contains("<option value=\"ThreatConnect\" selected>"));
+    assert!(page.contains("value=\"job-01\""));
+    assert!(page.contains("<option value=\"failing\" selected>"));
+    // The text matches names too, case-insensitively; a disabled job is found as such.
+    let page = get("?q=JOB%200199").await;
+    assert_eq!(page_rows(&page), ["job-0199"]);
+    assert!(page.contains("data-state=\"disabled\""));
+    // Nothing found is an empty table, not an error.
+    let page = get("?q=%3Cscript%3E").await;
+    assert!(page_rows(&page).is_empty());
+    assert!(page.contains("value=\"&lt;script&gt;\""));
+    assert!(!page.contains("<script>alert"));
+
+    daemon.shutdown().await;
+    server.stop().await;
+}

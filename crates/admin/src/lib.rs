@@ -5,7 +5,7 @@
 //! * `GET /readyz`: the jobs folder was loaded, the scheduler runs, the database answers.
 //! * `GET /metrics`: Prometheus/OpenMetrics text ([`metrics`]).
 //! * `/api/v1/...`: the JSON API ([`api`], `docs/openapi.yaml`).
-//! * `/`: the status page ([`page`]).
+//! * `/`: the status page: the jobs ([`jobs_page`]), a job, a run ([`page`]).
 //!
 //! The server depends on the core only: it sees the daemon through
 //! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
@@ -21,9 +21,12 @@ mod conn;
 mod error;
 mod extract;
 mod guard;
+mod html;
+mod jobs_page;
 mod limit;
 mod metrics;
 mod page;
+mod svg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -134,7 +137,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}/pause", post(api::pause))
         .route("/api/v1/jobs/{id}/resume", post(api::resume))
         .route("/api/v1/runs/{run_id}/logs", get(api::logs))
-        .route("/", get(page::index))
+        .route("/", get(jobs_page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
         .route("/jobs/{id}", get(page::job))

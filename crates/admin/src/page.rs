@@ -7,19 +7,18 @@
 //! loopback server without tokens).
 //!
 //! Its only inline style and script are allowed by hash in the Content-Security-Policy every
-//! response carries ([`csp`]): nothing injected could run, and no other site may frame it.
+//! response carries ([`crate::html::csp`]): nothing injected could run, and no other site may
+//! frame it. The jobs list is [`crate::jobs_page`].
 
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use soarjobd_core::definition::JobDefinition;
 use soarjobd_core::store::{RunRecord, RunStatus};
 use soarjobd_engine::ops::runlog::format_line;
 
@@ -28,203 +27,10 @@ use crate::api::{self, RunsQuery};
 use crate::auth::{COOKIE_NAME, Role};
 use crate::error::ApiError;
 use crate::extract::{Face, Operator, Reader};
-
-/// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A path segment (a job id) for a link.
-fn seg(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2430}\
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .6rem;\
-border-bottom:1px solid #dde2ea;vertical-align:top}th{background:#f3f5f8}\
-.s-succeeded{color:#17803d}.s-failed,.s-timed_out,.s-interrupted{color:#b42318;font-weight:600}\
-.s-running{color:#175cd3}.s-partial,.s-cancelled,.s-skipped{color:#b54708}\
-form{display:inline}button{cursor:pointer}pre{background:#f6f8fa;padding:.6rem;overflow:auto}\
-code{font-size:.9em}.muted{color:#667085}";
-
-/// Reloads the page every 5 s while the tab is visible; the page works the same without it.
-const SCRIPT: &str = "setInterval(function(){if(document.visibilityState==='visible')\
-                      location.reload()},5000)";
-
-/// The Content-Security-Policy of every response: nothing but the page's own style and script
-/// (by hash), forms posting to this server only, never framed.
-pub fn csp() -> HeaderValue {
-    static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        let hash = |s: &str| {
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
-        };
-        let policy = format!(
-            "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            hash(STYLE),
-            hash(SCRIPT)
-        );
-        HeaderValue::from_str(&policy).expect("a header value")
-    });
-    CSP.clone()
-}
-
-/// A page; `sign_out`: show the Sign out button (tokens are configured).
-fn layout(title: &str, body: &str, refresh: bool, sign_out: bool) -> Html<String> {
-    let script = if refresh {
-        format!("<script>{SCRIPT}</script>")
-    } else {
-        String::new()
-    };
-    let sign_out = if sign_out {
-        " · <form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form>"
-    } else {
-        ""
-    };
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · soarjobd</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
-         <p class=\"muted\"><a href=\"/\">soarjobd</a> {} · <a href=\"/metrics\">metrics</a> · \
-         <a href=\"/api/v1/jobs\">API</a>{sign_out}</p>{body}{script}</body></html>",
-        esc(title),
-        esc(env!("CARGO_PKG_VERSION")),
-    ))
-}
-
-fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(
-        || "<span class=\"muted\">never</span>".into(),
-        |t| {
-            format!(
-                "<time datetime=\"{0}\">{1}</time>",
-                esc(&t.to_rfc3339()),
-                esc(&t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            )
-        },
-    )
-}
-
-fn status_cell(s: RunStatus) -> String {
-    format!("<span class=\"s-{0}\">{0}</span>", s.as_str())
-}
+use crate::html::{buttons, esc, layout, seg, status_cell, when};
 
 fn duration(r: &RunRecord) -> String {
-    r.duration_ms.map_or_else(String::new, |ms| {
-        if ms < 10_000 {
-            format!("{ms} ms")
-        } else {
-            format!("{:.1} s", ms as f64 / 1000.0)
-        }
-    })
-}
-
-/// The job's buttons: Run now, and Pause or Resume (operators only).
-fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
-    if role != Role::Operator {
-        return String::new();
-    }
-    let id = seg(&def.id);
-    let toggle = if paused {
-        format!(
-            "<form method=\"post\" action=\"/jobs/{id}/resume\"><button type=\"submit\" class=\"resume\">Resume</button></form>"
-        )
-    } else {
-        format!(
-            "<form method=\"post\" action=\"/jobs/{id}/pause\"><button type=\"submit\" class=\"pause\">Pause</button></form>"
-        )
-    };
-    format!(
-        "<form method=\"post\" action=\"/jobs/{id}/run\"><button type=\"submit\" class=\"run-now\">Run now</button></form> {toggle}"
-    )
-}
-
-pub async fn index(State(s): State<Arc<Shared>>, reader: Reader<Page>) -> Response {
-    let role = reader.caller.role;
-    let view = s.control.status.jobs();
-    let last = s.control.store.last_runs().await.unwrap_or_default();
-    let pauses = s.pauses().await.unwrap_or_default();
-    let now = Utc::now();
-    let mut rows = String::new();
-    for def in &view.jobs {
-        let runs = s.metrics.job_runs(&def.id);
-        let last = last.iter().find(|r| r.job_id == def.id);
-        let paused = pauses.contains_key(&def.id);
-        let state = match (def.enabled, paused) {
-            (false, _) => "disabled",
-            (true, true) => "paused",
-            (true, false) => "enabled",
-        };
-        let next = (def.enabled && !paused)
-            .then(|| {
-                def.schedule
-                    .next_tick_after(now)
-                    .map(|t| def.schedule.fire_at(&def.id, t))
-            })
-            .flatten();
-        let _ = write!(
-            rows,
-            "<tr data-job=\"{id}\"><td><a href=\"/jobs/{seg}\">{name}</a><br><code class=\"muted\">{id}</code></td>\
-             <td>{schedule}</td><td>{state}</td><td>{last_status}</td><td>{last_duration}</td>\
-             <td>{last_success}</td><td>{next}</td><td>{failures}</td><td>{button}</td></tr>",
-            id = esc(&def.id),
-            seg = seg(&def.id),
-            name = esc(&def.name),
-            schedule = esc(&def.schedule.describe()),
-            last_status = last.map_or_else(
-                || "<span class=\"muted\">none</span>".into(),
-                |r| format!("<a href=\"/runs/{}\">{}</a>", r.id, status_cell(r.status))
-            ),
-            last_duration = last.map(duration).unwrap_or_default(),
-            last_success = when(runs.last_success),
-            next = when(next),
-            failures = runs.consecutive_failures,
-            button = buttons(def, role, paused),
-        );
-    }
-    let mut invalid = String::new();
-    if !view.invalid.is_empty() {
-        invalid.push_str("<h2>Invalid job files</h2><ul>");
-        for (f, e) in &view.invalid {
-            let _ = write!(
-                invalid,
-                "<li><code>{}</code><pre>{}</pre></li>",
-                esc(&f.display().to_string()),
-                esc(e)
-            );
-        }
-        invalid.push_str("</ul>");
-    }
-    let body = format!(
-        "<h1>Jobs</h1><p class=\"muted\">{} loaded · {} running · as of {}</p><table id=\"jobs\"><thead><tr>\
-         <th>Job</th><th>Schedule</th><th>State</th><th>Last run</th><th>Duration</th>\
-         <th>Last success</th><th>Next fire</th><th>Failures in a row</th><th></th></tr></thead>\
-         <tbody>{rows}</tbody></table>{invalid}",
-        view.jobs.len(),
-        s.control.running_count(),
-        when(Some(now)),
-    );
-    layout("Jobs", &body, true, s.auth.required()).into_response()
+    r.duration_ms.map(crate::html::millis).unwrap_or_default()
 }
 
 pub async fn job(

@@ -10,7 +10,7 @@ use crate::observe::{RunNowError, Status};
 use crate::runner::StopReason;
 use crate::scheduler::{Command, RunningRuns};
 use crate::store::ops::RunLogLine;
-use crate::store::{RunRecord, Store, StoreResult};
+use crate::store::{RunMark, RunRecord, Store, StoreResult};
 
 /// What the admin server may do to a running daemon: read its state, start a manual run
 /// (through the scheduler, so the claim, overlap and shutdown rules of every run apply) and
@@ -80,6 +80,11 @@ impl ReadStore {
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.0.last_runs().await
+    }
+
+    /// The newest `per_job` runs of each of `job_ids`, in one read.
+    pub async fn recent_runs(&self, job_ids: &[String], per_job: u32) -> StoreResult<Vec<RunMark>> {
+        self.0.recent_runs(job_ids, per_job).await
     }
 
     /// A run's log lines with `seq > after_seq`, in order, at most `limit`.

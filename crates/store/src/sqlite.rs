@@ -34,13 +34,13 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::owner::{Liveness, OwnerExt, OwnerGuard, owners_dir};
 use super::{
-    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunOwner, RunProcess, RunRecord, RunStore,
-    SeenEntry, SeenState, StoreError, StoreResult, Trigger,
+    Claim, JobStateStore, NewRun, RunFinish, RunHolder, RunMark, RunOwner, RunProcess, RunRecord,
+    RunStore, SeenEntry, SeenState, StoreError, StoreResult, Trigger,
 };
 use crate::Db;
 use crate::rows::{
-    millis, opt_from_millis, owner_from_row, parse_json, process_from_row, run_from_row,
-    runs_from_rows, seen_from_row, ticks_to_db,
+    marks_from_rows, millis, opt_from_millis, owner_from_row, parse_json, process_from_row,
+    run_from_row, runs_from_rows, seen_from_row, ticks_to_db,
 };
 
 mod ops;
@@ -962,6 +962,31 @@ impl RunStore for SqliteStore {
         .await
         .db()?;
         runs_from_rows(&rows)
+    }
+
+    async fn recent_runs(&self, job_ids: &[String], per_job: u32) -> StoreResult<Vec<RunMark>> {
+        if job_ids.is_empty() || per_job == 0 {
+            return Ok(Vec::new());
+        }
+        // The ids travel as one JSON array (no limit on bound parameters); for each distinct
+        // id, the correlated `LIMIT` walks the history index from the job's newest run, so the
+        // read costs `per_job` rows per job however long the kept history is.
+        let ids = serde_json::to_string(job_ids).map_err(|e| StoreError::Db(Box::new(e)))?;
+        let rows = sqlx::query(
+            "SELECT r.id, r.job_id, r.scheduled_at, r.\"trigger\", r.status, r.started_at, \
+                    r.duration_ms \
+             FROM (SELECT DISTINCT value AS job_id FROM json_each(?)) j \
+             JOIN job_runs r ON r.id IN ( \
+                 SELECT x.id FROM job_runs x WHERE x.job_id = j.job_id \
+                 ORDER BY x.started_at DESC, x.id DESC LIMIT ?) \
+             ORDER BY r.job_id, r.started_at DESC, r.id DESC",
+        )
+        .bind(ids)
+        .bind(i64::from(per_job))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        marks_from_rows(&rows)
     }
 
     /// Finds the candidates with one read, then deletes them in small write transactions so
