@@ -1272,12 +1272,7 @@ async fn jobs_page_filters_and_pages_on_the_server() {
         }
     };
 
-    let ready = eventually(Duration::from_secs(30), || {
-        let req = http.get(format!("{}readyz", server.url())).send();
-        async move { req.await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    assert!(ready, "the jobs were loaded");
+    wait_ready(&server.url()).await;
 
     // Failing first, then the rest by name; 50 a page.
     let page = get("").await;
@@ -1340,4 +1335,165 @@ async fn jobs_page_filters_and_pages_on_the_server() {
 
     daemon.shutdown().await;
     server.stop().await;
+}
+
+/// One server-sent event: its name, id and data.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: Option<i64>,
+    data: Value,
+}
+
+/// Reads a whole event stream (until the server ends it).
+async fn read_events(resp: reqwest::Response) -> Vec<Sse> {
+    let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("the stream ends once the run has ended")
+        .unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = Sse {
+                event: "message".into(),
+                id: None,
+                data: Value::Null,
+            };
+            let mut any = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    ev.event = v.into();
+                    any = true;
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    ev.id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    ev.data = serde_json::from_str(v).unwrap();
+                }
+            }
+            any.then_some(ev)
+        })
+        .collect()
+}
+
+/// Issue 21: `/runs/{id}/events` streams a running run's stored log lines as they are written,
+/// each once and in order, then `end` with the final status; a reconnect with `Last-Event-ID`
+/// goes on after that line; a caller without a session or token is sent to sign in.
+#[tokio::test]
+async fn run_events_stream_the_log_live_once_each_then_end() {
+    let (_logs, _guard) = capture_logs();
+    let mut t = TestApp::new();
+    let script = t.path("chatter.sh");
+    std::fs::write(
+        &script,
+        "for i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 0.3; done\n",
+    )
+    .unwrap();
+    t.write_job(
+        "chatter",
+        &format!(
+            "name: Chatter\njob: exec\nschedule: {{cron: '0 0 1 1 *'}}\ncommand: [/bin/sh, {}]\n",
+            script.display()
+        ),
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let (status, body) = api
+        .post("/api/v1/jobs/chatter/run", Some(OPERATOR), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["run_id"].as_i64().unwrap();
+    let url = format!("{}runs/{run_id}/events", api.base);
+
+    // Opened while the run goes on: it ends by itself after the run.
+    let resp = api.http.get(&url).bearer_auth(READ).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = read_events(resp).await;
+    let (end, lines) = events.split_last().expect("events");
+    assert_eq!(end.event, "end", "{events:?}");
+    assert_eq!(end.data["status"], "succeeded");
+    let seqs: Vec<i64> = lines.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    for (e, seq) in lines.iter().zip(&seqs) {
+        assert_eq!(e.event, "line");
+        assert_eq!(e.data["seq"], *seq);
+    }
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    for i in 1..=6 {
+        let n = texts
+            .iter()
+            .filter(|t| t.contains(&format!("line=line {i} stream=stdout")))
+            .count();
+        assert_eq!(n, 1, "line {i}: {texts:?}");
+    }
+    // The stream's lines are the API's.
+    let (_, logs) = api
+        .get(&format!("/api/v1/runs/{run_id}/logs"), Some(READ))
+        .await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), lines.len());
+
+    // A reconnect after line 3 (the browser sends Last-Event-ID): the rest, then end.
+    let resp = api
+        .http
+        .get(&url)
+        .bearer_auth(READ)
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap();
+    let again = read_events(resp).await;
+    let ids: Vec<i64> = again.iter().filter_map(|e| e.id).collect();
+    assert_eq!(ids, seqs[3..], "{again:?}");
+    assert_eq!(again.last().unwrap().event, "end");
+    // `after` does the same for the page's first connection.
+    let resp = api
+        .http
+        .get(format!("{url}?after={}", seqs.len()))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let rest = read_events(resp).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+
+    // No credential: sent to sign in; no such run: 404.
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = anon.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = api
+        .http
+        .get(format!("{}runs/999999/events", api.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Waits until the server's `/readyz` says the jobs are loaded and the scheduler runs.
+pub async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || {
+        let req = http.get(format!("{base}readyz")).send();
+        async move { req.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "the jobs were loaded");
 }

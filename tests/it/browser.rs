@@ -281,20 +281,7 @@ async fn jobs_page_filters_1000_jobs_to_the_failing_ones_and_strips_match_the_ap
         .connect(&driver.url)
         .await
         .expect("a Chromium session");
-    c.goto(&format!("{base}login")).await.unwrap();
-    c.wait()
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(OPERATOR)
-        .await
-        .unwrap();
-    c.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, &base).await;
 
     // The unfiltered page: the counts, and failing jobs first.
     let count = c
@@ -467,4 +454,189 @@ async fn screenshot(c: &fantoccini::Client, t: &TestApp, name: &str) {
     if let Some(dir) = std::env::var_os("SOARJOBD_SCREENSHOTS") {
         std::fs::write(std::path::Path::new(&dir).join(name), &png).unwrap();
     }
+}
+
+/// Signs in on the login form with the operator token.
+async fn sign_in(c: &fantoccini::Client, base: &str) {
+    c.goto(&format!("{base}login")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(OPERATOR)
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("jobs")).await.unwrap();
+}
+
+/// Issue 21: a running run's page shows its log lines as they are written (server-sent
+/// events: the page is not reloaded), levels coloured, filtered as the search box is typed
+/// in; its Cancel button cancels the run, and the page then says so.
+#[tokio::test]
+async fn run_page_follows_a_running_runs_log_live_and_cancels_it() {
+    let (_logs, _guard) = capture_logs();
+    let driver = start_driver().await;
+    let mut t = TestApp::new();
+    let script = t.path("ticker.sh");
+    std::fs::write(
+        &script,
+        "echo '::stats {\"started\": 1}'\necho '::stats not-json'\n\
+         i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n",
+    )
+    .unwrap();
+    t.write_job(
+        "ticker",
+        &format!(
+            "name: Ticker\njob: exec\nschedule: {{cron: '0 0 1 1 *'}}\ncommand: [/bin/sh, {}]\n",
+            script.display()
+        ),
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let base = server.url();
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(chromium_caps("1200,900"))
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    crate::admin::wait_ready(&base).await;
+    sign_in(&c, &base).await;
+
+    let http = reqwest::Client::new();
+    let started: serde_json::Value = http
+        .post(format!("{base}api/v1/jobs/ticker/run"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = started["run_id"].as_i64().expect("a run id");
+    c.goto(&format!("{base}runs/{run_id}")).await.unwrap();
+    c.wait().for_element(Locator::Id("logs")).await.unwrap();
+    // A mark that a reload would wipe out.
+    c.execute("window.__sameDocument = 'yes'", vec![])
+        .await
+        .unwrap();
+    let first = c
+        .execute(
+            "return document.querySelectorAll('#logs .l').length",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    let mut state = json!(null);
+    for _ in 0..200 {
+        state = c
+            .execute(
+                "return [window.__sameDocument, document.querySelectorAll('#logs .l').length, \
+                 document.getElementById('logs').textContent.indexOf('line=tick 25') >= 0]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if state[2] == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state[0], json!("yes"), "the page was reloaded: {state}");
+    assert_eq!(state[2], json!(true), "the live lines came: {state}");
+    assert!(
+        state[1].as_u64().unwrap() > first + 10,
+        "{first} then {state}"
+    );
+    // Levels have their colours: the malformed ::stats line is a warning.
+    let warn = c
+        .execute(
+            "var w = document.querySelector('#logs .l-WARN'); \
+             return w ? [w.textContent, getComputedStyle(w).color] : null",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        warn[0].as_str().unwrap().contains("malformed ::stats"),
+        "{warn}"
+    );
+    assert_eq!(warn[1], json!("rgb(181, 71, 8)"), "{warn}");
+    screenshot(&c, &t, "run.png").await;
+
+    // The search box filters the lines as it is typed in, new ones included.
+    c.find(Locator::Id("log-q"))
+        .await
+        .unwrap()
+        .send_keys("tick 3")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let shown = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#logs .l'))\
+             .filter(function(l){return !l.hidden}).map(function(l){return l.textContent})",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shown = shown.as_array().unwrap();
+    assert!(!shown.is_empty());
+    for l in shown {
+        assert!(l.as_str().unwrap().contains("tick 3"), "{l}");
+    }
+
+    // Cancel from the page: the run ends cancelled, and the page says so.
+    c.find(Locator::Id("cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut word = String::new();
+    for _ in 0..200 {
+        if let Ok(el) = c.find(Locator::Id("status-word")).await {
+            word = el.text().await.unwrap_or_default();
+            if word == "cancelled" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(word, "cancelled");
+    let run: serde_json::Value = http
+        .get(format!("{base}api/v1/runs/{run_id}"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["message"], "cancelled by an operator", "{run}");
+    // Once ended, the page has no live stream and no Cancel button; its stats are a table.
+    c.goto(&format!("{base}runs/{run_id}")).await.unwrap();
+    let stats = c.wait().for_element(Locator::Id("stats")).await.unwrap();
+    assert!(stats.text().await.unwrap().contains("started"));
+    assert!(c.find(Locator::Id("cancel")).await.is_err());
+    let live = c
+        .execute(
+            "return document.getElementById('logs').getAttribute('data-events')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(live, json!(null));
+
+    c.close().await.unwrap();
+    daemon.shutdown().await;
+    server.stop().await;
 }

@@ -75,6 +75,10 @@ static STYLE: LazyLock<String> = LazyLock::new(|| {
          .b-ok{background:#d1fadf;color:#05603a}.b-disabled{background:#f2f4f7;color:#667085}\
          .filters{margin:.6rem 0}.filters label{margin-right:.6rem}.pager a,.pager span{margin-right:.8rem}\
          .legend{font-size:.85em}.legend span{margin-right:.7rem}\
+         .log{font-family:ui-monospace,monospace;font-size:.85em;white-space:pre-wrap;\
+         background:#f6f8fa;padding:.6rem;max-height:70vh;overflow:auto}\
+         .l-ERROR{color:#b42318;font-weight:600}.l-WARN{color:#b54708}.l-DEBUG,.l-TRACE{color:#667085}\
+         table.kv{width:auto}table.kv th{background:none;font-weight:600}\
          @media (max-width:700px){.wide{display:none}body{margin:.6rem}}",
     );
     for (status, colour) in STATUS_COLOURS {
@@ -89,8 +93,42 @@ const SCRIPT: &str = "setInterval(function(){var a=document.activeElement;\
                       if(document.visibilityState==='visible'&&!(a&&/^(INPUT|SELECT)$/.test(a.tagName)))\
                       location.reload()},5000)";
 
-/// The Content-Security-Policy of every response: nothing but the page's own style and script
-/// (by hash), forms posting to this server only, never framed.
+/// The run page's script while the run goes on: follows the log over server-sent events
+/// (`data-events` of `#logs`), filters the lines as the search box is typed in, and reloads
+/// the page once the run has ended; without `EventSource`, or once the stream is given up,
+/// it reloads every 5 s instead. Lines are added as text (`textContent`), never as markup.
+const LIVE_SCRIPT: &str = "(function(){var log=document.getElementById('logs'),\
+box=document.getElementById('log-q'),word=document.getElementById('status-word');\
+function fit(el){var q=box?box.value.toLowerCase():'';\
+el.hidden=q!==''&&el.textContent.toLowerCase().indexOf(q)<0}\
+if(box)box.addEventListener('input',function(){var ls=log.children;\
+for(var i=0;i<ls.length;i++)if(ls[i].classList.contains('l'))fit(ls[i])});\
+var url=log&&log.getAttribute('data-events');if(!url)return;\
+function later(){setTimeout(function(){location.reload()},5000)}\
+if(!window.EventSource){later();return}\
+var es=new EventSource(url);\
+es.addEventListener('line',function(e){var d=JSON.parse(e.data),el=document.createElement('div');\
+el.className='l l-'+d.level;el.setAttribute('data-seq',d.seq);el.textContent=d.text;fit(el);\
+var none=document.getElementById('no-logs');if(none)none.remove();log.appendChild(el);\
+if(log.scrollHeight-log.scrollTop-log.clientHeight<80)log.scrollTop=log.scrollHeight});\
+es.addEventListener('end',function(e){es.close();var d=JSON.parse(e.data);\
+word.textContent=d.status;word.className='s-'+d.status;\
+setTimeout(function(){location.reload()},1000)});\
+es.onerror=function(){if(es.readyState===2)later()}})()";
+
+/// The script a page carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    None,
+    /// Reload every few seconds ([`SCRIPT`]).
+    Reload,
+    /// Follow a running run's log ([`LIVE_SCRIPT`]).
+    Live,
+}
+
+/// The Content-Security-Policy of every response: nothing but the page's own style and
+/// scripts (by hash), connections (the log stream) and forms to this server only, never
+/// framed.
 pub fn csp() -> HeaderValue {
     static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
         use base64::Engine as _;
@@ -99,10 +137,11 @@ pub fn csp() -> HeaderValue {
             base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
         };
         let policy = format!(
-            "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}' 'sha256-{}'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             hash(&STYLE),
-            hash(SCRIPT)
+            hash(SCRIPT),
+            hash(LIVE_SCRIPT)
         );
         HeaderValue::from_str(&policy).expect("a header value")
     });
@@ -113,9 +152,19 @@ pub fn csp() -> HeaderValue {
 /// (tokens are configured).
 pub fn layout(title: &str, body: &str, refresh: bool, sign_out: bool) -> Html<String> {
     let script = if refresh {
-        format!("<script>{SCRIPT}</script>")
+        Script::Reload
     } else {
-        String::new()
+        Script::None
+    };
+    layout_with(title, body, script, sign_out)
+}
+
+/// A page with `script`; `sign_out`: show the Sign out button (tokens are configured).
+pub fn layout_with(title: &str, body: &str, script: Script, sign_out: bool) -> Html<String> {
+    let script = match script {
+        Script::None => String::new(),
+        Script::Reload => format!("<script>{SCRIPT}</script>"),
+        Script::Live => format!("<script>{LIVE_SCRIPT}</script>"),
     };
     let sign_out = if sign_out {
         " · <form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form>"

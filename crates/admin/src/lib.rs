@@ -5,7 +5,8 @@
 //! * `GET /readyz`: the jobs folder was loaded, the scheduler runs, the database answers.
 //! * `GET /metrics`: Prometheus/OpenMetrics text ([`metrics`]).
 //! * `/api/v1/...`: the JSON API ([`api`], `docs/openapi.yaml`).
-//! * `/`: the status page: the jobs ([`jobs_page`]), a job, a run ([`page`]).
+//! * `/`: the status page: the jobs ([`jobs_page`]), a job ([`page`]), a run with its live
+//!   log ([`run_page`]).
 //!
 //! The server depends on the core only: it sees the daemon through
 //! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
@@ -26,6 +27,7 @@ mod jobs_page;
 mod limit;
 mod metrics;
 mod page;
+mod run_page;
 mod svg;
 
 use std::collections::HashMap;
@@ -142,7 +144,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/logout", post(page::logout))
         .route("/jobs/{id}", get(page::job))
         .route("/jobs/{id}/run", post(page::run_now))
-        .route("/runs/{run_id}", get(page::run))
+        .route("/runs/{run_id}", get(run_page::run))
+        .route("/runs/{run_id}/events", get(run_page::events))
         .route("/runs/{run_id}/cancel", post(page::cancel))
         .route("/jobs/{id}/pause", post(page::pause))
         .route("/jobs/{id}/resume", post(page::resume))

@@ -19,8 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use soarjobd_core::store::{RunRecord, RunStatus};
-use soarjobd_engine::ops::runlog::format_line;
+use soarjobd_core::store::RunRecord;
 
 use crate::Shared;
 use crate::api::{self, RunsQuery};
@@ -108,66 +107,6 @@ pub async fn job(
         button = buttons(&def, role, paused),
     );
     layout(&def.name, &body, true, s.auth.required()).into_response()
-}
-
-pub async fn run(
-    State(s): State<Arc<Shared>>,
-    Path(run_id): Path<i64>,
-    reader: Reader<Page>,
-) -> Response {
-    let role = reader.caller.role;
-    let r = match api::get_run(&s, run_id).await {
-        Ok(r) => r,
-        Err(e) => return error_page(e),
-    };
-    let cancel = if r.status == RunStatus::Running && role == Role::Operator {
-        format!(
-            "<form method=\"post\" action=\"/runs/{}/cancel\"><button type=\"submit\">Cancel</button></form>",
-            r.id
-        )
-    } else {
-        String::new()
-    };
-    let logs = match api::log_lines(&s, r.id, 0, api::MAX_LOG_LINES).await {
-        Ok(lines) if lines.is_empty() => {
-            "<p class=\"muted\" id=\"logs\">No log lines stored (yet).</p>".to_string()
-        }
-        Ok(lines) => {
-            let text: Vec<String> = lines.iter().map(format_line).collect();
-            format!("<pre id=\"logs\">{}</pre>", esc(&text.join("\n")))
-        }
-        Err(e) => format!(
-            "<p id=\"logs\">Cannot read the logs: {}</p>",
-            esc(&e.message)
-        ),
-    };
-    let body = format!(
-        "<h1>Run {id} of <a href=\"/jobs/{seg}\">{job}</a></h1><p id=\"run-status\">{status} {cancel}</p>\
-         <table><tr><th>Trigger</th><td>{trigger}</td></tr><tr><th>Tick</th><td>{scheduled}</td></tr>\
-         <tr><th>Started</th><td>{started}</td></tr><tr><th>Finished</th><td>{finished}</td></tr>\
-         <tr><th>Duration</th><td>{duration}</td></tr><tr><th>Message</th><td>{message}</td></tr>\
-         <tr><th>Error</th><td><pre>{error}</pre></td></tr><tr><th>Stats</th><td><code>{stats}</code></td></tr></table>\
-         <h2>Logs</h2>{logs}",
-        id = r.id,
-        seg = seg(&r.job_id),
-        job = esc(&r.job_id),
-        status = status_cell(r.status),
-        trigger = r.trigger.as_str(),
-        scheduled = when(Some(r.scheduled_at)),
-        started = when(Some(r.started_at)),
-        finished = when(r.finished_at),
-        duration = duration(&r),
-        message = esc(r.message.as_deref().unwrap_or("")),
-        error = esc(r.error.as_deref().unwrap_or("")),
-        stats = esc(&r.stats.to_string()),
-    );
-    layout(
-        &format!("Run {}", r.id),
-        &body,
-        r.status == RunStatus::Running,
-        s.auth.required(),
-    )
-    .into_response()
 }
 
 /// An error as a page (the status stays the error's).
