@@ -1497,3 +1497,222 @@ pub async fn wait_ready(base: &str) {
     .await;
     assert!(ready, "the jobs were loaded");
 }
+
+/// Issue 21: the job page shows the definition as loaded with its secrets masked (a password
+/// parameter, the `env` values), where it came from, the next 5 fires in the job's zone and in
+/// UTC, the pause in force and the last one, the alert episodes open and past, a duration
+/// chart of the last runs, and the runs paged 50 at a time.
+#[tokio::test]
+async fn job_page_shows_the_definition_masked_fires_pauses_episodes_and_pages_runs() {
+    use soarjobd_core::store::ops::AlertRule;
+    use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
+    let mut t = TestApp::new();
+    t.write_job(
+        "leaky",
+        "name: Leaky\njob: exec\nintegration: ThreatConnect\n\
+         schedule: {cron: '30 2 * * *', timezone: Europe/Berlin}\n\
+         env: {APP_TOKEN: env-secret-abc}\n\
+         parameters:\n  - {name: Api Key, type: password, value: hunter2-pw-xyz}\n\
+         \x20 - {name: Region, type: string, value: eu-west}\n\
+         command: [/bin/true]\n",
+    );
+    // 120 failed runs, and two episodes of this job (one resolved) and one of another.
+    let store = t.store().await;
+    let base = chrono::Utc::now() - chrono::TimeDelta::days(1);
+    let claims: Vec<NewRun> = (0..120)
+        .map(|k| NewRun {
+            job_id: "leaky".into(),
+            scheduled_at: base + chrono::TimeDelta::seconds(k * 60),
+            trigger: Trigger::Manual,
+            status: RunStatus::Running,
+            started_at: base + chrono::TimeDelta::seconds(k * 60),
+            message: None,
+        })
+        .collect();
+    let ids: Vec<i64> = store
+        .claim_runs(&claims)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    for (id, c) in ids.iter().zip(&claims) {
+        let end = RunFinish {
+            status: RunStatus::Failed,
+            finished_at: c.started_at + chrono::TimeDelta::milliseconds(300),
+            message: Some("boom".into()),
+            error: None,
+            stats: json!({}),
+        };
+        assert!(store.finish_run(*id, &end).await.unwrap());
+    }
+    store
+        .open_alert(AlertRule::NoSuccessFor, "leaky", "quiet for a day", base)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .resolve_alert(
+            AlertRule::NoSuccessFor,
+            "leaky",
+            base + chrono::TimeDelta::hours(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .open_alert(
+            AlertRule::FailedRunsInARow,
+            "leaky",
+            "120 runs failed in a row",
+            base,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .open_alert(AlertRule::FailedRunsInARow, "other", "not this job", base)
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let page = |q: &'static str| {
+        let req = api
+            .http
+            .get(format!("{}jobs/leaky{q}", api.base))
+            .bearer_auth(READ)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let html = page("").await;
+    for secret in ["hunter2-pw-xyz", "env-secret-abc"] {
+        assert!(!html.contains(secret), "{secret} is on the page");
+    }
+    assert!(
+        html.contains("<th scope=\"row\">Api Key</th><td>password</td><td><code>********</code>")
+    );
+    assert!(html.contains("<code>eu-west</code>"), "{html}");
+    assert!(
+        html.contains("&quot;APP_TOKEN&quot;: &quot;********&quot;"),
+        "{html}"
+    );
+    assert!(html.contains("leaky.yaml</code>"));
+    // The next 5 fires: 02:30 in Berlin, 01:30 UTC in winter (the test runs in December or
+    // not: either offset, but both columns, 5 rows).
+    let fires = html.split("id=\"fires\"").nth(1).unwrap();
+    let fires = fires.split("</table>").next().unwrap();
+    assert_eq!(fires.matches("<tr><td>").count(), 5, "{fires}");
+    assert_eq!(fires.matches(" 02:30:00 CE").count(), 5, "{fires}");
+    assert!(fires.contains("Europe/Berlin"));
+    // Episodes: this job's two, the open one first.
+    let episodes = html.split("id=\"episodes\"").nth(1).unwrap();
+    let episodes = episodes.split("</table>").next().unwrap();
+    assert_eq!(episodes.matches("data-episode=").count(), 2, "{episodes}");
+    assert!(
+        episodes.find("failed_runs_in_a_row").unwrap() < episodes.find("no_success_for").unwrap()
+    );
+    assert!(episodes.contains(">open</b>"));
+    assert!(!episodes.contains("not this job"));
+    // The chart draws every run (fewer than 200); the strip the last 30; the state is failing.
+    let chart = html
+        .split("id=\"chart\"")
+        .nth(1)
+        .unwrap()
+        .split("</svg>")
+        .next()
+        .unwrap();
+    assert_eq!(chart.matches("class=\"m-failed\"").count(), 120);
+    assert!(html.contains("<span class=\"badge b-failing\">failing</span>"));
+    // Runs: 50 a page, newest first, then older pages by id.
+    let rows = |h: &str| -> Vec<i64> {
+        h.split("<tr data-run=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let first = rows(&html);
+    let newest: Vec<i64> = ids.iter().rev().copied().collect();
+    assert_eq!(first, newest[..50]);
+    assert!(html.contains(&format!(
+        "href=\"/jobs/leaky?before={}\" rel=\"next\"",
+        newest[49]
+    )));
+    let resp = api
+        .http
+        .get(format!("{}jobs/leaky?before={}", api.base, newest[99]))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let last = resp.text().await.unwrap();
+    assert_eq!(rows(&last), newest[100..]);
+    assert!(
+        !last.contains("rel=\"next\""),
+        "the last page has no older link"
+    );
+    assert!(last.contains("id=\"newest\""));
+
+    // Pauses: the last ended one, then the one in force (the store keeps one pause row per
+    // job: a new pause replaces the ended one).
+    assert!(html.contains("Never paused."));
+    let (status, _) = api
+        .post(
+            "/api/v1/jobs/leaky/pause",
+            Some(OPERATOR),
+            Some(json!({"reason": "first window"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .post("/api/v1/jobs/leaky/resume", Some(OPERATOR), None)
+        .await;
+    assert_eq!(status, 200);
+    let html = page("").await;
+    let last = html
+        .split("id=\"last-pause\"")
+        .nth(1)
+        .unwrap()
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(
+        last.contains("first window") && last.contains("resumed"),
+        "{last}"
+    );
+    assert!(!html.contains("id=\"pause\""));
+    let (status, _) = api
+        .post(
+            "/api/v1/jobs/leaky/pause",
+            Some(OPERATOR),
+            Some(json!({"reason": "second window"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let html = page("").await;
+    let pause = html
+        .split("id=\"pause\"")
+        .nth(1)
+        .unwrap()
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(
+        pause.contains("second window") && pause.contains("admin:operator"),
+        "{pause}"
+    );
+    assert!(html.contains("None: the job is paused."));
+
+    daemon.shutdown().await;
+    server.stop().await;
+}

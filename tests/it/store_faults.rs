@@ -588,6 +588,9 @@ impl OpsStore for FlakyStore {
     async fn open_alerts(&self) -> StoreResult<Vec<AlertEpisode>> {
         self.inner.open_alerts().await
     }
+    async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>> {
+        self.inner.alert_history(subject, limit).await
+    }
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
         self.inner.last_successes().await
     }

@@ -5,8 +5,8 @@
 //! * `GET /readyz`: the jobs folder was loaded, the scheduler runs, the database answers.
 //! * `GET /metrics`: Prometheus/OpenMetrics text ([`metrics`]).
 //! * `/api/v1/...`: the JSON API ([`api`], `docs/openapi.yaml`).
-//! * `/`: the status page: the jobs ([`jobs_page`]), a job ([`page`]), a run with its live
-//!   log ([`run_page`]).
+//! * `/`: the status page: the jobs ([`jobs_page`]), a job ([`job_page`]), a run with its
+//!   live log ([`run_page`]); sign-in and the forms' actions ([`page`]).
 //!
 //! The server depends on the core only: it sees the daemon through
 //! [`soarjobd_engine::control::Control`], and feeds metrics through the core's observer hooks.
@@ -23,6 +23,7 @@ mod error;
 mod extract;
 mod guard;
 mod html;
+mod job_page;
 mod jobs_page;
 mod limit;
 mod metrics;
@@ -142,7 +143,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(jobs_page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
-        .route("/jobs/{id}", get(page::job))
+        .route("/jobs/{id}", get(job_page::job))
         .route("/jobs/{id}/run", post(page::run_now))
         .route("/runs/{run_id}", get(run_page::run))
         .route("/runs/{run_id}/events", get(run_page::events))

@@ -10,7 +10,6 @@
 //! response carries ([`crate::html::csp`]): nothing injected could run, and no other site may
 //! frame it. The jobs list is [`crate::jobs_page`].
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,95 +18,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use soarjobd_core::store::RunRecord;
 
 use crate::Shared;
-use crate::api::{self, RunsQuery};
+use crate::api;
 use crate::auth::{COOKIE_NAME, Role};
 use crate::error::ApiError;
-use crate::extract::{Face, Operator, Reader};
-use crate::html::{buttons, esc, layout, seg, status_cell, when};
-
-fn duration(r: &RunRecord) -> String {
-    r.duration_ms.map(crate::html::millis).unwrap_or_default()
-}
-
-pub async fn job(
-    State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    reader: Reader<Page>,
-) -> Response {
-    let role = reader.caller.role;
-    let def = match api::find_job(&s, &id) {
-        Ok(d) => d,
-        Err(e) => return error_page(e),
-    };
-    let runs = match api::job_runs_page(
-        &s,
-        &id,
-        &RunsQuery {
-            limit: Some(100),
-            before: None,
-        },
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return error_page(e),
-    };
-    let mut rows = String::new();
-    for r in &runs {
-        let _ = write!(
-            rows,
-            "<tr data-run=\"{id}\"><td><a href=\"/runs/{id}\">{id}</a></td><td>{status}</td><td>{trigger}</td>\
-             <td>{scheduled}</td><td>{started}</td><td>{duration}</td><td>{message}</td></tr>",
-            id = r.id,
-            status = status_cell(r.status),
-            trigger = r.trigger.as_str(),
-            scheduled = when(Some(r.scheduled_at)),
-            started = when(Some(r.started_at)),
-            duration = duration(r),
-            message = esc(r.message.as_deref().unwrap_or("")),
-        );
-    }
-    let info = s.metrics.job_runs(&def.id);
-    let pauses = s.pauses().await.unwrap_or_default();
-    let pause = pauses.get(&def.id);
-    let paused = pause.is_some();
-    let pause_note = pause.map_or_else(String::new, |p| {
-        format!(
-            "<p id=\"pause\">Paused since {} by <code>{}</code>: {}</p>",
-            when(Some(p.since)),
-            esc(&p.actor),
-            esc(p.reason.as_deref().unwrap_or("no reason given"))
-        )
-    });
-    let body = format!(
-        "<h1>{name}</h1><p>{desc}</p><p><code>{id}</code> · job <code>{imp}</code> · {schedule} · \
-         overlap {overlap:?} · timeout {timeout} s · {enabled} · failures in a row: {failures} · \
-         last success: {success}</p>{pause_note}<p>{button}</p><h2>Runs</h2><table id=\"runs\"><thead><tr><th>Run</th>\
-         <th>Status</th><th>Trigger</th><th>Tick</th><th>Started</th><th>Duration</th><th>Message</th>\
-         </tr></thead><tbody>{rows}</tbody></table>",
-        name = esc(&def.name),
-        desc = esc(&def.description),
-        id = esc(&def.id),
-        imp = esc(&def.implementation),
-        schedule = esc(&def.schedule.describe()),
-        overlap = def.overlap,
-        timeout = def.timeout.as_secs(),
-        enabled = if !def.enabled {
-            "disabled"
-        } else if paused {
-            "paused"
-        } else {
-            "enabled"
-        },
-        failures = info.consecutive_failures,
-        success = when(info.last_success),
-        button = buttons(&def, role, paused),
-    );
-    layout(&def.name, &body, true, s.auth.required()).into_response()
-}
+use crate::extract::{Face, Operator};
+use crate::html::{esc, layout, seg};
 
 /// An error as a page (the status stays the error's).
 /// The status page: a reader without a session goes to the login form; a refused action is

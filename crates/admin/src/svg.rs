@@ -96,6 +96,56 @@ pub fn sparkline(runs: &[RunMark]) -> String {
     )
 }
 
+/// The chart's size in pixels.
+const CHART_W: usize = 800;
+const CHART_H: usize = 120;
+
+/// A bar chart of `runs`' durations (newest first in; oldest left), one bar per run in its
+/// status's colour, each a link to its run, scaled to the longest; runs without a duration
+/// (running, skipped) are a stub. The longest and the newest are written beside it.
+pub fn duration_chart(runs: &[RunMark]) -> String {
+    if runs.is_empty() {
+        return "<p class=\"muted\" id=\"chart\">No runs yet.</p>".into();
+    }
+    let max = runs
+        .iter()
+        .filter_map(|r| r.duration_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let slot = (CHART_W / runs.len()).clamp(2, 40);
+    let bar = (slot - 1).max(1);
+    let label = format!(
+        "durations of the last {} runs, oldest left; the longest {}",
+        runs.len(),
+        millis(max)
+    );
+    let mut out = format!(
+        "<p class=\"muted\">longest: {}</p><svg id=\"chart\" class=\"chart\" width=\"{}\" height=\"{CHART_H}\" \
+         role=\"img\" aria-label=\"{label}\"><title>{label}</title>",
+        millis(max),
+        slot * runs.len(),
+        label = esc(&label)
+    );
+    for (i, r) in runs.iter().rev().enumerate() {
+        let h = r.duration_ms.map_or(2, |d| {
+            ((d as f64 / max as f64) * (CHART_H - 2) as f64)
+                .round()
+                .max(2.0) as usize
+        });
+        let _ = write!(
+            out,
+            "<a href=\"/runs/{}\"><rect x=\"{}\" y=\"{}\" width=\"{bar}\" height=\"{h}\" class=\"m-{}\"/></a>",
+            r.id,
+            i * slot,
+            CHART_H - h,
+            r.status.as_str()
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 /// A small square of a status's colour, for the legend.
 pub fn key(status: RunStatus) -> String {
     format!(

@@ -61,6 +61,7 @@ macro_rules! each_contract_test {
             pauses_are_kept_resumed_and_catch_ups_taken_once,
             run_logs_are_kept_in_order_and_pruned_with_their_run,
             alert_episodes_open_once_and_resolve_once,
+            alert_history_lists_a_subjects_episodes_newest_first,
             last_successes_gives_each_jobs_newest_success,
         );
     };
@@ -1189,6 +1190,53 @@ pub async fn alert_episodes_open_once_and_resolve_once(f: &dyn StoreFactory) {
     );
     s.close().await;
     other.close().await;
+}
+
+/// A subject's episodes, open and resolved, newest first and limited; other subjects' are not
+/// listed.
+pub async fn alert_history_lists_a_subjects_episodes_newest_first(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    assert!(s.alert_history("j", 10).await.expect("history").is_empty());
+    let first = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "3 failed", at(1_000))
+        .await
+        .expect("open")
+        .expect("new");
+    s.resolve_alert(AlertRule::FailedRunsInARow, "j", at(2_000))
+        .await
+        .expect("resolve")
+        .expect("was open");
+    let quiet = s
+        .open_alert(AlertRule::NoSuccessFor, "j", "quiet", at(3_000))
+        .await
+        .expect("open")
+        .expect("new");
+    let again = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "5 failed", at(4_000))
+        .await
+        .expect("open")
+        .expect("new");
+    s.open_alert(AlertRule::FailedRunsInARow, "other", "x", at(5_000))
+        .await
+        .expect("open")
+        .expect("new");
+    let history = s.alert_history("j", 10).await.expect("history");
+    let got: Vec<(i64, Option<DateTime<Utc>>)> =
+        history.iter().map(|e| (e.id, e.resolved_at)).collect();
+    assert_eq!(
+        got,
+        [
+            (again.id, None),
+            (quiet.id, None),
+            (first.id, Some(at(2_000)))
+        ]
+    );
+    assert_eq!(history[2].detail, "3 failed");
+    let limited = s.alert_history("j", 2).await.expect("history");
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, again.id);
+    s.close().await;
 }
 
 /// The newest `succeeded` finish of each job; jobs without one are absent.
