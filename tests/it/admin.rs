@@ -1716,3 +1716,120 @@ async fn job_page_shows_the_definition_masked_fires_pauses_episodes_and_pages_ru
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// Every metric name in a PromQL text (`soarjobd_...`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("soarjobd_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every query text of a Grafana dashboard (`expr`, and template variables' queries).
+fn queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", Value::String(s)) => out.push(s.clone()),
+                    _ => queries(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// Issue 21: every metric `deploy/grafana/soarjobd.json` queries is one a daemon's `/metrics`
+/// exports (a family of that name, or one of its series: a counter's `_total`, a histogram's
+/// `_bucket`/`_sum`/`_count`), and the dashboard covers what an on-call analyst watches.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let mut t = TestApp::new();
+    t.write_job("nap", &sleep_job("Nap", "{every: 1h}", 20, ""));
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    // A family shows once it has a series: one run, and one platform request through the
+    // hook the platform clients report to.
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let (status, body) = api.post("/api/v1/jobs/nap/run", Some(OPERATOR), None).await;
+    assert_eq!(status, 202, "{body}");
+    let run = body["run_id"].as_i64().unwrap();
+    let done = eventually(Duration::from_secs(20), || {
+        let api = &api;
+        async move {
+            let (_, r) = api.get(&format!("/api/v1/runs/{run}"), Some(READ)).await;
+            r["status"] == "succeeded"
+        }
+    })
+    .await;
+    assert!(done);
+    soarjobd_core::observe::platform_request("soar", "GET", Some(429), Duration::from_millis(12));
+    let text = reqwest::Client::new()
+        .get(format!("{}metrics", server.url()))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // `# TYPE <family> <type>` for every family.
+    let families: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect();
+    assert!(families.len() > 10, "{text}");
+    let exported = |name: &str| {
+        families.iter().any(|(f, ty)| {
+            let series: &[&str] = match ty.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                _ => &[],
+            };
+            name == f || series.iter().any(|s| name == format!("{f}{s}"))
+        })
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/soarjobd.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut texts = Vec::new();
+    queries(&dashboard, &mut texts);
+    let used: std::collections::BTreeSet<String> =
+        texts.iter().flat_map(|q| metric_names(q)).collect();
+    let missing: Vec<&String> = used.iter().filter(|m| !exported(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}; /metrics has {families:?}"
+    );
+    for needed in [
+        "soarjobd_runs_total",
+        "soarjobd_job_consecutive_failures",
+        "soarjobd_job_last_success_timestamp_seconds",
+        "soarjobd_schedule_lateness_seconds_bucket",
+        "soarjobd_platform_requests_total",
+        "soarjobd_build_info",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not query {needed}"
+        );
+    }
+    daemon.shutdown().await;
+    server.stop().await;
+}
