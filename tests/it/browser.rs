@@ -413,6 +413,14 @@ async fn jobs_page_filters_1000_jobs_to_the_failing_ones_and_strips_match_the_ap
     c.goto(&base).await.unwrap();
     c.wait().for_element(Locator::Id("jobs")).await.unwrap();
     screenshot(&c, &t, "jobs.png").await;
+    // The job page of the job with every status: its strip, chart and runs.
+    c.goto(&format!("{base}jobs/{}", seeded.rainbow))
+        .await
+        .unwrap();
+    let chart = c.wait().for_element(Locator::Id("chart")).await.unwrap();
+    let bars = chart.find_all(Locator::Css("rect")).await.unwrap();
+    assert_eq!(bars.len(), 40, "every run of the job, up to 200");
+    screenshot(&c, &t, "job.png").await;
 
     c.close().await.unwrap();
     daemon.shutdown().await;
