@@ -1138,3 +1138,693 @@ async fn a_client_that_stops_reading_is_closed_by_the_idle_timeout() {
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// What [`seed_thousand_jobs`] made.
+pub struct Seeded {
+    /// The jobs whose newest counted run failed, timed out or was interrupted, in the page's
+    /// order (by name).
+    pub failing: Vec<String>,
+    /// The jobs of `integration: ThreatConnect`.
+    pub threatconnect: std::collections::BTreeSet<String>,
+    /// A job with 40 runs of every final status.
+    pub rainbow: String,
+}
+
+/// 1,000 job files (`job-0000` .. `job-0999`, three integrations, every 100th disabled, a
+/// schedule that does not fire during a test) and their history, written to the store before
+/// the daemon starts: three runs each, a failure last for 40 of them, 40 runs of every final
+/// status for `job-0003`.
+pub async fn seed_thousand_jobs(t: &TestApp) -> Seeded {
+    use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
+    let mut threatconnect = std::collections::BTreeSet::new();
+    let mut failing = Vec::new();
+    let base = chrono::Utc::now() - chrono::TimeDelta::days(2);
+    let mut claims = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..1000_i64 {
+        let id = format!("job-{i:04}");
+        let integration = ["ThreatConnect", "SecOps", "Tools"][(i % 3) as usize];
+        if i % 3 == 0 {
+            threatconnect.insert(id.clone());
+        }
+        let enabled = if i % 100 == 99 {
+            "enabled: false\n"
+        } else {
+            ""
+        };
+        t.write_job(
+            &id,
+            &format!(
+                "name: Job {i:04}\njob: sleep\nintegration: {integration}\n\
+                 schedule: {{cron: '0 0 1 1 *'}}\n{enabled}"
+            ),
+        );
+        use RunStatus::*;
+        let statuses: Vec<RunStatus> = match i % 100 {
+            _ if i == 3 => {
+                let every = [
+                    Partial,
+                    Failed,
+                    TimedOut,
+                    Skipped,
+                    Interrupted,
+                    Cancelled,
+                    Succeeded,
+                ];
+                (0..40).map(|k| every[(k + 2) % every.len()]).collect()
+            }
+            7 => vec![Succeeded, Succeeded, Failed],
+            17 => vec![Succeeded, Partial, TimedOut],
+            27 => vec![Succeeded, Succeeded, Interrupted],
+            37 => vec![Failed, Failed, Succeeded],
+            47 => vec![Succeeded, Failed, Cancelled],
+            _ => vec![Succeeded, Succeeded, Succeeded],
+        };
+        if [7, 17, 27, 47].contains(&(i % 100)) {
+            failing.push(id.clone());
+        }
+        for (k, status) in statuses.into_iter().enumerate() {
+            let started = base + chrono::TimeDelta::seconds(i + 600 * k as i64);
+            claims.push(NewRun {
+                job_id: id.clone(),
+                scheduled_at: started,
+                trigger: Trigger::Manual,
+                status: RunStatus::Running,
+                started_at: started,
+                message: None,
+            });
+            ends.push(RunFinish {
+                status,
+                finished_at: started
+                    + chrono::TimeDelta::milliseconds(100 * (i % 7 + 1) + 37 * k as i64),
+                message: Some(format!("{status}")),
+                error: None,
+                stats: json!({}),
+            });
+        }
+    }
+    let store = t.store().await;
+    let ids = store.claim_runs(&claims).await.unwrap();
+    for (id, end) in ids.into_iter().zip(&ends) {
+        assert!(store.finish_run(id.unwrap(), end).await.unwrap());
+    }
+    store.close().await;
+    Seeded {
+        failing,
+        threatconnect,
+        rainbow: "job-0003".into(),
+    }
+}
+
+/// The `data-job` ids of a jobs page's rows, in order.
+fn page_rows(html: &str) -> Vec<String> {
+    html.split("<tr data-job=\"")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 21: the jobs page's filters and paging are query parameters answered by the server
+/// (no script needed): state, platform, text, page and page size, with the counts per state
+/// over the jobs the other filters keep; bad values fall back to the defaults.
+#[tokio::test]
+async fn jobs_page_filters_and_pages_on_the_server() {
+    let mut t = TestApp::new();
+    let seeded = seed_thousand_jobs(&t).await;
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let http = reqwest::Client::new();
+    let get = |q: &'static str| {
+        let req = http
+            .get(format!("{}{q}", server.url()))
+            .bearer_auth(READ)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            assert_eq!(r.status(), 200, "{q}");
+            let timing = r.headers()["server-timing"].to_str().unwrap().to_string();
+            assert!(timing.starts_with("page;dur="), "{timing}");
+            r.text().await.unwrap()
+        }
+    };
+
+    wait_ready(&server.url()).await;
+
+    // Failing first, then the rest by name; 50 a page.
+    let page = get("").await;
+    let rows = page_rows(&page);
+    assert_eq!(rows.len(), 50, "{page}");
+    assert_eq!(rows[..40], seeded.failing[..]);
+    assert_eq!(rows[40], "job-0000");
+    assert!(page.contains("1–50 of 1000 jobs"), "{page}");
+    assert!(page.contains("id=\"count-failing\" class=\"b-failing\">failing <b>40</b>"));
+    assert!(page.contains("id=\"count-disabled\" class=\"b-disabled\">disabled <b>10</b>"));
+    assert!(page.contains("href=\"/?page=2\" rel=\"next\""), "{page}");
+
+    // A later page of another size: the order goes on; the links keep the size.
+    let page = get("?per=100&page=3").await;
+    let rows = page_rows(&page);
+    assert_eq!(rows.len(), 100);
+    // 40 failing, then the others by name: 95 a hundred (4 failing, 1 disabled).
+    assert_eq!(rows[0], "job-0169", "{rows:?}");
+    assert!(page.contains("201–300 of 1000 jobs"));
+    assert!(page.contains("href=\"/?page=4&amp;per=100\" rel=\"next\""));
+    assert!(page.contains("href=\"/?page=2&amp;per=100\" rel=\"prev\""));
+    // Past the end: the last page; nonsense: the defaults.
+    let page = get("?page=999").await;
+    assert!(page.contains("951–1000 of 1000 jobs"), "{page}");
+    assert!(page.contains("page 20 of 20"), "{page}");
+    // Disabled jobs come last.
+    assert_eq!(
+        page_rows(&page)[40..],
+        (0..10).map(|h| format!("job-0{h}99")).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        page_rows(&get("?page=abc&per=-1&state=nope").await).len(),
+        50
+    );
+
+    // State, platform and text together; the counts follow platform and text.
+    let page = get("?state=failing&platform=threatconnect&q=job-01").await;
+    let want: Vec<&String> = seeded
+        .failing
+        .iter()
+        .filter(|id| seeded.threatconnect.contains(*id) && id.starts_with("job-01"))
+        .collect();
+    assert_eq!(page_rows(&page).iter().collect::<Vec<_>>(), want);
+    assert!(page.contains(&format!(
+        "all <b>{}</b>",
+        (100..200).filter(|i| i % 3 == 0).count()
+    )));
+    assert!(page.contains("<option value=\"ThreatConnect\" selected>"));
+    assert!(page.contains("value=\"job-01\""));
+    assert!(page.contains("<option value=\"failing\" selected>"));
+    // The text matches names too, case-insensitively; a disabled job is found as such.
+    let page = get("?q=JOB%200199").await;
+    assert_eq!(page_rows(&page), ["job-0199"]);
+    assert!(page.contains("data-state=\"disabled\""));
+    // Nothing found is an empty table, not an error.
+    let page = get("?q=%3Cscript%3E").await;
+    assert!(page_rows(&page).is_empty());
+    assert!(page.contains("value=\"&lt;script&gt;\""));
+    assert!(!page.contains("<script>alert"));
+
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// One server-sent event: its name, id and data.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: Option<i64>,
+    data: Value,
+}
+
+/// Reads a whole event stream (until the server ends it).
+async fn read_events(resp: reqwest::Response) -> Vec<Sse> {
+    let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("the stream ends once the run has ended")
+        .unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = Sse {
+                event: "message".into(),
+                id: None,
+                data: Value::Null,
+            };
+            let mut any = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    ev.event = v.into();
+                    any = true;
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    ev.id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    ev.data = serde_json::from_str(v).unwrap();
+                }
+            }
+            any.then_some(ev)
+        })
+        .collect()
+}
+
+/// Issue 21: `/runs/{id}/events` streams a running run's stored log lines as they are written,
+/// each once and in order, then `end` with the final status; a reconnect with `Last-Event-ID`
+/// goes on after that line; a caller without a session or token is sent to sign in.
+#[tokio::test]
+async fn run_events_stream_the_log_live_once_each_then_end() {
+    let (_logs, _guard) = capture_logs();
+    let mut t = TestApp::new();
+    let script = t.path("chatter.sh");
+    std::fs::write(
+        &script,
+        "for i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 0.3; done\n",
+    )
+    .unwrap();
+    t.write_job(
+        "chatter",
+        &format!(
+            "name: Chatter\njob: exec\nschedule: {{cron: '0 0 1 1 *'}}\ncommand: [/bin/sh, {}]\n",
+            script.display()
+        ),
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let (status, body) = api
+        .post("/api/v1/jobs/chatter/run", Some(OPERATOR), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["run_id"].as_i64().unwrap();
+    let url = format!("{}runs/{run_id}/events", api.base);
+
+    // Opened while the run goes on: it ends by itself after the run.
+    let resp = api.http.get(&url).bearer_auth(READ).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = read_events(resp).await;
+    let (end, lines) = events.split_last().expect("events");
+    assert_eq!(end.event, "end", "{events:?}");
+    assert_eq!(end.data["status"], "succeeded");
+    let seqs: Vec<i64> = lines.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    for (e, seq) in lines.iter().zip(&seqs) {
+        assert_eq!(e.event, "line");
+        assert_eq!(e.data["seq"], *seq);
+    }
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    for i in 1..=6 {
+        let n = texts
+            .iter()
+            .filter(|t| t.contains(&format!("line=line {i} stream=stdout")))
+            .count();
+        assert_eq!(n, 1, "line {i}: {texts:?}");
+    }
+    // The stream's lines are the API's.
+    let (_, logs) = api
+        .get(&format!("/api/v1/runs/{run_id}/logs"), Some(READ))
+        .await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), lines.len());
+
+    // A reconnect after line 3 (the browser sends Last-Event-ID): the rest, then end.
+    let resp = api
+        .http
+        .get(&url)
+        .bearer_auth(READ)
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap();
+    let again = read_events(resp).await;
+    let ids: Vec<i64> = again.iter().filter_map(|e| e.id).collect();
+    assert_eq!(ids, seqs[3..], "{again:?}");
+    assert_eq!(again.last().unwrap().event, "end");
+    // `after` does the same for the page's first connection.
+    let resp = api
+        .http
+        .get(format!("{url}?after={}", seqs.len()))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let rest = read_events(resp).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+
+    // No credential: sent to sign in; no such run: 404.
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = anon.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = api
+        .http
+        .get(format!("{}runs/999999/events", api.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Waits until the server's `/readyz` says the jobs are loaded and the scheduler runs.
+pub async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || {
+        let req = http.get(format!("{base}readyz")).send();
+        async move { req.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "the jobs were loaded");
+}
+
+/// Issue 21: the job page shows the definition as loaded with its secrets masked (a password
+/// parameter, the `env` values), where it came from, the next 5 fires in the job's zone and in
+/// UTC, the pause in force and the last one, the alert episodes open and past, a duration
+/// chart of the last runs, and the runs paged 50 at a time.
+#[tokio::test]
+async fn job_page_shows_the_definition_masked_fires_pauses_episodes_and_pages_runs() {
+    use soarjobd_core::store::ops::AlertRule;
+    use soarjobd_core::store::{NewRun, RunFinish, RunStatus, Trigger};
+    let mut t = TestApp::new();
+    t.write_job(
+        "leaky",
+        "name: Leaky\njob: exec\nintegration: ThreatConnect\n\
+         schedule: {cron: '30 2 * * *', timezone: Europe/Berlin}\n\
+         env: {APP_TOKEN: env-secret-abc}\n\
+         parameters:\n  - {name: Api Key, type: password, value: hunter2-pw-xyz}\n\
+         \x20 - {name: Region, type: string, value: eu-west}\n\
+         command: [/bin/true]\n",
+    );
+    // 120 failed runs, and two episodes of this job (one resolved) and one of another.
+    let store = t.store().await;
+    let base = chrono::Utc::now() - chrono::TimeDelta::days(1);
+    let claims: Vec<NewRun> = (0..120)
+        .map(|k| NewRun {
+            job_id: "leaky".into(),
+            scheduled_at: base + chrono::TimeDelta::seconds(k * 60),
+            trigger: Trigger::Manual,
+            status: RunStatus::Running,
+            started_at: base + chrono::TimeDelta::seconds(k * 60),
+            message: None,
+        })
+        .collect();
+    let ids: Vec<i64> = store
+        .claim_runs(&claims)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    for (id, c) in ids.iter().zip(&claims) {
+        let end = RunFinish {
+            status: RunStatus::Failed,
+            finished_at: c.started_at + chrono::TimeDelta::milliseconds(300),
+            message: Some("boom".into()),
+            error: None,
+            stats: json!({}),
+        };
+        assert!(store.finish_run(*id, &end).await.unwrap());
+    }
+    store
+        .open_alert(AlertRule::NoSuccessFor, "leaky", "quiet for a day", base)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .resolve_alert(
+            AlertRule::NoSuccessFor,
+            "leaky",
+            base + chrono::TimeDelta::hours(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .open_alert(
+            AlertRule::FailedRunsInARow,
+            "leaky",
+            "120 runs failed in a row",
+            base,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .open_alert(AlertRule::FailedRunsInARow, "other", "not this job", base)
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let page = |q: &'static str| {
+        let req = api
+            .http
+            .get(format!("{}jobs/leaky{q}", api.base))
+            .bearer_auth(READ)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let html = page("").await;
+    for secret in ["hunter2-pw-xyz", "env-secret-abc"] {
+        assert!(!html.contains(secret), "{secret} is on the page");
+    }
+    assert!(
+        html.contains("<th scope=\"row\">Api Key</th><td>password</td><td><code>********</code>")
+    );
+    assert!(html.contains("<code>eu-west</code>"), "{html}");
+    assert!(
+        html.contains("&quot;APP_TOKEN&quot;: &quot;********&quot;"),
+        "{html}"
+    );
+    assert!(html.contains("leaky.yaml</code>"));
+    // The next 5 fires: 02:30 in Berlin, 01:30 UTC in winter (the test runs in December or
+    // not: either offset, but both columns, 5 rows).
+    let fires = html.split("id=\"fires\"").nth(1).unwrap();
+    let fires = fires.split("</table>").next().unwrap();
+    assert_eq!(fires.matches("<tr><td>").count(), 5, "{fires}");
+    assert_eq!(fires.matches(" 02:30:00 CE").count(), 5, "{fires}");
+    assert!(fires.contains("Europe/Berlin"));
+    // Episodes: this job's two, the open one first.
+    let episodes = html.split("id=\"episodes\"").nth(1).unwrap();
+    let episodes = episodes.split("</table>").next().unwrap();
+    assert_eq!(episodes.matches("data-episode=").count(), 2, "{episodes}");
+    assert!(
+        episodes.find("failed_runs_in_a_row").unwrap() < episodes.find("no_success_for").unwrap()
+    );
+    assert!(episodes.contains(">open</b>"));
+    assert!(!episodes.contains("not this job"));
+    // The chart draws every run (fewer than 200); the strip the last 30; the state is failing.
+    let chart = html
+        .split("id=\"chart\"")
+        .nth(1)
+        .unwrap()
+        .split("</svg>")
+        .next()
+        .unwrap();
+    assert_eq!(chart.matches("class=\"m-failed\"").count(), 120);
+    assert!(html.contains("<span class=\"badge b-failing\">failing</span>"));
+    // Runs: 50 a page, newest first, then older pages by id.
+    let rows = |h: &str| -> Vec<i64> {
+        h.split("<tr data-run=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let first = rows(&html);
+    let newest: Vec<i64> = ids.iter().rev().copied().collect();
+    assert_eq!(first, newest[..50]);
+    assert!(html.contains(&format!(
+        "href=\"/jobs/leaky?before={}\" rel=\"next\"",
+        newest[49]
+    )));
+    let resp = api
+        .http
+        .get(format!("{}jobs/leaky?before={}", api.base, newest[99]))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let last = resp.text().await.unwrap();
+    assert_eq!(rows(&last), newest[100..]);
+    assert!(
+        !last.contains("rel=\"next\""),
+        "the last page has no older link"
+    );
+    assert!(last.contains("id=\"newest\""));
+
+    // Pauses: the last ended one, then the one in force (the store keeps one pause row per
+    // job: a new pause replaces the ended one).
+    assert!(html.contains("Never paused."));
+    let (status, _) = api
+        .post(
+            "/api/v1/jobs/leaky/pause",
+            Some(OPERATOR),
+            Some(json!({"reason": "first window"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .post("/api/v1/jobs/leaky/resume", Some(OPERATOR), None)
+        .await;
+    assert_eq!(status, 200);
+    let html = page("").await;
+    let last = html
+        .split("id=\"last-pause\"")
+        .nth(1)
+        .unwrap()
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(
+        last.contains("first window") && last.contains("resumed"),
+        "{last}"
+    );
+    assert!(!html.contains("id=\"pause\""));
+    let (status, _) = api
+        .post(
+            "/api/v1/jobs/leaky/pause",
+            Some(OPERATOR),
+            Some(json!({"reason": "second window"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let html = page("").await;
+    let pause = html
+        .split("id=\"pause\"")
+        .nth(1)
+        .unwrap()
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(
+        pause.contains("second window") && pause.contains("admin:operator"),
+        "{pause}"
+    );
+    assert!(html.contains("None: the job is paused."));
+
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// Every metric name in a PromQL text (`soarjobd_...`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("soarjobd_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every query text of a Grafana dashboard (`expr`, and template variables' queries).
+fn queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", Value::String(s)) => out.push(s.clone()),
+                    _ => queries(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+/// Issue 21: every metric `deploy/grafana/soarjobd.json` queries is one a daemon's `/metrics`
+/// exports (a family of that name, or one of its series: a counter's `_total`, a histogram's
+/// `_bucket`/`_sum`/`_count`), and the dashboard covers what an on-call analyst watches.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let mut t = TestApp::new();
+    t.write_job("nap", &sleep_job("Nap", "{every: 1h}", 20, ""));
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    wait_ready(&server.url()).await;
+    // A family shows once it has a series: one run, and one platform request through the
+    // hook the platform clients report to.
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.url(),
+    };
+    let (status, body) = api.post("/api/v1/jobs/nap/run", Some(OPERATOR), None).await;
+    assert_eq!(status, 202, "{body}");
+    let run = body["run_id"].as_i64().unwrap();
+    let done = eventually(Duration::from_secs(20), || {
+        let api = &api;
+        async move {
+            let (_, r) = api.get(&format!("/api/v1/runs/{run}"), Some(READ)).await;
+            r["status"] == "succeeded"
+        }
+    })
+    .await;
+    assert!(done);
+    soarjobd_core::observe::platform_request("soar", "GET", Some(429), Duration::from_millis(12));
+    let text = reqwest::Client::new()
+        .get(format!("{}metrics", server.url()))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // `# TYPE <family> <type>` for every family.
+    let families: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect();
+    assert!(families.len() > 10, "{text}");
+    let exported = |name: &str| {
+        families.iter().any(|(f, ty)| {
+            let series: &[&str] = match ty.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                _ => &[],
+            };
+            name == f || series.iter().any(|s| name == format!("{f}{s}"))
+        })
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/soarjobd.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut texts = Vec::new();
+    queries(&dashboard, &mut texts);
+    let used: std::collections::BTreeSet<String> =
+        texts.iter().flat_map(|q| metric_names(q)).collect();
+    let missing: Vec<&String> = used.iter().filter(|m| !exported(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}; /metrics has {families:?}"
+    );
+    for needed in [
+        "soarjobd_runs_total",
+        "soarjobd_job_consecutive_failures",
+        "soarjobd_job_last_success_timestamp_seconds",
+        "soarjobd_schedule_lateness_seconds_bucket",
+        "soarjobd_platform_requests_total",
+        "soarjobd_build_info",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not query {needed}"
+        );
+    }
+    daemon.shutdown().await;
+    server.stop().await;
+}

@@ -246,3 +246,405 @@ async fn status_page_runs_a_job_and_shows_its_logs_in_chromium() {
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// The colour the page draws each run status in (`crates/admin`'s `STATUS_COLOURS`), as
+/// `getComputedStyle` reports it.
+fn colour_of(status: &str) -> &'static str {
+    match status {
+        "succeeded" => "rgb(18, 183, 106)",
+        "partial" => "rgb(247, 144, 9)",
+        "failed" => "rgb(217, 45, 32)",
+        "timed_out" => "rgb(122, 46, 14)",
+        "skipped" => "rgb(152, 162, 179)",
+        "interrupted" => "rgb(193, 21, 116)",
+        "cancelled" => "rgb(71, 84, 103)",
+        "running" => "rgb(46, 144, 250)",
+        other => panic!("no colour for {other}"),
+    }
+}
+
+/// Issue 21: 1,000 jobs on the jobs page, filtered down to the failing ones with the page's
+/// own form (a plain GET: no script involved), then by platform; each strip's marks are the
+/// API's newest runs, in order, in their status's colour.
+#[tokio::test]
+async fn jobs_page_filters_1000_jobs_to_the_failing_ones_and_strips_match_the_api() {
+    let driver = start_driver().await;
+    let mut t = TestApp::new();
+    let seeded = crate::admin::seed_thousand_jobs(&t).await;
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let base = server.url();
+    let http = reqwest::Client::new();
+
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(chromium_caps("1400,900"))
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    sign_in(&c, &base).await;
+
+    // The unfiltered page: the counts, and failing jobs first.
+    let count = c
+        .wait()
+        .for_element(Locator::Id("count-failing"))
+        .await
+        .unwrap();
+    assert_eq!(
+        count.text().await.unwrap(),
+        format!("failing {}", seeded.failing.len())
+    );
+    let all = c.find(Locator::Css(".counts a")).await.unwrap();
+    assert_eq!(all.text().await.unwrap(), "all 1000");
+    let first = c.find(Locator::Css("#jobs tbody tr")).await.unwrap();
+    assert_eq!(
+        first.attr("data-state").await.unwrap().as_deref(),
+        Some("failing")
+    );
+    let pager = c.find(Locator::Id("pager")).await.unwrap();
+    assert!(pager.text().await.unwrap().contains("1–50 of 1000 jobs"));
+
+    // The filter form: state = failing, submitted by its button.
+    c.find(Locator::Id("f-state"))
+        .await
+        .unwrap()
+        .select_by_value("failing")
+        .await
+        .unwrap();
+    c.find(Locator::Id("f-go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        if c.current_url().await.unwrap().query() == Some("state=failing&platform=&q=") {
+            ids = row_ids(&c).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ids, seeded.failing, "the failing jobs, by name");
+    for row in c.find_all(Locator::Css("#jobs tbody tr")).await.unwrap() {
+        assert!(row.text().await.unwrap().contains("failing"));
+    }
+
+    // And the platform: the failing ThreatConnect jobs only.
+    c.find(Locator::Id("f-platform"))
+        .await
+        .unwrap()
+        .select_by_value("ThreatConnect")
+        .await
+        .unwrap();
+    c.find(Locator::Id("f-go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let want: Vec<String> = seeded
+        .failing
+        .iter()
+        .filter(|id| seeded.threatconnect.contains(*id))
+        .cloned()
+        .collect();
+    assert!(!want.is_empty());
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids = row_ids(&c).await;
+        if ids == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ids, want);
+
+    // Strips against the API: a failing job and the job whose history has every status.
+    for id in [seeded.failing[0].as_str(), seeded.rainbow.as_str()] {
+        c.goto(&format!("{base}?q={id}")).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css(&format!("tr[data-job=\"{id}\"]")))
+            .await
+            .unwrap();
+        let marks = c
+            .execute(
+                "return Array.from(document.querySelectorAll(\
+                 'tr[data-job=\"' + arguments[0] + '\"] svg.strip a')).map(function(a){\
+                 var r = a.querySelector('rect'); var b = r.getBoundingClientRect();\
+                 return [a.getAttribute('href'), getComputedStyle(r).fill, b.width, b.height];})",
+                vec![json!(id)],
+            )
+            .await
+            .unwrap();
+        let marks = marks.as_array().unwrap();
+        let api: serde_json::Value = http
+            .get(format!("{base}api/v1/jobs/{id}/runs?limit=30"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut runs = api["runs"].as_array().unwrap().clone();
+        runs.reverse(); // oldest first, as the strip draws them
+        assert_eq!(marks.len(), runs.len(), "{id}: {marks:?}");
+        for (m, r) in marks.iter().zip(&runs) {
+            let status = r["status"].as_str().unwrap();
+            assert_eq!(m[0], json!(format!("/runs/{}", r["id"])), "{id}");
+            assert_eq!(
+                m[1],
+                json!(colour_of(status)),
+                "{id}: run {} {status}",
+                r["id"]
+            );
+            assert!(
+                m[2].as_f64().unwrap() >= 4.0 && m[3].as_f64().unwrap() >= 10.0,
+                "{m:?}"
+            );
+        }
+        if id == seeded.rainbow {
+            assert_eq!(runs.len(), 30, "the strip shows the last 30 of 40 runs");
+            let seen: std::collections::BTreeSet<&str> =
+                runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+            assert_eq!(seen.len(), 7, "{seen:?}");
+        }
+    }
+    c.goto(&base).await.unwrap();
+    c.wait().for_element(Locator::Id("jobs")).await.unwrap();
+    screenshot(&c, &t, "jobs.png").await;
+    // The job page of the job with every status: its strip, chart and runs.
+    c.goto(&format!("{base}jobs/{}", seeded.rainbow))
+        .await
+        .unwrap();
+    let chart = c.wait().for_element(Locator::Id("chart")).await.unwrap();
+    let bars = chart.find_all(Locator::Css("rect")).await.unwrap();
+    assert_eq!(bars.len(), 40, "every run of the job, up to 200");
+    screenshot(&c, &t, "job.png").await;
+
+    c.close().await.unwrap();
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// The `data-job` of the jobs table's rows, in order.
+async fn row_ids(c: &fantoccini::Client) -> Vec<String> {
+    let ids = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#jobs tbody tr'))\
+             .map(function(r){return r.dataset.job})",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(ids).unwrap()
+}
+
+/// Headless Chromium's capabilities with a window of `size` (`W,H`).
+fn chromium_caps(size: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", format!("--window-size={size}")],
+        }),
+    );
+    caps
+}
+
+/// Saves a screenshot in the test's temp dir, and in `$SOARJOBD_SCREENSHOTS/` when that names
+/// a folder (how `docs/screenshots/` is made).
+async fn screenshot(c: &fantoccini::Client, t: &TestApp, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(t.path(name), &png).unwrap();
+    if let Some(dir) = std::env::var_os("SOARJOBD_SCREENSHOTS") {
+        std::fs::write(std::path::Path::new(&dir).join(name), &png).unwrap();
+    }
+}
+
+/// Signs in on the login form with the operator token.
+async fn sign_in(c: &fantoccini::Client, base: &str) {
+    c.goto(&format!("{base}login")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(OPERATOR)
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("jobs")).await.unwrap();
+}
+
+/// Issue 21: a running run's page shows its log lines as they are written (server-sent
+/// events: the page is not reloaded), levels coloured, filtered as the search box is typed
+/// in; its Cancel button cancels the run, and the page then says so.
+#[tokio::test]
+async fn run_page_follows_a_running_runs_log_live_and_cancels_it() {
+    let (_logs, _guard) = capture_logs();
+    let driver = start_driver().await;
+    let mut t = TestApp::new();
+    let script = t.path("ticker.sh");
+    std::fs::write(
+        &script,
+        "echo '::stats {\"started\": 1}'\necho '::stats not-json'\n\
+         i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n",
+    )
+    .unwrap();
+    t.write_job(
+        "ticker",
+        &format!(
+            "name: Ticker\njob: exec\nschedule: {{cron: '0 0 1 1 *'}}\ncommand: [/bin/sh, {}]\n",
+            script.display()
+        ),
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let base = server.url();
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(chromium_caps("1200,900"))
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    crate::admin::wait_ready(&base).await;
+    sign_in(&c, &base).await;
+
+    let http = reqwest::Client::new();
+    let started: serde_json::Value = http
+        .post(format!("{base}api/v1/jobs/ticker/run"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = started["run_id"].as_i64().expect("a run id");
+    c.goto(&format!("{base}runs/{run_id}")).await.unwrap();
+    c.wait().for_element(Locator::Id("logs")).await.unwrap();
+    // A mark that a reload would wipe out.
+    c.execute("window.__sameDocument = 'yes'", vec![])
+        .await
+        .unwrap();
+    let first = c
+        .execute(
+            "return document.querySelectorAll('#logs .l').length",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    let mut state = json!(null);
+    for _ in 0..200 {
+        state = c
+            .execute(
+                "return [window.__sameDocument, document.querySelectorAll('#logs .l').length, \
+                 document.getElementById('logs').textContent.indexOf('line=tick 25') >= 0]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if state[2] == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state[0], json!("yes"), "the page was reloaded: {state}");
+    assert_eq!(state[2], json!(true), "the live lines came: {state}");
+    assert!(
+        state[1].as_u64().unwrap() > first + 10,
+        "{first} then {state}"
+    );
+    // Levels have their colours: the malformed ::stats line is a warning.
+    let warn = c
+        .execute(
+            "var w = document.querySelector('#logs .l-WARN'); \
+             return w ? [w.textContent, getComputedStyle(w).color] : null",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        warn[0].as_str().unwrap().contains("malformed ::stats"),
+        "{warn}"
+    );
+    assert_eq!(warn[1], json!("rgb(181, 71, 8)"), "{warn}");
+    screenshot(&c, &t, "run.png").await;
+
+    // The search box filters the lines as it is typed in, new ones included.
+    c.find(Locator::Id("log-q"))
+        .await
+        .unwrap()
+        .send_keys("tick 3")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let shown = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#logs .l'))\
+             .filter(function(l){return !l.hidden}).map(function(l){return l.textContent})",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shown = shown.as_array().unwrap();
+    assert!(!shown.is_empty());
+    for l in shown {
+        assert!(l.as_str().unwrap().contains("tick 3"), "{l}");
+    }
+
+    // Cancel from the page: the run ends cancelled, and the page says so.
+    c.find(Locator::Id("cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut word = String::new();
+    for _ in 0..200 {
+        if let Ok(el) = c.find(Locator::Id("status-word")).await {
+            word = el.text().await.unwrap_or_default();
+            if word == "cancelled" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(word, "cancelled");
+    let run: serde_json::Value = http
+        .get(format!("{base}api/v1/runs/{run_id}"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["message"], "cancelled by an operator", "{run}");
+    // Once ended, the page has no live stream and no Cancel button; its stats are a table.
+    c.goto(&format!("{base}runs/{run_id}")).await.unwrap();
+    let stats = c.wait().for_element(Locator::Id("stats")).await.unwrap();
+    assert!(stats.text().await.unwrap().contains("started"));
+    assert!(c.find(Locator::Id("cancel")).await.is_err());
+    let live = c
+        .execute(
+            "return document.getElementById('logs').getAttribute('data-events')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(live, json!(null));
+
+    c.close().await.unwrap();
+    daemon.shutdown().await;
+    server.stop().await;
+}

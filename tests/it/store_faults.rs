@@ -249,6 +249,13 @@ impl RunStore for FlakyStore {
     async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.inner.last_runs().await
     }
+    async fn recent_runs(
+        &self,
+        job_ids: &[String],
+        per_job: u32,
+    ) -> StoreResult<Vec<soarjobd_core::store::RunMark>> {
+        self.inner.recent_runs(job_ids, per_job).await
+    }
     async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.prune(keep_runs, older_than).await
     }
@@ -584,6 +591,9 @@ impl OpsStore for FlakyStore {
     }
     async fn open_alerts(&self) -> StoreResult<Vec<AlertEpisode>> {
         self.inner.open_alerts().await
+    }
+    async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>> {
+        self.inner.alert_history(subject, limit).await
     }
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
         self.inner.last_successes().await

@@ -5,7 +5,8 @@
 //! * `GET /readyz`: the jobs folder was loaded, the scheduler runs, the database answers.
 //! * `GET /metrics`: Prometheus/OpenMetrics text ([`metrics`]).
 //! * `/api/v1/...`: the JSON API ([`api`], `docs/openapi.yaml`).
-//! * `/`: the status page ([`page`]).
+//! * `/`: the status page: the jobs ([`jobs_page`]), a job ([`job_page`]), a run with its
+//!   live log ([`run_page`]); sign-in and the forms' actions ([`page`]).
 //!
 //! The server depends on the core only: it sees the daemon through
 //! [`soarjobd_engine::Control`], and feeds metrics through the core's observer hooks.
@@ -21,9 +22,14 @@ mod conn;
 mod error;
 mod extract;
 mod guard;
+mod html;
+mod job_page;
+mod jobs_page;
 mod limit;
 mod metrics;
 mod page;
+mod run_page;
+mod svg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -134,12 +140,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}/pause", post(api::pause))
         .route("/api/v1/jobs/{id}/resume", post(api::resume))
         .route("/api/v1/runs/{run_id}/logs", get(api::logs))
-        .route("/", get(page::index))
+        .route("/", get(jobs_page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
-        .route("/jobs/{id}", get(page::job))
+        .route("/jobs/{id}", get(job_page::job))
         .route("/jobs/{id}/run", post(page::run_now))
-        .route("/runs/{run_id}", get(page::run))
+        .route("/runs/{run_id}", get(run_page::run))
+        .route("/runs/{run_id}/events", get(run_page::events))
         .route("/runs/{run_id}/cancel", post(page::cancel))
         .route("/jobs/{id}/pause", post(page::pause))
         .route("/jobs/{id}/resume", post(page::resume))

@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::runner::StopReason;
 use crate::scheduler::{Command, RunningRuns};
-use crate::store::ops::RunLogLine;
-use crate::store::{RunRecord, Store, StoreResult};
+use crate::store::ops::{AlertEpisode, EndedPause, RunLogLine};
+use crate::store::{RunMark, RunRecord, Store, StoreResult};
 use soarjobd_core::{RunNowError, Status};
 
 /// What the admin server may do to a running daemon: read its state, start a manual run
@@ -80,6 +80,22 @@ impl ReadStore {
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.0.last_runs().await
+    }
+
+    /// The newest `per_job` runs of each of `job_ids`, in one read.
+    pub async fn recent_runs(&self, job_ids: &[String], per_job: u32) -> StoreResult<Vec<RunMark>> {
+        self.0.recent_runs(job_ids, per_job).await
+    }
+
+    /// The alert episodes of `subject` (a job id), newest first.
+    pub async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>> {
+        self.0.alert_history(subject, limit).await
+    }
+
+    /// The job's last ended pause, if any (the store keeps the pause in force and the last
+    /// ended one).
+    pub async fn last_resume(&self, job_id: &str) -> StoreResult<Option<EndedPause>> {
+        self.0.last_resume(job_id).await
     }
 
     /// A run's log lines with `seq > after_seq`, in order, at most `limit`.

@@ -50,6 +50,7 @@ macro_rules! each_contract_test {
             mark_started_moves_only_running_rows,
             history_is_newest_first_and_limited,
             last_runs_gives_each_jobs_newest_run,
+            recent_runs_gives_each_jobs_newest_runs_in_one_read,
             prune_keeps_the_newest_the_recent_and_the_running,
             prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart,
             timestamps_round_trip,
@@ -61,6 +62,7 @@ macro_rules! each_contract_test {
             pauses_are_kept_resumed_and_catch_ups_taken_once,
             run_logs_are_kept_in_order_and_pruned_with_their_run,
             alert_episodes_open_once_and_resolve_once,
+            alert_history_lists_a_subjects_episodes_newest_first,
             last_successes_gives_each_jobs_newest_success,
         );
     };
@@ -577,6 +579,97 @@ pub async fn last_runs_gives_each_jobs_newest_run(f: &dyn StoreFactory) {
         .map(|r| (r.job_id.as_str(), Some(r.id)))
         .collect();
     assert_eq!(got, [("job-a", ids[2]), ("job-b", ids[1])]);
+}
+
+pub async fn recent_runs_gives_each_jobs_newest_runs_in_one_read(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    assert!(
+        store
+            .recent_runs(&ids(&["job-a"]), 30)
+            .await
+            .expect("recent runs")
+            .is_empty()
+    );
+    // job-b: 5 runs, claimed out of order; job-a: 2 runs, one of them manual and finished;
+    // job-c: 1 run, not asked for.
+    let mut claims = Vec::new();
+    for t in [3_000, 1_000, 5_000, 2_000, 4_000] {
+        claims.push(new_run("job-b", t, Trigger::Schedule));
+    }
+    claims.push(new_run("job-a", 7_000, Trigger::Schedule));
+    claims.push(new_run("job-a", 8_000, Trigger::Manual));
+    claims.push(new_run("job-c", 9_000, Trigger::Schedule));
+    let got: Vec<i64> = store
+        .claim_runs(&claims)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|id| id.expect("claimed"))
+        .collect();
+    assert!(
+        store
+            .finish_run(got[6], &finish(RunStatus::Failed, 8_500))
+            .await
+            .expect("finish")
+    );
+
+    // Ids in any order, repeated, or without runs: each job once, newest first, at most 3.
+    let marks = store
+        .recent_runs(&ids(&["job-b", "nobody", "job-a", "job-b"]), 3)
+        .await
+        .expect("recent runs");
+    let order: Vec<(&str, i64)> = marks.iter().map(|m| (m.job_id.as_str(), m.id)).collect();
+    assert_eq!(
+        order,
+        [
+            ("job-a", got[6]),
+            ("job-a", got[5]),
+            ("job-b", got[2]),
+            ("job-b", got[4]),
+            ("job-b", got[0]),
+        ]
+    );
+    // The marks say what `history` says of the same runs.
+    let history = store.history("job-a", 10).await.expect("history");
+    for (m, r) in marks.iter().zip(&history) {
+        assert_eq!(
+            (
+                m.id,
+                m.status,
+                m.trigger,
+                m.scheduled_at,
+                m.started_at,
+                m.duration_ms
+            ),
+            (
+                r.id,
+                r.status,
+                r.trigger,
+                r.scheduled_at,
+                r.started_at,
+                r.duration_ms
+            )
+        );
+    }
+    assert_eq!(marks[0].status, RunStatus::Failed);
+    assert_eq!(marks[0].duration_ms, Some(8_500 - 8_003));
+    assert_eq!(marks[1].status, RunStatus::Running);
+    assert!(
+        store
+            .recent_runs(&ids(&["job-b"]), 0)
+            .await
+            .expect("recent runs")
+            .is_empty()
+    );
+    assert!(
+        store
+            .recent_runs(&[], 30)
+            .await
+            .expect("recent runs")
+            .is_empty()
+    );
 }
 
 pub async fn prune_keeps_the_newest_the_recent_and_the_running(f: &dyn StoreFactory) {
@@ -1208,6 +1301,53 @@ pub async fn alert_episodes_open_once_and_resolve_once(f: &dyn StoreFactory) {
     );
     s.close().await;
     other.close().await;
+}
+
+/// A subject's episodes, open and resolved, newest first and limited; other subjects' are not
+/// listed.
+pub async fn alert_history_lists_a_subjects_episodes_newest_first(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let s = db.open().await;
+    assert!(s.alert_history("j", 10).await.expect("history").is_empty());
+    let first = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "3 failed", at(1_000))
+        .await
+        .expect("open")
+        .expect("new");
+    s.resolve_alert(AlertRule::FailedRunsInARow, "j", at(2_000))
+        .await
+        .expect("resolve")
+        .expect("was open");
+    let quiet = s
+        .open_alert(AlertRule::NoSuccessFor, "j", "quiet", at(3_000))
+        .await
+        .expect("open")
+        .expect("new");
+    let again = s
+        .open_alert(AlertRule::FailedRunsInARow, "j", "5 failed", at(4_000))
+        .await
+        .expect("open")
+        .expect("new");
+    s.open_alert(AlertRule::FailedRunsInARow, "other", "x", at(5_000))
+        .await
+        .expect("open")
+        .expect("new");
+    let history = s.alert_history("j", 10).await.expect("history");
+    let got: Vec<(i64, Option<DateTime<Utc>>)> =
+        history.iter().map(|e| (e.id, e.resolved_at)).collect();
+    assert_eq!(
+        got,
+        [
+            (again.id, None),
+            (quiet.id, None),
+            (first.id, Some(at(2_000)))
+        ]
+    );
+    assert_eq!(history[2].detail, "3 failed");
+    let limited = s.alert_history("j", 2).await.expect("history");
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, again.id);
+    s.close().await;
 }
 
 /// The newest `succeeded` finish of each job; jobs without one are absent.

@@ -15,8 +15,8 @@ use sqlx::{FromRow, Row};
 use crate::Db;
 use soarjobd_core::store::ops::{AlertEpisode, AlertRule, EndedPause, JobPause, RunLogLine};
 use soarjobd_core::store::{
-    RunOwner, RunProcess, RunRecord, RunStatus, SeenEntry, SeenState, StoreError, StoreResult,
-    Trigger,
+    RunMark, RunOwner, RunProcess, RunRecord, RunStatus, SeenEntry, SeenState, StoreError,
+    StoreResult, Trigger,
 };
 
 pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
@@ -161,6 +161,47 @@ where
     for<'r> RawRun: FromRow<'r, R>,
 {
     rows.iter().map(run_from_row).collect()
+}
+
+/// A `job_runs` row as a history strip reads it ([`RunMark`]).
+#[derive(FromRow)]
+pub(crate) struct RawMark {
+    id: i64,
+    job_id: String,
+    scheduled_at: i64,
+    trigger: String,
+    status: String,
+    started_at: i64,
+    duration_ms: Option<i64>,
+}
+
+impl Raw for RawMark {
+    type Core = RunMark;
+
+    fn into_core(self) -> StoreResult<RunMark> {
+        let status = RunStatus::parse(&self.status).ok_or(StoreError::Corrupt {
+            column: "status",
+            value: self.status.clone(),
+        })?;
+        Ok(RunMark {
+            id: self.id,
+            job_id: self.job_id,
+            scheduled_at: from_millis("scheduled_at", self.scheduled_at)?,
+            trigger: parse_trigger(self.trigger)?,
+            status,
+            started_at: from_millis("started_at", self.started_at)?,
+            duration_ms: self.duration_ms,
+        })
+    }
+}
+
+decoder!(mark_from_row: RawMark);
+
+pub(crate) fn marks_from_rows<R: Row>(rows: &[R]) -> StoreResult<Vec<RunMark>>
+where
+    for<'r> RawMark: FromRow<'r, R>,
+{
+    rows.iter().map(mark_from_row).collect()
 }
 
 /// Process start times in clock ticks (`u64`) as the schema's signed integer.

@@ -146,6 +146,19 @@ pub struct RunRecord {
     pub owner: Option<RunOwner>,
 }
 
+/// One run as a history strip draws it: a [`RunRecord`] without its message, error, stats
+/// and owner (what [`RunStore::recent_runs`] reads for many jobs at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunMark {
+    pub id: i64,
+    pub job_id: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: Option<i64>,
+}
+
 /// The store instance (and its process) that claimed a run row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunOwner {
@@ -405,6 +418,12 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// The newest run of every job that has one, keyed by job id.
     async fn last_runs(&self) -> StoreResult<Vec<RunRecord>>;
+
+    /// The newest `per_job` runs of each job of `job_ids`, in one read (one index probe per
+    /// job, never a scan of the whole history): grouped by job id in byte order, each job's
+    /// newest first (by `started_at`, then id), as [`RunStore::history`] orders them. Ids
+    /// without runs, and repeated ids, add nothing.
+    async fn recent_runs(&self, job_ids: &[String], per_job: u32) -> StoreResult<Vec<RunMark>>;
 
     /// Deletes finished runs beyond the newest `keep_runs` per job *and* older than
     /// `older_than` (a run is kept if either rule keeps it). Never deletes a `running` row.

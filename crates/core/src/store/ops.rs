@@ -179,6 +179,10 @@ pub trait OpsStore: Send + Sync + 'static {
     /// Every open episode.
     async fn open_alerts(&self) -> StoreResult<Vec<AlertEpisode>>;
 
+    /// The episodes of `subject` (a job id), open and resolved, newest first (by when they
+    /// opened, then id), at most `limit`.
+    async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>>;
+
     /// The newest `succeeded` finish of every job that has one: `(job_id, finished_at)`.
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
 }

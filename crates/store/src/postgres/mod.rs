@@ -46,13 +46,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, Pruned, Retention,
-    RunFinish, RunHolder, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState,
-    StoreError, StoreResult, Trigger,
+    RunFinish, RunHolder, RunMark, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
+    SeenState, StoreError, StoreResult, Trigger,
 };
 use crate::Db;
 use crate::rows::{
-    from_millis, millis, owner_from_row, parse_json, parse_trigger, process_from_row, run_from_row,
-    runs_from_rows, seen_from_row, ticks_to_db,
+    from_millis, marks_from_rows, millis, owner_from_row, parse_json, parse_trigger,
+    process_from_row, run_from_row, runs_from_rows, seen_from_row, ticks_to_db,
 };
 
 /// The migrations in `migrations/postgres/`, embedded at compile time. sqlx's migrator holds
@@ -1036,6 +1036,32 @@ impl RunStore for PgStore {
         .await
         .db()?;
         runs_from_rows(&rows)
+    }
+
+    async fn recent_runs(&self, job_ids: &[String], per_job: u32) -> StoreResult<Vec<RunMark>> {
+        if job_ids.is_empty() || per_job == 0 {
+            return Ok(Vec::new());
+        }
+        // One lateral index probe per distinct id (the history index, newest first). Sorted
+        // by the ids' bytes (`COLLATE "C"`), as SQLite sorts them, whatever the database's
+        // collation.
+        let rows = sqlx::query(
+            "SELECT r.id, r.job_id, r.scheduled_at, r.\"trigger\", r.status, r.started_at, \
+                    r.duration_ms \
+             FROM (SELECT DISTINCT unnest($1::text[]) AS job_id) j \
+             CROSS JOIN LATERAL ( \
+                 SELECT x.id, x.job_id, x.scheduled_at, x.\"trigger\", x.status, x.started_at, \
+                        x.duration_ms \
+                 FROM job_runs x WHERE x.job_id = j.job_id \
+                 ORDER BY x.started_at DESC, x.id DESC LIMIT $2) r \
+             ORDER BY r.job_id COLLATE \"C\", r.started_at DESC, r.id DESC",
+        )
+        .bind(job_ids)
+        .bind(i64::from(per_job))
+        .fetch_all(&self.inner.pool)
+        .await
+        .db()?;
+        marks_from_rows(&rows)
     }
 
     async fn prune(&self, keep_runs: u32, older_than: DateTime<Utc>) -> StoreResult<u64> {

@@ -271,6 +271,20 @@ impl OpsStore for PgStore {
         rows.iter().map(episode_from_row).collect()
     }
 
+    async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            episode_columns!(),
+            " FROM alert_episodes WHERE subject = $1 ORDER BY opened_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(subject)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .db()?;
+        rows.iter().map(episode_from_row).collect()
+    }
+
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT job_id, MAX(finished_at) AS at FROM job_runs \

@@ -262,6 +262,19 @@ impl OpsStore for SqliteStore {
         rows.iter().map(episode_from_row).collect()
     }
 
+    async fn alert_history(&self, subject: &str, limit: u32) -> StoreResult<Vec<AlertEpisode>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EPISODE_COLUMNS} FROM alert_episodes WHERE subject = ? \
+             ORDER BY opened_at DESC, id DESC LIMIT ?"
+        )))
+        .bind(subject)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(episode_from_row).collect()
+    }
+
     async fn last_successes(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT job_id, MAX(finished_at) AS at FROM job_runs \
