@@ -1770,7 +1770,7 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
     })
     .await;
     assert!(done);
-    soarjobd_core::observe::platform_request("soar", "GET", Some(429), Duration::from_millis(12));
+    soarjobd_core::platform_request("soar", "GET", Some(429), Duration::from_millis(12));
     let text = reqwest::Client::new()
         .get(format!("{}metrics", server.url()))
         .bearer_auth(READ)

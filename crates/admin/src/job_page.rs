@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::Value;
+use soarjobd_core::Redactor;
+use soarjobd_core::Schedule;
 use soarjobd_core::definition::{JobDefinition, ParamValue};
-use soarjobd_core::redact::Redactor;
-use soarjobd_core::schedule::Schedule;
 
 use crate::Shared;
 use crate::api::{self, RunsQuery};

@@ -468,8 +468,13 @@ mod tests {
 
     fn def(extra: &str) -> JobDefinition {
         let text = format!("name: Job\njob: noop\nschedule: {{every: 10m}}\n{extra}");
-        definition::load_str(std::path::Path::new("/nonexistent/job-a.yaml"), &text, &One)
-            .expect("valid")
+        definition::load_str(
+            std::path::Path::new("/nonexistent/job-a.yaml"),
+            &text,
+            &One,
+            |p| std::fs::File::open(p),
+        )
+        .expect("valid")
     }
 
     /// An instant on the 10-minute grid (no jitter configured).

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use soarjobd_core::store::RunStatus;
 use soarjobd_core::store::ops::RunLogLine;
-use soarjobd_engine::ops::runlog::{FLUSH_EVERY, format_line};
+use soarjobd_engine::{RUN_LOG_FLUSH_EVERY as FLUSH_EVERY, format_run_log_line as format_line};
 use tokio::time::Instant;
 
 use crate::Shared;

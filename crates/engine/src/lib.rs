@@ -27,7 +27,7 @@ mod watch;
 
 pub use control::{Control, ReadStore};
 pub use daemon::{Daemon, DaemonBuilder, DaemonError, RunningDaemon};
-pub use ops::runlog::format_line as format_run_log_line;
+pub use ops::runlog::{FLUSH_EVERY as RUN_LOG_FLUSH_EVERY, format_line as format_run_log_line};
 pub use ops::{OpsError, PauseControl, RunLogs};
 pub use runner::{RunControl, RunRequest, Runner, StopReason, TickClaim};
 pub use scheduler::{RunningRuns, Scheduler, SchedulerOptions};
