@@ -1100,6 +1100,9 @@ pub async fn prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart(f: &
     for h in [60, 156, 228] {
         rows.push(("job-a", h, RunStatus::Failed));
     }
+    // job-b's newest run is kept whatever its age: it is the job's last tick (misfire
+    // catch-up at start reads it).
+    rows.push(("job-b", 39 * 24, RunStatus::Succeeded));
     rows.push(("job-b", 40 * 24, RunStatus::Succeeded)); // older than 30 days: deleted
     rows.push(("job-b", 40 * 24 + 1, RunStatus::TimedOut)); // failed, younger than 90 days
     rows.push(("job-b", 100 * 24, RunStatus::Interrupted)); // failed, older than 90 days
@@ -1157,7 +1160,8 @@ pub async fn prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart(f: &
     }
     // job-a: the newest five rows (running, 1 d, 2 d, the failure at 60 h, 3 d) are kept;
     // older successes go (9), and of the failures the newest two stay. job-b: the old
-    // success and the failure older than 90 days go.
+    // success and the failure older than 90 days go; its newest run, older than 30 days
+    // too, stays.
     assert_eq!(total.runs, 9 + 1 + 2, "{total:?}");
     assert_eq!(total.log_rows, 2, "{total:?}");
     let mut left: Vec<i64> = store
@@ -1176,6 +1180,7 @@ pub async fn prune_steps_bound_runs_by_count_or_age_and_keep_failures_apart(f: &
         ("job-a", 72),
         ("job-a", 60),
         ("job-a", 156),
+        ("job-b", 39 * 24),
         ("job-b", 40 * 24 + 1),
     ]
     .iter()

@@ -366,19 +366,23 @@ impl SqliteStore {
         let none = (i64::MIN, i64::MIN);
         let (cs, ci) = cut(false, r.keep_runs).await.db()?.unwrap_or(none);
         let (fs, fi) = cut(true, r.keep_failed_runs).await.db()?.unwrap_or(none);
+        // A job's newest run is always kept, whatever its age: it is the job's last tick
+        // (misfire catch-up at start and the status page's last run read it).
+        let (_, newest) = cut(false, 0).await.db()?.unwrap_or(none);
         let older = millis(r.older_than);
         let failed_older = millis(r.failed_older_than);
         // Every candidate started at or before the newest of the four bounds.
         let upper = cs.max(fs).max(older).max(failed_older);
         let ids = sqlx::query_scalar(
             "SELECT id FROM job_runs WHERE job_id = ? AND started_at <= ? AND status <> 'running' \
-             AND CASE WHEN status IN ('failed', 'timed_out', 'interrupted') \
+             AND id <> ? AND CASE WHEN status IN ('failed', 'timed_out', 'interrupted') \
                  THEN started_at < ? OR (started_at = ? AND id <= ?) OR started_at < ? \
                  ELSE started_at < ? OR (started_at = ? AND id <= ?) OR started_at < ? END \
              ORDER BY started_at, id LIMIT ?",
         )
         .bind(job)
         .bind(upper)
+        .bind(newest)
         .bind(fs)
         .bind(fs)
         .bind(fi)

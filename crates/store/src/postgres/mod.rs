@@ -1100,7 +1100,7 @@ impl RunStore for PgStore {
                                                ORDER BY started_at DESC, id DESC) AS crn \
                      FROM job_runs \
                  ) ranked \
-                 WHERE status <> 'running' AND CASE \
+                 WHERE status <> 'running' AND rn > 1 AND CASE \
                      WHEN status IN ('failed', 'timed_out', 'interrupted') \
                      THEN crn > $3 OR started_at < $4 \
                      ELSE rn > $1 OR started_at < $2 END \
