@@ -21,6 +21,8 @@ mod reload;
 mod runtime;
 #[cfg(feature = "sim")]
 mod secops;
+#[cfg(feature = "sim")]
+mod secops_migration;
 // These two drive the simulators (`soarjobd_sim`, the default feature `sim`).
 #[cfg(feature = "sim")]
 mod soar;

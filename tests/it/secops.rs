@@ -304,7 +304,10 @@ async fn timestamps_and_context_saved_by_the_script_survive_runs_and_restarts() 
     // The SDK's timestamp is the job's last-success timestamp in soarjobd's store.
     let store = app.store().await;
     assert_eq!(
-        store.get_timestamp("stateful", "timestamp").await.unwrap(),
+        store
+            .get_timestamp("stateful", "Stateful Job/timestamp")
+            .await
+            .unwrap(),
         Some(1_700_000_000_002)
     );
     assert_eq!(
@@ -598,7 +601,7 @@ async fn the_shipped_example_runs_against_the_simulator() {
     assert_eq!(tagged, [stale]);
     assert!(
         store
-            .get_timestamp("tag-stale-cases", "timestamp")
+            .get_timestamp("tag-stale-cases", "Tag Stale Cases/timestamp")
             .await
             .unwrap()
             .is_some()

@@ -313,7 +313,8 @@ impl Request {
     }
 }
 
-/// A successful (2xx) answer.
+/// An answer: a successful (2xx) one from [`HttpClient::send`], any from
+/// [`HttpClient::send_answered`].
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
@@ -421,6 +422,9 @@ struct Failure {
     error: HttpError,
     retry: bool,
     retry_after: Option<Duration>,
+    /// The server's answer, when one came (a non-2xx status): [`HttpClient::send_answered`]
+    /// hands it on as it came.
+    answer: Option<Response>,
 }
 
 impl HttpClient {
@@ -463,11 +467,25 @@ impl HttpClient {
 
     /// Sends `req` under the policy; `Ok` only for a 2xx answer.
     pub async fn send(&self, req: Request) -> Result<Response, HttpError> {
+        self.send_policy(&req).await.map_err(|f| f.error)
+    }
+
+    /// Sends `req` under the same policy (retries, backoff, rate limit), but hands on the
+    /// server's last answer whatever its status (a `500` stays a `500`, with its body): `Err`
+    /// only when no answer came (connection refused, a timeout, a reset), so the caller can
+    /// say "no answer" exactly then. For a proxy that must be faithful to the upstream.
+    pub async fn send_answered(&self, req: Request) -> Result<Response, HttpError> {
+        self.send_policy(&req)
+            .await
+            .or_else(|f| f.answer.ok_or(f.error))
+    }
+
+    async fn send_policy(&self, req: &Request) -> Result<Response, Failure> {
         let policy = &self.inner.retry;
         let mut attempts = 0usize;
         let result = (|| {
             attempts += 1;
-            self.attempt(&req)
+            self.attempt(req)
         })
         .retry(policy.backoff())
         .when(|f: &Failure| f.retry)
@@ -486,19 +504,22 @@ impl HttpClient {
             );
         })
         .await;
-        result.map_err(|f| match f.error {
-            HttpError::RateLimited {
+        result.map_err(|mut f| {
+            if let HttpError::RateLimited {
                 method,
                 path,
                 retry_after,
                 ..
-            } => HttpError::RateLimited {
-                method,
-                path,
-                attempts,
-                retry_after,
-            },
-            e => e,
+            } = f.error
+            {
+                f.error = HttpError::RateLimited {
+                    method,
+                    path,
+                    attempts,
+                    retry_after,
+                };
+            }
+            f
         })
     }
 
@@ -580,14 +601,22 @@ impl HttpClient {
                 path,
             });
         }
-        Err(status_failure(
-            method,
-            path,
+        let mut failure = status_failure(
+            method.clone(),
+            path.clone(),
             status,
             &headers,
             &body,
             req.idempotent,
-        ))
+        );
+        failure.answer = Some(Response {
+            status,
+            headers,
+            body,
+            method,
+            path,
+        });
+        Err(failure)
     }
 }
 
@@ -609,6 +638,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: false,
             retry_after: None,
+            answer: None,
         };
     }
     if e.is_connect() {
@@ -621,6 +651,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: true,
             retry_after: None,
+            answer: None,
         };
     }
     if idempotent {
@@ -633,6 +664,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: true,
             retry_after: None,
+            answer: None,
         }
     } else {
         let reason = if e.is_timeout() {
@@ -649,6 +681,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: false,
             retry_after: None,
+            answer: None,
         }
     }
 }
@@ -667,6 +700,7 @@ fn status_failure(
         error,
         retry,
         retry_after,
+        answer: None,
     };
     match status.as_u16() {
         401 | 403 => fail(

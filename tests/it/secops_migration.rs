@@ -1,0 +1,353 @@
+//! Moving a SecOps team's jobs over (issue 20): the gateway faithful to the platform, every
+//! run's log kept, any file name, reasons and columns, local integration instances, state
+//! import and provisioning. Scripts run unchanged with the stand-in SDK and TIPCommon of
+//! `tests/secops_sdk/` (written from their public interfaces), against the SOAR simulator or,
+//! where a test must see exactly what reached the platform, a recording upstream over
+//! loopback.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use soarjobd_core::store::{RunRecord, RunStatus};
+
+use crate::support::*;
+
+/// The tenant's key. Distinctive, so a leak is found by a plain substring search.
+const KEY: &str = "it-migration-tenant-key-7a41c9e2-never-show";
+/// The login token the recording upstream hands out.
+const LOGIN_TOKEN: &str = "login-token-3e8d61";
+
+fn sdk_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/secops_sdk")
+}
+
+/// What reached the platform: method, raw path and query, `AppKey`, `Authorization`.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    app_key: Option<String>,
+    authorization: Option<String>,
+}
+
+/// A strict fake SOAR that records every request as it arrived and answers:
+/// * `POST .../accounts/Login` `{"Username":"svc","Password":"pw"}` -> `{"token": ...}`;
+/// * `POST .../playbooks/SaveWorkflowDefinitions` only with `Authorization: Bearer <token>`;
+/// * `POST .../sdk/AddTag` -> `500` with a body (the platform failed the write);
+/// * anything else with the tenant key -> `200` echoing the raw path.
+struct Upstream {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+async fn start_upstream() -> Upstream {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let rec = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let rec = rec.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let target = uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
+                rec.lock().unwrap().push(Seen {
+                    method: method.to_string(),
+                    target: target.clone(),
+                    app_key: h("appkey"),
+                    authorization: h("authorization"),
+                });
+                if h("appkey").as_deref() != Some(KEY) {
+                    return (StatusCode::UNAUTHORIZED, "no tenant key".to_string()).into_response();
+                }
+                let path = uri.path();
+                if path == "/api/external/v1/accounts/Login" {
+                    let creds: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if creds["Username"] == "svc" && creds["Password"] == "pw" {
+                        return axum::Json(json!({ "token": LOGIN_TOKEN })).into_response();
+                    }
+                    return (StatusCode::UNAUTHORIZED, "bad credentials".to_string())
+                        .into_response();
+                }
+                if path == "/api/external/v1/playbooks/SaveWorkflowDefinitions" {
+                    if h("authorization").as_deref() == Some(&*format!("Bearer {LOGIN_TOKEN}")) {
+                        return axum::Json(json!({ "saved": true })).into_response();
+                    }
+                    return (StatusCode::UNAUTHORIZED, "login required".to_string())
+                        .into_response();
+                }
+                if path == "/api/external/v1/sdk/AddTag" {
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"ErrorMessage":"the case store is down"}"#.to_string(),
+                    )
+                        .into_response();
+                }
+                axum::Json(json!({ "path": path })).into_response()
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Upstream {
+        url: format!("http://{addr}"),
+        seen,
+    }
+}
+
+/// A definition with one optional string parameter (`Note`).
+fn def(name: &str) -> String {
+    format!(
+        "name: {name}\nintegration: Tools\ncreator: Admin\ndescription: d\nparameters:\n\
+         -   {{name: Note, type: string, default_value: kept, is_mandatory: false, description: n}}\n"
+    )
+}
+
+/// Vendors `integrations/<integration>/jobs/<file>.yaml` + `.py` (with `__init__.py` files,
+/// so the integration is a package) and returns the jobs folder.
+fn vendor(dir: &Path, integration: &str, file: &str, def: &str, script: &str) -> PathBuf {
+    let jobs = dir.join("integrations").join(integration).join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join(format!("{file}.yaml")), def).unwrap();
+    std::fs::write(jobs.join(format!("{file}.py")), script).unwrap();
+    std::fs::write(jobs.join("__init__.py"), "").unwrap();
+    std::fs::write(jobs.parent().unwrap().join("__init__.py"), "").unwrap();
+    jobs
+}
+
+/// The instance file `jobs/<id>.yaml` using the vendored definition, with the stand-in SDK on
+/// `PYTHONPATH` (`extra` is appended).
+fn instance(dir: &Path, id: &str, integration: &str, file: &str, extra: &str) {
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    std::fs::write(
+        dir.join("jobs").join(format!("{id}.yaml")),
+        format!(
+            "uses: ../integrations/{integration}/jobs/{file}.yaml\n\
+             env:\n  PYTHONPATH: {}\n{extra}",
+            sdk_path().display()
+        ),
+    )
+    .unwrap();
+}
+
+/// `soarjobd <args>` in `dir` against `soar_url`, as a separate process (async, so servers of
+/// this test's runtime keep serving meanwhile).
+async fn cli(dir: &Path, soar_url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::from(soarjobd_in(dir, args));
+    let out = cmd
+        .env("SOARJOBD__SOAR__URL", soar_url)
+        .env("SOARJOBD__SOAR__APP_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stdout.contains(KEY) && !stderr.contains(KEY),
+        "the tenant key was shown"
+    );
+    (out.status.success(), stdout, stderr)
+}
+
+/// The job's newest run, read from its store.
+async fn last_run(dir: &Path, job: &str) -> RunRecord {
+    let store = soarjobd_store::open(&format!("sqlite:{}", dir.join("state.db").display()))
+        .await
+        .unwrap();
+    let run = runs(&store, job).await.pop().expect("a run was recorded");
+    store.close().await;
+    run
+}
+
+/// `soarjobd logs <run>` of the job's newest run.
+async fn stored_log(dir: &Path, soar_url: &str, job: &str) -> String {
+    let run = last_run(dir, job).await;
+    let (ok, stdout, stderr) = cli(dir, soar_url, &["logs", &run.id.to_string()]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    stdout
+}
+
+const FIDELITY_PY: &str = r#"
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from soar_sdk.SiemplifyJob import SiemplifyJob
+
+DUMP = sys.argv[0] + ".out.json"
+
+
+def call(s, method, path, body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(s.API_ROOT + "/" + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return [r.status, r.read().decode("utf-8")]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode("utf-8")]
+
+
+s = SiemplifyJob()
+key = {"AppKey": sys.argv[1]}
+out = {}
+out["login"] = call(s, "POST", "external/v1/accounts/Login",
+                    {"Username": "svc", "Password": "pw"}, key)
+token = json.loads(out["login"][1])["token"]
+out["bearer"] = call(s, "POST", "external/v1/playbooks/SaveWorkflowDefinitions",
+                     {"name": "p"}, {"Authorization": "Bearer " + token})
+out["tag"] = call(s, "POST", "external/v1/sdk/AddTag?format=snake",
+                  {"case_id": 1, "alert_identifier": None, "tag": "T"}, key)
+out["escaped"] = call(s, "GET", "external/v1/sdk/GetCaseComments/x%20y%2Fz?format=snake",
+                      None, key)
+out["forged"] = call(s, "GET", "external/v1/sdk/GetCaseComments/1?format=snake", None,
+                     {"Authorization": "Bearer forged-not-from-a-login"})
+json.dump(out, open(DUMP, "w"))
+s.end("done", True)
+"#;
+
+#[tokio::test]
+async fn the_gateway_passes_answers_through_supports_login_and_logs_refusals_with_the_run() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let jobs = vendor(dir, "tools", "Fidelity", &def("Fidelity"), FIDELITY_PY);
+    instance(dir, "fidelity", "tools", "Fidelity", "");
+
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", "fidelity"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let out: Value =
+        serde_json::from_str(&std::fs::read_to_string(jobs.join("Fidelity.py.out.json")).unwrap())
+            .unwrap();
+
+    // The login went through, and its bearer token was accepted and forwarded.
+    assert_eq!(out["login"][0], 200, "{out}");
+    assert_eq!(out["bearer"][0], 200, "{out}");
+    let seen = up.seen.lock().unwrap().clone();
+    let save = seen
+        .iter()
+        .find(|s| s.target.contains("SaveWorkflowDefinitions"))
+        .expect("the bearer request reached the platform");
+    assert_eq!(
+        save.authorization.as_deref(),
+        Some(&*format!("Bearer {LOGIN_TOKEN}"))
+    );
+    assert_eq!(save.app_key.as_deref(), Some(KEY));
+    // A 500 stays a 500, with the platform's body.
+    assert_eq!(out["tag"][0], 500, "{out}");
+    assert!(
+        out["tag"][1]
+            .as_str()
+            .unwrap()
+            .contains("the case store is down"),
+        "{out}"
+    );
+    // Percent-escapes reach the platform as the script encoded them, once.
+    assert_eq!(out["escaped"][0], 200, "{out}");
+    assert!(
+        seen.iter()
+            .any(|s| s.target == "/api/external/v1/sdk/GetCaseComments/x%20y%2Fz?format=snake"),
+        "{seen:?}"
+    );
+    // A bearer token no login gave is refused by the gateway, never forwarded...
+    assert_eq!(out["forged"][0], 401, "{out}");
+    assert!(!seen.iter().any(|s| {
+        s.authorization
+            .as_deref()
+            .is_some_and(|a| a.contains("forged"))
+    }));
+    assert_eq!(seen.iter().filter(|s| s.method == "GET").count(), 1);
+    // ...and the refusal, with its reason, is in the run's stored log.
+    let log = stored_log(dir, &up.url, "fidelity").await;
+    assert!(log.contains("refused a request"), "{log}");
+    assert!(log.contains("unknown or expired bearer token"), "{log}");
+    assert!(
+        !log.contains(LOGIN_TOKEN),
+        "a login token was logged: {log}"
+    );
+    assert_eq!(last_run(dir, "fidelity").await.status, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn no_answer_is_a_502_naming_why() {
+    // A port nothing listens on: the platform never answered.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let jobs = vendor(
+        dir,
+        "tools",
+        "NoAnswer",
+        &def("No Answer"),
+        "import json, sys, urllib.request, urllib.error\n\
+         from soar_sdk.SiemplifyJob import SiemplifyJob\n\
+         s = SiemplifyJob()\n\
+         req = urllib.request.Request(s.API_ROOT + '/external/v1/sdk/AddTag?format=snake', \
+         data=b'{}', method='POST', headers={'AppKey': sys.argv[1]})\n\
+         try:\n    urllib.request.urlopen(req, timeout=60)\n    got = 200\n\
+         except urllib.error.HTTPError as e:\n    got = e.code\n\
+         json.dump(got, open(sys.argv[0] + '.out.json', 'w'))\n\
+         s.end('done', True)\n",
+    );
+    instance(dir, "no-answer", "tools", "NoAnswer", "");
+    let (ok, stdout, stderr) =
+        cli(dir, &format!("http://{closed}"), &["run-once", "no-answer"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let got = std::fs::read_to_string(jobs.join("NoAnswer.py.out.json")).unwrap();
+    assert_eq!(got.trim(), "502");
+}
+
+#[tokio::test]
+async fn context_keys_honour_the_identifier() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vendor(
+        dir,
+        "tools",
+        "TwoClocks",
+        &def("Two Clocks"),
+        "from soar_sdk.SiemplifyJob import SiemplifyJob\n\
+         s = SiemplifyJob()\n\
+         a = s.get_job_context_property('A', 'timestamp')\n\
+         b = s.get_job_context_property('B', 'timestamp')\n\
+         s.set_job_context_property('A', 'timestamp', '1700000000001')\n\
+         s.set_job_context_property('B', 'timestamp', '1700000000002')\n\
+         s.set_job_context_property('A', 'cursor', 'a-side')\n\
+         s.set_job_context_property('B', 'cursor', 'b-side')\n\
+         s.end('a={} b={} ca={} cb={}'.format(a, b, \
+         s.get_job_context_property('A', 'cursor'), s.get_job_context_property('B', 'cursor')), True)\n",
+    );
+    instance(dir, "two-clocks", "tools", "TwoClocks", "");
+    for _ in 0..2 {
+        let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", "two-clocks"]).await;
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    let run = last_run(dir, "two-clocks").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some("a=1700000000001 b=1700000000002 ca=a-side cb=b-side"),
+        "{run:?}"
+    );
+    // Nothing of it went to the platform: job context is the job's own state.
+    assert!(up.seen.lock().unwrap().is_empty());
+}
