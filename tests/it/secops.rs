@@ -218,9 +218,13 @@ async fn tag_untouched_cases_tags_exactly_the_right_cases_and_never_shows_the_te
     let given: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
     let argv = given["argv"].as_array().unwrap();
-    assert_eq!(argv.len(), 2, "{argv:?}");
+    assert_eq!(argv.len(), 3, "{argv:?}");
     assert!(argv[0].as_str().unwrap().ends_with("TagUntouchedCases.py"));
     assert_eq!(argv[1].as_str().unwrap().len(), 64, "a per-run token");
+    assert!(
+        argv[2].as_str().unwrap().starts_with("--logPath="),
+        "{argv:?}"
+    );
     let env = &given["env"];
     assert_eq!(env["APP_IP"], "127.0.0.1");
     assert_eq!(env["APP_USE_SSL"], "False");

@@ -351,3 +351,183 @@ async fn context_keys_honour_the_identifier() {
     // Nothing of it went to the platform: job context is the job's own state.
     assert!(up.seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_script_without_end_script_keeps_its_sdk_log_lines_and_no_logger_traceback() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vendor(
+        dir,
+        "tools",
+        "Quiet",
+        &def("Quiet"),
+        "from soar_sdk.SiemplifyJob import SiemplifyJob\n\
+         from soar_sdk.SiemplifyUtils import output_handler\n\
+         @output_handler\n\
+         def main():\n    s = SiemplifyJob()\n    s.script_name = 'Quiet'\n    \
+         s.LOGGER.info('synced 3 cases')\n    s.LOGGER.warn('one case had no owner')\n\
+         main()\n",
+    );
+    instance(dir, "quiet", "tools", "Quiet", "");
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", "quiet"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let run = last_run(dir, "quiet").await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let log = stored_log(dir, &up.url, "quiet").await;
+    assert!(log.contains("synced 3 cases"), "{log}");
+    assert!(log.contains("one case had no owner"), "{log}");
+    assert!(!log.contains("Error initializing"), "{log}");
+    assert!(!log.contains("Traceback"), "{log}");
+}
+
+#[tokio::test]
+async fn a_file_name_with_spaces_and_relative_imports_runs_unchanged() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let jobs = vendor(
+        dir,
+        "vectra_qux",
+        "Clear Empty Cases Job",
+        &def("Clear Empty Cases Job"),
+        "from soar_sdk.SiemplifyJob import SiemplifyJob\n\
+         from ..core.Constants import GREETING\n\
+         if __name__ == '__main__':\n    s = SiemplifyJob()\n    \
+         s.end('{} from {} as {}'.format(GREETING, __package__, __spec__.name), True)\n",
+    );
+    let core = jobs.parent().unwrap().join("core");
+    std::fs::create_dir_all(&core).unwrap();
+    std::fs::write(core.join("__init__.py"), "").unwrap();
+    std::fs::write(core.join("Constants.py"), "GREETING = 'cleared'\n").unwrap();
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    std::fs::write(
+        dir.join("jobs/clear-empty.yaml"),
+        format!(
+            "uses: \"../integrations/vectra_qux/jobs/Clear Empty Cases Job.yaml\"\n\
+             env:\n  PYTHONPATH: {}\n",
+            sdk_path().display()
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["check"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", "clear-empty"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let run = last_run(dir, "clear-empty").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some("cleared from vectra_qux.jobs as vectra_qux.jobs.Clear_Empty_Cases_Job"),
+        "{run:?}"
+    );
+}
+
+/// The shape of TIPCommon's `Job` failure: the cause first, then a bare re-raise.
+const CHAINED_FAILURE_PY: &str = r#"
+from soar_sdk.SiemplifyJob import SiemplifyJob
+from soar_sdk.SiemplifyUtils import output_handler
+
+
+def perform():
+    raise ValueError('Invalid parameter "Max Hours". The value must be an integer')
+
+
+@output_handler
+def main():
+    SiemplifyJob()
+    try:
+        perform()
+    except Exception as e:
+        raise RuntimeError from e
+
+
+main()
+"#;
+
+#[tokio::test]
+async fn a_failed_runs_reason_is_the_innermost_meaningful_exception() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vendor(dir, "tools", "Chained", &def("Chained"), CHAINED_FAILURE_PY);
+    instance(dir, "chained", "tools", "Chained", "");
+    let (ok, _, _) = cli(dir, &up.url, &["run-once", "chained"]).await;
+    assert!(!ok);
+    let run = last_run(dir, "chained").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.message.as_deref(),
+        Some(
+            "ValueError: Invalid parameter \"Max Hours\". The value must be an integer \
+             (exit status 1)"
+        ),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn run_folder_and_client_address_are_the_jobs_and_list_shows_both_columns() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let script = "import os\n\
+         from soar_sdk.SiemplifyJob import SiemplifyJob\n\
+         s = SiemplifyJob()\n\
+         s.script_name = 'Folders'\n\
+         open(os.path.join(s.run_folder, 'marker'), 'w').write('x')\n\
+         url = s.platform_url if os.environ.get('CLIENT_ADDRESS') else '-'\n\
+         s.end('{}|{}'.format(s.run_folder, url), True)\n";
+    vendor(dir, "tools", "Folders", &def("Folders"), script);
+    instance(dir, "folders", "tools", "Folders", "");
+    instance(
+        dir,
+        "folders-set",
+        "tools",
+        "Folders",
+        &format!(
+            "  RUN_FOLDER: {}\n  CLIENT_ADDRESS: soar.example.org/x\nname: Folders Set\n",
+            dir.join("mine").display()
+        ),
+    );
+    for job in ["folders", "folders-set"] {
+        let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", job]).await;
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    // Default: a per-job writable folder under the data directory (beside the database).
+    let run = last_run(dir, "folders").await;
+    let want = dir.join("secops/run/folders/SiemplifyJob/Folders");
+    assert_eq!(
+        run.message.as_deref(),
+        Some(&*format!("{}|-", want.display())),
+        "{run:?}"
+    );
+    assert!(want.join("marker").exists());
+    let run = last_run(dir, "folders-set").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some(&*format!(
+            "{}|https://soar.example.org/",
+            dir.join("mine/SiemplifyJob/Folders").display()
+        )),
+        "{run:?}"
+    );
+
+    // LAST SUCCESS is the run; these scripts save no timestamp, so TIMESTAMP is empty.
+    let (ok, stdout, _) = cli(dir, &up.url, &["list", "--json"]).await;
+    assert!(ok);
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "folders")
+        .unwrap();
+    assert!(row["last_success"].is_string(), "{row}");
+    assert!(row["timestamp"].is_null(), "{row}");
+    let (ok, stdout, _) = cli(dir, &up.url, &["list"]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains("LAST SUCCESS") && stdout.contains("TIMESTAMP"),
+        "{stdout}"
+    );
+}

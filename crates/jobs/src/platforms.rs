@@ -10,12 +10,12 @@ use serde_json::Value;
 
 use soarjobd_clients::soar::{SoarClient, SoarConfig};
 use soarjobd_clients::threatconnect::{ThreatConnectClient, ThreatConnectConfig};
-use soarjobd_core::config::{Origins, Problem, Section, SectionSpec};
+use soarjobd_core::config::SectionSpec;
 use soarjobd_core::{Configured, Installer, Platform, section_secrets};
 
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
 use super::push_case_iocs::PushCaseIocs;
-use super::secops_script::SecopsScript;
+use super::secops_script::{SecopsScript, SecopsSettings};
 
 /// What a job needing SOAR fails with when the `soar` section has no `url`.
 pub const SOAR_NOT_CONFIGURED: &str = "no SOAR platform is configured (set soar.url and \
@@ -113,14 +113,10 @@ impl SecopsPlatform {
     /// How the config loader checks the `secops` section.
     pub const SECTION: SectionSpec = SectionSpec {
         name: "secops",
-        check: |value, origins| SecopsPlatform::read(value, origins).1,
+        check: |value, origins| {
+            SecopsSettings::read(value, origins, &soarjobd_core::config::Settings::default()).1
+        },
     };
-
-    fn read(value: Option<&Value>, origins: &Origins) -> (Option<String>, Vec<Problem>) {
-        let mut s = Section::new("secops", value, origins);
-        let python = s.string("python").filter(|p| !p.trim().is_empty());
-        (python, s.finish())
-    }
 }
 
 impl Platform for SecopsPlatform {
@@ -129,11 +125,12 @@ impl Platform for SecopsPlatform {
     }
 
     fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
-        let (python, problems) = Self::read(Some(section), &cx.settings().origins);
+        let (settings, problems) =
+            SecopsSettings::read(Some(section), &cx.settings().origins, cx.settings());
         let soar = cx
             .get::<Configured<SoarClient>>()
             .unwrap_or_else(|| Configured::missing(SOAR_NOT_CONFIGURED));
-        cx.register(SecopsScript::new(soar, python));
+        cx.register(SecopsScript::new(soar, settings));
         problems.iter().map(ToString::to_string).collect()
     }
 }
