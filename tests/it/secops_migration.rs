@@ -150,6 +150,8 @@ async fn cli(dir: &Path, soar_url: &str, args: &[&str]) -> (bool, String, String
     let out = cmd
         .env("SOARJOBD__SOAR__URL", soar_url)
         .env("SOARJOBD__SOAR__APP_KEY", KEY)
+        // What `value_from_env` instances read (every command loads the configuration).
+        .env("IT_VT_KEY", VT_KEY)
         .output()
         .await
         .unwrap();
@@ -529,5 +531,131 @@ async fn run_folder_and_client_address_are_the_jobs_and_list_shows_both_columns(
     assert!(
         stdout.contains("LAST SUCCESS") && stdout.contains("TIMESTAMP"),
         "{stdout}"
+    );
+}
+
+/// A TIPCommon-style job reading its integration's configuration (`get_configuration`).
+const CONFIGURED_PY: &str = r#"
+import json
+import sys
+
+from TIPCommon.base.job import Job
+from TIPCommon.extraction import extract_configuration_param
+
+
+class SyncJob(Job):
+    def _init_api_clients(self):
+        root = extract_configuration_param(self.soar_job, "VirusTotalV3", "Api Root",
+                                           is_mandatory=True)
+        key = extract_configuration_param(self.soar_job, "VirusTotalV3", "API Key",
+                                          is_mandatory=True)
+        verify = extract_configuration_param(self.soar_job, "VirusTotalV3", "Verify SSL",
+                                             input_type=bool)
+        return root, key, verify
+
+    def _perform_job(self):
+        root, key, verify = self.api_client
+        with open(sys.argv[0] + ".out.json", "w") as f:
+            json.dump({"root": root, "key": key, "verify": verify, "note": self.params.note}, f)
+        self.logger.info("configured from {} with key {}".format(root, key))
+
+
+if __name__ == "__main__":
+    SyncJob("Sync Job").start()
+"#;
+
+const VT_KEY: &str = "vt-key-from-env-5c0ffee1";
+
+#[tokio::test]
+async fn a_job_reads_its_integrations_configuration_from_the_local_instance() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let jobs = vendor(
+        dir,
+        "virus_total",
+        "SyncJob",
+        &def("Sync Job"),
+        CONFIGURED_PY,
+    );
+    instance(dir, "vt-sync", "virus_total", "SyncJob", "");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config/soarjobd.yaml"),
+        "secops:\n  integrations:\n    VirusTotalV3:\n      Api Root: https://vt.example/api/v3\n      \
+         API Key: {value_from_env: IT_VT_KEY}\n      Verify SSL: true\n",
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::from(soarjobd_in(dir, &["run-once", "vt-sync"]));
+    let out = cmd
+        .env("SOARJOBD__SOAR__URL", &up.url)
+        .env("SOARJOBD__SOAR__APP_KEY", KEY)
+        .env("IT_VT_KEY", VT_KEY)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains(VT_KEY),
+        "an instance secret was shown: {text}"
+    );
+    let got: Value =
+        serde_json::from_str(&std::fs::read_to_string(jobs.join("SyncJob.py.out.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        got,
+        json!({"root": "https://vt.example/api/v3", "key": VT_KEY, "verify": true, "note": "kept"})
+    );
+    // Answered locally: the tenant was never asked for the configuration.
+    let seen = up.seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|s| s.target.contains("configuration")),
+        "{seen:?}"
+    );
+    // The script logged the key; the stored log has it redacted.
+    let log = stored_log(dir, &up.url, "vt-sync").await;
+    assert!(
+        log.contains("configured from https://vt.example/api/v3"),
+        "{log}"
+    );
+    assert!(!log.contains(VT_KEY), "{log}");
+}
+
+#[tokio::test]
+async fn a_vault_placeholder_in_an_instance_is_a_located_configuration_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vendor(
+        dir,
+        "virus_total",
+        "SyncJob",
+        &def("Sync Job"),
+        CONFIGURED_PY,
+    );
+    instance(dir, "vt-sync", "virus_total", "SyncJob", "");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config/soarjobd.yaml"),
+        "secops:\n  integrations:\n    VirusTotalV3:\n      \
+         API Key: \"[AAA:::CyberArkVault:::CyberArkVault_1:::vt]\"\n",
+    )
+    .unwrap();
+    let out = soarjobd_in(dir, &["check"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("secops.integrations.VirusTotalV3.API Key")
+            && text.contains("vault placeholder")
+            && text.contains("value_from_env"),
+        "{text}"
     );
 }

@@ -127,6 +127,8 @@ impl Platform for SecopsPlatform {
     fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
         let (settings, problems) =
             SecopsSettings::read(Some(section), &cx.settings().origins, cx.settings());
+        // Instance parameters go to scripts, never to a log.
+        cx.redact(settings.integrations.secrets().into_iter().map(Into::into));
         let soar = cx
             .get::<Configured<SoarClient>>()
             .unwrap_or_else(|| Configured::missing(SOAR_NOT_CONFIGURED));

@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use soarjobd_clients::soar::SoarClient;
 use soarjobd_core::Configured;
 
+use super::settings::Integrations;
+
 /// A job context property request, answered by the run's task.
 pub(crate) struct ContextOp {
     pub kind: OpKind,
@@ -64,6 +66,8 @@ struct Shared {
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
     next: AtomicU64,
     soar: Configured<SoarClient>,
+    /// Integration instances answered locally (`secops.integrations`).
+    integrations: Integrations,
 }
 
 /// The running gateway.
@@ -92,13 +96,17 @@ impl Drop for SessionGuard {
 
 impl Gateway {
     /// Binds 127.0.0.1 on a free port and serves on the current runtime.
-    pub async fn start(soar: Configured<SoarClient>) -> std::io::Result<Gateway> {
+    pub async fn start(
+        soar: Configured<SoarClient>,
+        integrations: Integrations,
+    ) -> std::io::Result<Gateway> {
         let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             soar,
+            integrations,
         });
         let app = Router::new()
             .route("/{*rest}", any(handle))
@@ -235,6 +243,46 @@ fn refuse(
     (status, reason.to_string()).into_response()
 }
 
+/// The integration identifier of a configuration request: legacy
+/// `external/v1/sdk/configuration/<identifier>`, or the one-platform form's
+/// `IntegrationConfiguration?identifier=<identifier>`.
+fn configuration_identifier(route: &str, query: Option<&str>) -> Option<String> {
+    if let Some(id) = route.strip_prefix("external/v1/sdk/configuration/")
+        && !id.is_empty()
+        && !id.contains('/')
+    {
+        return Some(percent_decode(id));
+    }
+    if route == "external/v1/sdk/IntegrationConfiguration" {
+        return query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("identifier="))
+            .map(|v| percent_decode(&v.replace('+', " ")));
+    }
+    None
+}
+
+/// `%XX` escapes decoded (lossily as UTF-8).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The token in a login answer: the body itself when it is a JSON string, else the first
 /// string under a token-like key (`token`, `accessToken`, `access_token`, `bearerToken`).
 fn login_token(body: &[u8]) -> Option<String> {
@@ -350,6 +398,16 @@ async fn handle(
             200,
             serde_json::to_vec(&session.installed).unwrap_or_default(),
         );
+    }
+    if method == Method::GET
+        && let Some(identifier) = configuration_identifier(route, uri.query())
+    {
+        // The SDK's (and TIPCommon's) `get_configuration`: a locally configured instance is
+        // answered here, so the integration need not be configured on the tenant.
+        if let Some(params) = shared.integrations.get(&identifier) {
+            tracing::debug!(parent: &session.span, integration = %identifier, "SecOps SDK gateway: integration configuration answered locally");
+            return json(200, serde_json::to_vec(params).unwrap_or_default());
+        }
     }
     session.requests.fetch_add(1, Ordering::Relaxed);
     let client = match shared.soar.get() {

@@ -185,7 +185,9 @@ impl Job for SecopsScript {
         let launch = launch_for(&script, &source).map_err(JobError::msg)?;
         let gateway = self
             .gateway
-            .get_or_try_init(|| Gateway::start(self.soar.clone()))
+            .get_or_try_init(|| {
+                Gateway::start(self.soar.clone(), self.settings.integrations.clone())
+            })
             .await
             .map_err(|e| JobError::context("cannot start the SecOps SDK gateway", e))?;
         let (guard, mut ops) = gateway.open(ctx.span().clone(), installed_job(ctx));

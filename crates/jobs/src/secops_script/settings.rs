@@ -1,11 +1,139 @@
 //! The `secops` section: the interpreter, the data directory (per-job run folders, the
 //! integrations' environments), where `secops install` takes the SDK and the wheels from.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use soarjobd_core::config::{Origins, Problem, Section, Settings};
+
+/// `secops.integrations`: integration instances answered locally by the gateway (the SDK's and
+/// TIPCommon's configuration calls), keyed by the identifier the script asks for (the
+/// integration's name, or an instance identifier). Values may be secrets, so `Debug` shows
+/// the names only.
+#[derive(Clone, Default)]
+pub struct Integrations(pub BTreeMap<String, Map<String, Value>>, Vec<String>);
+
+impl fmt::Debug for Integrations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, v.keys().collect::<Vec<_>>())),
+            )
+            .finish()
+    }
+}
+
+impl Integrations {
+    /// The instance the SDK asks for by `identifier`: exactly, else ignoring case.
+    pub fn get(&self, identifier: &str) -> Option<&Map<String, Value>> {
+        self.0.get(identifier).or_else(|| {
+            self.0
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(identifier))
+                .map(|(_, v)| v)
+        })
+    }
+
+    /// Every value that came from `value_from_env`/`value_from_file` (to redact).
+    pub fn secrets(&self) -> Vec<String> {
+        self.1.clone()
+    }
+}
+
+/// A SecOps vault placeholder (`[Vault:::Provider:::Instance:::Secret]`): the SDK resolves it
+/// against the platform's vault, which soarjobd does not have.
+fn is_vault_placeholder(s: &str) -> bool {
+    s.matches(":::").count() >= 1 && s.contains('[') && s.contains(']')
+}
+
+fn read_integrations(value: Option<&Value>, s: &mut Section<'_>) -> Integrations {
+    let mut out = BTreeMap::new();
+    let mut secrets = Vec::new();
+    let Some(value) = value else {
+        return Integrations(out, secrets);
+    };
+    let Some(map) = value.as_object() else {
+        s.problem(
+            "integrations",
+            "`secops.integrations` must be a mapping of integration instances",
+        );
+        return Integrations(out, secrets);
+    };
+    for (name, params) in map {
+        let Some(params) = params.as_object() else {
+            s.problem(
+                "integrations",
+                format!(
+                    "`secops.integrations.{name}` must be a mapping of parameter names to values"
+                ),
+            );
+            continue;
+        };
+        let mut resolved = Map::new();
+        for (param, v) in params {
+            let at = format!("secops.integrations.{name}.{param}");
+            let (text, secret) = match v {
+                Value::String(t) => (Some(t.clone()), false),
+                Value::Number(_) | Value::Bool(_) => (Some(v.to_string()), false),
+                Value::Null => (Some(String::new()), false),
+                Value::Object(o) if o.len() == 1 && o.contains_key("value_from_env") => {
+                    let var = o["value_from_env"].as_str().unwrap_or_default();
+                    match std::env::var(var) {
+                        Ok(t) => (Some(t), true),
+                        Err(_) => {
+                            s.problem(
+                                "integrations",
+                                format!("`{at}`: the environment variable `{var}` is not set"),
+                            );
+                            (None, true)
+                        }
+                    }
+                }
+                Value::Object(o) if o.len() == 1 && o.contains_key("value_from_file") => {
+                    let file = o["value_from_file"].as_str().unwrap_or_default();
+                    match std::fs::read_to_string(file) {
+                        Ok(t) => (Some(t.strip_suffix('\n').unwrap_or(&t).to_string()), true),
+                        Err(e) => {
+                            s.problem("integrations", format!("`{at}`: cannot read `{file}`: {e}"));
+                            (None, true)
+                        }
+                    }
+                }
+                _ => {
+                    s.problem(
+                        "integrations",
+                        format!("`{at}` must be a text, a number, a boolean, or one of value_from_env / value_from_file"),
+                    );
+                    (None, false)
+                }
+            };
+            let Some(text) = text else { continue };
+            if is_vault_placeholder(&text) {
+                // Never quote a value that may be a secret.
+                s.problem(
+                    "integrations",
+                    format!(
+                        "`{at}` is a SecOps vault placeholder{}; soarjobd has no vault: give the \
+                         value with value_from_env or value_from_file",
+                        if secret { "" } else { " ([...:::...])" }
+                    ),
+                );
+                continue;
+            }
+            if secret && !text.is_empty() {
+                secrets.push(text.clone());
+            }
+            resolved.insert(param.clone(), Value::String(text));
+        }
+        out.insert(name.clone(), resolved);
+    }
+    Integrations(out, secrets)
+}
 
 /// What the `secops` section says.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +150,8 @@ pub struct SecopsSettings {
     /// `secops.wheels`: folders of wheels (TIPCommon, EnvironmentCommon, ...) installed from
     /// before any index.
     pub wheels: Vec<PathBuf>,
+    /// `secops.integrations`: instances answered locally.
+    pub integrations: Integrations,
 }
 
 impl SecopsSettings {
@@ -43,14 +173,15 @@ impl SecopsSettings {
             .into_iter()
             .map(PathBuf::from)
             .collect();
-        // Read by `integrations` (instances answered locally).
-        s.accept("integrations");
+        let raw = s.value("integrations");
+        let integrations = read_integrations(raw, &mut s);
         (
             SecopsSettings {
                 python,
                 data_dir,
                 sdk,
                 wheels,
+                integrations,
             },
             s.finish(),
         )
@@ -89,6 +220,15 @@ fn default_data_dir(database_url: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    #[test]
+    fn vault_placeholders_are_recognised() {
+        assert!(super::is_vault_placeholder(
+            "[AAA:::CyberArkVault:::CyberArkVault_1:::id]"
+        ));
+        assert!(!super::is_vault_placeholder("https://vt.example/api"));
+        assert!(!super::is_vault_placeholder("plain:password"));
+    }
 
     #[test]
     fn the_data_dir_defaults_beside_the_sqlite_database() {
