@@ -659,3 +659,164 @@ async fn a_vault_placeholder_in_an_instance_is_a_located_configuration_error() {
         "{text}"
     );
 }
+
+/// Comments on cases created since the last run (the SDK timestamp), then saves the
+/// timestamp: re-run from scratch, it comments its whole lookback window again.
+const COMMENT_NEW_PY: &str = r#"
+from soar_sdk.SiemplifyJob import SiemplifyJob
+from soar_sdk.SiemplifyUtils import output_handler, unix_now
+
+
+@output_handler
+def main():
+    s = SiemplifyJob()
+    s.script_name = "Comment New Cases"
+    now = unix_now()
+    since = max(s.fetch_timestamp(), now - 24 * 3600 * 1000)
+    ids = s.get_cases_ids_by_filter(status="OPEN", start_time_from_unix_time_in_ms=since + 1,
+                                    start_time_to_unix_time_in_ms=now)
+    for case_id in ids:
+        s.add_comment("triaged by the comment job", case_id)
+    previous = s.get_scoped_job_context_property("batches") or "0"
+    s.set_scoped_job_context_property("batches", str(int(previous) + 1))
+    s.save_timestamp(new_timestamp=now)
+    s.end("commented {} (batch {})".format(len(ids), int(previous) + 1), True)
+
+
+if __name__ == "__main__":
+    main()
+"#;
+
+#[tokio::test]
+async fn import_state_then_a_run_comments_no_case_twice() {
+    use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
+    const HOUR: i64 = 3_600_000;
+    let sim = soarjobd_sim::soar::start(
+        SoarSimConfig {
+            cases: 0,
+            app_key: KEY.into(),
+            ..SoarSimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let case = |created_h: i64| {
+        sim.state()
+            .upsert_case(CasePatch {
+                status: Some("OPEN".into()),
+                environment: Some("Default Environment".into()),
+                tags: Some(vec![]),
+                creation_time: Some(now - created_h * HOUR),
+                modification_time: Some(now - created_h * HOUR),
+                alerts: Some(1),
+                ..CasePatch::default()
+            })
+            .unwrap()
+            .id
+    };
+    // What the platform's runs of the job did before the move: A and B commented, the
+    // timestamp saved 5 h ago, a scoped counter. C came after.
+    let (a, b) = (case(10), case(8));
+    let c = case(1);
+    let http = reqwest::Client::new();
+    for id in [a, b] {
+        let resp = http
+            .post(format!(
+                "{}/api/external/v1/cases/comments?format=snake",
+                sim.url()
+            ))
+            .header("AppKey", KEY)
+            .json(&json!({"case_id": id, "alert_identifier": null, "comment": "triaged by the comment job"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+    let saved = now - 5 * HOUR;
+    let st = sim.state();
+    st.set_context_property(
+        3,
+        "Comment New Cases",
+        "timestamp",
+        json!(saved.to_string()),
+    );
+    st.set_context_property(3, "tenant-instance-42", "batches", json!("7"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vendor(
+        dir,
+        "tools",
+        "CommentNewCases",
+        &def("Comment New Cases"),
+        COMMENT_NEW_PY,
+    );
+    instance(dir, "comment-new", "tools", "CommentNewCases", "");
+    let url = sim.url();
+    let import = [
+        "secops",
+        "import-state",
+        "comment-new",
+        "--identifier",
+        "tenant-instance-42",
+        "--key",
+        "batches",
+    ];
+
+    // A dry run shows what it would write, and writes nothing.
+    let mut dry = import.to_vec();
+    dry.push("--dry-run");
+    let (ok, stdout, stderr) = cli(dir, &url, &dry).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "would write timestamp Comment New Cases/timestamp: {saved}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("would write context comment-new/batches: \"7\""),
+        "{stdout}"
+    );
+    let store = soarjobd_store::open(&format!("sqlite:{}", dir.join("state.db").display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_timestamp("comment-new", "Comment New Cases/timestamp")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let (ok, stdout, stderr) = cli(dir, &url, &import).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(
+        store
+            .get_timestamp("comment-new", "Comment New Cases/timestamp")
+            .await
+            .unwrap(),
+        Some(saved)
+    );
+    store.close().await;
+
+    let (ok, stdout, stderr) = cli(dir, &url, &["run-once", "comment-new"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let run = last_run(dir, "comment-new").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some("commented 1 (batch 8)"),
+        "{run:?}"
+    );
+    // The simulator's own view: every case has exactly one comment.
+    for id in [a, b, c] {
+        assert_eq!(
+            sim.state().comments(Some(id)).len(),
+            1,
+            "case {id}: {:?}",
+            sim.state().comments(Some(id))
+        );
+    }
+}

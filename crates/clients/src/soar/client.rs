@@ -393,6 +393,24 @@ impl SoarClient {
         self.forward_as(method, path_and_query, body, None).await
     }
 
+    /// `GetContextProperty` (soar-api.md §3.8) as the platform answers it: `204` when not
+    /// set, `200` with the value as stored (JSON), any other status as it came.
+    pub async fn get_context_property(
+        &self,
+        context_type: i64,
+        identifier: &str,
+        key: &str,
+    ) -> Forwarded {
+        let body = serde_json::json!({
+            "ContextType": context_type,
+            "Identifier": identifier,
+            "PropertyKey": key,
+        });
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        self.forward(Method::POST, "external/v1/sdk/GetContextProperty", body)
+            .await
+    }
+
     /// [`forward`](Self::forward), with the script's own `Authorization` (a bearer token it
     /// obtained by logging in through the gateway) sent as it came, in addition to the
     /// client's credentials. Path segments arrive percent-encoded (as on the wire) and are
