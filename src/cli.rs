@@ -58,6 +58,16 @@ pub enum SecopsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Build each integration's Python environment (its dependencies from local wheels,
+    /// secops.wheels; the SOAR SDK from secops.sdk) under secops.data_dir. Idempotent.
+    Install {
+        /// Integration folders (holding pyproject.toml or requirements.txt, and jobs/).
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        /// Also use the package index (after the local wheels); default: offline.
+        #[arg(long)]
+        online: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -406,6 +416,9 @@ async fn dispatch(
                         json,
                     };
                     crate::secops_cli::import_state(&app, &req).await
+                }
+                SecopsCmd::Install { folders, online } => {
+                    crate::secops_cli::install(&app, &folders, online)
                 }
             }
         }

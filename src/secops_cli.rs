@@ -224,3 +224,46 @@ pub async fn import_state(app: &App, req: &ImportState) -> i32 {
     }
     exit::SUCCESS
 }
+
+/// `soarjobd secops install <integration folder>...`: each integration's environment, built
+/// (or found up to date) under `secops.data_dir`; progress on stderr, one summary line per
+/// integration on stdout. Offline unless `online` (then the package index after the wheels).
+pub fn install(app: &App, folders: &[std::path::PathBuf], online: bool) -> i32 {
+    use soarjobd_jobs::secops_script::{DEFAULT_PYTHON, Installed, SecopsSettings, install};
+    let settings = app.settings();
+    let (secops, problems) =
+        SecopsSettings::read(settings.sections.get("secops"), &settings.origins, settings);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return exit::USAGE;
+    }
+    let python = secops
+        .python
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PYTHON.to_string());
+    let n = folders.len();
+    let mut failed = 0;
+    let mut out = std::io::stdout().lock();
+    for (i, folder) in folders.iter().enumerate() {
+        let mut progress = |line: &str| eprintln!("[{}/{n}] {line}", i + 1);
+        match install(&secops, &python, folder, !online, &mut progress) {
+            Ok(Installed::Built(venv)) => {
+                let _ = writeln!(out, "installed {} -> {}", folder.display(), venv.display());
+            }
+            Ok(Installed::UpToDate(venv)) => {
+                let _ = writeln!(out, "up to date {} -> {}", folder.display(), venv.display());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}: {e}", folder.display());
+            }
+        }
+    }
+    if failed > 0 {
+        exit::FAILURE
+    } else {
+        exit::SUCCESS
+    }
+}

@@ -820,3 +820,183 @@ async fn import_state_then_a_run_comments_no_case_twice() {
         );
     }
 }
+
+/// Builds a pure-Python wheel by hand (a zip with the package and its `.dist-info`, RECORD
+/// hashed as pip checks it): `python3 - <out dir> <dist name> <version> <package folder>`.
+const MAKE_WHEEL: &str = r#"
+import base64, hashlib, os, sys, zipfile
+out, name, version, pkg = sys.argv[1:5]
+dist = name.replace("-", "_")
+info = "{}-{}.dist-info".format(dist, version)
+files = {}
+for root, dirs, names in os.walk(pkg):
+    dirs[:] = [d for d in dirs if d != "__pycache__"]
+    for n in names:
+        full = os.path.join(root, n)
+        rel = os.path.join(os.path.basename(pkg), os.path.relpath(full, pkg))
+        files[rel] = open(full, "rb").read()
+files[info + "/METADATA"] = "Metadata-Version: 2.1\nName: {}\nVersion: {}\n".format(name, version).encode()
+files[info + "/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: soarjobd-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+record = []
+for rel, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append("{},sha256={},{}".format(rel, digest, len(data)))
+record.append(info + "/RECORD,,")
+files[info + "/RECORD"] = ("\n".join(record) + "\n").encode()
+path = os.path.join(out, "{}-{}-py3-none-any.whl".format(dist, version))
+with zipfile.ZipFile(path, "w") as z:
+    for rel, data in files.items():
+        z.writestr(rel, data)
+"#;
+
+fn make_wheel(out: &Path, name: &str, version: &str, package: &Path) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .arg("-")
+        .arg(out)
+        .arg(name)
+        .arg(version)
+        .arg(package)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(MAKE_WHEEL.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "building the {name} wheel");
+}
+
+const USES_ENV_PY: &str = r#"
+import sys
+
+import acme_helpers
+import TIPCommon
+from soar_sdk.SiemplifyJob import SiemplifyJob
+from TIPCommon.extraction import extract_job_param
+
+s = SiemplifyJob()
+note = extract_job_param(s, "Note", default_value="none")
+s.end("helpers {} TIPCommon {} note {} in {}".format(
+    acme_helpers.VERSION, TIPCommon.__version__, note, sys.prefix), True)
+"#;
+
+#[tokio::test]
+async fn secops_install_builds_an_offline_environment_that_check_accepts_and_a_job_uses() {
+    let up = start_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Local wheels: the stand-in TIPCommon and a small helper package, built here.
+    let wheels = dir.join("wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    make_wheel(&wheels, "TIPCommon", "2.0.0", &sdk_path().join("TIPCommon"));
+    let helpers = dir.join("src/acme_helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    std::fs::write(helpers.join("__init__.py"), "VERSION = '1.2.0'\n").unwrap();
+    make_wheel(&wheels, "acme-helpers", "1.2.0", &helpers);
+
+    // A content-hub-shaped integration: pyproject.toml pins, jobs/ beside.
+    let jobs = vendor(dir, "acme", "UsesEnv", &def("Uses Env"), USES_ENV_PY);
+    let integration = jobs.parent().unwrap().to_path_buf();
+    std::fs::write(
+        integration.join("pyproject.toml"),
+        "[project]\nname = \"Acme\"\nversion = \"3.0\"\ndependencies = [\n    \
+         \"TIPCommon==2.0.0\",\n    \"acme-helpers>=1.0\",\n    \"soar-sdk\",\n]\n",
+    )
+    .unwrap();
+    // No `python:` and no PYTHONPATH: the integration's environment is all it has.
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    std::fs::write(
+        dir.join("jobs/uses-env.yaml"),
+        "uses: ../integrations/acme/jobs/UsesEnv.yaml\nvalues:\n  Note: hi\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config/soarjobd.yaml"),
+        format!(
+            "secops:\n  sdk: {}\n  wheels: [{}]\n",
+            sdk_path().display(),
+            wheels.display()
+        ),
+    )
+    .unwrap();
+
+    let (ok, stdout, _) = cli(dir, &up.url, &["check"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("declares dependencies but has no environment")
+            && stdout.contains("soarjobd secops install"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["secops", "install", "integrations/acme"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("[1/1] acme: creating the environment"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("local wheels only"), "{stderr}");
+    assert!(
+        stdout.starts_with("installed integrations/acme -> "),
+        "{stdout}"
+    );
+    let venv = PathBuf::from(stdout.trim().rsplit(" -> ").next().unwrap());
+    assert!(venv.starts_with(dir.join("secops/venvs/acme")), "{venv:?}");
+    // The SDK's package folder itself is on the environment's path.
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["secops", "install", "integrations/acme"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("up to date integrations/acme -> "),
+        "{stdout}"
+    );
+    let top_level = std::process::Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import SiemplifyUtils, soar_sdk; print(SiemplifyUtils.__file__)",
+        ])
+        .env_remove("PYTHONPATH")
+        .output()
+        .unwrap();
+    assert!(
+        top_level.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top_level.stderr)
+    );
+
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["check"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = cli(dir, &up.url, &["run-once", "uses-env"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let run = last_run(dir, "uses-env").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some(&*format!(
+            "helpers 1.2.0 TIPCommon 2.0.0+standin note hi in {}",
+            venv.display()
+        )),
+        "{run:?}"
+    );
+
+    // A job whose script imports what the environment lacks is reported before it runs.
+    std::fs::write(jobs.join("Broken.yaml"), def("Broken")).unwrap();
+    std::fs::write(
+        jobs.join("Broken.py"),
+        "import acme_helpers\nimport not_in_any_wheel\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("jobs/broken.yaml"),
+        "uses: ../integrations/acme/jobs/Broken.yaml\n",
+    )
+    .unwrap();
+    let (ok, stdout, _) = cli(dir, &up.url, &["check"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("cannot import not_in_any_wheel")
+            && !stdout.contains("import acme_helpers,"),
+        "{stdout}"
+    );
+}

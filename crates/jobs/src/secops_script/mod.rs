@@ -18,8 +18,10 @@ mod context;
 mod gateway;
 mod launch;
 mod output;
+mod provision;
 mod settings;
 
+pub use provision::{Installed, ProvisionError, install};
 pub use settings::SecopsSettings;
 
 use std::collections::VecDeque;
@@ -153,6 +155,53 @@ impl JobSpec for SecopsScript {
                 format!("cannot read the script {}: {e}", script.display()),
             )),
         }
+        if cfg.python.is_none()
+            && let Some((name, folder)) = provision::integration_of(&script)
+        {
+            match provision::installed_python(&self.settings, &name) {
+                Some(python) => {
+                    // The environment must be able to import what the script imports (its own
+                    // package's modules are found from the integration's parent).
+                    let source = std::fs::read_to_string(&script).unwrap_or_default();
+                    let modules = provision::imported_modules(&source);
+                    let base = absolute(file.parent().unwrap_or(Path::new("")));
+                    let mut path = vec![absolute(folder.parent().unwrap_or(Path::new("/")))];
+                    for (k, v) in &cfg.env {
+                        if k == "PYTHONPATH" {
+                            path.extend(std::env::split_paths(v).map(|p| base.join(p)));
+                        }
+                    }
+                    match provision::missing_modules(&python, &modules, &path) {
+                        Ok(missing) if !missing.is_empty() => errs.push(FieldError::new(
+                            "script",
+                            format!(
+                                "the environment of the integration `{name}` ({}) cannot import \
+                                 {}: add it to the integration's dependencies (or secops.wheels) \
+                                 and run `soarjobd secops install {}`",
+                                python.display(),
+                                missing.join(", "),
+                                folder.display()
+                            ),
+                        )),
+                        Ok(_) => {}
+                        Err(e) => errs.push(FieldError::new("script", e)),
+                    }
+                    return errs;
+                }
+                None if provision::declares_dependencies(&folder) => {
+                    errs.push(FieldError::new(
+                        "script",
+                        format!(
+                            "the integration `{name}` declares dependencies but has no \
+                             environment: run `soarjobd secops install {}` (or set `python`)",
+                            folder.display()
+                        ),
+                    ));
+                    return errs;
+                }
+                None => {}
+            }
+        }
         let python = cfg.python.as_deref().unwrap_or(&self.python);
         if !find_program(python) {
             errs.push(FieldError::new(
@@ -193,7 +242,17 @@ impl Job for SecopsScript {
         let (guard, mut ops) = gateway.open(ctx.span().clone(), installed_job(ctx));
         let token = guard.session.token().to_string();
 
-        let python = cfg.python.clone().unwrap_or_else(|| self.python.clone());
+        // The job's own `python`, else its integration's environment (`secops install`),
+        // else secops.python.
+        let python = cfg
+            .python
+            .clone()
+            .or_else(|| {
+                let (name, _) = provision::integration_of(&script)?;
+                provision::installed_python(&self.settings, &name)
+                    .map(|p| absolute(&p).display().to_string())
+            })
+            .unwrap_or_else(|| self.python.clone());
         let mut cmd = Command::new(&python);
         crate::process::clean_env(&mut cmd);
         let base = absolute(job_file.parent().unwrap_or(Path::new("")));
