@@ -288,15 +288,18 @@ impl Job for SecopsScript {
         if !cfg.env.iter().any(|(k, _)| k == "RUN_FOLDER") {
             // The SDK's scripting folder (`RUN_FOLDER`, `run_folder`): the job's own, writable.
             let folder = absolute(&self.settings.run_folder(ctx.job_id()));
-            std::fs::create_dir_all(&folder)
-                .and_then(|()| chown(&folder, user.as_ref()))
-                .map_err(|e| {
-                    JobError::context(
-                        format!("cannot create the run folder {}", folder.display()),
-                        e,
-                    )
-                })?;
-            cmd.env("RUN_FOLDER", &folder);
+            match std::fs::create_dir_all(&folder).and_then(|()| chown(&folder, user.as_ref())) {
+                Ok(()) => {
+                    cmd.env("RUN_FOLDER", &folder);
+                }
+                // Only scripts that use `run_folder` need it: they fail saying where; the
+                // others run.
+                Err(e) => tracing::warn!(
+                    folder = %folder.display(),
+                    error = %e,
+                    "cannot create the job's run folder (set secops.data_dir, or RUN_FOLDER in the job's env); the SDK's default is left"
+                ),
+            }
         }
         if !pythonpath.is_empty()
             && let Ok(joined) = std::env::join_paths(&pythonpath)
