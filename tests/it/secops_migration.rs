@@ -1000,3 +1000,142 @@ async fn secops_install_builds_an_offline_environment_that_check_accepts_and_a_j
         "{stdout}"
     );
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "__pycache__" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The README's "Migrating from the SecOps platform", step by step, with the repository's
+/// example integration as the vendored one and the simulator as the tenant.
+#[tokio::test]
+async fn the_readme_migration_walkthrough_reaches_a_running_marketplace_job() {
+    use soarjobd_sim::soar::{CasePatch, SoarSimConfig};
+    let sim = soarjobd_sim::soar::start(
+        SoarSimConfig {
+            cases: 0,
+            app_key: KEY.into(),
+            ..SoarSimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let stale = sim
+        .state()
+        .upsert_case(CasePatch {
+            status: Some("OPEN".into()),
+            environment: Some("Default Environment".into()),
+            tags: Some(vec![]),
+            creation_time: Some(now - 100 * 3_600_000),
+            modification_time: Some(now - 48 * 3_600_000),
+            alerts: Some(1),
+            ..CasePatch::default()
+        })
+        .unwrap()
+        .id;
+    // The platform's last run of the job, before the move.
+    let platform_ts = now - 3_600_000;
+    sim.state().set_context_property(
+        3,
+        "Tag Stale Cases",
+        "timestamp",
+        json!(platform_ts.to_string()),
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 1. Vendor the integration (unmodified), the SDK and a wheels folder.
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/secops/integrations/soarjobd_examples"),
+        &dir.join("integrations/soarjobd_examples"),
+    );
+    std::fs::create_dir_all(dir.join("wheels")).unwrap();
+    // 2. Configure.
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config/soarjobd.yaml"),
+        format!(
+            "secops:\n  sdk: {}\n  wheels: [{}]\n",
+            sdk_path().display(),
+            dir.join("wheels").display()
+        ),
+    )
+    .unwrap();
+    let url = sim.url();
+    // 3. Build the integration's environment.
+    let (ok, stdout, stderr) = cli(
+        dir,
+        &url,
+        &["secops", "install", "integrations/soarjobd_examples"],
+    )
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("adding the SOAR SDK"), "{stderr}");
+    // 4. The instance file (no python, no PYTHONPATH), then check.
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    std::fs::write(
+        dir.join("jobs/tag-stale.yaml"),
+        "uses: ../integrations/soarjobd_examples/jobs/TagStaleCases.yaml\n\
+         schedule: {every: 15m}\nvalues:\n  Unmodified Hours: 24\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = cli(dir, &url, &["check", "--verbose"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    // 5. Import the job's state: dry run, then for real.
+    let import = [
+        "secops",
+        "import-state",
+        "tag-stale",
+        "--identifier",
+        "tenant-job-9",
+    ];
+    let mut dry = import.to_vec();
+    dry.push("--dry-run");
+    let (ok, stdout, stderr) = cli(dir, &url, &dry).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "would write timestamp Tag Stale Cases/timestamp: {platform_ts}"
+        )),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = cli(dir, &url, &import).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    // 6. Run it once and read its log.
+    let (ok, stdout, stderr) = cli(dir, &url, &["run-once", "tag-stale"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let run = last_run(dir, "tag-stale").await;
+    assert_eq!(
+        run.message.as_deref(),
+        Some("Tagged 1 stale cases"),
+        "{run:?}"
+    );
+    let tagged: Vec<u64> = sim
+        .state()
+        .cases()
+        .into_iter()
+        .filter(|c| c.tags.iter().any(|t| t == "Stale"))
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(tagged, [stale]);
+    let log = stored_log(dir, &url, "tag-stale").await;
+    assert!(
+        log.contains(&format!("previous run: {platform_ts}")),
+        "{log}"
+    );
+    let (ok, stdout, _) = cli(dir, &url, &["list"]).await;
+    assert!(ok && stdout.contains("tag-stale"), "{stdout}");
+}
