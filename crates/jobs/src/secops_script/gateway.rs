@@ -195,6 +195,8 @@ fn bearer_of(headers: &HeaderMap) -> Option<&str> {
 fn find(shared: &Shared, headers: &HeaderMap) -> Option<(Arc<Session>, Auth)> {
     let given = headers.get("appkey").map(|v| v.as_bytes());
     let bearer = bearer_of(headers);
+    // Lock order: `sessions`, then a session's `bearers` (the login path takes `bearers`
+    // alone, never `sessions` while holding it), so the two cannot deadlock.
     let map = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
     // Every session (and every bearer) is compared, with no early exit, so timing says
     // nothing about which matched.
@@ -459,6 +461,38 @@ async fn handle(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn login_tokens_and_configuration_identifiers_are_read() {
+        assert_eq!(
+            super::login_token(br#"{"token":"t1"}"#).as_deref(),
+            Some("t1")
+        );
+        assert_eq!(
+            super::login_token(br#"{"access_token":"t2","x":1}"#).as_deref(),
+            Some("t2")
+        );
+        assert_eq!(super::login_token(br#""t3""#).as_deref(), Some("t3"));
+        assert_eq!(super::login_token(br#"{"token":""}"#), None);
+        assert_eq!(super::login_token(b"not json"), None);
+        assert_eq!(
+            super::configuration_identifier("external/v1/sdk/configuration/Virus%20Total", None)
+                .as_deref(),
+            Some("Virus Total")
+        );
+        assert_eq!(
+            super::configuration_identifier(
+                "external/v1/sdk/IntegrationConfiguration",
+                Some("identifier=VT%2Dv3&x=1")
+            )
+            .as_deref(),
+            Some("VT-v3")
+        );
+        assert_eq!(
+            super::configuration_identifier("external/v1/sdk/configuration/a/properties/b", None),
+            None
+        );
+    }
+
     #[test]
     fn constant_time_equality() {
         assert!(super::ct_eq(b"abc", b"abc"));
