@@ -160,12 +160,16 @@ impl JobSpec for SecopsScript {
         {
             match provision::installed_python(&self.settings, &name) {
                 Some(python) => {
-                    // The environment must be able to import what the script imports (its own
-                    // package's modules are found from the integration's parent).
+                    // The environment must be able to import what the script imports (modules
+                    // beside the script, as `python <script>` finds them, and its own package
+                    // from the integration's parent).
                     let source = std::fs::read_to_string(&script).unwrap_or_default();
                     let modules = provision::imported_modules(&source);
                     let base = absolute(file.parent().unwrap_or(Path::new("")));
-                    let mut path = vec![absolute(folder.parent().unwrap_or(Path::new("/")))];
+                    let mut path = vec![
+                        absolute(script.parent().unwrap_or(Path::new("/"))),
+                        absolute(folder.parent().unwrap_or(Path::new("/"))),
+                    ];
                     for (k, v) in &cfg.env {
                         if k == "PYTHONPATH" {
                             path.extend(std::env::split_paths(v).map(|p| base.join(p)));
