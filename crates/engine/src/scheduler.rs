@@ -1113,19 +1113,46 @@ impl Scheduler {
         // process was stopped or starved in between) gets its real start recorded first, before
         // it is spawned, so the row never shows a start the run did not have. One write for
         // all of them, and none in the normal case.
+        // The same call fences the claims: on PostgreSQL a replica that was frozen or cut off
+        // after claiming may have been declared dead meanwhile and its claims taken over; those
+        // must not start (checked with the database only for claims not vouched for by a
+        // fresh lease, so the normal case costs no query).
+        if firing.is_empty() {
+            return;
+        }
         let slack = chrono::Duration::from_std(START_SLACK).unwrap_or_default();
-        let late: Vec<(i64, DateTime<Utc>)> = firing
+        let starts: Vec<(i64, Option<DateTime<Utc>>)> = firing
             .iter()
-            .filter(|c| now - c.claimed_start > slack)
-            .map(|c| (c.run_id, now))
+            .map(|c| (c.run_id, (now - c.claimed_start > slack).then_some(now)))
             .collect();
-        if !late.is_empty()
-            && let Err(e) = self.runner.mark_started(&late).await
-        {
-            tracing::warn!(error = %error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
+        let check = self.runner.mark_started(&starts).await;
+        let lost: HashSet<i64> = check.lost.iter().copied().collect();
+        let unconfirmed: HashSet<i64> = check.unconfirmed.iter().copied().collect();
+        if let Some(e) = &check.error {
+            tracing::warn!(error = %e, runs = unconfirmed.len(), "cannot check that claimed runs are still this replica's: they do not start");
         }
 
         for c in firing {
+            if lost.contains(&c.run_id) {
+                // Its row is the replicas' that took it over (they decided the tick per
+                // `misfire`); nothing of it is written here.
+                tracing::warn!(
+                    job_id = %c.job_id, run_id = c.run_id, scheduled_at = %c.tick.to_rfc3339(),
+                    reason = "another replica took the claim over (this one was declared dead while it was stopped or cut off)",
+                    "claimed run not started"
+                );
+                continue;
+            }
+            if unconfirmed.contains(&c.run_id) {
+                self.finish_unrun(
+                    &c,
+                    RunStatus::Skipped,
+                    "this replica could not check with the database that the claim was still its own",
+                    now,
+                )
+                .await;
+                continue;
+            }
             if c.trigger != Trigger::Manual && self.pauses.is_paused(&c.job_id) {
                 if let Err(e) = self.runner.release(c.run_id).await {
                     tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");
