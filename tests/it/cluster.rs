@@ -1706,3 +1706,107 @@ async fn a_frozen_replica_does_not_start_the_ticks_it_claimed_before_it_was_decl
         executed.len()
     );
 }
+
+/// Issue 22: a replica started late takes its share of the jobs at once (the rendezvous set
+/// is recomputed when it joins: it claims its share as soon as its scheduler runs, and the
+/// others leave those jobs to it at their next sweep), with no tick lost or doubled during
+/// the handover: every tick of every job from the join on ran exactly once (`misfire: skip`,
+/// so a gap would show), counted from what the jobs executed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_late_takes_its_share_without_a_gap_or_a_double() {
+    const JOBS: usize = 20;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    exec_jobs(dir.path(), JOBS, "0", "misfire: skip\n");
+    let mut replicas = vec![
+        replica(dir.path(), &db, "a", &[]),
+        replica(dir.path(), &db, "b", &[]),
+    ];
+    let pool = pool(&db).await;
+    let both = eventually(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT owner_pid) FROM job_runs WHERE status = 'succeeded' \
+             AND started_at > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 1500",
+        )
+        .fetch_one(&pool)
+        .await
+        .is_ok_and(|n| n == 2)
+    })
+    .await;
+    assert!(both, "the two replicas do not both run jobs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let join_ms = server_ms(&pool).await;
+    replicas.push(replica(dir.path(), &db, "c", &[]));
+    let late_pid = i64::from(replicas[2].id());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let end_ms = server_ms(&pool).await;
+    for r in &mut replicas {
+        assert_eq!(stop(r, Duration::from_secs(30)).await, Some(0));
+    }
+    let rows = all_runs(&pool).await;
+    let joined: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(started_at) FROM job_runs WHERE owner_pid = $1 AND status = 'succeeded'",
+    )
+    .bind(late_pid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let first_run = joined.expect("the late replica ran nothing");
+
+    let executed = executed(dir.path());
+    let by_id: HashMap<i64, _> = rows.iter().map(|r| (r.0, r)).collect();
+    let mut per_tick: HashMap<(String, i64), Vec<(i64, i64)>> = HashMap::new();
+    for id in &executed {
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} executed without a row"));
+        per_tick
+            .entry((r.1.clone(), r.2 - r.2.rem_euclid(1000)))
+            .or_default()
+            .push((*id, r.5));
+    }
+    let twice: Vec<_> = per_tick.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "ticks executed twice: {twice:?}");
+    // Every tick from the join (rounded up) to 2 s before the stop ran once.
+    let first = join_ms - join_ms.rem_euclid(1000) + 1000;
+    let last = end_ms - end_ms.rem_euclid(1000) - 2000;
+    let mut missing = Vec::new();
+    for n in 0..JOBS {
+        let job = format!("j{n:02}");
+        for t in (first..=last).step_by(1000) {
+            if !per_tick.contains_key(&(job.clone(), t)) {
+                missing.push((job.clone(), t));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ticks nobody ran during the join: {missing:?}"
+    );
+    // The last 3 s: each job on one replica, and the late one holds a share.
+    let mut owners: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for ((job, t), runs) in &per_tick {
+        if *t > last - 3000 && *t <= last {
+            owners
+                .entry(job.clone())
+                .or_default()
+                .extend(runs.iter().map(|r| r.1));
+        }
+    }
+    let moving: Vec<_> = owners.iter().filter(|(_, p)| p.len() > 1).collect();
+    assert!(
+        moving.is_empty(),
+        "jobs still moving 5 s after the join: {moving:?}"
+    );
+    let mut share: BTreeMap<i64, usize> = BTreeMap::new();
+    for pids in owners.values() {
+        *share.entry(*pids.first().unwrap()).or_default() += 1;
+    }
+    assert_eq!(share.len(), 3, "jobs per replica pid: {share:?}");
+    eprintln!(
+        "jobs per replica pid after the join: {share:?} (late replica {late_pid}); its first \
+         run started {} ms after it was spawned",
+        first_run - join_ms
+    );
+}
