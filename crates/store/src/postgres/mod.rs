@@ -609,30 +609,57 @@ impl PgStore {
 
     /// One attempt at a claim, in its own transaction.
     async fn claim_once(&self, runs: &[NewRun], exclusive: &[bool]) -> StoreResult<Vec<Claim>> {
-        let mut sent = std::time::Instant::now();
-        let mut tx = self.inner.pool.begin().await.db()?;
+        let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
+        let mut jobs: Vec<&str> = runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_exclusive(*i))
+            .map(|(_, r)| r.job_id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        jobs.sort_unstable();
         // This node must still exist: a handle declared dead (after a SIGSTOP) registers
         // again before it claims, or its rows would belong to a deleted node. The claim
         // renews the node's heartbeat: its row lock keeps another replica from deleting the
         // node until this claim commits, and nobody can declare it dead until `dead_after`
         // after `sent`, which is what lets `mark_started` vouch for a fresh claim without a
         // query (the claim's lease).
+        //
+        // The same statement takes the advisory locks of the exclusive jobs: they serialise
+        // exclusive claims of a job across processes until commit (taken in job order, so two
+        // claimers cannot deadlock; PostgreSQL evaluates a volatile function of the select list
+        // after the ORDER BY). The running rows are read in the next statement, whose snapshot
+        // is taken after the locks are held. One round trip for both: on a loaded server every
+        // round trip of the claim transaction waits for a CPU, and the claim's length decides
+        // whether its ticks fire on time.
         let mut me = self.me();
-        let alive: Option<i64> = sqlx::query_scalar(concat!(
-            "UPDATE nodes SET heartbeat_at = ",
-            NOW_MS!(),
-            " WHERE id = $1 RETURNING id"
-        ))
-        .bind(me)
-        .fetch_optional(&mut *tx)
-        .await
-        .db()?;
-        if alive.is_none() {
+        let mut attempts = 0;
+        let (mut tx, sent) = loop {
+            attempts += 1;
+            let sent = std::time::Instant::now();
+            let mut tx = self.inner.pool.begin().await.db()?;
+            let alive: Option<i64> = sqlx::query_scalar(concat!(
+                "WITH me AS (UPDATE nodes SET heartbeat_at = ",
+                NOW_MS!(),
+                " WHERE id = $1 RETURNING id) \
+                 SELECT (SELECT id FROM me) AS id, \
+                        (SELECT COUNT(*) FROM ( \
+                             SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
+                             FROM UNNEST($2::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n \
+                         ) l) AS locked"
+            ))
+            .bind(me)
+            .bind(&jobs)
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+            if alive.is_some() || attempts > 1 {
+                break (tx, sent);
+            }
             tx.rollback().await.db()?;
             me = self.inner.reregister(me).await?;
-            sent = std::time::Instant::now();
-            tx = self.inner.pool.begin().await.db()?;
-        }
+        };
         // Scheduled ticks due before this handle registered again were its jobs' ticks while
         // it was dead (frozen or cut off): the replicas that took the jobs over claimed them
         // or decided them per `misfire`. Claiming them now (a stalled scheduler catching up)
@@ -651,55 +678,10 @@ impl PgStore {
                  that took its jobs over decided them"
             );
         }
-        let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
-        let mut jobs: Vec<&str> = runs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| is_exclusive(*i))
-            .map(|(_, r)| r.job_id.as_str())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        jobs.sort_unstable();
         let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
-        // Ticks of exclusive jobs another replica claimed first: taken, not busy. Replicas
-        // claim the same ticks at the same moment, and the loser of that race must neither
-        // record a skip nor log one (under the advisory locks below the answer is stable).
-        let mut taken: HashSet<(String, i64)> = HashSet::new();
+        // (A tick another replica claimed first is not inserted again: `ON CONFLICT DO
+        // NOTHING` answers it `Taken`, and nothing is recorded or logged for it.)
         if !jobs.is_empty() {
-            // Serialises exclusive claims of these jobs across replicas until commit; taken
-            // in job order so two claimers cannot deadlock.
-            // One round trip for all: PostgreSQL evaluates a volatile function of the select
-            // list after the ORDER BY, so the locks are taken in job order.
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
-                 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n",
-            )
-            .bind(&jobs)
-            .execute(&mut *tx)
-            .await
-            .db()?;
-            let ticks: Vec<i64> = runs
-                .iter()
-                .enumerate()
-                .filter(|(i, r)| is_exclusive(*i) && r.trigger != Trigger::Manual)
-                .map(|(_, r)| millis(r.scheduled_at))
-                .collect();
-            let existing = sqlx::query(
-                "SELECT job_id, scheduled_at FROM job_runs \
-                 WHERE job_id = ANY($1) AND scheduled_at = ANY($2) AND \"trigger\" <> 'manual'",
-            )
-            .bind(&jobs)
-            .bind(&ticks)
-            .fetch_all(&mut *tx)
-            .await
-            .db()?;
-            for row in &existing {
-                taken.insert((
-                    row.try_get("job_id").db()?,
-                    row.try_get("scheduled_at").db()?,
-                ));
-            }
             let rows = sqlx::query(concat!(
                 "SELECT r.id, r.job_id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node, \
                         n.id IS NOT NULL AS registered, \
@@ -750,12 +732,6 @@ impl PgStore {
         let mut claims: Vec<Claim> = vec![Claim::Taken; runs.len()];
         for (i, run) in runs.iter().enumerate() {
             if stale(run) {
-                continue;
-            }
-            if is_exclusive(i)
-                && run.trigger != Trigger::Manual
-                && taken.contains(&(run.job_id.clone(), millis(run.scheduled_at)))
-            {
                 continue;
             }
             let held = is_exclusive(i)

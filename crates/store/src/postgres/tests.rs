@@ -230,9 +230,11 @@ async fn a_dead_replicas_runs_are_taken_over_and_its_late_writes_fenced() {
         .unwrap();
     assert_eq!(seen.state, SeenState::Attempting);
 
-    // Its next claim finds its node row gone: it registers again, and tells the daemon.
+    // Its next claim finds its node row gone: it registers again, and tells the daemon. (A
+    // tick after the re-registration: the ticks due while it was dead are refused.)
+    let tick = Utc::now().timestamp_millis() + 60_000;
     let next = frozen
-        .claim_runs(&[new_run("job-b", 9_000, Trigger::Schedule)])
+        .claim_runs(&[new_run("job-b", tick, Trigger::Schedule)])
         .await
         .unwrap();
     assert!(next[0].is_some());
