@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so they link once.
 
 mod admin;
+mod alert_sinks;
 mod alerts;
 mod app;
 mod browser;

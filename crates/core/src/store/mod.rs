@@ -537,6 +537,14 @@ pub trait RunStore: Send + Sync + 'static {
         true
     }
 
+    /// The node id of the replica that schedules `job_id`, as this handle sees the
+    /// membership (the same function [`RunStore::owns`] answers with); `None` on single-node
+    /// backends.
+    fn owner_of(&self, job_id: &str) -> Option<i64> {
+        let _ = job_id;
+        None
+    }
+
     /// A number that changes whenever [`RunStore::owns`] may answer differently (a replica
     /// joined, left or was declared dead). Always 0 on single-node backends.
     fn membership_epoch(&self) -> u64 {

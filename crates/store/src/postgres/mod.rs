@@ -1077,6 +1077,10 @@ impl RunStore for PgStore {
         self.inner.members.get().owner(job_id, me) == me
     }
 
+    fn owner_of(&self, job_id: &str) -> Option<i64> {
+        Some(self.inner.members.get().owner(job_id, self.me()))
+    }
+
     fn membership_epoch(&self) -> u64 {
         self.inner.members.get().epoch
     }
