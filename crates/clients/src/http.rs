@@ -421,6 +421,8 @@ struct Failure {
     error: HttpError,
     retry: bool,
     retry_after: Option<Duration>,
+    /// The non-2xx answer itself, for [`HttpClient::send_answer`].
+    answer: Option<Box<Response>>,
 }
 
 impl HttpClient {
@@ -461,8 +463,22 @@ impl HttpClient {
         })
     }
 
+    /// Sends `req` under the policy; `Ok` for any answer the server gave in the end (after
+    /// the policy's retries), whatever its status: for a gateway that passes answers back.
+    /// `Err` only when no answer came (a transport failure, or a write in doubt without one).
+    pub async fn send_answer(&self, req: Request) -> Result<Response, HttpError> {
+        self.run(req).await.or_else(|f| match f.answer {
+            Some(answer) => Ok(*answer),
+            None => Err(f.error),
+        })
+    }
+
     /// Sends `req` under the policy; `Ok` only for a 2xx answer.
     pub async fn send(&self, req: Request) -> Result<Response, HttpError> {
+        self.run(req).await.map_err(|f| f.error)
+    }
+
+    async fn run(&self, req: Request) -> Result<Response, Failure> {
         let policy = &self.inner.retry;
         let mut attempts = 0usize;
         let result = (|| {
@@ -486,19 +502,11 @@ impl HttpClient {
             );
         })
         .await;
-        result.map_err(|f| match f.error {
-            HttpError::RateLimited {
-                method,
-                path,
-                retry_after,
-                ..
-            } => HttpError::RateLimited {
-                method,
-                path,
-                attempts,
-                retry_after,
-            },
-            e => e,
+        result.map_err(|mut f| {
+            if let HttpError::RateLimited { attempts: n, .. } = &mut f.error {
+                *n = attempts;
+            }
+            f
         })
     }
 
@@ -580,14 +588,22 @@ impl HttpClient {
                 path,
             });
         }
-        Err(status_failure(
-            method,
-            path,
+        let mut failure = status_failure(
+            method.clone(),
+            path.clone(),
             status,
             &headers,
             &body,
             req.idempotent,
-        ))
+        );
+        failure.answer = Some(Box::new(Response {
+            status,
+            headers,
+            body,
+            method,
+            path,
+        }));
+        Err(failure)
     }
 }
 
@@ -609,6 +625,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: false,
             retry_after: None,
+            answer: None,
         };
     }
     if e.is_connect() {
@@ -621,6 +638,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: true,
             retry_after: None,
+            answer: None,
         };
     }
     if idempotent {
@@ -633,6 +651,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: true,
             retry_after: None,
+            answer: None,
         }
     } else {
         let reason = if e.is_timeout() {
@@ -649,6 +668,7 @@ fn transport_failure(method: Method, path: String, e: reqwest::Error, idempotent
             },
             retry: false,
             retry_after: None,
+            answer: None,
         }
     }
 }
@@ -667,6 +687,7 @@ fn status_failure(
         error,
         retry,
         retry_after,
+        answer: None,
     };
     match status.as_u16() {
         401 | 403 => fail(
