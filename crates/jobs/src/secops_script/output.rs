@@ -69,7 +69,7 @@ pub(super) fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
 }
 
 /// A line as logged: control characters escaped, at most [`LINE_MAX`] bytes.
-pub(super) fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     let text = escape_controls(text);
     if text.len() <= LINE_MAX {
         return text.into_owned();
@@ -83,7 +83,7 @@ pub(super) fn shown(text: &str) -> String {
 
 /// Calls `f` with each line of `pipe` (lossy UTF-8), keeping at most `max` bytes of a line
 /// and discarding the rest as it arrives, until the end of the stream.
-pub(super) async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
+pub(crate) async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
     pipe: R,
     max: usize,
     mut f: impl FnMut(String),
