@@ -615,3 +615,45 @@ fn check_lists_every_problem_of_an_instance_against_install_json() {
     );
     assert_eq!(errs[0].line, 5, "located at the value: {errs:#?}");
 }
+
+#[tokio::test]
+async fn an_edit_of_install_json_reloads_its_jobs_without_waiting_for_the_poll() {
+    let (_logs, _guard) = capture_logs();
+    let sim = start_sim().await;
+    // No tcex needed: the job is loaded, not run (its next tick is an hour away).
+    let mut app = app_for(&sim, Path::new("python3"));
+    app.settings.reload_poll = Duration::from_secs(3600);
+    let dir = vendor_example(&app);
+    feed_instance(&app, "ioc-feed", "a.example.com", "");
+    let daemon = app.start().await;
+    let jobs = daemon.jobs();
+    let name = |jobs: &tokio::sync::watch::Receiver<soarjobd_core::definition::LoadedJobs>| {
+        jobs.borrow().get("ioc-feed").map(|d| d.name.clone())
+    };
+    let loaded = eventually(Duration::from_secs(10), || {
+        let jobs = jobs.clone();
+        async move { name(&jobs).as_deref() == Some("IOC Feed Example") }
+    })
+    .await;
+    assert!(loaded, "{:#?}", app.app().load_jobs().errors);
+    // Changed the way an editor saves: a new file renamed over the old one.
+    let install = dir.join("install.json");
+    let text = std::fs::read_to_string(&install).unwrap();
+    std::fs::write(
+        dir.join(".install.json.new"),
+        text.replace("IOC Feed Example", "IOC Feed Renamed"),
+    )
+    .unwrap();
+    std::fs::rename(dir.join(".install.json.new"), &install).unwrap();
+    let reloaded = eventually(Duration::from_secs(20), || {
+        let jobs = jobs.clone();
+        async move { name(&jobs).as_deref() == Some("IOC Feed Renamed") }
+    })
+    .await;
+    assert!(
+        reloaded,
+        "the job still has the old manifest: {:?}",
+        name(&jobs)
+    );
+    daemon.shutdown().await;
+}

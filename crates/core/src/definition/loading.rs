@@ -56,6 +56,11 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
             }
         }
     }
+    report.manifests = inputs
+        .iter()
+        .filter(|p| manifest_spec(p, catalog).is_some())
+        .cloned()
+        .collect();
     report.inputs = inputs.into_iter().collect();
     report
 }

@@ -245,6 +245,10 @@ pub struct LoadReport {
     /// Files the definitions read besides themselves (`value_from_file` targets, symbolic
     /// links resolved where they exist), sorted: a change to one of them changes a job.
     pub inputs: Vec<PathBuf>,
+    /// The app manifests instance files use (a subset of `inputs`, see
+    /// [`JobSpec::manifest_name`]), wherever they are: the watcher watches their folders, so
+    /// an edit of a manifest reloads its jobs at once.
+    pub manifests: Vec<PathBuf>,
     /// The folder itself could not be read (missing, unmounted): `jobs` and `failed_files`
     /// say nothing about the jobs, and a reload must not act on them.
     pub folder_unreadable: bool,
