@@ -12,8 +12,9 @@
 //!   never open/access/close or metadata-only changes (`touch`). The daemon's own reads of the
 //!   folder are access events, so a reload can never trigger the next one.
 //! * Only paths that matter count: job files (`*.yaml`, `*.yml`), the folder itself, the
-//!   `..data`-style entries of Kubernetes' atomic volume updates, and the `value_from_file`
-//!   targets that live directly in the folder. Files a job reads elsewhere (a secrets folder,
+//!   `..data`-style entries of Kubernetes' atomic volume updates, the `value_from_file`
+//!   targets that live directly in the folder, and the app manifests instance files use
+//!   (their folders are watched too). Other files a job reads elsewhere (a secrets folder,
 //!   a subfolder) are picked up by the slow poll: their content is part of each job's
 //!   fingerprint, so the poll sees the change. Scripts that `exec` jobs run are read at run
 //!   time and need no reload.
