@@ -657,3 +657,48 @@ async fn an_edit_of_install_json_reloads_its_jobs_without_waiting_for_the_poll()
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn tcex_deps_builds_the_lib_folder_the_app_then_runs_with_from_its_source_checkout() {
+    let venv_python = tcex_python();
+    let (_logs, _guard) = capture_logs();
+    let sim = start_sim().await;
+    // The job's interpreter is the plain python3 the venv was made from (the same version):
+    // tcex comes from the app's own lib folder only.
+    let app = app_for(&sim, Path::new("python3"));
+    let dir = vendor_example(&app);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_soarjobd"))
+        .args(["tcex", "deps"])
+        .arg(&dir)
+        .arg("--python")
+        .arg(&venv_python)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = PathBuf::from(stdout.trim());
+    let name = lib.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("lib_3."), "{name}");
+    assert!(
+        lib.join("tcex").is_dir(),
+        "tcex was installed into {}",
+        lib.display()
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("lib_latest")).unwrap(),
+        PathBuf::from(&name)
+    );
+
+    feed_instance(&app, "ioc-feed", "lib.example.com", "");
+    let run = run_job(&app, "ioc-feed").await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let view = sim_view(&sim, OWNER).await;
+    assert_eq!(
+        view["indicators"][0]["summary"], "lib.example.com",
+        "{view:#}"
+    );
+}

@@ -21,6 +21,7 @@
 //!   (`tc_requests`).
 //! * Containment, timeouts and output limits as for `exec` ([`crate::process`]).
 
+mod deps;
 mod gateway;
 mod launch;
 mod manifest;
@@ -47,6 +48,8 @@ use crate::secops_script::{bounded_lines, shown};
 use gateway::Gateway;
 use launch::RunDir;
 use manifest::{INSTALL_JSON, Manifest, platform_value};
+
+pub use deps::{DepsError, build_deps};
 
 /// The implementation id.
 pub const ID: &str = "tcex-app";
