@@ -58,7 +58,7 @@ pub struct AppBuilder {
 
 impl App {
     /// The built-in jobs and platforms: `exec`, SecOps SOAR (`comment-on-tagged-cases`),
-    /// ThreatConnect (`push-case-iocs-to-threatconnect`) and SecOps scripts (`secops-script`). Add your own with
+    /// ThreatConnect (`push-case-iocs-to-threatconnect`), SecOps scripts (`secops-script`) and TcEx job apps (`tcex-app`). Add your own with
     /// [`AppBuilder::register`] (a job with a built-in's id replaces it) and
     /// [`AppBuilder::platform`].
     pub fn builder() -> AppBuilder {
@@ -68,6 +68,8 @@ impl App {
             .platform(soarjobd_jobs::ThreatConnectPlatform)
             // After SoarPlatform: its scripts' requests go through the SOAR client.
             .platform(soarjobd_jobs::SecopsPlatform)
+            // After ThreatConnectPlatform: its apps' requests go through the TC client.
+            .platform(soarjobd_jobs::TcexPlatform)
     }
 
     /// No job and no platform.
@@ -308,7 +310,8 @@ mod tests {
                 "comment-on-tagged-cases",
                 "exec",
                 "push-case-iocs-to-threatconnect",
-                "secops-script"
+                "secops-script",
+                "tcex-app"
             ]
         );
     }
@@ -317,7 +320,7 @@ mod tests {
     fn no_platform_section_is_no_problem_and_the_secrets_are_collected() {
         assert_eq!(
             App::builder().sections(),
-            ["soar", "threatconnect", "secops"]
+            ["soar", "threatconnect", "secops", "tcex"]
         );
         assert!(App::builder().build().is_ok());
         let mut settings = Settings::default();

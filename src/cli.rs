@@ -185,6 +185,25 @@ pub enum Cmd {
         #[command(subcommand)]
         which: SimCmd,
     },
+    /// ThreatConnect TcEx job apps.
+    Tcex {
+        #[command(subcommand)]
+        which: TcexCmd,
+    },
+}
+
+/// `soarjobd tcex ...`.
+#[derive(Subcommand, Debug)]
+pub enum TcexCmd {
+    /// Build an app's `lib_<python version>` folder from its requirements.txt (`pip install
+    /// --target`, as TcEx's packager does) and link `lib_latest` to it.
+    Deps {
+        /// The app folder (with install.json and requirements.txt).
+        app: std::path::PathBuf,
+        /// The interpreter the app will run with (its version names the folder).
+        #[arg(long, default_value = soarjobd_jobs::tcex_app::DEFAULT_PYTHON)]
+        python: String,
+    },
 }
 
 /// Parses arguments, runs the command, returns the exit code: the `soarjobd` binary, with the
@@ -323,6 +342,22 @@ async fn dispatch(
     if let Cmd::Next { expr, tz, from, n } = &command {
         return next(expr, tz, from.as_deref(), *n);
     }
+    // Nor does `tcex deps`: it works on an app folder.
+    if let Cmd::Tcex {
+        which: TcexCmd::Deps { app, python },
+    } = &command
+    {
+        return match soarjobd_jobs::tcex_app::build_deps(app, python) {
+            Ok(lib) => {
+                println!("{}", lib.display());
+                exit::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        };
+    }
     // Nor does `migrate-state`: both databases are named on the command line.
     if let Cmd::MigrateState { from, to } = &command {
         return crate::replicas::migrate_state(from, to).await;
@@ -426,7 +461,7 @@ async fn dispatch(
         Cmd::Nodes { json } => {
             crate::replicas::nodes(&app.settings(settings).assemble().0, json).await
         }
-        Cmd::Check { .. } | Cmd::Next { .. } | Cmd::MigrateState { .. } => {
+        Cmd::Check { .. } | Cmd::Next { .. } | Cmd::MigrateState { .. } | Cmd::Tcex { .. } => {
             unreachable!("handled above")
         }
     }

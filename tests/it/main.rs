@@ -31,4 +31,6 @@ mod store_faults;
 mod support;
 mod systemd;
 #[cfg(feature = "sim")]
+mod tcex;
+#[cfg(feature = "sim")]
 mod threatconnect;

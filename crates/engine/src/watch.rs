@@ -12,8 +12,9 @@
 //!   never open/access/close or metadata-only changes (`touch`). The daemon's own reads of the
 //!   folder are access events, so a reload can never trigger the next one.
 //! * Only paths that matter count: job files (`*.yaml`, `*.yml`), the folder itself, the
-//!   `..data`-style entries of Kubernetes' atomic volume updates, and the `value_from_file`
-//!   targets that live directly in the folder. Files a job reads elsewhere (a secrets folder,
+//!   `..data`-style entries of Kubernetes' atomic volume updates, the `value_from_file`
+//!   targets that live directly in the folder, and the app manifests instance files use
+//!   (their folders are watched too). Other files a job reads elsewhere (a secrets folder,
 //!   a subfolder) are picked up by the slow poll: their content is part of each job's
 //!   fingerprint, so the poll sees the change. Scripts that `exec` jobs run are read at run
 //!   time and need no reload.
@@ -58,6 +59,8 @@ pub const FOLDER_CHECK: Duration = Duration::from_secs(1);
 pub struct Snapshot {
     digest: u64,
     inputs: Vec<PathBuf>,
+    /// The app manifests instance files use: their folders are watched too.
+    manifests: Vec<PathBuf>,
 }
 
 impl Snapshot {
@@ -74,6 +77,7 @@ impl Snapshot {
         Snapshot {
             digest: h.finish(),
             inputs: report.inputs.clone(),
+            manifests: report.manifests.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ type Armed = Debouncer<RecommendedWatcher, RecommendedCache>;
 /// cannot: SIGHUP and the poll still work.
 fn arm(
     dir: &Path,
+    manifests: &[PathBuf],
     inputs: &Arc<Mutex<HashSet<PathBuf>>>,
     ev_tx: &mpsc::Sender<()>,
     warned: &mut bool,
@@ -134,6 +139,17 @@ fn arm(
         });
     let result = debouncer.and_then(|mut d| {
         d.watch(&watched, RecursiveMode::NonRecursive)?;
+        // The folders of the app manifests instance files use (an app folder beside the jobs
+        // folder): an edit of a manifest is an edit of its jobs. Each folder is best effort
+        // (the slow poll still sees a change where a watch cannot be set).
+        let mut folders: Vec<&Path> = manifests.iter().filter_map(|m| m.parent()).collect();
+        folders.sort();
+        folders.dedup();
+        for f in folders.into_iter().filter(|f| *f != watched) {
+            if let Err(e) = d.watch(f, RecursiveMode::NonRecursive) {
+                tracing::debug!(folder = %f.display(), error = %e, "cannot watch an app manifest's folder; the poll covers it");
+            }
+        }
         Ok(d)
     });
     match result {
@@ -172,7 +188,7 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
     // Held for its `Drop`: dropping the debouncer ends the watch.
     let mut _armed: Option<Armed> = None;
     if known.is_some() {
-        _armed = arm(&dir, &inputs, &ev_tx, &mut watch_warned);
+        _armed = arm(&dir, &last.manifests, &inputs, &ev_tx, &mut watch_warned);
     }
     // Whether the folder is known to be gone (and that was logged, once).
     let mut vanished = false;
@@ -211,7 +227,7 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
                 // replaced by another folder: watch the one that is there now.
                 _armed = None;
                 if now.is_some() {
-                    _armed = arm(&dir, &inputs, &ev_tx, &mut watch_warned);
+                    _armed = arm(&dir, &last.manifests, &inputs, &ev_tx, &mut watch_warned);
                 }
                 "jobs folder changed"
             }
@@ -269,7 +285,7 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
             known = now;
             _armed = None;
             if now.is_some() {
-                _armed = arm(&dir, &inputs, &ev_tx, &mut watch_warned);
+                _armed = arm(&dir, &last.manifests, &inputs, &ev_tx, &mut watch_warned);
             }
         }
         let snapshot = Snapshot::of(&report);
@@ -283,7 +299,12 @@ pub async fn watch<C: Catalog + Send + Sync + 'static>(
         }
         *inputs.lock().unwrap_or_else(|e| e.into_inner()) =
             snapshot.inputs.iter().cloned().collect();
+        let rearm = snapshot.manifests != last.manifests && known.is_some();
         last = snapshot;
+        if rearm {
+            _armed = None;
+            _armed = arm(&dir, &last.manifests, &inputs, &ev_tx, &mut watch_warned);
+        }
         tracing::info!(
             reason,
             jobs = report.jobs.len(),

@@ -11,5 +11,6 @@ mod platforms;
 mod process;
 pub mod push_case_iocs;
 pub mod secops_script;
+pub mod tcex_app;
 
-pub use platforms::{SecopsPlatform, SoarPlatform, ThreatConnectPlatform};
+pub use platforms::{SecopsPlatform, SoarPlatform, TcexPlatform, ThreatConnectPlatform};

@@ -16,6 +16,7 @@ use soarjobd_core::{Configured, Installer, Platform, section_secrets};
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
 use super::push_case_iocs::PushCaseIocs;
 use super::secops_script::{SecopsScript, SecopsSettings};
+use super::tcex_app::TcexApp;
 
 /// What a job needing SOAR fails with when the `soar` section has no `url`.
 pub const SOAR_NOT_CONFIGURED: &str = "no SOAR platform is configured (set soar.url and \
@@ -133,6 +134,39 @@ impl Platform for SecopsPlatform {
             .get::<Configured<SoarClient>>()
             .unwrap_or_else(|| Configured::missing(SOAR_NOT_CONFIGURED));
         cx.register(SecopsScript::new(soar, settings));
+        problems.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// TcEx job apps (`tcex-app`): the `tcex` section (`python`, default `python3`), run against
+/// the ThreatConnect client [`ThreatConnectPlatform`] shares (install it first).
+pub struct TcexPlatform;
+
+impl TcexPlatform {
+    /// How the config loader checks the `tcex` section.
+    pub const SECTION: SectionSpec = SectionSpec {
+        name: "tcex",
+        check: |value, origins| TcexPlatform::read(value, origins).1,
+    };
+
+    fn read(value: Option<&Value>, origins: &Origins) -> (Option<String>, Vec<Problem>) {
+        let mut s = Section::new("tcex", value, origins);
+        let python = s.string("python").filter(|p| !p.trim().is_empty());
+        (python, s.finish())
+    }
+}
+
+impl Platform for TcexPlatform {
+    fn spec(&self) -> SectionSpec {
+        Self::SECTION
+    }
+
+    fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
+        let (python, problems) = Self::read(Some(section), &cx.settings().origins);
+        let tc = cx
+            .get::<Configured<ThreatConnectClient>>()
+            .unwrap_or_else(|| Configured::missing(TC_NOT_CONFIGURED));
+        cx.register(TcexApp::new(tc, python));
         problems.iter().map(ToString::to_string).collect()
     }
 }

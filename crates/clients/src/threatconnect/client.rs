@@ -186,6 +186,15 @@ struct PollSettings {
     max: Duration,
 }
 
+/// The answer to a forwarded request ([`ThreatConnectClient::forward`]), as the server gave it.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<HeaderValue>,
+    pub content_encoding: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
 /// The ThreatConnect client. Cheap to clone; clones share the transport and its limits.
 #[derive(Clone)]
 pub struct ThreatConnectClient {
@@ -469,6 +478,44 @@ impl ThreatConnectClient {
             url.query_pairs_mut().extend_pairs(query);
         }
         url
+    }
+
+    /// Sends a request a TcEx app made (`path` after the API root, e.g. `/v2/batch/createAndUpload`,
+    /// `query` as it came, byte for byte), with this client's credentials, through the
+    /// transport policy: the concurrency cap and rate limit, and retries of reads only (a write
+    /// is never resent blindly). Every answer comes back as it is (status, `Content-Type`,
+    /// `Content-Encoding`, body); `Err` only when there was none.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Result<Forwarded, TcError> {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        url.set_query(query);
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let mut req = Request::new(method, url).idempotent(idempotent);
+        if let Some(ct) = content_type {
+            req.headers.insert(CONTENT_TYPE, ct);
+        }
+        if !body.is_empty() {
+            req.body = Some(body);
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let auth = self.auth.headers(&req.method, &req.url, timestamp)?;
+        req.headers.extend(auth);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self.http.send_answered(req).await?;
+        let header = |n: reqwest::header::HeaderName| resp.headers.get(n).cloned();
+        Ok(Forwarded {
+            status: resp.status.as_u16(),
+            content_type: header(CONTENT_TYPE),
+            content_encoding: header(reqwest::header::CONTENT_ENCODING),
+            body: resp.body.clone(),
+        })
     }
 
     /// Signs `req` over its final URL and sends it through the shared transport.

@@ -21,8 +21,8 @@ mod types;
 pub use auth::Auth;
 pub use batch::BatchWriter;
 pub use client::{
-    AttributeWriteType, BatchAction, BatchErrorEntry, BatchSettings, BatchStatus, GroupRef,
-    TagWriteType, TcError, ThreatConnectClient,
+    AttributeWriteType, BatchAction, BatchErrorEntry, BatchSettings, BatchStatus, Forwarded,
+    GroupRef, TagWriteType, TcError, ThreatConnectClient,
 };
 pub use config::ThreatConnectConfig;
 pub use items::{Attribute, FileOccurrence, Group, GroupAssociation, Indicator};

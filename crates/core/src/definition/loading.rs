@@ -56,6 +56,11 @@ pub fn load_dir_with(dir: &Path, catalog: &dyn Catalog, opts: &LoadOptions) -> L
             }
         }
     }
+    report.manifests = inputs
+        .iter()
+        .filter(|p| manifest_spec(p, catalog).is_some())
+        .cloned()
+        .collect();
     report.inputs = inputs.into_iter().collect();
     report
 }
@@ -495,11 +500,32 @@ impl Cx<'_> {
         self.inputs.push(canonical(&def_path));
         text.hash(&mut self.fingerprint);
 
-        let (template, inputs) = load_text_as(&def_path, &text, catalog, self.opts, true);
+        // An app's manifest is turned into a definition document by the implementation that
+        // claims its file name; the document is then loaded like a marketplace definition.
+        let manifest = manifest_spec(&def_path, catalog);
+        let def_text = match manifest {
+            Some(spec) => match spec.manifest_definition(&canonical(&def_path), &text) {
+                Ok(doc) => yaml_serde::to_string(&doc).unwrap_or_default(),
+                Err(problems) => {
+                    for m in problems {
+                        self.errors.push(file_error(&def_path, m));
+                    }
+                    return None;
+                }
+            },
+            None => text.clone(),
+        };
+        let (template, inputs) = load_text_as(&def_path, &def_text, catalog, self.opts, true);
         self.inputs.extend(inputs);
         let template = match template {
             Ok(t) => t,
-            Err(errs) => {
+            Err(mut errs) => {
+                if manifest.is_some() {
+                    // Located in the generated document, not in the manifest: whole-file.
+                    for e in &mut errs {
+                        (e.line, e.column) = (0, 0);
+                    }
+                }
                 self.errors.extend(errs);
                 return None;
             }
@@ -511,9 +537,12 @@ impl Cx<'_> {
         }
         self.check_keys("", map, &known);
 
-        let mut merged = merge_instance(map, &text, &template, &def_path)?;
+        let mut merged = merge_instance(map, &def_text, &template, &def_path)?;
 
-        let aliases = self.apply_values(map, &mut merged);
+        let secrets_only = catalog
+            .spec(&template.implementation)
+            .is_some_and(|s| s.passwords_from_secrets_only());
+        let aliases = self.apply_values(map, &mut merged, secrets_only);
         self.instance = Some(InstanceCx {
             definition: canonical(&def_path),
             def_pos: Positions::scan(&text),
@@ -532,6 +561,7 @@ impl Cx<'_> {
         &mut self,
         map: &yaml_serde::Mapping,
         merged: &mut yaml_serde::Mapping,
+        secrets_only: bool,
     ) -> Vec<(String, String, bool)> {
         let mut aliases = Vec::new();
         let values = match map.get("values") {
@@ -585,7 +615,46 @@ impl Cx<'_> {
             for key in VALUE_KEYS {
                 item.remove(*key);
             }
-            let scalar = match v {
+            let ty = item
+                .get("type")
+                .and_then(Yaml::as_str)
+                .and_then(|t| params::ParamType::parse(t).ok());
+            let inline = match v {
+                Yaml::Mapping(m) => m.get("value").is_some_and(|x| !x.is_null()),
+                Yaml::Null => false,
+                _ => true,
+            };
+            if secrets_only && inline && ty == Some(params::ParamType::Password) {
+                self.key_err(
+                    &at,
+                    format!(
+                        "`{name}` is a password: give it with `value_from_env` or \
+                         `value_from_file`, not written in the file"
+                    ),
+                );
+            }
+            // A list for a csv parameter: its items, as the comma-separated text csv reads.
+            let v = match (v, ty) {
+                (Yaml::Sequence(items), Some(params::ParamType::Csv))
+                    if items
+                        .iter()
+                        .all(|i| !matches!(i, Yaml::Sequence(_) | Yaml::Mapping(_))) =>
+                {
+                    let text: Vec<String> = items
+                        .iter()
+                        .map(|i| match i {
+                            Yaml::String(s) => s.clone(),
+                            other => yaml_serde::to_string(other)
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string(),
+                        })
+                        .collect();
+                    Yaml::String(text.join(","))
+                }
+                (v, _) => v.clone(),
+            };
+            let scalar = match &v {
                 Yaml::Mapping(m) => {
                     self.check_keys(&at, m, VALUE_KEYS);
                     for key in VALUE_KEYS {
@@ -604,6 +673,15 @@ impl Cx<'_> {
         }
         aliases
     }
+}
+
+/// The implementation that reads `path` as its manifest (by file name), if one does.
+fn manifest_spec<'c>(path: &Path, catalog: &'c dyn Catalog) -> Option<&'c dyn super::JobSpec> {
+    let name = path.file_name()?.to_str()?;
+    catalog.ids().into_iter().find_map(|id| {
+        let spec = catalog.spec(&id)?;
+        (spec.manifest_name() == Some(name)).then_some(spec)
+    })
 }
 
 /// The definition's document with the instance's keys over it (`values:` apart), `job:` set to

@@ -185,6 +185,28 @@ pub trait JobSpec: Send + Sync {
     fn script_extension(&self) -> Option<&'static str> {
         None
     }
+    /// The file name of a manifest this implementation reads as a job definition (an app's
+    /// own description of itself, e.g. a packaged app's manifest), which an instance file may
+    /// `uses:` like a marketplace definition. The loader hands the manifest's text to
+    /// [`JobSpec::manifest_definition`]; its path is part of the job (a change reloads it).
+    fn manifest_name(&self) -> Option<&'static str> {
+        None
+    }
+    /// The job definition a manifest (see [`JobSpec::manifest_name`]) describes, as a document
+    /// of the job-file grammar (`name`, `job`, `parameters`, the implementation's keys), or the
+    /// manifest's problems (whole-file messages, all of them).
+    fn manifest_definition(
+        &self,
+        _path: &Path,
+        _text: &str,
+    ) -> Result<serde_json::Value, Vec<String>> {
+        Err(vec!["this implementation reads no manifest".into()])
+    }
+    /// Whether `password` parameters of an instance file must come from `value_from_env` or
+    /// `value_from_file` (an inline value is an error).
+    fn passwords_from_secrets_only(&self) -> bool {
+        false
+    }
     /// Checks the extra keys and parameter values (ranges, cross-field rules).
     fn validate(
         &self,
@@ -223,6 +245,10 @@ pub struct LoadReport {
     /// Files the definitions read besides themselves (`value_from_file` targets, symbolic
     /// links resolved where they exist), sorted: a change to one of them changes a job.
     pub inputs: Vec<PathBuf>,
+    /// The app manifests instance files use (a subset of `inputs`, see
+    /// [`JobSpec::manifest_name`]), wherever they are: the watcher watches their folders, so
+    /// an edit of a manifest reloads its jobs at once.
+    pub manifests: Vec<PathBuf>,
     /// The folder itself could not be read (missing, unmounted): `jobs` and `failed_files`
     /// say nothing about the jobs, and a reload must not act on them.
     pub folder_unreadable: bool,

@@ -168,7 +168,7 @@ impl Session {
 
 /// Equal in time independent of where the inputs differ (only their lengths leak, and every
 /// token has the same length).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -200,7 +200,7 @@ pub(super) fn derived_name(stem: &str) -> String {
 
 /// Whether `program` can be started: a path to an executable file, or a name found in the
 /// daemon's `PATH` (as `exec` checks its program).
-pub(super) fn find_program(program: &str) -> bool {
+pub(crate) fn find_program(program: &str) -> bool {
     use crate::process::{executable, in_path};
     if program.contains('/') {
         return executable(Path::new(program)).is_ok();

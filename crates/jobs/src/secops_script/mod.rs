@@ -44,10 +44,11 @@ use crate::exec::{KILL_GRACE, LINE_MAX, RUN_LINES_MAX};
 use crate::process::Contained;
 use context::serve_op;
 use gateway::Gateway;
-use launch::{
-    BOOTSTRAP, Config, Launch, absolute, find_program, installed_job, launch_for, param_text,
-};
-use output::{bounded_lines, failure_reason, outcome_of, shown};
+pub(crate) use gateway::ct_eq;
+pub(crate) use launch::find_program;
+use launch::{BOOTSTRAP, Config, Launch, absolute, installed_job, launch_for, param_text};
+use output::{failure_reason, outcome_of};
+pub(crate) use output::{bounded_lines, shown};
 
 /// The implementation id.
 pub const ID: &str = "secops-script";

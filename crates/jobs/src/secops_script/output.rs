@@ -126,7 +126,7 @@ pub(super) fn failure_reason(lines: &[&str]) -> Option<String> {
 }
 
 /// A line as logged: control characters escaped, at most [`LINE_MAX`] bytes.
-pub(super) fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     let text = escape_controls(text);
     if text.len() <= LINE_MAX {
         return text.into_owned();
@@ -140,7 +140,7 @@ pub(super) fn shown(text: &str) -> String {
 
 /// Calls `f` with each line of `pipe` (lossy UTF-8), keeping at most `max` bytes of a line
 /// and discarding the rest as it arrives, until the end of the stream.
-pub(super) async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
+pub(crate) async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
     pipe: R,
     max: usize,
     mut f: impl FnMut(String),

@@ -16,6 +16,8 @@
 //!   (`400` while running, `404` when there are none);
 //! * the 25 000-indicator limit and the critical-error texts of the spec;
 //! * `GET /v2/groups/{branch}?owner=…&filters=name=…` and `GET /v2/owners`;
+//! * what a TcEx 3 app calls (`tcex`): `GET /v2/types/indicatorTypes` and the multipart
+//!   `POST /v2/batch/createAndUpload` (inline up to a size, else queued);
 //! * latency, injected statuses for the next requests, stalled jobs, a failing job creation,
 //!   a critical-error trigger and per-summary rejections, all changeable at run time;
 //! * inspection routes under `/_sim/` (no auth): an owner's groups, indicators, associations
@@ -36,6 +38,7 @@ mod process;
 mod routes;
 mod rules;
 mod state;
+mod tcex;
 mod upsert;
 mod wire;
 

@@ -17,6 +17,7 @@ use super::gate::gate;
 use super::inspect;
 use super::rules::group_type_of_branch;
 use super::state::SimGroup;
+use super::tcex::{create_and_upload, indicator_type_list};
 use super::wire::{failure, success};
 
 async fn owners(State(st): State<Shared>) -> Response {
@@ -90,6 +91,14 @@ pub(super) fn router(state: Shared) -> Router {
     let api = Router::new()
         .route(&format!("{p}/v2/owners"), get(owners))
         .route(&format!("{p}/v2/batch"), post(create_job))
+        .route(
+            &format!("{p}/v2/batch/createAndUpload"),
+            post(create_and_upload),
+        )
+        .route(
+            &format!("{p}/v2/types/indicatorTypes"),
+            get(indicator_type_list),
+        )
         .route(
             &format!("{p}/v2/batch/{{id}}"),
             post(upload).get(job_status),

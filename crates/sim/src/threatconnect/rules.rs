@@ -184,3 +184,40 @@ pub(super) fn merge_hashes(a: &str, b: &str) -> String {
     }
     slots.into_iter().flatten().collect::<Vec<_>>().join(" : ")
 }
+
+/// The indicator types of spec §5.1 as the type catalogue lists them: (name, v2 branch,
+/// entity, value labels).
+pub(super) fn indicator_types() -> &'static [(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+)] {
+    &[
+        ("Address", "addresses", "address", &["IP"]),
+        (
+            "EmailAddress",
+            "emailAddresses",
+            "emailAddress",
+            &["Address"],
+        ),
+        ("File", "files", "file", &["MD5", "SHA1", "SHA256"]),
+        ("Host", "hosts", "host", &["Host Name"]),
+        ("URL", "urls", "url", &["URL"]),
+        ("ASN", "asns", "asn", &["AS Number"]),
+        ("CIDR", "cidrBlocks", "cidrBlock", &["Block"]),
+        ("Mutex", "mutexes", "mutex", &["Mutex"]),
+        (
+            "Registry Key",
+            "registryKeys",
+            "registryKey",
+            &["Key Name", "Value Name", "Value Type"],
+        ),
+        (
+            "User Agent",
+            "userAgents",
+            "userAgent",
+            &["User Agent String"],
+        ),
+    ]
+}
