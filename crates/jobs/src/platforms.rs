@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use soarjobd_clients::soar::{SoarClient, SoarConfig};
 use soarjobd_clients::threatconnect::{ThreatConnectClient, ThreatConnectConfig};
-use soarjobd_core::config::SectionSpec;
+use soarjobd_core::config::{Origins, Problem, Section, SectionSpec};
 use soarjobd_core::{Configured, Installer, Platform, section_secrets};
 
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
