@@ -47,8 +47,8 @@ use gateway::Gateway;
 pub(crate) use gateway::ct_eq;
 pub(crate) use launch::find_program;
 use launch::{BOOTSTRAP, Config, Launch, absolute, installed_job, launch_for, param_text};
-use output::{failure_reason, outcome_of};
 pub(crate) use output::{bounded_lines, shown};
+use output::{failure_reason, outcome_of};
 
 /// The implementation id.
 pub const ID: &str = "secops-script";
