@@ -70,10 +70,6 @@ pub struct ClusterSettings {
     /// A replica whose heartbeat is older than this is dead; its running runs are taken over.
     /// Default: three heartbeats.
     pub dead_after: Duration,
-    /// How long before its instant a tick is claimed. A claim is a transaction on the
-    /// database server; claiming further ahead than SQLite's 250 ms lets a slow claim (a
-    /// loaded server) finish before its ticks are due. Default: 1 s.
-    pub claim_ahead: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -81,7 +77,6 @@ impl Default for ClusterSettings {
         ClusterSettings {
             heartbeat: Duration::from_secs(2),
             dead_after: Duration::from_secs(6),
-            claim_ahead: Duration::from_secs(1),
         }
     }
 }
@@ -595,7 +590,6 @@ fn validate(
              is the default): a live replica would be declared dead between two heartbeats",
         );
     }
-    s.cluster.claim_ahead = cluster.positive_duration("claim_ahead", s.cluster.claim_ahead);
     let cluster = cluster.finish();
     top.absorb(cluster);
 
