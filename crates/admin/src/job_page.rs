@@ -1,6 +1,6 @@
 //! The job page (`/jobs/{id}`): the definition as loaded (parameters with secrets masked, the
 //! file it came from and the marketplace definition it uses), the next fires in the job's
-//! time zone and in UTC, its pauses, its alert episodes (open and past), a duration chart of
+//! time zone and in UTC, its pause in force and pause history, its alert episodes (open and past), a duration chart of
 //! its last [`CHART_RUNS`] runs, and its runs, paged (`?before=<run id>`, as the API pages).
 //!
 //! Secrets never reach the page: password parameters show as `********`, the values of an
@@ -34,6 +34,8 @@ pub const CHART_RUNS: u32 = 200;
 const RUNS_PER_PAGE: u32 = 50;
 /// Upcoming fires listed.
 const NEXT_FIRES: usize = 5;
+/// Ended pauses listed.
+const PAUSES: u32 = 50;
 /// Alert episodes listed.
 const EPISODES: u32 = 20;
 /// What a masked value shows.
@@ -279,20 +281,43 @@ pub async fn job(
             esc(p.reason.as_deref().unwrap_or("no reason given"))
         );
     }
-    if let Some(e) = &ended {
+    // Every ended pause, newest first (the store keeps the last 100 of a job).
+    let history = s
+        .control
+        .store
+        .pause_history(&def.id, PAUSES)
+        .await
+        .unwrap_or_default();
+    if !history.is_empty() {
+        let mut rows = String::new();
+        for e in &history {
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                when(Some(e.pause.since)),
+                esc(&e.pause.actor),
+                esc(e.pause.reason.as_deref().unwrap_or("")),
+                when(Some(e.resumed_at)),
+                esc(&e.resumed_by),
+                if e.catch_up { "yes" } else { "" },
+            );
+        }
         let _ = write!(
             pause_html,
-            "<p id=\"last-pause\" class=\"muted\">Last pause: {} by <code>{}</code> ({}), resumed {} by <code>{}</code>{}.</p>",
+            "<table id=\"pause-history\"><caption class=\"muted\">Ended pauses, newest first</caption>\
+             <thead><tr><th scope=\"col\">Paused</th><th scope=\"col\">By</th><th scope=\"col\">Reason</th>\
+             <th scope=\"col\">Resumed</th><th scope=\"col\">By</th><th scope=\"col\">Catch-up run</th></tr></thead>\
+             <tbody>{rows}</tbody></table>"
+        );
+    } else if let Some(e) = &ended {
+        // The history could not be read: the last ended pause, as `job_pauses` keeps it.
+        let _ = write!(
+            pause_html,
+            "<p id=\"last-pause\" class=\"muted\">Last pause: {} by <code>{}</code>, resumed {} by <code>{}</code>.</p>",
             when(Some(e.pause.since)),
             esc(&e.pause.actor),
-            esc(e.pause.reason.as_deref().unwrap_or("no reason given")),
             when(Some(e.resumed_at)),
             esc(&e.resumed_by),
-            if e.catch_up {
-                ", with a catch-up run"
-            } else {
-                ""
-            },
         );
     }
     if pause_html.is_empty() {
