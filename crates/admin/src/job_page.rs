@@ -23,7 +23,7 @@ use soarjobd_core::definition::{JobDefinition, ParamValue};
 use crate::Shared;
 use crate::api::{self, RunsQuery};
 use crate::extract::Reader;
-use crate::html::{buttons, esc, layout, millis, seg, status_cell, when};
+use crate::html::{buttons, esc, layout, millis, seg, status_cell, when, when_in};
 use crate::jobs_page::{STRIP_RUNS, job_states};
 use crate::page::{Page, error_page};
 use crate::svg;
@@ -276,7 +276,7 @@ pub async fn job(
         let _ = write!(
             pause_html,
             "<p id=\"pause\">Paused since {} by <code>{}</code>: {}</p>",
-            when(Some(p.since)),
+            when_in(Some(p.since), &def.schedule),
             esc(&p.actor),
             esc(p.reason.as_deref().unwrap_or("no reason given"))
         );
@@ -294,10 +294,10 @@ pub async fn job(
             let _ = write!(
                 rows,
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                when(Some(e.pause.since)),
+                when_in(Some(e.pause.since), &def.schedule),
                 esc(&e.pause.actor),
                 esc(e.pause.reason.as_deref().unwrap_or("")),
-                when(Some(e.resumed_at)),
+                when_in(Some(e.resumed_at), &def.schedule),
                 esc(&e.resumed_by),
                 if e.catch_up { "yes" } else { "" },
             );
@@ -314,9 +314,9 @@ pub async fn job(
         let _ = write!(
             pause_html,
             "<p id=\"last-pause\" class=\"muted\">Last pause: {} by <code>{}</code>, resumed {} by <code>{}</code>.</p>",
-            when(Some(e.pause.since)),
+            when_in(Some(e.pause.since), &def.schedule),
             esc(&e.pause.actor),
-            when(Some(e.resumed_at)),
+            when_in(Some(e.resumed_at), &def.schedule),
             esc(&e.resumed_by),
         );
     }
@@ -335,10 +335,10 @@ pub async fn job(
                     "<tr data-episode=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     e.id,
                     e.rule.as_str(),
-                    when(Some(e.opened_at)),
+                    when_in(Some(e.opened_at), &def.schedule),
                     e.resolved_at.map_or_else(
                         || "<b class=\"s-failed\">open</b>".to_string(),
-                        |t| when(Some(t))
+                        |t| when_in(Some(t), &def.schedule)
                     ),
                     esc(&e.detail)
                 );
@@ -364,8 +364,8 @@ pub async fn job(
             id = r.id,
             status = status_cell(r.status),
             trigger = r.trigger.as_str(),
-            scheduled = when(Some(r.scheduled_at)),
-            started = when(Some(r.started_at)),
+            scheduled = when_in(Some(r.scheduled_at), &def.schedule),
+            started = when_in(Some(r.started_at), &def.schedule),
             duration = r.duration_ms.map(millis).unwrap_or_default(),
             message = esc(r.message.as_deref().unwrap_or("")),
         );
@@ -411,7 +411,7 @@ pub async fn job(
          <th scope=\"col\">Duration</th><th scope=\"col\">Message</th></tr></thead><tbody>{rows}</tbody></table>{pager}",
         name = esc(&def.name),
         failures = info.consecutive_failures,
-        success = when(info.last_success),
+        success = when_in(info.last_success, &def.schedule),
         buttons = buttons(&def, role, paused),
         strip = svg::strip(strip_marks, STRIP_RUNS as usize),
         chart_n = marks.len(),
