@@ -1658,39 +1658,44 @@ async fn job_page_shows_the_definition_masked_fires_pauses_episodes_and_pages_ru
     );
     assert!(last.contains("id=\"newest\""));
 
-    // Pauses: the last ended one, then the one in force (the store keeps one pause row per
-    // job: a new pause replaces the ended one).
+    // Pauses: the history of ended ones, newest first, and the one in force.
     assert!(html.contains("Never paused."));
-    let (status, _) = api
-        .post(
-            "/api/v1/jobs/leaky/pause",
-            Some(OPERATOR),
-            Some(json!({"reason": "first window"})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = api
-        .post("/api/v1/jobs/leaky/resume", Some(OPERATOR), None)
-        .await;
-    assert_eq!(status, 200);
+    for window in ["first window", "second window"] {
+        let (status, _) = api
+            .post(
+                "/api/v1/jobs/leaky/pause",
+                Some(OPERATOR),
+                Some(json!({"reason": window})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = api
+            .post("/api/v1/jobs/leaky/resume", Some(OPERATOR), None)
+            .await;
+        assert_eq!(status, 200);
+    }
     let html = page("").await;
-    let last = html
-        .split("id=\"last-pause\"")
+    let history = html
+        .split("id=\"pause-history\"")
         .nth(1)
         .unwrap()
-        .split("</p>")
+        .split("</table>")
         .next()
         .unwrap();
-    assert!(
-        last.contains("first window") && last.contains("resumed"),
-        "{last}"
-    );
+    let second = history
+        .find("second window")
+        .expect("the second pause is listed");
+    let first = history
+        .find("first window")
+        .expect("the first pause is listed");
+    assert!(second < first, "newest first: {history}");
+    assert_eq!(history.matches("admin:operator").count(), 4, "{history}");
     assert!(!html.contains("id=\"pause\""));
     let (status, _) = api
         .post(
             "/api/v1/jobs/leaky/pause",
             Some(OPERATOR),
-            Some(json!({"reason": "second window"})),
+            Some(json!({"reason": "third window"})),
         )
         .await;
     assert_eq!(status, 200);
@@ -1703,10 +1708,11 @@ async fn job_page_shows_the_definition_masked_fires_pauses_episodes_and_pages_ru
         .next()
         .unwrap();
     assert!(
-        pause.contains("second window") && pause.contains("admin:operator"),
+        pause.contains("third window") && pause.contains("admin:operator"),
         "{pause}"
     );
     assert!(html.contains("None: the job is paused."));
+    assert!(html.contains("id=\"pause-history\""), "the history stays");
 
     daemon.shutdown().await;
     server.stop().await;

@@ -794,3 +794,139 @@ async fn cluster_page_lists_three_replicas_in_chromium() {
     daemon.shutdown().await;
     server.stop().await;
 }
+
+/// Accessibility and polish, in Chromium at phone width (390 px): the first Tab reaches "Skip
+/// to content"; every button and form field has an accessible name, every chart a label; no
+/// page scrolls sideways; a time shows UTC with the job's zone on hover; the favicon is served.
+#[tokio::test]
+async fn pages_are_keyboard_usable_labelled_and_fit_a_phone() {
+    let (_logs, _guard) = capture_logs();
+    let driver = start_driver().await;
+    let mut t = TestApp::new();
+    t.write_job(
+        "nightly-report",
+        "name: Nightly report\njob: exec\nschedule: {cron: '30 2 * * *', timezone: Europe/Berlin}\n\
+         command: [/bin/sh, -c, 'echo report done']\n",
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let base = server.url();
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(chromium_caps("390,844"))
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    sign_in(&c, &base).await;
+    // A run, so that the job and run pages have times and a log.
+    c.goto(&base).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css(
+            "tr[data-job=\"nightly-report\"] button.run-now",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let run_url = c
+        .wait()
+        .for_element(Locator::Css("#logs"))
+        .await
+        .map(|_| ())
+        .ok();
+    let _ = run_url;
+    let run_page = c.current_url().await.unwrap().to_string();
+
+    let audit = "var bad=[];\
+        document.querySelectorAll('button,input:not([type=hidden]),select').forEach(function(e){\
+          var name=(e.getAttribute('aria-label')||e.textContent||'').trim();\
+          if(!name&&e.labels&&e.labels.length)name=e.labels[0].textContent.trim();\
+          if(!name)bad.push('unnamed '+e.outerHTML.slice(0,80))});\
+        document.querySelectorAll('svg[role=img]').forEach(function(e){\
+          if(!e.getAttribute('aria-label'))bad.push('unlabelled chart')});\
+        if(document.documentElement.scrollWidth>window.innerWidth+1)\
+          bad.push('scrolls sideways: '+document.documentElement.scrollWidth+' > '+window.innerWidth);\
+        if(!document.querySelector('main#main'))bad.push('no main landmark');\
+        if(!document.querySelector('link[rel=icon]'))bad.push('no favicon link');\
+        return bad";
+    for page in [
+        base.clone(),
+        format!("{base}jobs/nightly-report"),
+        run_page.clone(),
+        format!("{base}cluster"),
+    ] {
+        c.goto(&page).await.unwrap();
+        c.wait().for_element(Locator::Id("main")).await.unwrap();
+        let bad = c.execute(audit, vec![]).await.unwrap();
+        assert_eq!(bad, json!([]), "{page}");
+        // The first Tab lands on the skip link, which moves to the content.
+        c.active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let focused = c
+            .execute("return document.activeElement.className", vec![])
+            .await
+            .unwrap();
+        assert_eq!(focused, json!("skip"), "{page}");
+    }
+    // Keyboard only: Tab to the job's Run now button and press Enter.
+    c.goto(&base).await.unwrap();
+    c.wait().for_element(Locator::Id("main")).await.unwrap();
+    let mut reached = false;
+    for _ in 0..60 {
+        c.active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let label = c
+            .execute(
+                "return document.activeElement.getAttribute('aria-label')",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if label == json!("Run Nightly report now") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Run now is reachable with Tab");
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("logs")).await.unwrap();
+    assert_ne!(
+        c.current_url().await.unwrap().to_string(),
+        run_page,
+        "a second run"
+    );
+
+    // Times: UTC, with the job's zone on hover.
+    c.goto(&format!("{base}jobs/nightly-report")).await.unwrap();
+    let title = c
+        .wait()
+        .for_element(Locator::Css("#runs time[title]"))
+        .await
+        .unwrap()
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(title.ends_with("(Europe/Berlin)"), "{title}");
+    let icon = reqwest::get(format!("{base}favicon.svg")).await.unwrap();
+    assert_eq!(icon.status(), 200);
+    assert!(icon.text().await.unwrap().starts_with("<svg"));
+    screenshot(&c, &t, "phone-job.png").await;
+
+    c.close().await.unwrap();
+    daemon.shutdown().await;
+    server.stop().await;
+}

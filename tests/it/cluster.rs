@@ -655,6 +655,15 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     // stored log lines.
     {
         let store = app.store().await;
+        // An ended pause first: it is history, which comes along too.
+        store
+            .pause_job("other", Some("last week"), "cli:test", chrono::Utc::now())
+            .await
+            .unwrap();
+        store
+            .resume_job("other", false, "cli:test", chrono::Utc::now())
+            .await
+            .unwrap();
         store
             .pause_job("other", Some("maintenance"), "cli:test", chrono::Utc::now())
             .await
@@ -730,6 +739,9 @@ async fn comment_on_tagged_cases_continues_on_postgres_after_migrate_state() {
     assert_eq!(history.len(), 2, "the copied run and the new one");
     let pauses = pg.pauses().await.unwrap();
     assert_eq!(pauses.len(), 1, "{pauses:?}");
+    let ended = pg.pause_history("other", 10).await.unwrap();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].pause.reason.as_deref(), Some("last week"));
     assert_eq!(
         (pauses[0].job_id.as_str(), pauses[0].reason.as_deref()),
         ("other", Some("maintenance"))

@@ -558,6 +558,9 @@ impl OpsStore for FlakyStore {
     async fn last_resume(&self, job_id: &str) -> StoreResult<Option<EndedPause>> {
         self.inner.last_resume(job_id).await
     }
+    async fn pause_history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<EndedPause>> {
+        self.inner.pause_history(job_id, limit).await
+    }
     async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>> {
         self.inner.take_catch_ups().await
     }

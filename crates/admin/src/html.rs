@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use axum::http::HeaderValue;
 use axum::response::Html;
 use chrono::{DateTime, Utc};
+use soarjobd_core::Schedule;
 use soarjobd_core::definition::JobDefinition;
 use soarjobd_core::store::RunStatus;
 
@@ -79,7 +80,12 @@ static STYLE: LazyLock<String> = LazyLock::new(|| {
          background:#f6f8fa;padding:.6rem;max-height:70vh;overflow:auto}\
          .l-ERROR{color:#b42318;font-weight:600}.l-WARN{color:#b54708}.l-DEBUG,.l-TRACE{color:#667085}\
          table.kv{width:auto}table.kv th{background:none;font-weight:600}\
-         @media (max-width:700px){.wide{display:none}body{margin:.6rem}}",
+         a:focus-visible,button:focus-visible,input:focus-visible,select:focus-visible,summary:focus-visible\
+         {outline:3px solid #175cd3;outline-offset:2px}\
+         .skip{position:absolute;left:-999px}.skip:focus{left:.6rem;top:.6rem;background:#fff;padding:.3rem}\
+         button{min-height:2rem}\
+         @media (max-width:700px){.wide{display:none}body{margin:.6rem}\
+         table{display:block;overflow-x:auto}.filters label{display:block;margin:.3rem 0}}",
     );
     for (status, colour) in STATUS_COLOURS {
         let _ = write!(s, ".m-{}{{fill:{colour}}}", status.as_str());
@@ -138,7 +144,7 @@ pub fn csp() -> HeaderValue {
         };
         let policy = format!(
             "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}' 'sha256-{}'; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+             connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             hash(&STYLE),
             hash(SCRIPT),
             hash(LIVE_SCRIPT)
@@ -173,9 +179,11 @@ pub fn layout_with(title: &str, body: &str, script: Script, sign_out: bool) -> H
     };
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · soarjobd</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"><style>{}</style></head><body>\
-         <p class=\"muted\"><a href=\"/\">soarjobd</a> {} · <a href=\"/cluster\">cluster</a> · <a href=\"/metrics\">metrics</a> · \
-         <a href=\"/api/v1/jobs\">API</a>{sign_out}</p>{body}{script}</body></html>",
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"><style>{}</style></head><body>\
+         <a class=\"skip\" href=\"#main\">Skip to content</a>\
+         <nav class=\"muted\" aria-label=\"site\"><a href=\"/\">soarjobd</a> {} · <a href=\"/cluster\">cluster</a> · <a href=\"/metrics\">metrics</a> · \
+         <a href=\"/api/v1/jobs\">API</a>{sign_out}</nav><main id=\"main\">{body}</main>{script}</body></html>",
         esc(title),
         *STYLE,
         esc(env!("CARGO_PKG_VERSION")),
@@ -191,6 +199,25 @@ pub fn when(t: Option<DateTime<Utc>>) -> String {
                 "<time datetime=\"{0}\">{1}</time>",
                 esc(&t.to_rfc3339()),
                 esc(&t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            )
+        },
+    )
+}
+
+/// A time in UTC whose hover text (`title`) is the same instant in the job's time zone.
+pub fn when_in(t: Option<DateTime<Utc>>, schedule: &Schedule) -> String {
+    t.map_or_else(
+        || "<span class=\"muted\">never</span>".into(),
+        |t| {
+            let zoned = t
+                .with_timezone(&schedule.timezone())
+                .format("%Y-%m-%d %H:%M:%S %Z");
+            format!(
+                "<time datetime=\"{0}\" title=\"{2} ({3})\">{1}</time>",
+                esc(&t.to_rfc3339()),
+                esc(&t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                esc(&zoned.to_string()),
+                esc(schedule.timezone().name()),
             )
         },
     )
@@ -218,16 +245,24 @@ pub fn buttons(def: &JobDefinition, role: Role, paused: bool) -> String {
         return String::new();
     }
     let id = seg(&def.id);
+    let name = esc(&def.name);
     let toggle = if paused {
         format!(
-            "<form method=\"post\" action=\"/jobs/{id}/resume\"><button type=\"submit\" class=\"resume\">Resume</button></form>"
+            "<form method=\"post\" action=\"/jobs/{id}/resume\"><button type=\"submit\" class=\"resume\" aria-label=\"Resume {name}\">Resume</button></form>"
         )
     } else {
         format!(
-            "<form method=\"post\" action=\"/jobs/{id}/pause\"><button type=\"submit\" class=\"pause\">Pause</button></form>"
+            "<form method=\"post\" action=\"/jobs/{id}/pause\"><button type=\"submit\" class=\"pause\" aria-label=\"Pause {name}\">Pause</button></form>"
         )
     };
     format!(
-        "<form method=\"post\" action=\"/jobs/{id}/run\"><button type=\"submit\" class=\"run-now\">Run now</button></form> {toggle}"
+        "<form method=\"post\" action=\"/jobs/{id}/run\"><button type=\"submit\" class=\"run-now\" aria-label=\"Run {name} now\">Run now</button></form> {toggle}"
     )
 }
+
+/// The favicon: the status colours as a small history strip.
+pub const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+<rect width=\"32\" height=\"32\" rx=\"6\" fill=\"#1d2430\"/>\
+<rect x=\"5\" y=\"8\" width=\"5\" height=\"16\" fill=\"#12b76a\"/>\
+<rect x=\"13.5\" y=\"8\" width=\"5\" height=\"16\" fill=\"#12b76a\"/>\
+<rect x=\"22\" y=\"8\" width=\"5\" height=\"16\" fill=\"#d92d20\"/></svg>";

@@ -1,6 +1,6 @@
 //! The job page (`/jobs/{id}`): the definition as loaded (parameters with secrets masked, the
 //! file it came from and the marketplace definition it uses), the next fires in the job's
-//! time zone and in UTC, its pauses, its alert episodes (open and past), a duration chart of
+//! time zone and in UTC, its pause in force and pause history, its alert episodes (open and past), a duration chart of
 //! its last [`CHART_RUNS`] runs, and its runs, paged (`?before=<run id>`, as the API pages).
 //!
 //! Secrets never reach the page: password parameters show as `********`, the values of an
@@ -23,7 +23,7 @@ use soarjobd_core::definition::{JobDefinition, ParamValue};
 use crate::Shared;
 use crate::api::{self, RunsQuery};
 use crate::extract::Reader;
-use crate::html::{buttons, esc, layout, millis, seg, status_cell, when};
+use crate::html::{buttons, esc, layout, millis, seg, status_cell, when, when_in};
 use crate::jobs_page::{STRIP_RUNS, job_states};
 use crate::page::{Page, error_page};
 use crate::svg;
@@ -34,6 +34,8 @@ pub const CHART_RUNS: u32 = 200;
 const RUNS_PER_PAGE: u32 = 50;
 /// Upcoming fires listed.
 const NEXT_FIRES: usize = 5;
+/// Ended pauses listed.
+const PAUSES: u32 = 50;
 /// Alert episodes listed.
 const EPISODES: u32 = 20;
 /// What a masked value shows.
@@ -274,25 +276,48 @@ pub async fn job(
         let _ = write!(
             pause_html,
             "<p id=\"pause\">Paused since {} by <code>{}</code>: {}</p>",
-            when(Some(p.since)),
+            when_in(Some(p.since), &def.schedule),
             esc(&p.actor),
             esc(p.reason.as_deref().unwrap_or("no reason given"))
         );
     }
-    if let Some(e) = &ended {
+    // Every ended pause, newest first (the store keeps the last 100 of a job).
+    let history = s
+        .control
+        .store
+        .pause_history(&def.id, PAUSES)
+        .await
+        .unwrap_or_default();
+    if !history.is_empty() {
+        let mut rows = String::new();
+        for e in &history {
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                when_in(Some(e.pause.since), &def.schedule),
+                esc(&e.pause.actor),
+                esc(e.pause.reason.as_deref().unwrap_or("")),
+                when_in(Some(e.resumed_at), &def.schedule),
+                esc(&e.resumed_by),
+                if e.catch_up { "yes" } else { "" },
+            );
+        }
         let _ = write!(
             pause_html,
-            "<p id=\"last-pause\" class=\"muted\">Last pause: {} by <code>{}</code> ({}), resumed {} by <code>{}</code>{}.</p>",
-            when(Some(e.pause.since)),
+            "<table id=\"pause-history\"><caption class=\"muted\">Ended pauses, newest first</caption>\
+             <thead><tr><th scope=\"col\">Paused</th><th scope=\"col\">By</th><th scope=\"col\">Reason</th>\
+             <th scope=\"col\">Resumed</th><th scope=\"col\">By</th><th scope=\"col\">Catch-up run</th></tr></thead>\
+             <tbody>{rows}</tbody></table>"
+        );
+    } else if let Some(e) = &ended {
+        // The history could not be read: the last ended pause, as `job_pauses` keeps it.
+        let _ = write!(
+            pause_html,
+            "<p id=\"last-pause\" class=\"muted\">Last pause: {} by <code>{}</code>, resumed {} by <code>{}</code>.</p>",
+            when_in(Some(e.pause.since), &def.schedule),
             esc(&e.pause.actor),
-            esc(e.pause.reason.as_deref().unwrap_or("no reason given")),
-            when(Some(e.resumed_at)),
+            when_in(Some(e.resumed_at), &def.schedule),
             esc(&e.resumed_by),
-            if e.catch_up {
-                ", with a catch-up run"
-            } else {
-                ""
-            },
         );
     }
     if pause_html.is_empty() {
@@ -310,10 +335,10 @@ pub async fn job(
                     "<tr data-episode=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     e.id,
                     e.rule.as_str(),
-                    when(Some(e.opened_at)),
+                    when_in(Some(e.opened_at), &def.schedule),
                     e.resolved_at.map_or_else(
                         || "<b class=\"s-failed\">open</b>".to_string(),
-                        |t| when(Some(t))
+                        |t| when_in(Some(t), &def.schedule)
                     ),
                     esc(&e.detail)
                 );
@@ -339,8 +364,8 @@ pub async fn job(
             id = r.id,
             status = status_cell(r.status),
             trigger = r.trigger.as_str(),
-            scheduled = when(Some(r.scheduled_at)),
-            started = when(Some(r.started_at)),
+            scheduled = when_in(Some(r.scheduled_at), &def.schedule),
+            started = when_in(Some(r.started_at), &def.schedule),
             duration = r.duration_ms.map(millis).unwrap_or_default(),
             message = esc(r.message.as_deref().unwrap_or("")),
         );
@@ -386,7 +411,7 @@ pub async fn job(
          <th scope=\"col\">Duration</th><th scope=\"col\">Message</th></tr></thead><tbody>{rows}</tbody></table>{pager}",
         name = esc(&def.name),
         failures = info.consecutive_failures,
-        success = when(info.last_success),
+        success = when_in(info.last_success, &def.schedule),
         buttons = buttons(&def, role, paused),
         strip = svg::strip(strip_marks, STRIP_RUNS as usize),
         chart_n = marks.len(),

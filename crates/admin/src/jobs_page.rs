@@ -26,7 +26,7 @@ use soarjobd_core::store::{RunMark, RunStatus, Trigger};
 use crate::Shared;
 use crate::auth::Role;
 use crate::extract::Reader;
-use crate::html::{STATUS_COLOURS, buttons, esc, layout, millis, seg, status_cell, when};
+use crate::html::{STATUS_COLOURS, buttons, esc, layout, millis, seg, status_cell, when, when_in};
 use crate::metrics::is_failure;
 use crate::page::Page;
 use crate::svg;
@@ -441,8 +441,8 @@ fn render_row(out: &mut String, s: &Shared, row: &Row<'_>, role: Role, now: Date
             .map(millis)
             .unwrap_or_default(),
         schedule = esc(&def.schedule.describe()),
-        last_success = when(info.last_success),
-        next = when(next),
+        last_success = when_in(info.last_success, &def.schedule),
+        next = when_in(next, &def.schedule),
         failures = info.consecutive_failures,
         buttons = buttons(def, role, row.paused),
     );

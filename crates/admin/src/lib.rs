@@ -146,6 +146,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/logout", post(page::logout))
         .route("/jobs/{id}", get(job_page::job))
         .route("/cluster", get(cluster_page::cluster))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route("/jobs/{id}/run", post(page::run_now))
         .route("/runs/{run_id}", get(run_page::run))
         .route("/runs/{run_id}/events", get(run_page::events))
@@ -159,6 +161,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), guard::check))
         .layer(middleware::from_fn(guard::headers))
         .with_state(shared)
+}
+
+/// The page's icon (no token needed: browsers ask for it without one).
+async fn favicon() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        html::FAVICON,
+    )
+        .into_response()
 }
 
 async fn livez(State(s): State<Arc<Shared>>) -> Response {

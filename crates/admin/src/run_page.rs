@@ -34,7 +34,7 @@ use crate::Shared;
 use crate::api;
 use crate::auth::Role;
 use crate::extract::Reader;
-use crate::html::{Script, esc, layout_with, millis, seg, when};
+use crate::html::{Script, esc, layout_with, millis, seg, when, when_in};
 use crate::page::{Page, error_page};
 
 /// How often a stream looks for new lines and for the run's end.
@@ -113,6 +113,12 @@ pub async fn run(
         Err(e) => return error_page(e),
     };
     let running = r.status == RunStatus::Running;
+    // Times in UTC, the job's zone on hover (when the job is still loaded).
+    let def = api::find_job(&s, &r.job_id).ok();
+    let at = |t| match &def {
+        Some(d) => when_in(t, &d.schedule),
+        None => when(t),
+    };
     let cancel = if running && role == Role::Operator {
         format!(
             "<form method=\"post\" action=\"/runs/{}/cancel\"><button type=\"submit\" id=\"cancel\">Cancel</button></form>",
@@ -193,9 +199,9 @@ pub async fn run(
         job = esc(&r.job_id),
         status = r.status.as_str(),
         trigger = r.trigger.as_str(),
-        scheduled = when(Some(r.scheduled_at)),
-        started = when(Some(r.started_at)),
-        finished = when(r.finished_at),
+        scheduled = at(Some(r.scheduled_at)),
+        started = at(Some(r.started_at)),
+        finished = at(r.finished_at),
         duration = r.duration_ms.map(millis).unwrap_or_default(),
         message = esc(r.message.as_deref().unwrap_or("")),
         error = esc(r.error.as_deref().unwrap_or("")),

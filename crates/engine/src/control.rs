@@ -82,6 +82,11 @@ impl ReadStore {
         self.0.last_runs().await
     }
 
+    /// The job's ended pauses, newest first.
+    pub async fn pause_history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<EndedPause>> {
+        self.0.pause_history(job_id, limit).await
+    }
+
     /// The processes registered on a clustered database; `None` on a single-node one.
     pub async fn nodes(&self) -> StoreResult<Option<Vec<NodeInfo>>> {
         self.0.nodes().await

@@ -60,6 +60,7 @@ macro_rules! each_contract_test {
             run_processes_are_recorded_updated_listed_and_forgotten,
             concurrent_claims_from_two_handles_take_each_tick_once,
             pauses_are_kept_resumed_and_catch_ups_taken_once,
+            pause_history_keeps_every_ended_pause_newest_first,
             run_logs_are_kept_in_order_and_pruned_with_their_run,
             alert_episodes_open_once_and_resolve_once,
             alert_history_lists_a_subjects_episodes_newest_first,
@@ -1379,4 +1380,104 @@ pub async fn last_successes_gives_each_jobs_newest_success(f: &dyn StoreFactory)
         [("j1".to_string(), at(1_500)), ("j3".to_string(), at(4_500))]
     );
     s.close().await;
+}
+
+/// Every resume adds the ended pause to the job's history (newest first, limited, per job);
+/// a resume of a job that is not paused adds nothing, nor does a second pause of a paused job.
+pub async fn pause_history_keeps_every_ended_pause_newest_first(f: &dyn StoreFactory) {
+    let db = f.create().await;
+    let store = db.open().await;
+    assert!(
+        store
+            .pause_history("a", 10)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+    for i in 0..3i64 {
+        let since = 1_000 + i * 100;
+        let reason = format!("window {i}");
+        store
+            .pause_job("a", Some(&reason), "cli:ann", at(since))
+            .await
+            .expect("pause");
+        // Paused again while paused: still one pause.
+        store
+            .pause_job("a", Some("again"), "cli:bob", at(since + 10))
+            .await
+            .expect("pause again");
+        store
+            .resume_job("a", i == 1, "token:ops", at(since + 50))
+            .await
+            .expect("resume")
+            .expect("was paused");
+        // A resume of a job that is not paused ends nothing.
+        assert!(
+            store
+                .resume_job("a", false, "token:ops", at(since + 60))
+                .await
+                .expect("resume again")
+                .is_none()
+        );
+    }
+    store
+        .pause_job("b", None, "cli:cy", at(5_000))
+        .await
+        .expect("pause b");
+    let h = store.pause_history("a", 10).await.expect("history");
+    type Shown<'a> = (
+        DateTime<Utc>,
+        Option<&'a str>,
+        &'a str,
+        DateTime<Utc>,
+        &'a str,
+        bool,
+    );
+    let shown: Vec<Shown> = h
+        .iter()
+        .map(|e| {
+            (
+                e.pause.since,
+                e.pause.reason.as_deref(),
+                e.pause.actor.as_str(),
+                e.resumed_at,
+                e.resumed_by.as_str(),
+                e.catch_up,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                at(1_200),
+                Some("window 2"),
+                "cli:ann",
+                at(1_250),
+                "token:ops",
+                false
+            ),
+            (
+                at(1_100),
+                Some("window 1"),
+                "cli:ann",
+                at(1_150),
+                "token:ops",
+                true
+            ),
+            (
+                at(1_000),
+                Some("window 0"),
+                "cli:ann",
+                at(1_050),
+                "token:ops",
+                false
+            ),
+        ]
+    );
+    assert_eq!(store.pause_history("a", 2).await.expect("limited").len(), 2);
+    // A pause in force is not history yet; another handle reads the same.
+    let other = db.open().await;
+    assert!(other.pause_history("b", 10).await.expect("b").is_empty());
+    assert_eq!(other.pause_history("a", 10).await.expect("a").len(), 3);
 }

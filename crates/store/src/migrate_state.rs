@@ -141,8 +141,8 @@ async fn copy(src: &SqlitePool, target: &PgStore) -> Result<Copied, MigrateState
     // Two copies at once would both find the target empty: the second waits here, then
     // finds the first one's rows.
     sqlx::query(
-        "LOCK TABLE job_runs, job_timestamps, job_context, job_seen, job_pauses, run_logs, \
-         alert_episodes IN EXCLUSIVE MODE",
+        "LOCK TABLE job_runs, job_timestamps, job_context, job_seen, job_pauses, \
+         job_pause_history, run_logs, alert_episodes IN EXCLUSIVE MODE",
     )
     .execute(&mut *tx)
     .await?;
@@ -290,6 +290,28 @@ async fn copy_ops(
         .execute(&mut **tx)
         .await?;
         copied.pauses += 1;
+    }
+    // The ended pauses (the job page's history), oldest first so the ids keep their order.
+    let rows = sqlx::query(
+        "SELECT job_id, since, reason, actor, resumed_at, resumed_by, catch_up \
+         FROM job_pause_history ORDER BY id",
+    )
+    .fetch_all(src)
+    .await?;
+    for r in &rows {
+        sqlx::query(
+            "INSERT INTO job_pause_history (job_id, since, reason, actor, resumed_at, \
+                 resumed_by, catch_up) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(r.try_get::<String, _>("job_id")?)
+        .bind(r.try_get::<i64, _>("since")?)
+        .bind(r.try_get::<Option<String>, _>("reason")?)
+        .bind(r.try_get::<String, _>("actor")?)
+        .bind(r.try_get::<i64, _>("resumed_at")?)
+        .bind(r.try_get::<String, _>("resumed_by")?)
+        .bind(r.try_get::<i64, _>("catch_up")?)
+        .execute(&mut **tx)
+        .await?;
     }
 
     // Run logs can be large (up to `run_logs.max_bytes` per run): read them a page at a time

@@ -138,6 +138,9 @@ pub trait OpsStore: Send + Sync + 'static {
     /// The job's last ended pause (for missed-tick counting after a restart), if any.
     async fn last_resume(&self, job_id: &str) -> StoreResult<Option<EndedPause>>;
 
+    /// The job's ended pauses, newest first, at most `limit` (the newest 100 are kept).
+    async fn pause_history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<EndedPause>>;
+
     /// Takes the catch-up request of every ended pause that has one (each is answered once,
     /// by whichever scheduler takes it).
     async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>>;

@@ -133,6 +133,24 @@ impl OpsStore for PgStore {
 
     /// One statement: of several replicas' schedulers taking at once, each request goes to
     /// exactly one (the row lock of the UPDATE decides).
+    async fn pause_history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<EndedPause>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            pause_columns!(),
+            " FROM job_pause_history WHERE job_id = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .db()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(ended_from_row(r)?);
+        }
+        Ok(out)
+    }
+
     async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>> {
         let rows = sqlx::query(concat!(
             "UPDATE job_pauses SET catch_up = 0 \

@@ -119,6 +119,23 @@ impl OpsStore for SqliteStore {
         }
     }
 
+    async fn pause_history(&self, job_id: &str, limit: u32) -> StoreResult<Vec<EndedPause>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PAUSE_COLUMNS} FROM job_pause_history WHERE job_id = ? \
+             ORDER BY id DESC LIMIT ?"
+        )))
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(ended_from_row(r)?);
+        }
+        Ok(out)
+    }
+
     async fn take_catch_ups(&self) -> StoreResult<Vec<EndedPause>> {
         // The scheduler asks every few seconds and there is almost never a request: a read
         // first, so the usual answer takes no write lock (which a claim would wait for).
