@@ -195,7 +195,10 @@ impl JobSpec for TcexApp {
             Err(problems) => errs.extend(problems.into_iter().map(|p| FieldError::new("uses", p))),
         }
         for p in params.iter() {
-            if RESERVED.contains(&p.name.as_str()) {
+            // An app may declare such a param; giving it a value is what cannot work.
+            if RESERVED.contains(&p.name.as_str())
+                && !matches!(p.value, soarjobd_core::definition::ParamValue::Null)
+            {
                 errs.push(FieldError::new(
                     format!("parameters.{}", p.name),
                     format!("`{}` is set by soarjobd, not by the app's values", p.name),
