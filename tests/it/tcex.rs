@@ -257,7 +257,8 @@ async fn the_example_app_stores_its_batch_exactly_as_with_real_credentials() {
         "app.log lines are the run's log: {stored}"
     );
     let history = format!("{run:?}");
-    let db = std::fs::read(app.path("state.db")).unwrap();
+    let mut db = std::fs::read(app.path("state.db")).unwrap();
+    db.extend(std::fs::read(app.path("state.db-wal")).unwrap_or_default());
     let daemon_log = logs.text();
     for (what, text) in [
         ("stored log", stored.as_str()),
@@ -809,4 +810,49 @@ async fn two_replicas_on_postgres_run_each_tick_of_an_app_once() {
         assert!(!logs.contains(secret), "{secret} in a replica's log");
     }
     pool.close().await;
+}
+
+#[tokio::test]
+async fn values_an_app_persists_in_results_tc_are_its_next_runs_values() {
+    let python = tcex_python();
+    let (_logs, _guard) = capture_logs();
+    let sim = start_sim().await;
+    let app = app_for(&sim, &python);
+    let dir = app.path("apps/counter");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("install.json"),
+        r#"{"displayName": "Counter", "programLanguage": "PYTHON", "programMain": "run",
+            "programVersion": "1.0.0", "runtimeLevel": "Organization", "listDelimiter": "|",
+            "features": ["fileParams"], "languageVersion": "3.11",
+            "params": [
+              {"name": "counter", "label": "Counter", "type": "String", "default": "0", "hidden": true},
+              {"name": "secret", "label": "Secret", "type": "String", "encrypt": true}
+            ]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("run.py"),
+        "from tcex import TcEx\n\
+         tcex = TcEx()\n\
+         n = int(tcex.inputs.contents_resolved['counter'])\n\
+         tcex.results_tc('counter', str(n + 1))\n\
+         tcex.results_tc('secret', 'persisted-password-never-kept')\n\
+         tcex.exit(0, f'counter={n}')\n",
+    )
+    .unwrap();
+    app.write_job("counter", "uses: ../apps/counter/install.json\n");
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        let run = run_job(&app, "counter").await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+        messages.push(run.message.unwrap_or_default());
+    }
+    assert_eq!(messages, ["counter=0", "counter=1", "counter=2"]);
+    let mut db = std::fs::read(app.path("state.db")).unwrap();
+    db.extend(std::fs::read(app.path("state.db-wal")).unwrap_or_default());
+    assert!(
+        !String::from_utf8_lossy(&db).contains("persisted-password-never-kept"),
+        "an encrypt param was persisted"
+    );
 }

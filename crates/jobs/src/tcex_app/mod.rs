@@ -61,6 +61,11 @@ const STDERR_TAIL: usize = 20;
 const MESSAGE_MAX: u64 = 4096;
 /// The most of the app's log files read, all rotations together.
 const APP_LOG_MAX: u64 = 64 * 1024 * 1024;
+/// The job's context key holding the values the app persisted (`results.tc`).
+const RESULTS_KEY: &str = "tcex.results";
+/// The most of `results.tc` read.
+const RESULTS_MAX: u64 = 1024 * 1024;
+
 /// Inputs the params file always carries, which an app's values cannot replace.
 const RESERVED: &[&str] = &[
     "tc_api_path",
@@ -289,7 +294,16 @@ impl Job for TcexApp {
         let dir = RunDir::create(&std::env::temp_dir(), owner)
             .map_err(|e| JobError::context("cannot create the run's folder", e))?;
         let api_path = format!("http://{}/api", gateway.addr());
-        let doc = params_document(ctx, &manifest, &dir, api_path, &token, deadline);
+        let mut doc = params_document(ctx, &manifest, &dir, api_path, &token, deadline);
+        // Values the app persisted on earlier runs (`results.tc`) win over the instance's, as
+        // the platform keeps them as the job's new param values (spec §5, assumed).
+        if let Some(Value::Object(kept)) = ctx.context_get(RESULTS_KEY).await? {
+            for (k, v) in kept {
+                if let (Some(text), true) = (v.as_str(), persistable(&manifest, &k)) {
+                    doc.insert(k, Value::String(text.to_string()));
+                }
+            }
+        }
         let (params_file, key) = dir
             .write_params(&doc, owner)
             .map_err(|e| JobError::context("cannot write the params file", e))?;
@@ -352,6 +366,7 @@ impl Job for TcexApp {
         // The app's log and message, read before the folder goes.
         log_app_files(&dir.path("log"), &clean);
         let message = read_message(&dir.path("out")).map(|m| clean(&m));
+        let results = read_results(&dir.path("out"), &manifest);
         let requests = guard.session.requests.load(Ordering::Relaxed);
         let refused = guard.session.refused.load(Ordering::Relaxed);
         // The token dies with the run, the folder (params file included) too.
@@ -368,6 +383,15 @@ impl Job for TcexApp {
         let status = status.map_err(|e| JobError::context("cannot wait for the app", e))?;
         use std::os::unix::process::ExitStatusExt;
         let code = status.code();
+        if matches!(code, Some(0 | 3)) && !results.is_empty() {
+            let mut kept = match ctx.context_get(RESULTS_KEY).await? {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            ctx.stats().set("tc_results", results.len() as u64);
+            kept.extend(results);
+            ctx.context_set(RESULTS_KEY, &Value::Object(kept)).await?;
+        }
         let what = match (code, status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
@@ -392,6 +416,26 @@ impl Job for TcexApp {
             }
         })
     }
+}
+
+/// Whether the app may persist `name` through `results.tc`: one of its params, not a password.
+fn persistable(manifest: &Manifest, name: &str) -> bool {
+    manifest.params.iter().any(|p| p.name == name && !p.encrypt)
+}
+
+/// The `key = value` lines of `results.tc` for params the app may persist.
+fn read_results(out: &Path, manifest: &Manifest) -> Map<String, Value> {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(out.join("results.tc")) {
+        let _ = f.take(RESULTS_MAX).read_to_string(&mut text);
+    }
+    text.lines()
+        .filter_map(|l| l.split_once(" = ").or_else(|| l.split_once('=')))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| persistable(manifest, k))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
 }
 
 /// `message.tc`, trimmed; `None` when absent or empty.
