@@ -813,7 +813,7 @@ async fn two_replicas_on_postgres_run_each_tick_of_an_app_once() {
 }
 
 #[tokio::test]
-async fn values_an_app_persists_in_results_tc_are_its_next_runs_values() {
+async fn first_run_params_then_the_values_an_app_persists_in_results_tc() {
     let python = tcex_python();
     let (_logs, _guard) = capture_logs();
     let sim = start_sim().await;
@@ -825,6 +825,10 @@ async fn values_an_app_persists_in_results_tc_are_its_next_runs_values() {
         r#"{"displayName": "Counter", "programLanguage": "PYTHON", "programMain": "run",
             "programVersion": "1.0.0", "runtimeLevel": "Organization", "listDelimiter": "|",
             "features": ["fileParams"], "languageVersion": "3.11",
+            "feeds": [{"sourceName": "Counter", "sourceCategory": "Premium",
+              "sourceDescription": "A counter", "jobFile": "counter.job.json",
+              "documentStorageLimitMb": 1, "indicatorLimit": 10,
+              "firstRunParams": [{"param": "counter", "value": "10"}]}],
             "params": [
               {"name": "counter", "label": "Counter", "type": "String", "default": "0", "hidden": true},
               {"name": "secret", "label": "Secret", "type": "String", "encrypt": true}
@@ -848,7 +852,8 @@ async fn values_an_app_persists_in_results_tc_are_its_next_runs_values() {
         assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
         messages.push(run.message.unwrap_or_default());
     }
-    assert_eq!(messages, ["counter=0", "counter=1", "counter=2"]);
+    // The first run takes the feed's firstRunParams; later ones what the app persisted.
+    assert_eq!(messages, ["counter=10", "counter=11", "counter=12"]);
     let mut db = std::fs::read(app.path("state.db")).unwrap();
     db.extend(std::fs::read(app.path("state.db-wal")).unwrap_or_default());
     assert!(

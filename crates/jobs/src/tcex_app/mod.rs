@@ -19,6 +19,10 @@
 //!   rotations) become the run's log lines, redacted (the run's passwords, the platform
 //!   credentials, the per-run token); the run's stats count the forwarded requests
 //!   (`tc_requests`).
+//! * Persisted values: `out/results.tc` pairs of a run exiting 0 or 3 (params of the app, never
+//!   `encrypt` ones) are kept in the job's context and override the instance's values on later
+//!   runs; a feed's `firstRunParams` apply until the job's first success (both assumed by the
+//!   spec).
 //! * Containment, timeouts and output limits as for `exec` ([`crate::process`]).
 
 mod deps;
@@ -63,6 +67,8 @@ const MESSAGE_MAX: u64 = 4096;
 const APP_LOG_MAX: u64 = 64 * 1024 * 1024;
 /// The job's context key holding the values the app persisted (`results.tc`).
 const RESULTS_KEY: &str = "tcex.results";
+/// The job's context key set by its first succeeded run (`firstRunParams` apply until then).
+const SUCCEEDED_KEY: &str = "tcex.succeeded";
 /// The most of `results.tc` read.
 const RESULTS_MAX: u64 = 1024 * 1024;
 
@@ -295,6 +301,14 @@ impl Job for TcexApp {
             .map_err(|e| JobError::context("cannot create the run's folder", e))?;
         let api_path = format!("http://{}/api", gateway.addr());
         let mut doc = params_document(ctx, &manifest, &dir, api_path, &token, deadline);
+        // A feed app's first-run values, until the job has succeeded once (spec §8, assumed).
+        if !manifest.first_run.is_empty() && ctx.context_get(SUCCEEDED_KEY).await?.is_none() {
+            for (k, v) in &manifest.first_run {
+                if persistable(&manifest, k) {
+                    doc.insert(k.clone(), Value::String(v.clone()));
+                }
+            }
+        }
         // Values the app persisted on earlier runs (`results.tc`) win over the instance's, as
         // the platform keeps them as the job's new param values (spec §5, assumed).
         if let Some(Value::Object(kept)) = ctx.context_get(RESULTS_KEY).await? {
@@ -383,6 +397,9 @@ impl Job for TcexApp {
         let status = status.map_err(|e| JobError::context("cannot wait for the app", e))?;
         use std::os::unix::process::ExitStatusExt;
         let code = status.code();
+        if code == Some(0) && !manifest.first_run.is_empty() {
+            ctx.context_set(SUCCEEDED_KEY, &Value::Bool(true)).await?;
+        }
         if matches!(code, Some(0 | 3)) && !results.is_empty() {
             let mut kept = match ctx.context_get(RESULTS_KEY).await? {
                 Some(Value::Object(m)) => m,
