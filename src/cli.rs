@@ -35,6 +35,41 @@ pub struct Cli {
     pub command: Option<Cmd>,
 }
 
+/// `soarjobd secops ...`.
+#[derive(Subcommand, Debug)]
+pub enum SecopsCmd {
+    /// Copy a job's context properties and SDK timestamps from the tenant into the store, so
+    /// its first run here continues where the platform stopped.
+    ImportState {
+        /// soarjobd's job id.
+        job_id: String,
+        /// The job instance's identifier on the tenant (its unique_identifier).
+        #[arg(long)]
+        identifier: String,
+        /// A script_name the script sets (repeatable; default: the job's name).
+        #[arg(long = "script-name")]
+        script_names: Vec<String>,
+        /// A context property key to import besides `timestamp` (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// Show what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build each integration's Python environment (its dependencies from local wheels,
+    /// secops.wheels; the SOAR SDK from secops.sdk) under secops.data_dir. Idempotent.
+    Install {
+        /// Integration folders (holding pyproject.toml or requirements.txt, and jobs/).
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        /// Also use the package index (after the local wheels); default: offline.
+        #[arg(long)]
+        online: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (the default).
@@ -139,6 +174,11 @@ pub enum Cmd {
         /// The PostgreSQL database: postgres://USER@HOST/DB (created tables if new).
         #[arg(long)]
         to: String,
+    },
+    /// Moving SecOps jobs over: import a job's state from the tenant, install integrations.
+    Secops {
+        #[command(subcommand)]
+        cmd: SecopsCmd,
     },
     /// Run a platform simulator.
     Sim {
@@ -391,6 +431,32 @@ async fn dispatch(
         }
         Cmd::Demo { data_dir, cases } => crate::demo::run(app, settings, data_dir, cases).await,
         Cmd::Sim { which } => crate::demo::sim(which).await,
+        Cmd::Secops { cmd } => {
+            let app = app.settings(settings).assemble().0;
+            match cmd {
+                SecopsCmd::ImportState {
+                    job_id,
+                    identifier,
+                    script_names,
+                    keys,
+                    dry_run,
+                    json,
+                } => {
+                    let req = crate::secops_cli::ImportState {
+                        job_id,
+                        identifier,
+                        script_names,
+                        keys,
+                        dry_run,
+                        json,
+                    };
+                    crate::secops_cli::import_state(&app, &req).await
+                }
+                SecopsCmd::Install { folders, online } => {
+                    crate::secops_cli::install(&app, &folders, online)
+                }
+            }
+        }
         Cmd::Probe { addr, path } => probe(&settings, addr, &path).await,
         Cmd::Nodes { json } => {
             crate::replicas::nodes(&app.settings(settings).assemble().0, json).await

@@ -47,16 +47,30 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    let successes = match store.last_successes().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
     store.close().await;
     let paused: HashMap<&str, &soarjobd_core::store::ops::JobPause> =
         pauses.iter().map(|p| (p.job_id.as_str(), p)).collect();
     let last: HashMap<&str, &RunRecord> =
         last_runs.iter().map(|r| (r.job_id.as_str(), r)).collect();
-    let success: HashMap<&str, i64> = stamps
-        .iter()
-        .filter(|(_, k, _)| k == soarjobd_core::DEFAULT_TIMESTAMP_KEY)
-        .map(|(j, _, v)| (j.as_str(), *v))
-        .collect();
+    // LAST SUCCESS is the job's newest succeeded run; TIMESTAMP the job's saved timestamp
+    // (`timestamp`, or the newest `<identifier>/timestamp` a SecOps script saved).
+    let success: HashMap<&str, DateTime<Utc>> =
+        successes.iter().map(|(j, at)| (j.as_str(), *at)).collect();
+    let mut saved: HashMap<&str, i64> = HashMap::new();
+    for (j, k, v) in &stamps {
+        let key = soarjobd_core::DEFAULT_TIMESTAMP_KEY;
+        if k == key || k.strip_suffix(key).is_some_and(|p| p.ends_with('/')) {
+            let e = saved.entry(j.as_str()).or_insert(*v);
+            *e = (*e).max(*v);
+        }
+    }
     let now = Utc::now();
     let rows: Vec<serde_json::Value> = report
         .jobs
@@ -79,7 +93,8 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                     "status": r.status,
                     "started_at": ts(r.started_at),
                 })),
-                "last_success": success
+                "last_success": success.get(d.id.as_str()).map(|at| ts(*at)),
+                "timestamp": saved
                     .get(d.id.as_str())
                     .and_then(|ms| DateTime::from_timestamp_millis(*ms))
                     .map(ts),
@@ -102,8 +117,8 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
     } else {
         let _ = writeln!(
             out,
-            "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21}",
-            "JOB", "ENABLED", "SCHEDULE", "LAST RUN", "LAST SUCCESS", "NEXT"
+            "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21} {:<21}",
+            "JOB", "ENABLED", "SCHEDULE", "LAST RUN", "LAST SUCCESS", "TIMESTAMP", "NEXT"
         );
         for r in &rows {
             let last_run = r["last_run"]
@@ -118,7 +133,7 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21}",
+                "{:<32} {:<8} {:<34} {:<32} {:<21} {:<21} {:<21}",
                 r["id"].as_str().unwrap_or(""),
                 if r["paused"].is_object() {
                     "paused"
@@ -130,6 +145,7 @@ pub async fn list(app: &App, json_out: bool) -> i32 {
                 r["schedule"].as_str().unwrap_or(""),
                 last_run,
                 r["last_success"].as_str().unwrap_or("-"),
+                r["timestamp"].as_str().unwrap_or("-"),
                 r["next"].as_str().unwrap_or("-"),
             );
         }

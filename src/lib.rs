@@ -22,3 +22,4 @@ pub mod demo;
 pub mod inspect;
 pub mod ops_cli;
 pub mod replicas;
+pub mod secops_cli;

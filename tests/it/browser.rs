@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::admin::start_with_admin;
 use crate::support::{TestApp, capture_logs, eventually};
+use soarjobd_store::testdb::TestDb;
 
 const OPERATOR: &str = "operator-token-7b21e4";
 
@@ -645,6 +646,151 @@ async fn run_page_follows_a_running_runs_log_live_and_cancels_it() {
     assert_eq!(live, json!(null));
 
     c.close().await.unwrap();
+    daemon.shutdown().await;
+    server.stop().await;
+}
+
+/// A `soarjobd run` replica process on `db` sharing `dir`'s jobs, SIGKILLed on drop.
+struct ReplicaProcess(Child);
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn replica_process(dir: &std::path::Path, db: &TestDb, name: &str) -> ReplicaProcess {
+    let out = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = crate::support::soarjobd_in(dir, &["run"])
+        .env_remove("SOARJOBD_CONFIG")
+        .env("SOARJOBD__DATABASE_URL", db.url())
+        .env("SOARJOBD__CLUSTER__HEARTBEAT", "500ms")
+        .env("SOARJOBD__CLUSTER__DEAD_AFTER", "1500ms")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("a replica starts");
+    ReplicaProcess(child)
+}
+
+/// The cluster page's replica rows: (node, pid, alive, role, jobs owned, runs shown).
+async fn cluster_rows(c: &fantoccini::Client) -> Vec<ClusterRow> {
+    let rows = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#nodes tbody tr')).map(function(r){\
+             var n=r.querySelector('.owned-count');\
+             return [Number(r.dataset.node),Number(r.cells[2].textContent),r.dataset.alive==='true',\
+             r.cells[3].textContent,n?Number(n.textContent):0,r.querySelectorAll('.running a[href^=\"/runs/\"]').length]})",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(rows).unwrap()
+}
+
+type ClusterRow = (i64, i64, bool, String, usize, usize);
+
+/// Reloads the cluster page until `done` holds for its rows (60 s at most).
+async fn poll_cluster(
+    c: &fantoccini::Client,
+    base: &str,
+    done: impl Fn(&[ClusterRow]) -> bool,
+) -> (bool, Vec<ClusterRow>) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        c.goto(&format!("{base}cluster")).await.unwrap();
+        c.wait().for_element(Locator::Id("nodes")).await.unwrap();
+        let rows = cluster_rows(c).await;
+        if done(&rows) || std::time::Instant::now() > until {
+            return (done(&rows), rows);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Three replicas on PostgreSQL (this process's daemon with the admin server, and two
+/// `soarjobd run` processes): the cluster page lists all three alive, every enabled job owned
+/// by exactly one of them (the store's rendezvous hashing), the running run under its replica;
+/// a killed replica stops being listed as alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_page_lists_three_replicas_in_chromium() {
+    let db = TestDb::create().await;
+    let driver = start_driver().await;
+    let mut t = TestApp::new();
+    t.settings.database_url = db.url().to_string();
+    t.settings.cluster.heartbeat = Duration::from_millis(500);
+    t.settings.cluster.dead_after = Duration::from_millis(1500);
+    const JOBS: usize = 12;
+    for i in 0..JOBS - 1 {
+        t.write_job(
+            &format!("feed-{i:02}"),
+            &format!("name: Feed {i}\njob: exec\nschedule: {{every: 1h}}\ncommand: [/bin/true]\n"),
+        );
+    }
+    t.write_job(
+        "long-scan",
+        "name: Long scan\njob: exec\nschedule: {every: 1s}\noverlap: skip\ncommand: [/bin/sleep, '30']\n",
+    );
+    let (daemon, server) = start_with_admin(&mut t, true).await;
+    let base = server.url();
+    let _b = replica_process(t.dir.path(), &db, "b");
+    let mut c_proc = replica_process(t.dir.path(), &db, "c");
+    let victim = i64::from(c_proc.0.id());
+
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(chromium_caps("1400,700"))
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    sign_in(&c, &base).await;
+    let (three, rows) = poll_cluster(&c, &base, |rows| {
+        let daemons: Vec<_> = rows.iter().filter(|r| r.3 != "client").collect();
+        daemons.len() == 3
+            && daemons.iter().all(|r| r.2 && r.4 > 0)
+            && daemons.iter().map(|r| r.4).sum::<usize>() == JOBS
+            && daemons.iter().map(|r| r.5).sum::<usize>() >= 1
+    })
+    .await;
+    assert!(
+        three,
+        "three live replicas sharing the {JOBS} jobs, one running the long scan: {rows:?}"
+    );
+    let summary = c
+        .find(Locator::Id("summary"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(summary.starts_with("3 of 3 replicas alive"), "{summary}");
+    // The navigation reaches the page by keyboard-usable links.
+    c.find(Locator::Css("a[href=\"/cluster\"]")).await.unwrap();
+    screenshot(&c, &t, "cluster.png").await;
+
+    // One replica is killed: it is shown dead until it is taken over, then gone; its jobs move
+    // to the two left.
+    let _ = c_proc.0.kill();
+    let _ = c_proc.0.wait();
+    let (moved, rows) = poll_cluster(&c, &base, |rows| {
+        let live: Vec<_> = rows.iter().filter(|r| r.3 != "client" && r.2).collect();
+        live.len() == 2
+            && live.iter().all(|r| r.1 != victim)
+            && live.iter().map(|r| r.4).sum::<usize>() == JOBS
+    })
+    .await;
+    assert!(moved, "two live replicas own every job: {rows:?}");
+    assert!(
+        rows.iter()
+            .filter(|r| r.1 == victim)
+            .all(|r| !r.2 && r.4 == 0),
+        "the killed replica is dead or gone: {rows:?}"
+    );
+
+    c.close().await.unwrap();
+    drop(_b);
     daemon.shutdown().await;
     server.stop().await;
 }

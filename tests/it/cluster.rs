@@ -1524,3 +1524,289 @@ async fn long_ticks_on_three_replicas_one_killed_every_10s_lose_only_the_victims
         "catch-ups of jobs no kill touched: {others:?}\n{logs}"
     );
 }
+
+/// The rows of the test database: (id, job, scheduled_at, trigger, status, owner_pid).
+async fn all_runs(pool: &PgPool) -> Vec<(i64, String, i64, String, String, i64)> {
+    sqlx::query_as(
+        "SELECT id, job_id, scheduled_at, \"trigger\", status, owner_pid FROM job_runs ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The database server's clock, unix ms (what the replicas judge liveness by).
+async fn server_ms(pool: &PgPool) -> i64 {
+    scalar(
+        pool,
+        "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+    )
+    .await
+}
+
+/// Issue 22, fencing of claims: a replica SIGSTOPped right after it claimed ticks ahead of
+/// their instant, past `dead_after`, is declared dead, its claims are `interrupted` and its
+/// jobs move (caught up once per `misfire: run_once`); SIGCONT: it must not start the ticks
+/// it claimed before the freeze (its claims are no longer its own) nor the ticks due while
+/// it was frozen (the other replica decided them). Counted from what the jobs executed: no
+/// claim key runs twice, no job is caught up twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_does_not_start_the_ticks_it_claimed_before_it_was_declared_dead() {
+    const JOBS: usize = 20;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    exec_jobs(dir.path(), JOBS, "0", "misfire: run_once\n");
+    let mut replicas = [
+        replica(dir.path(), &db, "a", &[]),
+        replica(dir.path(), &db, "b", &[]),
+    ];
+    let pool = pool(&db).await;
+    // Both replicas schedule their share (the jobs are spread once both are members).
+    let both = eventually(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT owner_pid) FROM job_runs WHERE status = 'succeeded' \
+             AND started_at > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 1500",
+        )
+        .fetch_one(&pool)
+        .await
+        .is_ok_and(|n| n == 2)
+    })
+    .await;
+    assert!(both, "the two replicas do not both run jobs");
+
+    // Freeze a replica while it holds ticks claimed ahead: poll for such rows, SIGSTOP their
+    // owner, then read which of its claims were still ahead of their instant after the stop
+    // (those cannot have fired). A few tries: the stop may land just after they fired.
+    let mut frozen = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while frozen.is_none() && tokio::time::Instant::now() < deadline {
+        let ahead: Option<i64> = sqlx::query_scalar(
+            "SELECT owner_pid FROM job_runs WHERE status = 'running' \
+             AND started_at > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT + 60 \
+             LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        let Some(pid) = ahead else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Some(i) = replicas.iter().position(|r| i64::from(r.id()) == pid) else {
+            continue;
+        };
+        signal(&replicas[i], libc::SIGSTOP);
+        let stopped_ms = server_ms(&pool).await;
+        let claims: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM job_runs WHERE status = 'running' AND owner_pid = $1 \
+             AND started_at > $2",
+        )
+        .bind(pid)
+        .bind(stopped_ms + 20)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if claims.is_empty() {
+            signal(&replicas[i], libc::SIGCONT);
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            continue;
+        }
+        frozen = Some((i, pid, stopped_ms, claims));
+    }
+    let (victim, pid, stopped_ms, claims) =
+        frozen.expect("never froze a replica with claims ahead");
+    let name = ["a", "b"][victim];
+
+    // Declared dead: its claims are interrupted by the other replica.
+    let claim_list = claims.clone();
+    let taken = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM job_runs WHERE id = ANY($1) AND status = 'interrupted'",
+        )
+        .bind(&claim_list)
+        .fetch_one(&pool)
+        .await
+        .is_ok_and(|n| n == claim_list.len() as i64)
+    })
+    .await;
+    assert!(taken, "the frozen replica's claims were not taken over");
+    // A few more of its jobs' ticks pass on the other replica, then it continues.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cont_ms = server_ms(&pool).await;
+    signal(&replicas[victim], libc::SIGCONT);
+    let dir_path = dir.path().to_path_buf();
+    let noticed = eventually(Duration::from_secs(20), || async {
+        log(&dir_path, name).contains("declared dead")
+    })
+    .await;
+    assert!(
+        noticed,
+        "the frozen replica did not notice:\n{}",
+        log(dir.path(), name)
+    );
+    // It runs its share again for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for r in &mut replicas {
+        assert_eq!(stop(r, Duration::from_secs(30)).await, Some(0));
+    }
+    let rows = all_runs(&pool).await;
+    pool.close().await;
+    let victim_log = log(dir.path(), name);
+
+    let executed = executed(dir.path());
+    let ran: BTreeSet<i64> = executed.iter().copied().collect();
+    // The claims made before the freeze did not start.
+    let started: Vec<&i64> = claims.iter().filter(|id| ran.contains(id)).collect();
+    assert!(
+        started.is_empty(),
+        "the frozen replica started runs it had claimed before it was declared dead: \
+         {started:?}\n{victim_log}"
+    );
+    assert!(
+        victim_log.contains("claimed run not started"),
+        "the skipped claims are not logged:\n{victim_log}"
+    );
+    // Nothing of the freeze window ran on the frozen replica afterwards.
+    let late: Vec<_> = rows
+        .iter()
+        .filter(|r| r.5 == pid && r.2 > stopped_ms && r.2 < cont_ms && ran.contains(&r.0))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the frozen replica ran ticks due while it was frozen: {late:?}\n{victim_log}"
+    );
+    // No claim key executed twice (a catch-up's key is its tick plus 1 ms: counted with its
+    // tick), and every execution has its row.
+    let by_id: HashMap<i64, _> = rows.iter().map(|r| (r.0, r)).collect();
+    let mut per_tick: HashMap<(&str, i64), Vec<i64>> = HashMap::new();
+    for id in &executed {
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} executed without a row"));
+        per_tick
+            .entry((r.1.as_str(), r.2 - r.2.rem_euclid(1000)))
+            .or_default()
+            .push(*id);
+    }
+    let twice: Vec<_> = per_tick.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "ticks executed twice: {twice:?}");
+    // misfire: run_once: at most one catch-up per job for the freeze.
+    let mut catch_ups: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.3 == "catch_up" && ran.contains(&r.0))
+    {
+        *catch_ups.entry(r.1.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = catch_ups.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs caught up more than once: {twice:?}");
+    eprintln!(
+        "froze pid {pid} with {} claims ahead; {} runs executed, catch-ups {catch_ups:?}",
+        claims.len(),
+        executed.len()
+    );
+}
+
+/// Issue 22: a replica started late takes its share of the jobs at once (the rendezvous set
+/// is recomputed when it joins: it claims its share as soon as its scheduler runs, and the
+/// others leave those jobs to it at their next sweep), with no tick lost or doubled during
+/// the handover: every tick of every job from the join on ran exactly once (`misfire: skip`,
+/// so a gap would show), counted from what the jobs executed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_late_takes_its_share_without_a_gap_or_a_double() {
+    const JOBS: usize = 20;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    exec_jobs(dir.path(), JOBS, "0", "misfire: skip\n");
+    let mut replicas = vec![
+        replica(dir.path(), &db, "a", &[]),
+        replica(dir.path(), &db, "b", &[]),
+    ];
+    let pool = pool(&db).await;
+    let both = eventually(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT owner_pid) FROM job_runs WHERE status = 'succeeded' \
+             AND started_at > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 1500",
+        )
+        .fetch_one(&pool)
+        .await
+        .is_ok_and(|n| n == 2)
+    })
+    .await;
+    assert!(both, "the two replicas do not both run jobs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let join_ms = server_ms(&pool).await;
+    replicas.push(replica(dir.path(), &db, "c", &[]));
+    let late_pid = i64::from(replicas[2].id());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let end_ms = server_ms(&pool).await;
+    for r in &mut replicas {
+        assert_eq!(stop(r, Duration::from_secs(30)).await, Some(0));
+    }
+    let rows = all_runs(&pool).await;
+    let joined: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(started_at) FROM job_runs WHERE owner_pid = $1 AND status = 'succeeded'",
+    )
+    .bind(late_pid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let first_run = joined.expect("the late replica ran nothing");
+
+    let executed = executed(dir.path());
+    let by_id: HashMap<i64, _> = rows.iter().map(|r| (r.0, r)).collect();
+    let mut per_tick: HashMap<(String, i64), Vec<(i64, i64)>> = HashMap::new();
+    for id in &executed {
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} executed without a row"));
+        per_tick
+            .entry((r.1.clone(), r.2 - r.2.rem_euclid(1000)))
+            .or_default()
+            .push((*id, r.5));
+    }
+    let twice: Vec<_> = per_tick.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "ticks executed twice: {twice:?}");
+    // Every tick from the join (rounded up) to 2 s before the stop ran once.
+    let first = join_ms - join_ms.rem_euclid(1000) + 1000;
+    let last = end_ms - end_ms.rem_euclid(1000) - 2000;
+    let mut missing = Vec::new();
+    for n in 0..JOBS {
+        let job = format!("j{n:02}");
+        for t in (first..=last).step_by(1000) {
+            if !per_tick.contains_key(&(job.clone(), t)) {
+                missing.push((job.clone(), t));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ticks nobody ran during the join: {missing:?}"
+    );
+    // The last 3 s: each job on one replica, and the late one holds a share.
+    let mut owners: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for ((job, t), runs) in &per_tick {
+        if *t > last - 3000 && *t <= last {
+            owners
+                .entry(job.clone())
+                .or_default()
+                .extend(runs.iter().map(|r| r.1));
+        }
+    }
+    let moving: Vec<_> = owners.iter().filter(|(_, p)| p.len() > 1).collect();
+    assert!(
+        moving.is_empty(),
+        "jobs still moving 5 s after the join: {moving:?}"
+    );
+    let mut share: BTreeMap<i64, usize> = BTreeMap::new();
+    for pids in owners.values() {
+        *share.entry(*pids.first().unwrap()).or_default() += 1;
+    }
+    assert_eq!(share.len(), 3, "jobs per replica pid: {share:?}");
+    eprintln!(
+        "jobs per replica pid after the join: {share:?} (late replica {late_pid}); its first \
+         run started {} ms after it was spawned",
+        first_run - join_ms
+    );
+}

@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so they link once.
 
 mod admin;
+mod alert_sinks;
 mod alerts;
 mod app;
 mod browser;
@@ -21,6 +22,8 @@ mod reload;
 mod runtime;
 #[cfg(feature = "sim")]
 mod secops;
+#[cfg(feature = "sim")]
+mod secops_migration;
 // These two drive the simulators (`soarjobd_sim`, the default feature `sim`).
 #[cfg(feature = "sim")]
 mod soar;

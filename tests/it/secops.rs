@@ -218,9 +218,13 @@ async fn tag_untouched_cases_tags_exactly_the_right_cases_and_never_shows_the_te
     let given: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
     let argv = given["argv"].as_array().unwrap();
-    assert_eq!(argv.len(), 2, "{argv:?}");
+    assert_eq!(argv.len(), 3, "{argv:?}");
     assert!(argv[0].as_str().unwrap().ends_with("TagUntouchedCases.py"));
     assert_eq!(argv[1].as_str().unwrap().len(), 64, "a per-run token");
+    assert!(
+        argv[2].as_str().unwrap().starts_with("--logPath="),
+        "{argv:?}"
+    );
     let env = &given["env"];
     assert_eq!(env["APP_IP"], "127.0.0.1");
     assert_eq!(env["APP_USE_SSL"], "False");
@@ -304,7 +308,10 @@ async fn timestamps_and_context_saved_by_the_script_survive_runs_and_restarts() 
     // The SDK's timestamp is the job's last-success timestamp in soarjobd's store.
     let store = app.store().await;
     assert_eq!(
-        store.get_timestamp("stateful", "timestamp").await.unwrap(),
+        store
+            .get_timestamp("stateful", "Stateful Job/timestamp")
+            .await
+            .unwrap(),
         Some(1_700_000_000_002)
     );
     assert_eq!(
@@ -598,7 +605,7 @@ async fn the_shipped_example_runs_against_the_simulator() {
     assert_eq!(tagged, [stale]);
     assert!(
         store
-            .get_timestamp("tag-stale-cases", "timestamp")
+            .get_timestamp("tag-stale-cases", "Tag Stale Cases/timestamp")
             .await
             .unwrap()
             .is_some()

@@ -225,7 +225,10 @@ impl RunStore for FlakyStore {
         self.check()?;
         self.inner.claim_runs_exclusive(runs, exclusive).await
     }
-    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+    async fn mark_started(
+        &self,
+        runs: &[(i64, Option<DateTime<Utc>>)],
+    ) -> soarjobd_core::store::StartCheck {
         self.inner.mark_started(runs).await
     }
     async fn finish_run(&self, run_id: i64, finish: &RunFinish) -> StoreResult<bool> {

@@ -174,7 +174,7 @@ pub fn layout_with(title: &str, body: &str, script: Script, sign_out: bool) -> H
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · soarjobd</title>\
          <meta name=\"viewport\" content=\"width=device-width\"><style>{}</style></head><body>\
-         <p class=\"muted\"><a href=\"/\">soarjobd</a> {} · <a href=\"/metrics\">metrics</a> · \
+         <p class=\"muted\"><a href=\"/\">soarjobd</a> {} · <a href=\"/cluster\">cluster</a> · <a href=\"/metrics\">metrics</a> · \
          <a href=\"/api/v1/jobs\">API</a>{sign_out}</p>{body}{script}</body></html>",
         esc(title),
         *STYLE,

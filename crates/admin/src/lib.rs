@@ -17,6 +17,7 @@
 
 mod api;
 mod auth;
+mod cluster_page;
 pub mod config;
 mod conn;
 mod error;
@@ -144,6 +145,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
         .route("/jobs/{id}", get(job_page::job))
+        .route("/cluster", get(cluster_page::cluster))
         .route("/jobs/{id}/run", post(page::run_now))
         .route("/runs/{run_id}", get(run_page::run))
         .route("/runs/{run_id}/events", get(run_page::events))

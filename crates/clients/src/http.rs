@@ -313,7 +313,8 @@ impl Request {
     }
 }
 
-/// A successful (2xx) answer.
+/// An answer: a successful (2xx) one from [`HttpClient::send`], any from
+/// [`HttpClient::send_answered`].
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
@@ -421,8 +422,9 @@ struct Failure {
     error: HttpError,
     retry: bool,
     retry_after: Option<Duration>,
-    /// The non-2xx answer itself, for [`HttpClient::send_answer`].
-    answer: Option<Box<Response>>,
+    /// The server's answer, when one came (a non-2xx status): [`HttpClient::send_answered`]
+    /// hands it on as it came.
+    answer: Option<Response>,
 }
 
 impl HttpClient {
@@ -463,27 +465,27 @@ impl HttpClient {
         })
     }
 
-    /// Sends `req` under the policy; `Ok` for any answer the server gave in the end (after
-    /// the policy's retries), whatever its status: for a gateway that passes answers back.
-    /// `Err` only when no answer came (a transport failure, or a write in doubt without one).
-    pub async fn send_answer(&self, req: Request) -> Result<Response, HttpError> {
-        self.run(req).await.or_else(|f| match f.answer {
-            Some(answer) => Ok(*answer),
-            None => Err(f.error),
-        })
-    }
-
     /// Sends `req` under the policy; `Ok` only for a 2xx answer.
     pub async fn send(&self, req: Request) -> Result<Response, HttpError> {
-        self.run(req).await.map_err(|f| f.error)
+        self.send_policy(&req).await.map_err(|f| f.error)
     }
 
-    async fn run(&self, req: Request) -> Result<Response, Failure> {
+    /// Sends `req` under the same policy (retries, backoff, rate limit), but hands on the
+    /// server's last answer whatever its status (a `500` stays a `500`, with its body): `Err`
+    /// only when no answer came (connection refused, a timeout, a reset), so the caller can
+    /// say "no answer" exactly then. For a proxy that must be faithful to the upstream.
+    pub async fn send_answered(&self, req: Request) -> Result<Response, HttpError> {
+        self.send_policy(&req)
+            .await
+            .or_else(|f| f.answer.ok_or(f.error))
+    }
+
+    async fn send_policy(&self, req: &Request) -> Result<Response, Failure> {
         let policy = &self.inner.retry;
         let mut attempts = 0usize;
         let result = (|| {
             attempts += 1;
-            self.attempt(&req)
+            self.attempt(req)
         })
         .retry(policy.backoff())
         .when(|f: &Failure| f.retry)
@@ -503,8 +505,19 @@ impl HttpClient {
         })
         .await;
         result.map_err(|mut f| {
-            if let HttpError::RateLimited { attempts: n, .. } = &mut f.error {
-                *n = attempts;
+            if let HttpError::RateLimited {
+                method,
+                path,
+                retry_after,
+                ..
+            } = f.error
+            {
+                f.error = HttpError::RateLimited {
+                    method,
+                    path,
+                    attempts,
+                    retry_after,
+                };
             }
             f
         })
@@ -596,13 +609,13 @@ impl HttpClient {
             &body,
             req.idempotent,
         );
-        failure.answer = Some(Box::new(Response {
+        failure.answer = Some(Response {
             status,
             headers,
             body,
             method,
             path,
-        }));
+        });
         Err(failure)
     }
 }

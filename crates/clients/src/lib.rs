@@ -17,4 +17,4 @@ pub mod threatconnect;
 
 mod alert_sinks;
 
-pub use alert_sinks::{Shape, SinkRetry, WebhookSink, sinks};
+pub use alert_sinks::{EmailSink, Shape, SinkRetry, WebhookSink, pagerduty_dedup_key, sinks};

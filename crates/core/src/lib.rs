@@ -31,7 +31,8 @@ mod redact;
 mod schedule;
 
 pub use alerts::{
-    AlertSettings, AlertState, JobAlerts, NoSuccessFor, Notification, Notifier, NotifyError,
+    AlertRetry, AlertSettings, AlertState, EmailSettings, JobAlerts, NoSuccessFor, Notification,
+    Notifier, NotifyError, PAGERDUTY_URL, PagerDutySettings, SmtpTls,
 };
 pub use error::error_chain;
 pub use exec_policy::{ExecPolicy, ExecSettings, ExecSlot, RunAs};

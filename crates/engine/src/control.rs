@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::runner::StopReason;
 use crate::scheduler::{Command, RunningRuns};
 use crate::store::ops::{AlertEpisode, EndedPause, RunLogLine};
-use crate::store::{RunMark, RunRecord, Store, StoreResult};
+use crate::store::{NodeInfo, RunMark, RunRecord, Store, StoreResult};
 use soarjobd_core::{RunNowError, Status};
 
 /// What the admin server may do to a running daemon: read its state, start a manual run
@@ -80,6 +80,17 @@ impl ReadStore {
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> StoreResult<Vec<RunRecord>> {
         self.0.last_runs().await
+    }
+
+    /// The processes registered on a clustered database; `None` on a single-node one.
+    pub async fn nodes(&self) -> StoreResult<Option<Vec<NodeInfo>>> {
+        self.0.nodes().await
+    }
+
+    /// The node that schedules `job_id` (rendezvous hashing over the live replicas, as this
+    /// replica sees them); `None` on a single-node database.
+    pub fn owner_of(&self, job_id: &str) -> Option<i64> {
+        self.0.owner_of(job_id)
     }
 
     /// The newest `per_job` runs of each of `job_ids`, in one read.

@@ -241,8 +241,11 @@ impl DaemonBuilder {
             running: running.clone(),
             pauses: pauses.clone(),
         };
-        let scheduler_task =
-            tokio::spawn(scheduler.run(initial, self.options, rx, shutdown.clone()));
+        let mut options = self.options;
+        if clustered {
+            options.claim_ahead = Some(settings.cluster.claim_ahead);
+        }
+        let scheduler_task = tokio::spawn(scheduler.run(initial, options, rx, shutdown.clone()));
         let watcher_task = tokio::spawn(crate::watch::watch(
             jobs_dir,
             registry.clone(),

@@ -292,9 +292,13 @@ impl Runner {
         self.runs.request_cancel(run_id).await
     }
 
-    /// Records the real start of claimed runs that fire noticeably after the start their
-    /// claim recorded (see `scheduler::START_SLACK`).
-    pub async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+    /// Claimed runs about to start: which must not (fencing, see [`RunStore::mark_started`]),
+    /// and the real start of those that fire noticeably after the start their claim recorded
+    /// (see `scheduler::START_SLACK`).
+    pub async fn mark_started(
+        &self,
+        runs: &[(i64, Option<DateTime<Utc>>)],
+    ) -> crate::store::StartCheck {
         self.runs.mark_started(runs).await
     }
 

@@ -147,6 +147,9 @@ pub struct SchedulerOptions {
     pub run_at_start: bool,
     /// When lateness is an overload (see [`crate::overload`]).
     pub overload: crate::overload::OverloadOptions,
+    /// How long before its instant a tick is claimed (`None`: [`CLAIM_AHEAD`]; on
+    /// PostgreSQL `cluster.claim_ahead`).
+    pub claim_ahead: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -242,6 +245,18 @@ pub struct Scheduler {
     not_owned: HashMap<String, DateTime<Utc>>,
     /// Sustained lateness, told once per episode (see [`crate::overload`]).
     overload: crate::overload::OverloadDetector,
+    /// How long before its instant a tick is claimed (see [`SchedulerOptions::claim_ahead`]).
+    claim_ahead: chrono::Duration,
+    /// Claims that outlasted the claim-ahead window (their ticks fired late), logged once and
+    /// then at most every [`STORE_FAILURE_LOG_EVERY`].
+    slow_claims: SlowClaims,
+}
+
+/// Claims slower than the claim-ahead window: counted, and logged rate-limited.
+#[derive(Default)]
+struct SlowClaims {
+    count: u64,
+    last_logged: Option<std::time::Instant>,
 }
 
 impl Scheduler {
@@ -265,6 +280,8 @@ impl Scheduler {
             overload: Default::default(),
             owned_epoch: 0,
             not_owned: HashMap::new(),
+            claim_ahead: chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default(),
+            slow_claims: SlowClaims::default(),
         }
     }
 
@@ -386,6 +403,9 @@ impl Scheduler {
     async fn start(&mut self, initial: LoadReport, options: SchedulerOptions) {
         self.log_errors(&initial);
         self.overload = crate::overload::OverloadDetector::new(options.overload);
+        if let Some(ahead) = options.claim_ahead {
+            self.claim_ahead = chrono::Duration::from_std(ahead).unwrap_or(self.claim_ahead);
+        }
         // Pauses before the jobs are added (a paused job neither catches up nor counts missed
         // ticks); the catch-ups a resume asked for after them, once the jobs are known.
         self.read_pauses().await;
@@ -443,9 +463,10 @@ impl Scheduler {
             self.publish.status().heartbeat.beat();
             let now = self.clock.now();
             self.overload.turn(self.publish.status(), now);
-            let claim_at = self.heap.peek().map(|Reverse(e)| {
-                e.fire_at - chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default()
-            });
+            let claim_at = self
+                .heap
+                .peek()
+                .map(|Reverse(e)| e.fire_at - self.claim_ahead);
             let fire_at = self.pending.peek().map(|Reverse(c)| c.fire_at);
             let retry_at = self
                 .catch_up_waiting()
@@ -516,6 +537,11 @@ impl Scheduler {
                     self.fire_pending().await;
                 }
                 _ = clock.sleep_until(deadline) => {
+                    // Due claims fire before the next ones are claimed: a claim is a database
+                    // transaction, and ticks due now must not wait for it (with one-second
+                    // jobs and a claim-ahead of a second, the next claim and the fire are due
+                    // at the same instant).
+                    self.fire_pending().await;
                     self.claim_due().await;
                     self.fire_pending().await;
                 }
@@ -872,11 +898,11 @@ impl Scheduler {
         }
     }
 
-    /// Claims, in one transaction, every tick due within [`CLAIM_AHEAD`] of the jobs this
-    /// process schedules.
+    /// Claims, in one transaction, every tick due within the claim-ahead window of the jobs
+    /// this process schedules.
     async fn claim_due(&mut self) {
         let now = self.clock.now();
-        let horizon = now + chrono::Duration::from_std(CLAIM_AHEAD).unwrap_or_default();
+        let horizon = now + self.claim_ahead;
         let mut due = self.acquire_jobs().await;
         while let Some(Reverse(e)) = self.heap.peek() {
             if e.fire_at > horizon {
@@ -997,6 +1023,32 @@ impl Scheduler {
         }
     }
 
+    /// Logs claims that outlast the claim-ahead window (their ticks fire late by the excess):
+    /// the first at once, then at most every [`STORE_FAILURE_LOG_EVERY`] with the count.
+    fn claim_took(&mut self, took: Duration, ticks: usize) {
+        if took <= self.claim_ahead.to_std().unwrap_or_default() {
+            return;
+        }
+        let slow = &mut self.slow_claims;
+        slow.count += 1;
+        if slow
+            .last_logged
+            .is_some_and(|t| t.elapsed() < STORE_FAILURE_LOG_EVERY)
+        {
+            return;
+        }
+        slow.last_logged = Some(std::time::Instant::now());
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            ticks,
+            claim_ahead_ms = self.claim_ahead.num_milliseconds(),
+            slow_claims = slow.count,
+            effect = "the ticks of such a claim fire late by the excess",
+            hint = "a loaded database server: see cluster.claim_ahead",
+            "a claim took longer than the claim-ahead window"
+        );
+    }
+
     /// A claim succeeded after failures: logs the recovery and the ticks lost per job.
     fn store_recovered(&mut self) {
         let Some(outage) = self.outage.take() else {
@@ -1046,7 +1098,9 @@ impl Scheduler {
         // Overlap across processes (a `run-once` of the same job) is decided by the runner's
         // claim, atomically with the insert; overlap with this daemon's own runs is decided
         // when the tick fires, because a run may end between claim and fire.
+        let timer = std::time::Instant::now();
         let claimed = self.runner.claim(&claims).await;
+        self.claim_took(timer.elapsed(), claims.len());
         let starts: Vec<DateTime<Utc>> = claims.iter().map(|c| c.started_at).collect();
         let results = match claimed {
             Ok(r) => r,
@@ -1113,19 +1167,46 @@ impl Scheduler {
         // process was stopped or starved in between) gets its real start recorded first, before
         // it is spawned, so the row never shows a start the run did not have. One write for
         // all of them, and none in the normal case.
+        // The same call fences the claims: on PostgreSQL a replica that was frozen or cut off
+        // after claiming may have been declared dead meanwhile and its claims taken over; those
+        // must not start (checked with the database only for claims not vouched for by a
+        // fresh lease, so the normal case costs no query).
+        if firing.is_empty() {
+            return;
+        }
         let slack = chrono::Duration::from_std(START_SLACK).unwrap_or_default();
-        let late: Vec<(i64, DateTime<Utc>)> = firing
+        let starts: Vec<(i64, Option<DateTime<Utc>>)> = firing
             .iter()
-            .filter(|c| now - c.claimed_start > slack)
-            .map(|c| (c.run_id, now))
+            .map(|c| (c.run_id, (now - c.claimed_start > slack).then_some(now)))
             .collect();
-        if !late.is_empty()
-            && let Err(e) = self.runner.mark_started(&late).await
-        {
-            tracing::warn!(error = %error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
+        let check = self.runner.mark_started(&starts).await;
+        let lost: HashSet<i64> = check.lost.iter().copied().collect();
+        let unconfirmed: HashSet<i64> = check.unconfirmed.iter().copied().collect();
+        if let Some(e) = &check.error {
+            tracing::warn!(error = %e, runs = unconfirmed.len(), "cannot check that claimed runs are still this replica's: they do not start");
         }
 
         for c in firing {
+            if lost.contains(&c.run_id) {
+                // Its row is the replicas' that took it over (they decided the tick per
+                // `misfire`); nothing of it is written here.
+                tracing::warn!(
+                    job_id = %c.job_id, run_id = c.run_id, scheduled_at = %c.tick.to_rfc3339(),
+                    reason = "another replica took the claim over (this one was declared dead while it was stopped or cut off)",
+                    "claimed run not started"
+                );
+                continue;
+            }
+            if unconfirmed.contains(&c.run_id) {
+                self.finish_unrun(
+                    &c,
+                    RunStatus::Skipped,
+                    "this replica could not check with the database that the claim was still its own",
+                    now,
+                )
+                .await;
+                continue;
+            }
             if c.trigger != Trigger::Manual && self.pauses.is_paused(&c.job_id) {
                 if let Err(e) = self.runner.release(c.run_id).await {
                     tracing::error!(job_id = %c.job_id, run_id = c.run_id, error = %error_chain(&e), "cannot release a claimed tick");

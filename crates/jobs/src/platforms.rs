@@ -15,7 +15,7 @@ use soarjobd_core::{Configured, Installer, Platform, section_secrets};
 
 use super::comment_on_tagged_cases::CommentOnTaggedCases;
 use super::push_case_iocs::PushCaseIocs;
-use super::secops_script::SecopsScript;
+use super::secops_script::{SecopsScript, SecopsSettings};
 use super::tcex_app::TcexApp;
 
 /// What a job needing SOAR fails with when the `soar` section has no `url`.
@@ -114,14 +114,10 @@ impl SecopsPlatform {
     /// How the config loader checks the `secops` section.
     pub const SECTION: SectionSpec = SectionSpec {
         name: "secops",
-        check: |value, origins| SecopsPlatform::read(value, origins).1,
+        check: |value, origins| {
+            SecopsSettings::read(value, origins, &soarjobd_core::config::Settings::default()).1
+        },
     };
-
-    fn read(value: Option<&Value>, origins: &Origins) -> (Option<String>, Vec<Problem>) {
-        let mut s = Section::new("secops", value, origins);
-        let python = s.string("python").filter(|p| !p.trim().is_empty());
-        (python, s.finish())
-    }
 }
 
 impl Platform for SecopsPlatform {
@@ -130,11 +126,14 @@ impl Platform for SecopsPlatform {
     }
 
     fn install(&self, section: &Value, cx: &mut Installer<'_>) -> Vec<String> {
-        let (python, problems) = Self::read(Some(section), &cx.settings().origins);
+        let (settings, problems) =
+            SecopsSettings::read(Some(section), &cx.settings().origins, cx.settings());
+        // Instance parameters go to scripts, never to a log.
+        cx.redact(settings.integrations.secrets().into_iter().map(Into::into));
         let soar = cx
             .get::<Configured<SoarClient>>()
             .unwrap_or_else(|| Configured::missing(SOAR_NOT_CONFIGURED));
-        cx.register(SecopsScript::new(soar, python));
+        cx.register(SecopsScript::new(soar, settings));
         problems.iter().map(ToString::to_string).collect()
     }
 }

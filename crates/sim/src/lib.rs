@@ -9,8 +9,11 @@
 
 mod faults;
 mod rng;
+mod smtp;
 pub mod soar;
 pub mod threatconnect;
+
+pub use smtp::{Mail, SmtpOptions, SmtpSink};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -504,10 +504,10 @@ pub async fn mark_started_moves_only_running_rows(f: &dyn StoreFactory) {
         .finish_run(b, &finish(RunStatus::Succeeded, 1_500))
         .await
         .unwrap();
-    store
-        .mark_started(&[(a, at(6_000)), (b, at(6_000))])
-        .await
-        .unwrap();
+    let check = store
+        .mark_started(&[(a, Some(at(6_000))), (b, Some(at(6_000)))])
+        .await;
+    assert!(check.unconfirmed.is_empty(), "{check:?}");
     assert_eq!(store.run(a).await.unwrap().unwrap().started_at, at(6_000));
     assert_eq!(store.run(b).await.unwrap().unwrap().started_at, at(1_003));
     store

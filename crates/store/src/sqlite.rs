@@ -35,8 +35,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::owner::{Liveness, OwnerExt, OwnerGuard, owners_dir};
 use super::{
     Claim, JobStateStore, NewRun, Pruned, Retention, RunFinish, RunHolder, RunMark, RunOwner,
-    RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StoreError, StoreResult,
-    Trigger,
+    RunProcess, RunRecord, RunStatus, RunStore, SeenEntry, SeenState, StartCheck, StoreError,
+    StoreResult, Trigger,
 };
 use crate::Db;
 use crate::rows::{
@@ -1150,26 +1150,40 @@ impl RunStore for SqliteStore {
         Ok(claims)
     }
 
-    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
-        if runs.is_empty() {
-            return Ok(());
+    /// One node per file: a claim is this process's until it finishes it (its owner flock is
+    /// held), so every run starts; a start that cannot be rewritten is logged and the claimed
+    /// one stays.
+    async fn mark_started(&self, runs: &[(i64, Option<DateTime<Utc>>)]) -> StartCheck {
+        let late: Vec<(i64, DateTime<Utc>)> = runs
+            .iter()
+            .filter_map(|(id, at)| at.map(|at| (*id, at)))
+            .collect();
+        if late.is_empty() {
+            return StartCheck::default();
         }
-        let mut tx = WriteTx::begin(self).await?;
-        let body = async {
-            for (id, at) in runs {
-                sqlx::query(
-                    "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
-                )
-                .bind(millis(*at))
-                .bind(id)
-                .execute(tx.conn())
-                .await
-                .db()?;
+        let written = async {
+            let mut tx = WriteTx::begin(self).await?;
+            let body = async {
+                for (id, at) in &late {
+                    sqlx::query(
+                        "UPDATE job_runs SET started_at = ? WHERE id = ? AND status = 'running'",
+                    )
+                    .bind(millis(*at))
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await
+                    .db()?;
+                }
+                Ok(())
             }
-            Ok(())
+            .await;
+            tx.finish(body).await
         }
         .await;
-        tx.finish(body).await
+        if let Err(e) = written {
+            tracing::warn!(error = %soarjobd_core::error_chain(&e), runs = late.len(), "cannot record the real start of late runs");
+        }
+        StartCheck::default()
     }
 
     /// A `None` message keeps the message the run was claimed with. `finish.status` must be

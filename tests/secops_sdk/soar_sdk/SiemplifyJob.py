@@ -3,8 +3,8 @@ how it ends (one output object on the real stdout)."""
 import json
 import sys
 
-from soar_sdk import SiemplifyUtils
-from soar_sdk.SiemplifyBase import CONTEXT_JOB, SiemplifyBase
+import SiemplifyUtils
+from SiemplifyBase import CONTEXT_JOB, SiemplifyBase
 
 EXECUTION_STATE_COMPLETED = 0
 EXECUTION_STATE_INPROGRESS = 1

@@ -390,14 +390,52 @@ impl SoarClient {
         path_and_query: &str,
         body: bytes::Bytes,
     ) -> Forwarded {
+        self.forward_as(method, path_and_query, body, None).await
+    }
+
+    /// `GetContextProperty` (soar-api.md §3.8) as the platform answers it: `204` when not
+    /// set, `200` with the value as stored (JSON), any other status as it came.
+    pub async fn get_context_property(
+        &self,
+        context_type: i64,
+        identifier: &str,
+        key: &str,
+    ) -> Forwarded {
+        let body = serde_json::json!({
+            "ContextType": context_type,
+            "Identifier": identifier,
+            "PropertyKey": key,
+        });
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        self.forward(Method::POST, "external/v1/sdk/GetContextProperty", body)
+            .await
+    }
+
+    /// [`forward`](Self::forward), with the script's own `Authorization` (a bearer token it
+    /// obtained by logging in through the gateway) sent as it came, in addition to the
+    /// client's credentials. Path segments arrive percent-encoded (as on the wire) and are
+    /// sent encoded once: `x%20y` stays `x%20y`. Whatever the platform answered is handed on
+    /// as it came (status and body, a `500` included); a `502` only when no answer came.
+    pub async fn forward_as(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: bytes::Bytes,
+        authorization: Option<HeaderValue>,
+    ) -> Forwarded {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let decoded: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect();
+        let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
         if segs.len() < 2
             || segs[..2] != ["external", "v1"]
-            || segs.iter().any(|s| *s == ".." || *s == ".")
+            || segs.iter().any(|s| *s == ".." || *s == "." || s.is_empty())
         {
             return Forwarded {
                 status: 404,
@@ -426,33 +464,56 @@ impl SoarClient {
             );
             req.body = Some(body);
         }
-        match self.send(req).await {
+        if let Some(mut auth) = authorization {
+            auth.set_sensitive(true);
+            req.headers.insert(AUTHORIZATION, auth);
+        } else if let Some(f) = &self.inner.bearer_file {
+            match f.header() {
+                Ok(h) => {
+                    req.headers.insert(AUTHORIZATION, h);
+                }
+                Err(e) => {
+                    return Forwarded {
+                        status: 502,
+                        body: bytes::Bytes::from(e.to_string()),
+                    };
+                }
+            }
+        }
+        tracing::debug!(method = %req.method, path = req.url.path(), "soar request (forwarded)");
+        match self.inner.http.send_answered(req).await {
             Ok(resp) => Forwarded {
                 status: resp.status.as_u16(),
                 body: resp.body,
             },
-            Err(e) => {
-                let status = match &e {
-                    SoarError::Auth { .. } => 502,
-                    SoarError::Http(h) => match h {
-                        http::HttpError::Rejected { status, body, .. }
-                        | http::HttpError::Server { status, body, .. } => {
-                            return Forwarded {
-                                status: status.as_u16(),
-                                body: bytes::Bytes::from(body.clone()),
-                            };
-                        }
-                        other => other.status().map_or(502, |s| s.as_u16()),
-                    },
-                    _ => 502,
-                };
-                Forwarded {
-                    status,
-                    body: bytes::Bytes::from(e.to_string()),
-                }
-            }
+            // No answer came: the script learns why, as a gateway would say it.
+            Err(e) => Forwarded {
+                status: 502,
+                body: bytes::Bytes::from(e.to_string()),
+            },
         }
     }
+}
+
+/// `%XX` escapes of a path segment decoded (lossily as UTF-8); anything else as it is.
+fn percent_decode(seg: &str) -> String {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A legacy SDK controller path (`<Name>/<path params...>`) in its 1P form: the path

@@ -508,7 +508,7 @@ impl ThreatConnectClient {
         let auth = self.auth.headers(&req.method, &req.url, timestamp)?;
         req.headers.extend(auth);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self.http.send_answer(req).await?;
+        let resp = self.http.send_answered(req).await?;
         let header = |n: reqwest::header::HeaderName| resp.headers.get(n).cloned();
         Ok(Forwarded {
             status: resp.status.as_u16(),

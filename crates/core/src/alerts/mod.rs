@@ -21,7 +21,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use rules::{AlertSettings, JobAlerts, NoSuccessFor};
+pub use rules::{
+    AlertRetry, AlertSettings, EmailSettings, JobAlerts, NoSuccessFor, PAGERDUTY_URL,
+    PagerDutySettings, SmtpTls,
+};
 
 use crate::store::ops::AlertRule;
 

@@ -32,8 +32,79 @@ pub struct AlertSettings {
     pub webhook_url: Option<SecretSource>,
     /// A Slack-compatible incoming webhook (`{"text": ...}`).
     pub slack_url: Option<SecretSource>,
+    /// A Microsoft Teams incoming webhook (a message card).
+    pub teams_url: Option<SecretSource>,
+    /// PagerDuty Events API v2.
+    pub pagerduty: Option<PagerDutySettings>,
+    /// Email over SMTP.
+    pub email: Option<EmailSettings>,
+    /// How every sink retries a notification.
+    pub retry: AlertRetry,
     pub check_every: Duration,
     pub queue: usize,
+}
+
+/// `alerts.pagerduty`: an Events API v2 integration.
+#[derive(Debug, Clone)]
+pub struct PagerDutySettings {
+    /// The integration's routing key (a credential).
+    pub routing_key: SecretSource,
+    /// The events endpoint.
+    pub url: String,
+    /// `critical`, `error`, `warning` or `info`.
+    pub severity: &'static str,
+}
+
+/// The PagerDuty Events API v2 endpoint.
+pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// How the email sink secures its SMTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded by `STARTTLS`, which is required (port 587).
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// `alerts.email`: SMTP.
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    /// The SMTP password (a credential).
+    pub password: Option<SecretSource>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// A PEM file of extra certificate authorities (a private relay's).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `alerts.retry`: how a sink retries one notification (exponential backoff with jitter).
+/// While it retries, later notifications wait in its queue, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRetry {
+    /// Attempts in all (1: no retry).
+    pub attempts: usize,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The time allowed for one attempt.
+    pub timeout: Duration,
+}
+
+impl Default for AlertRetry {
+    /// Ten attempts, from 1 s doubling to at most 60 s: about four minutes of a receiver being
+    /// down are ridden out.
+    fn default() -> AlertRetry {
+        AlertRetry {
+            attempts: 10,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for AlertSettings {
@@ -44,6 +115,10 @@ impl Default for AlertSettings {
             job_invalid: true,
             webhook_url: None,
             slack_url: None,
+            teams_url: None,
+            pagerduty: None,
+            email: None,
+            retry: AlertRetry::default(),
             check_every: DEFAULT_CHECK_EVERY,
             queue: DEFAULT_QUEUE,
         }
@@ -67,12 +142,20 @@ impl AlertSettings {
         };
         let webhook_url = webhook(s, "webhook_url", "webhook_url_file");
         let slack_url = webhook(s, "slack_url", "slack_url_file");
+        let teams_url = webhook(s, "teams_url", "teams_url_file");
+        let pagerduty = nested(s, "pagerduty", pagerduty);
+        let email = nested(s, "email", email);
+        let retry = nested(s, "retry", retry).unwrap_or_default();
         AlertSettings {
             failed_runs_in_a_row: s.uint("failed_runs_in_a_row", d.failed_runs_in_a_row, 0),
             no_success_for,
             job_invalid: s.bool("job_invalid", d.job_invalid),
             webhook_url,
             slack_url,
+            teams_url,
+            pagerduty,
+            email,
+            retry,
             check_every: s.positive_duration("check_every", d.check_every),
             queue: s.uint("queue", d.queue, 1),
         }
@@ -101,6 +184,147 @@ fn webhook(s: &mut Section<'_>, key: &'static str, file_key: &'static str) -> Op
             None
         }
     }
+}
+
+/// A mapping under `alerts:` read by `read`, its problems handed back; `None` when absent.
+fn nested<T>(
+    s: &mut Section<'_>,
+    key: &'static str,
+    read: fn(&mut Section<'_>) -> Option<T>,
+) -> Option<T> {
+    s.value(key)?;
+    let mut sub = s.section(key);
+    let out = read(&mut sub);
+    s.absorb(sub.finish());
+    out
+}
+
+fn pagerduty(s: &mut Section<'_>) -> Option<PagerDutySettings> {
+    let routing_key = s.secret("routing_key", "routing_key_file");
+    if routing_key.is_none() && !s.has_problems() {
+        let msg = format!(
+            "`{}` (or `{}`) is required",
+            s.key_path("routing_key"),
+            s.key_path("routing_key_file")
+        );
+        s.section_problem(msg);
+    }
+    let url = s
+        .http_url("url", "https://events.pagerduty.com/v2/enqueue")
+        .unwrap_or_else(|| PAGERDUTY_URL.to_string());
+    let severity = s.choice(
+        "severity",
+        &[
+            ("critical", "critical"),
+            ("error", "error"),
+            ("warning", "warning"),
+            ("info", "info"),
+        ],
+        "error",
+    );
+    Some(PagerDutySettings {
+        routing_key: routing_key?,
+        url,
+        severity,
+    })
+}
+
+fn email(s: &mut Section<'_>) -> Option<EmailSettings> {
+    let host = s.required_string("host");
+    let tls = s.choice(
+        "tls",
+        &[("starttls", SmtpTls::StartTls), ("tls", SmtpTls::Tls)],
+        SmtpTls::StartTls,
+    );
+    let default_port = match tls {
+        SmtpTls::StartTls => 587,
+        SmtpTls::Tls => 465,
+    };
+    let port = s.uint("port", default_port, 1);
+    let username = s.string("username").filter(|u| !u.trim().is_empty());
+    let password = s.secret("password", "password_file");
+    if username.is_some() != password.is_some() {
+        let msg = format!(
+            "set both `{}` and `{}` (or `{}`), or neither",
+            s.key_path("username"),
+            s.key_path("password"),
+            s.key_path("password_file")
+        );
+        s.section_problem(msg);
+    }
+    let from = s.required_string("from");
+    let to = s.string_list("to").unwrap_or_default();
+    if to.is_empty() {
+        let msg = format!("`{}` must list at least one address", s.key_path("to"));
+        s.section_problem(msg);
+    }
+    for addr in from.iter().chain(to.iter()) {
+        if !is_address(addr) {
+            let msg = format!(
+                "`{addr}` in `{}` is not an email address",
+                s.key_path(if Some(addr) == from.as_ref() {
+                    "from"
+                } else {
+                    "to"
+                })
+            );
+            s.section_problem(msg);
+        }
+    }
+    let ca_file = s.path("ca_file");
+    if let Some(p) = &ca_file
+        && let Err(e) = std::fs::metadata(p)
+    {
+        let msg = format!(
+            "`{}`: cannot read {}: {e}",
+            s.key_path("ca_file"),
+            p.display()
+        );
+        s.problem("ca_file", msg);
+    }
+    if to.is_empty() {
+        return None;
+    }
+    Some(EmailSettings {
+        host: host?,
+        port,
+        tls,
+        username,
+        password,
+        from: from?,
+        to,
+        ca_file,
+    })
+}
+
+/// `local@domain` (possibly as `Name <local@domain>`); the sink parses it fully.
+fn is_address(a: &str) -> bool {
+    let inner = match (a.find('<'), a.rfind('>')) {
+        (Some(l), Some(r)) if l < r => &a[l + 1..r],
+        _ => a.trim(),
+    };
+    matches!(inner.split_once('@'), Some((l, d)) if !l.is_empty() && (d.contains('.') || d == "localhost"))
+        && !inner.contains(char::is_whitespace)
+}
+
+fn retry(s: &mut Section<'_>) -> Option<AlertRetry> {
+    let d = AlertRetry::default();
+    let base_delay = s.positive_duration("base_delay", d.base_delay);
+    let max_delay = s.positive_duration("max_delay", d.max_delay);
+    if max_delay < base_delay {
+        let msg = format!(
+            "`{}` must not be shorter than `{}`",
+            s.key_path("max_delay"),
+            s.key_path("base_delay")
+        );
+        s.problem("max_delay", msg);
+    }
+    Some(AlertRetry {
+        attempts: s.uint("attempts", d.attempts, 1),
+        base_delay,
+        max_delay,
+        timeout: s.positive_duration("timeout", d.timeout),
+    })
 }
 
 /// The rules in force for one job.
@@ -140,7 +364,11 @@ impl AlertSettings {
 
     /// True when a sink is configured (without one the evaluator still keeps episodes).
     pub fn has_sinks(&self) -> bool {
-        self.webhook_url.is_some() || self.slack_url.is_some()
+        self.webhook_url.is_some()
+            || self.slack_url.is_some()
+            || self.teams_url.is_some()
+            || self.pagerduty.is_some()
+            || self.email.is_some()
     }
 }
 

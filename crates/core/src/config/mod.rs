@@ -70,6 +70,10 @@ pub struct ClusterSettings {
     /// A replica whose heartbeat is older than this is dead; its running runs are taken over.
     /// Default: three heartbeats.
     pub dead_after: Duration,
+    /// How long before its instant a tick is claimed. A claim is a transaction on the
+    /// database server; claiming further ahead than SQLite's 250 ms lets a slow claim (a
+    /// loaded server) finish before its ticks are due. Default: 1 s.
+    pub claim_ahead: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -77,6 +81,7 @@ impl Default for ClusterSettings {
         ClusterSettings {
             heartbeat: Duration::from_secs(2),
             dead_after: Duration::from_secs(6),
+            claim_ahead: Duration::from_secs(1),
         }
     }
 }
@@ -431,6 +436,16 @@ fn resolve_relative_paths(v: &mut Value, base: &Path) {
             }
             if let Value::Object(m) = section {
                 for (k, val) in m.iter_mut() {
+                    // `alerts.pagerduty`, `alerts.email`: their `*_file` keys too.
+                    if let (true, Value::Object(inner)) = (name == "alerts", &mut *val) {
+                        for (k, val) in inner.iter_mut() {
+                            if let (true, Value::String(s)) = (k.ends_with("_file"), val)
+                                && !s.trim().is_empty()
+                            {
+                                *s = resolve(s);
+                            }
+                        }
+                    }
                     if let (true, Value::String(s)) = (k.ends_with("_file"), val)
                         && !s.trim().is_empty()
                     {
@@ -580,6 +595,7 @@ fn validate(
              is the default): a live replica would be declared dead between two heartbeats",
         );
     }
+    s.cluster.claim_ahead = cluster.positive_duration("claim_ahead", s.cluster.claim_ahead);
     let cluster = cluster.finish();
     top.absorb(cluster);
 
@@ -1178,5 +1194,68 @@ mod tests {
                 .starts_with(&format!("{f}:2:21: `alerts.webhook_url_file` must be")),
             "{e}"
         );
+    }
+
+    /// PagerDuty, Teams, email and retry: read (secrets from files relative to the config, or
+    /// from the environment), and their mistakes all located at once, no secret quoted.
+    #[test]
+    fn pagerduty_teams_email_and_retry_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(dir.path().join("pw"), "smtp-pass\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "alerts:\n  teams_url: https://example.webhook.office.com/webhookb2/x\n  pagerduty:\n    severity: critical\n  email:\n    host: smtp.example.com\n    username: soar\n    password_file: pw\n    from: soarjobd@example.com\n    to: [soc@example.com, oncall@example.com]\n  retry: {attempts: 20, base_delay: 2s, max_delay: 1m}\n",
+        )
+        .unwrap();
+        let s = load(&Sources {
+            file: Some(cfg.clone()),
+            env: env(&[("SOARJOBD__ALERTS__PAGERDUTY__ROUTING_KEY", "rk-123")]),
+        })
+        .unwrap();
+        let pd = s.alerts.pagerduty.as_ref().expect("pagerduty");
+        assert_eq!(pd.severity, "critical");
+        assert_eq!(pd.url, crate::alerts::PAGERDUTY_URL);
+        assert!(matches!(&pd.routing_key, grammar::SecretSource::Inline(_)));
+        let email = s.alerts.email.as_ref().expect("email");
+        assert_eq!(
+            (email.port, email.tls),
+            (587, crate::alerts::SmtpTls::StartTls)
+        );
+        assert_eq!(email.to.len(), 2);
+        assert!(matches!(
+            &email.password,
+            Some(grammar::SecretSource::File(p)) if p == &dir.path().join("pw")
+        ));
+        assert!(s.alerts.teams_url.is_some());
+        assert_eq!(s.alerts.retry.attempts, 20);
+        assert_eq!(s.alerts.retry.max_delay, Duration::from_secs(60));
+        assert!(s.alerts.has_sinks());
+
+        std::fs::write(
+            &cfg,
+            "alerts:\n  teams_url: not-a-url-secret\n  pagerduty: {severity: loud}\n  email:\n    host: smtp.example.com\n    tls: ssl\n    username: soar\n    from: nobody\n    to: []\n  retry: {attempts: 0, base_delay: 5s, max_delay: 1s}\n",
+        )
+        .unwrap();
+        let e = load(&Sources {
+            file: Some(cfg),
+            env: env(&[]),
+        })
+        .unwrap_err();
+        let text = e.to_string();
+        for part in [
+            "alerts.teams_url` must be an http(s) URL",
+            "alerts.pagerduty.routing_key` (or `alerts.pagerduty.routing_key_file`) is required",
+            "alerts.pagerduty.severity` must be one of",
+            "alerts.email.tls` must be one of",
+            "set both `alerts.email.username`",
+            "`nobody` in `alerts.email.from` is not an email address",
+            "alerts.email.to` must list at least one address",
+            "alerts.retry.attempts` must be a whole number of at least 1",
+            "alerts.retry.max_delay` must not be shorter",
+        ] {
+            assert!(text.contains(part), "missing {part:?} in:\n{text}");
+        }
+        assert!(!text.contains("not-a-url-secret"), "{text}");
     }
 }

@@ -193,6 +193,21 @@ pub enum Claim {
     },
 }
 
+/// What [`RunStore::mark_started`] found about claimed runs about to start. Runs in neither
+/// list start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartCheck {
+    /// Runs whose rows are no longer this process's (another replica declared it dead and
+    /// took them over): they must not start, and their rows are the new owner's.
+    pub lost: Vec<i64>,
+    /// Runs whose ownership could not be checked (the database failed): they do not start
+    /// (they might have been taken over), and their rows are finished as not run under
+    /// their fencing tokens.
+    pub unconfirmed: Vec<i64>,
+    /// Why the check failed, for the log.
+    pub error: Option<String>,
+}
+
 /// The live run of another process that made an exclusive claim [`Claim::Busy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunHolder {
@@ -361,12 +376,26 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Sets the real start time of runs that were claimed ahead with their nominal start and
-    /// started noticeably later (after a stall or SIGSTOP). Only rows still `running` change.
-    /// The default implementation keeps the claimed start.
-    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
+    /// Called when claimed runs are about to start: says which of them must not start, and
+    /// sets the real start time of those given one (claimed ahead with their nominal start
+    /// and firing noticeably later, after a stall or SIGSTOP). Only rows still `running`
+    /// change.
+    ///
+    /// On PostgreSQL this is the fencing of claims: a replica that was frozen (SIGSTOP) or cut
+    /// off after claiming ticks ahead may have been declared dead meanwhile, its rows
+    /// `interrupted` and its jobs moved; such runs come back in [`StartCheck::lost`] and must
+    /// not start (the replicas that took them over decide them per `misfire`). A run claimed
+    /// less than half of `dead_after` ago under the node that is still this handle's is
+    /// vouched for without a query (its claim renewed the node's heartbeat, so nobody can
+    /// have declared it dead yet); the others are checked, and their node's heartbeat renewed,
+    /// in one statement. Runs it could not check (database error) come back in
+    /// [`StartCheck::unconfirmed`].
+    ///
+    /// The default implementation (single-node backends: nobody else can take a claim over)
+    /// starts every run and keeps the claimed start.
+    async fn mark_started(&self, runs: &[(i64, Option<DateTime<Utc>>)]) -> StartCheck {
         let _ = runs;
-        Ok(())
+        StartCheck::default()
     }
 
     /// Records how a run ended. Only a row still `running` is changed; finishing a row twice
@@ -506,6 +535,14 @@ pub trait RunStore: Send + Sync + 'static {
     fn owns(&self, job_id: &str) -> bool {
         let _ = job_id;
         true
+    }
+
+    /// The node id of the replica that schedules `job_id`, as this handle sees the
+    /// membership (the same function [`RunStore::owns`] answers with); `None` on single-node
+    /// backends.
+    fn owner_of(&self, job_id: &str) -> Option<i64> {
+        let _ = job_id;
+        None
     }
 
     /// A number that changes whenever [`RunStore::owns`] may answer differently (a replica

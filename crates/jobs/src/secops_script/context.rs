@@ -1,6 +1,7 @@
 //! Job context properties (`ContextType` 3) answered from the job's own state, by the run's
-//! task: the SDK's `timestamp` is the job's last-success timestamp, other keys the job's
-//! context under `<Identifier>/<PropertyKey>`.
+//! task: the SDK's `timestamp` is a job timestamp under `<Identifier>/timestamp` (so `list`
+//! shows it), other keys the job's context under `<Identifier>/<PropertyKey>`. Each
+//! `Identifier` has its own values, as on the platform.
 
 use serde_json::Value;
 
@@ -8,9 +9,14 @@ use soarjobd_core::{JobContext, JobError};
 
 use super::gateway::{ContextOp, OpKind};
 
-/// The SecOps SDK's context key of `fetch_timestamp` / `save_timestamp`; kept as the job's
-/// last-success timestamp, so `list`/`history` show it.
+/// The SecOps SDK's context key of `fetch_timestamp` / `save_timestamp`; kept as a job
+/// timestamp (`<Identifier>/timestamp`), so `list` shows it.
 const TIMESTAMP_KEY: &str = soarjobd_core::DEFAULT_TIMESTAMP_KEY;
+
+/// The store's timestamp key of an SDK timestamp saved under `identifier`.
+pub(crate) fn timestamp_key(identifier: &str) -> String {
+    format!("{identifier}/{TIMESTAMP_KEY}")
+}
 
 /// An integer timestamp as the SDK saves it: a JSON number or a JSON string of digits.
 pub(super) fn as_millis(v: &Value) -> Option<i64> {
@@ -43,11 +49,17 @@ pub(super) async fn context_answer(
 ) -> Result<(u16, Vec<u8>), JobError> {
     let enc = |v: &Value| serde_json::to_vec(v).unwrap_or_default();
     let current = async {
-        if op.key == TIMESTAMP_KEY
-            && let Some(ms) = ctx.stored_timestamp(TIMESTAMP_KEY).await?
-        {
-            // As the SDK saved it: `json.dumps(ms)`, a string of digits.
-            return Ok::<_, JobError>(Some(Value::String(ms.to_string())));
+        if op.key == TIMESTAMP_KEY {
+            // Before timestamps were kept per identifier they were kept under the bare key:
+            // read there when this identifier has none yet.
+            let ms = match ctx.stored_timestamp(&timestamp_key(&op.identifier)).await? {
+                Some(ms) => Some(ms),
+                None => ctx.stored_timestamp(TIMESTAMP_KEY).await?,
+            };
+            if let Some(ms) = ms {
+                // As the SDK saved it: `json.dumps(ms)`, a string of digits.
+                return Ok::<_, JobError>(Some(Value::String(ms.to_string())));
+            }
         }
         ctx.context_get(&context_key(op)).await
     };
@@ -56,7 +68,8 @@ pub(super) async fn context_answer(
             Some(ms) => {
                 let at = chrono::DateTime::from_timestamp_millis(ms)
                     .ok_or_else(|| JobError::msg(format!("timestamp {ms} is out of range")))?;
-                ctx.save_timestamp_by_key(TIMESTAMP_KEY, at).await
+                ctx.save_timestamp_by_key(&timestamp_key(&op.identifier), at)
+                    .await
             }
             None => ctx.context_set(&context_key(op), &value).await,
         }

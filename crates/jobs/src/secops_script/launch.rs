@@ -12,11 +12,57 @@ use soarjobd_core::definition::{FieldError, ParamValue};
 /// How a script is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Launch {
-    /// `python <script>`, in the script's folder.
+    /// As `python <script>`, in the script's folder.
     Script,
-    /// `python -m <module>`, in `root` (on `PYTHONPATH` too).
+    /// As `python -m <module>`, in `root` (on `PYTHONPATH` too). A script whose file name is
+    /// not an identifier (`Clear Empty Cases Job.py`) runs under a derived name inside its
+    /// package (`<integration>.jobs.Clear_Empty_Cases_Job`), its file unchanged.
     Module { module: String, root: PathBuf },
 }
+
+/// The launcher every script starts through (`python -c BOOTSTRAP <script> <module or ""> <API
+/// key> [--logPath=...]`): it makes `sys.argv` what the platform gives (`[<script>, <API key>,
+/// options...]`), lets the SDK's run folder follow `RUN_FOLDER`, and runs the script as
+/// `__main__`: by path, or as a module of its integration package (relative imports work; a
+/// non-identifier file name is loaded from its file under the derived module name).
+pub(super) const BOOTSTRAP: &str = r#"
+import importlib.util, os, runpy, sys, types
+script, module = sys.argv[1], sys.argv[2]
+sys.argv = [script] + sys.argv[3:]
+rf = os.environ.get("RUN_FOLDER")
+if rf:
+    # The SDK reads its run folder from its sdk_config.ini; the job's RUN_FOLDER wins.
+    for name in ("SiemplifySdkConfig", "soar_sdk.SiemplifySdkConfig"):
+        try:
+            m = importlib.import_module(name)
+        except Exception:
+            continue
+        cls = getattr(m, "SiemplifySdkConfig", None)
+        if cls is not None and not getattr(cls, "_soarjobd_run_folder", False):
+            init = cls.__init__
+            def patched(self, *a, __init=init, **k):
+                __init(self, *a, **k)
+                self.run_folder_path = os.environ["RUN_FOLDER"]
+            cls.__init__ = patched
+            cls._soarjobd_run_folder = True
+if not module:
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    runpy.run_path(script, run_name="__main__")
+else:
+    package, _, leaf = module.rpartition(".")
+    importlib.import_module(package)
+    spec = importlib.util.spec_from_file_location(module, script)
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__spec__ = spec
+    main.__loader__ = spec.loader
+    main.__package__ = package
+    sys.modules["__main__"] = main
+    sys.modules[module] = main
+    with open(script, "rb") as f:
+        code = compile(f.read(), script, "exec")
+    exec(code, main.__dict__)
+"#;
 
 pub(super) struct Config {
     pub script: PathBuf,
@@ -119,11 +165,11 @@ pub(super) fn launch_for(script: &Path, source: &str) -> Result<Launch, String> 
             .unwrap_or("")
             .to_string()
     };
-    let parts = [name(integration), name(jobs), stem.to_string()];
-    if let Some(bad) = parts.iter().find(|p| !ident(p)) {
+    let parts = [name(integration), name(jobs), derived_name(stem)];
+    if let Some(bad) = parts[..2].iter().find(|p| !ident(p)) {
         return Err(format!(
             "the script uses package-relative imports, so it runs as the module \
-             `{}`; `{bad}` is not a Python identifier",
+             `{}`; the folder name `{bad}` is not a Python identifier",
             parts.join(".")
         ));
     }
@@ -131,6 +177,25 @@ pub(super) fn launch_for(script: &Path, source: &str) -> Result<Launch, String> 
         module: parts.join("."),
         root: integration.parent().unwrap_or(Path::new("/")).to_path_buf(),
     })
+}
+
+/// A module name for a file stem: itself when it is an identifier, else every other character
+/// as `_` (and a leading `_` before a digit): `Clear Empty Cases Job` -> `Clear_Empty_Cases_Job`.
+pub(super) fn derived_name(stem: &str) -> String {
+    let mut out: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
 }
 
 /// Whether `program` can be started: a path to an executable file, or a name found in the
@@ -223,7 +288,15 @@ mod tests {
             })
         );
         let spaced = Path::new("/srv/integrations/tools/jobs/Tag Cases.py");
-        let e = launch_for(spaced, "from ..core import x\n").unwrap_err();
-        assert!(e.contains("`Tag Cases` is not a Python identifier"), "{e}");
+        assert_eq!(
+            launch_for(spaced, "from ..core import x\n"),
+            Ok(Launch::Module {
+                module: "tools.jobs.Tag_Cases".into(),
+                root: "/srv/integrations".into(),
+            })
+        );
+        let bad = Path::new("/srv/integrations/my tools/jobs/Tag.py");
+        let e = launch_for(bad, "from ..core import x\n").unwrap_err();
+        assert!(e.contains("`my tools` is not a Python identifier"), "{e}");
     }
 }

@@ -18,6 +18,11 @@ mod context;
 mod gateway;
 mod launch;
 mod output;
+mod provision;
+mod settings;
+
+pub use provision::{Installed, ProvisionError, install};
+pub use settings::SecopsSettings;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -41,9 +46,9 @@ use context::serve_op;
 use gateway::Gateway;
 pub(crate) use gateway::ct_eq;
 pub(crate) use launch::find_program;
-use launch::{Config, Launch, absolute, installed_job, launch_for, param_text};
-use output::outcome_of;
+use launch::{BOOTSTRAP, Config, Launch, absolute, installed_job, launch_for, param_text};
 pub(crate) use output::{bounded_lines, shown};
+use output::{failure_reason, outcome_of};
 
 /// The implementation id.
 pub const ID: &str = "secops-script";
@@ -51,25 +56,62 @@ pub const ID: &str = "secops-script";
 pub const DEFAULT_PYTHON: &str = "python3";
 /// The most of the script's stdout (its output object) that is read.
 const STDOUT_MAX: u64 = 8 * 1024 * 1024;
-/// How many trailing stderr lines are kept for the failure reason.
-const STDERR_TAIL: usize = 20;
+/// How many trailing stderr lines are kept for the failure reason (a chained traceback).
+const STDERR_TAIL: usize = 400;
+/// The SDK log file's name in the run's temp folder (`--logPath`).
+const LOG_FILE: &str = "job.log";
 
 /// The `secops-script` job: holds the SOAR client the gateway forwards to, and the gateway
 /// (started by the first run, on the daemon's runtime).
 pub struct SecopsScript {
     soar: Configured<SoarClient>,
     python: String,
+    settings: SecopsSettings,
     gateway: Arc<OnceCell<Gateway>>,
 }
 
 impl SecopsScript {
-    pub fn new(soar: Configured<SoarClient>, python: Option<String>) -> SecopsScript {
+    pub fn new(soar: Configured<SoarClient>, settings: SecopsSettings) -> SecopsScript {
         SecopsScript {
             soar,
-            python: python.unwrap_or_else(|| DEFAULT_PYTHON.to_string()),
+            python: settings
+                .python
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PYTHON.to_string()),
+            settings,
             gateway: Arc::new(OnceCell::new()),
         }
     }
+}
+
+/// The run's own temp folder (the SDK's `--logPath` file is there), removed when the run ends.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn create(run_id: i64, user: Option<&soarjobd_core::RunAs>) -> std::io::Result<RunDir> {
+        use rand::Rng;
+        let n: u64 = rand::rng().random();
+        let dir = std::env::temp_dir().join(format!("soarjobd-secops-{run_id}-{n:016x}"));
+        std::fs::create_dir(&dir)?;
+        chown(&dir, user)?;
+        Ok(RunDir(dir))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Hands `dir` to the user the script runs as (it writes there), private to it.
+fn chown(dir: &Path, user: Option<&soarjobd_core::RunAs>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))?;
+    }
+    Ok(())
 }
 
 impl JobSpec for SecopsScript {
@@ -114,6 +156,57 @@ impl JobSpec for SecopsScript {
                 format!("cannot read the script {}: {e}", script.display()),
             )),
         }
+        if cfg.python.is_none()
+            && let Some((name, folder)) = provision::integration_of(&script)
+        {
+            match provision::installed_python(&self.settings, &name) {
+                Some(python) => {
+                    // The environment must be able to import what the script imports (modules
+                    // beside the script, as `python <script>` finds them, and its own package
+                    // from the integration's parent).
+                    let source = std::fs::read_to_string(&script).unwrap_or_default();
+                    let modules = provision::imported_modules(&source);
+                    let base = absolute(file.parent().unwrap_or(Path::new("")));
+                    let mut path = vec![
+                        absolute(script.parent().unwrap_or(Path::new("/"))),
+                        absolute(folder.parent().unwrap_or(Path::new("/"))),
+                    ];
+                    for (k, v) in &cfg.env {
+                        if k == "PYTHONPATH" {
+                            path.extend(std::env::split_paths(v).map(|p| base.join(p)));
+                        }
+                    }
+                    match provision::missing_modules(&python, &modules, &path) {
+                        Ok(missing) if !missing.is_empty() => errs.push(FieldError::new(
+                            "script",
+                            format!(
+                                "the environment of the integration `{name}` ({}) cannot import \
+                                 {}: add it to the integration's dependencies (or secops.wheels) \
+                                 and run `soarjobd secops install {}`",
+                                python.display(),
+                                missing.join(", "),
+                                folder.display()
+                            ),
+                        )),
+                        Ok(_) => {}
+                        Err(e) => errs.push(FieldError::new("script", e)),
+                    }
+                    return errs;
+                }
+                None if provision::declares_dependencies(&folder) => {
+                    errs.push(FieldError::new(
+                        "script",
+                        format!(
+                            "the integration `{name}` declares dependencies but has no \
+                             environment: run `soarjobd secops install {}` (or set `python`)",
+                            folder.display()
+                        ),
+                    ));
+                    return errs;
+                }
+                None => {}
+            }
+        }
         let python = cfg.python.as_deref().unwrap_or(&self.python);
         if !find_program(python) {
             errs.push(FieldError::new(
@@ -146,13 +239,25 @@ impl Job for SecopsScript {
         let launch = launch_for(&script, &source).map_err(JobError::msg)?;
         let gateway = self
             .gateway
-            .get_or_try_init(|| Gateway::start(self.soar.clone()))
+            .get_or_try_init(|| {
+                Gateway::start(self.soar.clone(), self.settings.integrations.clone())
+            })
             .await
             .map_err(|e| JobError::context("cannot start the SecOps SDK gateway", e))?;
         let (guard, mut ops) = gateway.open(ctx.span().clone(), installed_job(ctx));
         let token = guard.session.token().to_string();
 
-        let python = cfg.python.clone().unwrap_or_else(|| self.python.clone());
+        // The job's own `python`, else its integration's environment (`secops install`),
+        // else secops.python.
+        let python = cfg
+            .python
+            .clone()
+            .or_else(|| {
+                let (name, _) = provision::integration_of(&script)?;
+                provision::installed_python(&self.settings, &name)
+                    .map(|p| absolute(&p).display().to_string())
+            })
+            .unwrap_or_else(|| self.python.clone());
         let mut cmd = Command::new(&python);
         crate::process::clean_env(&mut cmd);
         let base = absolute(job_file.parent().unwrap_or(Path::new("")));
@@ -165,18 +270,42 @@ impl Job for SecopsScript {
                 cmd.env(k, v);
             }
         }
+        let user =
+            crate::process::run_as(ctx, crate::process::run_as_key(&ctx.definition().extra))?;
+        let run_dir = RunDir::create(ctx.run_id(), user.as_ref())
+            .map_err(|e| JobError::context("cannot create the run's temp folder", e))?;
+        let log_path = run_dir.0.join(LOG_FILE);
+        // Through the launcher, which gives the script the platform's argv.
+        cmd.arg("-c").arg(BOOTSTRAP).arg(&script);
         match &launch {
             Launch::Script => {
-                cmd.arg(&script);
+                cmd.arg("");
                 cmd.current_dir(script.parent().unwrap_or(Path::new(".")));
             }
             Launch::Module { module, root } => {
-                cmd.arg("-m").arg(module);
+                cmd.arg(module);
                 cmd.current_dir(root);
                 pythonpath.insert(0, root.clone());
             }
         }
         cmd.arg(&token);
+        cmd.arg(format!("--logPath={}", log_path.display()));
+        if !cfg.env.iter().any(|(k, _)| k == "RUN_FOLDER") {
+            // The SDK's scripting folder (`RUN_FOLDER`, `run_folder`): the job's own, writable.
+            let folder = absolute(&self.settings.run_folder(ctx.job_id()));
+            match std::fs::create_dir_all(&folder).and_then(|()| chown(&folder, user.as_ref())) {
+                Ok(()) => {
+                    cmd.env("RUN_FOLDER", &folder);
+                }
+                // Only scripts that use `run_folder` need it: they fail saying where; the
+                // others run.
+                Err(e) => tracing::warn!(
+                    folder = %folder.display(),
+                    error = %e,
+                    "cannot create the job's run folder (set secops.data_dir, or RUN_FOLDER in the job's env); the SDK's default is left"
+                ),
+            }
+        }
         if !pythonpath.is_empty()
             && let Ok(joined) = std::env::join_paths(&pythonpath)
         {
@@ -204,8 +333,6 @@ impl Job for SecopsScript {
             "vault_settings": null,
         });
 
-        let user =
-            crate::process::run_as(ctx, crate::process::run_as_key(&ctx.definition().extra))?;
         let mut child = Contained::spawn(ctx, &mut cmd, &python, user.as_ref()).await?;
         let stdin = child.take_stdin();
         let stdout = child.take_stdout();
@@ -231,12 +358,17 @@ impl Job for SecopsScript {
         let redactor = ctx.redactor().clone();
         let read_stderr = async {
             let mut tail: VecDeque<String> = VecDeque::new();
-            let Some(pipe) = stderr else { return tail };
+            let Some(pipe) = stderr else {
+                return (tail, false);
+            };
             let mut logged = 0usize;
+            let mut dumped = false;
             // Lines are bounded (a line without a newline cannot fill the memory), the log
             // is bounded as for `exec`, and the pipe is always drained.
             bounded_lines(pipe, LINE_MAX + redactor.longest(), |line| {
                 let text = shown(&redactor.redact(&line));
+                // `@output_handler` dumps the captured stdout (the SDK log lines) here.
+                dumped |= text == "STDOUT:";
                 logged += 1;
                 if logged <= RUN_LINES_MAX {
                     tracing::info!(stream = "stderr", line = %text, "script output");
@@ -253,7 +385,7 @@ impl Job for SecopsScript {
                     "stderr lines not logged (limit)"
                 );
             }
-            tail
+            (tail, dumped)
         };
         let done = tokio_util::sync::CancellationToken::new();
         let cancel = ctx.cancellation().clone();
@@ -274,7 +406,7 @@ impl Job for SecopsScript {
                 }
             }
         };
-        let ((), out, tail, status, ()) =
+        let ((), out, (tail, dumped), status, ()) =
             tokio::join!(write_input, read_stdout, read_stderr, wait, serve);
         let requests = guard
             .session
@@ -288,26 +420,57 @@ impl Job for SecopsScript {
             return Err(JobError::Cancelled);
         };
         let status = status.map_err(|e| JobError::context("cannot wait for the script", e))?;
-        if !status.success() {
+        let (outcome, debug_logged) = if status.success() {
+            outcome_of(ctx, &out)
+        } else {
             use std::os::unix::process::ExitStatusExt;
             let what = match (status.code(), status.signal()) {
                 (Some(c), _) => format!("exit status {c}"),
                 (None, Some(s)) => format!("killed by signal {s}"),
                 _ => "unknown exit status".into(),
             };
-            // A traceback ends with the exception: `ValueError: boom`.
-            let reason = tail
-                .iter()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .cloned()
-                .unwrap_or_default();
-            return Ok(Outcome::failed(if reason.is_empty() {
-                format!("the script failed ({what})")
-            } else {
-                format!("{} ({what})", reason.trim())
-            }));
+            let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+            let reason = failure_reason(&lines);
+            (
+                Outcome::failed(match reason {
+                    Some(r) => format!("{r} ({what})"),
+                    None => format!("the script failed ({what})"),
+                }),
+                false,
+            )
+        };
+        if !debug_logged && !dumped {
+            // The SDK logger's own file: the job's log lines when no output object (or
+            // stderr dump) carried them, e.g. a script that never calls end_script().
+            log_sdk_file(ctx, &log_path).await;
         }
-        Ok(outcome_of(ctx, &out))
+        drop(run_dir);
+        Ok(outcome)
+    }
+}
+
+/// Logs the lines of the SDK's log file (bounded as the other script output).
+async fn log_sdk_file(ctx: &JobContext, path: &Path) {
+    let Ok(file) = tokio::fs::File::open(path).await else {
+        return;
+    };
+    let redactor = ctx.redactor().clone();
+    let mut logged = 0usize;
+    bounded_lines(file, LINE_MAX + redactor.longest(), |line| {
+        if line.trim().is_empty() {
+            return;
+        }
+        logged += 1;
+        if logged <= RUN_LINES_MAX {
+            let text = shown(&redactor.redact(&line));
+            tracing::info!(stream = "sdk_log", line = %text, "script output");
+        }
+    })
+    .await;
+    if logged > RUN_LINES_MAX {
+        tracing::warn!(
+            lines = logged - RUN_LINES_MAX,
+            "SDK log lines not logged (limit)"
+        );
     }
 }

@@ -10,8 +10,14 @@ use soarjobd_core::{JobContext, Outcome};
 use crate::exec::{LINE_MAX, RUN_LINES_MAX};
 
 /// The run's outcome from the script's output object (`end_script`), logging its
-/// `DebugOutput` lines as the run's events.
-pub(super) fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
+/// `DebugOutput` lines as the run's events; and whether it had any.
+pub(super) fn outcome_of(ctx: &JobContext, out: &[u8]) -> (Outcome, bool) {
+    let mut logged = false;
+    let outcome = outcome_logging(ctx, out, &mut logged);
+    (outcome, logged)
+}
+
+fn outcome_logging(ctx: &JobContext, out: &[u8], logged: &mut bool) -> Outcome {
     let redact = |s: &str| shown(&ctx.redactor().redact(s));
     let text = String::from_utf8_lossy(out);
     let trimmed = text.trim();
@@ -35,6 +41,7 @@ pub(super) fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
     };
     if let Some(debug) = obj.get("DebugOutput").and_then(Value::as_str) {
         let lines: Vec<&str> = debug.lines().filter(|l| !l.trim().is_empty()).collect();
+        *logged = !lines.is_empty();
         for line in lines.iter().take(RUN_LINES_MAX) {
             tracing::info!(stream = "debug_output", line = %redact(line), "script output");
         }
@@ -66,6 +73,56 @@ pub(super) fn outcome_of(ctx: &JobContext, out: &[u8]) -> Outcome {
             message.unwrap_or_default()
         )),
     }
+}
+
+/// The failure reason in a Python traceback (stderr lines): the innermost meaningful
+/// exception of the chain. Python prints a chain cause first (`The above exception was the
+/// direct cause...`), so the innermost is the first exception line; one with a message
+/// (`ValueError: boom`) wins over a bare one (`RuntimeError`, as TIPCommon's `Job` re-raises).
+/// `None` when there is no traceback (the last non-empty line is then used, if any).
+pub(super) fn failure_reason(lines: &[&str]) -> Option<String> {
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("Traceback (most recent call last):"));
+    let Some(start) = start else {
+        return lines
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string());
+    };
+    let is_exception = |l: &str| {
+        let head = l.split(':').next().unwrap_or("");
+        !l.is_empty()
+            && !l.starts_with(char::is_whitespace)
+            && !l.starts_with("Traceback (")
+            && !head.is_empty()
+            && head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            && head
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    };
+    let mut found: Vec<&str> = Vec::new();
+    let mut in_frames = false;
+    for l in &lines[start..] {
+        if l.starts_with("Traceback (") {
+            in_frames = true;
+            continue;
+        }
+        if in_frames && is_exception(l) {
+            found.push(l.trim_end());
+            in_frames = false;
+        }
+    }
+    let with_message = |l: &&&str| l.split_once(':').is_some_and(|(_, m)| !m.trim().is_empty());
+    found
+        .iter()
+        .find(with_message)
+        .or(found.last())
+        .map(|l| l.to_string())
 }
 
 /// A line as logged: control characters escaped, at most [`LINE_MAX`] bytes.
@@ -115,6 +172,35 @@ pub(crate) async fn bounded_lines<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use crate::exec::LINE_MAX;
+
+    #[test]
+    fn the_reason_is_the_innermost_meaningful_exception() {
+        let chained = "STDOUT:\nlog line: x\nSTDERR:\nTraceback (most recent call last):\n  \
+             File \"a.py\", line 3, in main\n    raise ValueError('bad parameter Tag')\n\
+             ValueError: bad parameter Tag\n\n\
+             The above exception was the direct cause of the following exception:\n\n\
+             Traceback (most recent call last):\n  File \"job.py\", line 9, in start\n    \
+             raise RuntimeError from e\nRuntimeError";
+        let lines: Vec<&str> = chained.lines().collect();
+        assert_eq!(
+            super::failure_reason(&lines).as_deref(),
+            Some("ValueError: bad parameter Tag")
+        );
+        let bare = [
+            "Traceback (most recent call last):",
+            "  File \"x\"",
+            "KeyboardInterrupt",
+        ];
+        assert_eq!(
+            super::failure_reason(&bare).as_deref(),
+            Some("KeyboardInterrupt")
+        );
+        assert_eq!(
+            super::failure_reason(&["", "killed"]).as_deref(),
+            Some("killed")
+        );
+        assert_eq!(super::failure_reason(&[]), None);
+    }
 
     #[tokio::test]
     async fn output_lines_are_bounded_and_the_pipe_drained() {

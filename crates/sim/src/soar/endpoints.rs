@@ -234,3 +234,39 @@ pub(super) fn op_add_tag(st: &SimState, headers: &HeaderMap, body: &[u8]) -> Ans
     }
     Ok(StatusCode::OK.into_response())
 }
+
+/// `POST .../sdk/{Get,Set,TrySet}ContextProperty` (soar-api.md §3.8): PascalCase bodies, no
+/// `?format=snake`; Get answers `204` when not set, else `200` and the value as stored.
+pub(super) fn op_context_property(st: &SimState, op: &str, body: &[u8]) -> Answer {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let ty = v["ContextType"]
+        .as_i64()
+        .ok_or_else(|| bad("ContextType must be an integer"))?;
+    let text = |k: &str| match &v[k] {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        _ => Err(bad(format!("{k} must be a string"))),
+    };
+    let (identifier, key) = (text("Identifier")?, text("PropertyKey")?);
+    let json = |status: StatusCode, body: String| {
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    match op {
+        "GetContextProperty" => Ok(match st.context_property(ty, &identifier, &key) {
+            Some(value) => json(StatusCode::OK, value.to_string()),
+            None => StatusCode::NO_CONTENT.into_response(),
+        }),
+        "SetContextProperty" => {
+            st.set_context_property(ty, &identifier, &key, v["PropertyValue"].clone());
+            Ok(json(StatusCode::OK, "true".into()))
+        }
+        _ => {
+            let set = st.context_property(ty, &identifier, &key).is_none();
+            if set {
+                st.set_context_property(ty, &identifier, &key, v["PropertyValue"].clone());
+            }
+            Ok(json(StatusCode::OK, set.to_string()))
+        }
+    }
+}

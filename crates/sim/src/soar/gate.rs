@@ -14,12 +14,15 @@ use crate::faults::{self, Fault};
 /// The endpoint name of an API path (for stats, overrides and fault handling), and whether it
 /// writes.
 fn classify(method: &Method, path: &str) -> Option<(&'static str, bool, bool)> {
-    const NAMES: [(&str, bool); 5] = [
+    const NAMES: [(&str, bool); 8] = [
         ("GetCasesIdByFilter", false),
         ("AlertsTicketIdsByCaseId", false),
         ("CaseFullDetails", false),
         ("GetCaseComments", false),
         ("AddTag", true),
+        ("GetContextProperty", false),
+        ("SetContextProperty", true),
+        ("TrySetContextProperty", true),
     ];
     if let Some(rest) = path.strip_prefix("/api/external/v1/") {
         if rest == "cases/comments" {
@@ -83,9 +86,12 @@ pub(super) async fn gate(State(st): State<Shared>, req: Request, next: Next) -> 
         return (StatusCode::UNAUTHORIZED, msg).into_response();
     }
 
-    let snake = req.uri().query().is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "snake")
-    });
+    // The context property endpoints are the SDK's exception: PascalCase, no `format`.
+    let pascal = endpoint.ends_with("ContextProperty");
+    let snake = pascal
+        || req.uri().query().is_some_and(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "snake")
+        });
     if !snake {
         return bad_request(
             &st,

@@ -14,8 +14,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::endpoints::{
-    answer, bad, missing, op_add_comment, op_add_tag, op_cases_by_filter, op_fetch_comments,
-    op_full_details, op_get_case_comments, op_ticket_ids, parse_case_id,
+    answer, bad, missing, op_add_comment, op_add_tag, op_cases_by_filter, op_context_property,
+    op_fetch_comments, op_full_details, op_get_case_comments, op_ticket_ids, parse_case_id,
 };
 use super::gate::gate;
 use super::inspect;
@@ -53,6 +53,20 @@ async fn legacy_get_comments(
 
 async fn legacy_add_tag(State(st): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     answer(&st, op_add_tag(&st, &headers, &body))
+}
+
+async fn context_property(
+    State(st): State<Shared>,
+    Path(op): Path<String>,
+    body: Bytes,
+) -> Response {
+    let a = match op.as_str() {
+        "GetContextProperty" | "SetContextProperty" | "TrySetContextProperty" => {
+            op_context_property(&st, &op, &body)
+        }
+        _ => Err(missing(&op)),
+    };
+    answer(&st, a)
 }
 
 async fn comments_post(State(st): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -128,6 +142,7 @@ pub fn router(state: Arc<SimState>) -> Router {
             get(legacy_get_comments),
         )
         .route("/api/external/v1/sdk/AddTag", post(legacy_add_tag))
+        .route("/api/external/v1/sdk/{op}", post(context_property))
         .route(
             "/api/external/v1/cases/comments",
             post(comments_post).get(comments_get),

@@ -137,6 +137,8 @@ pub(super) struct Data {
     overrides: NextCalls<(u16, String)>,
     /// Endpoints whose next calls get a slow fault.
     slow_next: NextCalls<()>,
+    /// Context properties (`SetContextProperty`), by (context type, identifier, key).
+    pub(super) context: BTreeMap<(i64, String, String), serde_json::Value>,
 }
 
 /// The simulator's state, shared by the handlers and reachable from in-process tests.
@@ -182,6 +184,7 @@ impl SimState {
                 stats: SimStats::default(),
                 overrides: NextCalls::default(),
                 slow_next: NextCalls::default(),
+                context: BTreeMap::new(),
             }),
             app_key: cfg.app_key.clone(),
             seed: cfg.seed,
@@ -192,6 +195,33 @@ impl SimState {
             faults: FaultDice::new(cfg.fault_rate, cfg.fault_seed),
             slow: Delay::new(cfg.slow_ms),
         }
+    }
+
+    /// A context property as the platform stores it (`None`: not set).
+    pub fn context_property(
+        &self,
+        context_type: i64,
+        identifier: &str,
+        key: &str,
+    ) -> Option<serde_json::Value> {
+        self.data()
+            .context
+            .get(&(context_type, identifier.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    /// Sets a context property, as a platform run of the job did.
+    pub fn set_context_property(
+        &self,
+        context_type: i64,
+        identifier: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) {
+        self.data().context.insert(
+            (context_type, identifier.to_string(), key.to_string()),
+            value,
+        );
     }
 
     /// A poisoned lock only means a handler panicked mid-request; the data is still usable.

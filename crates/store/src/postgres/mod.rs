@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Claim, ClusterEvent, JobStateStore, NewRun, NodeInfo, OpenOptions, Pruned, Retention,
     RunFinish, RunHolder, RunMark, RunProcess, RunRecord, RunStatus, RunStore, SeenEntry,
-    SeenState, StoreError, StoreResult, Trigger,
+    SeenState, StartCheck, StoreError, StoreResult, Trigger,
 };
 use crate::Db;
 use crate::rows::{
@@ -94,6 +94,18 @@ const GONE_MESSAGE: &str =
 const DEAD_MESSAGE: &str = "its replica stopped heartbeating for longer than cluster.dead_after \
                             (killed, frozen or cut off); another replica took the run over";
 
+/// A run this handle claimed: its fencing token, and what vouches for the claim.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lease {
+    fence: i64,
+    /// The node the run was claimed under.
+    node: i64,
+    /// When the statement that last renewed the node's heartbeat together with this run's
+    /// claim (the claim itself, or a start check) was sent, on this host's monotonic clock.
+    /// Nobody can declare the node dead until `dead_after` after it.
+    renewed: std::time::Instant,
+}
+
 /// [`Store`](super::Store) on a PostgreSQL database. Cheap to clone (one shared handle).
 #[derive(Clone)]
 pub struct PgStore {
@@ -114,8 +126,12 @@ pub(super) struct Inner {
     /// other replicas take its jobs while its last runs finish.
     stopped: std::sync::atomic::AtomicBool,
     dead_after_ms: i64,
-    /// Fencing tokens of the runs this handle claimed and has not finished: run id -> token.
-    leases: std::sync::Mutex<HashMap<i64, i64>>,
+    /// The runs this handle claimed and has not finished, with their fencing tokens.
+    leases: std::sync::Mutex<HashMap<i64, Lease>>,
+    /// When this handle last registered again after being declared dead (the database
+    /// server's clock, unix ms; 0: never). Scheduled ticks due before it were the business
+    /// of the replicas that held its jobs meanwhile: its claims of them are refused.
+    reregistered_ms: AtomicI64,
     /// Run ends that could not be written (the database was down), retried under their
     /// fencing tokens after every successful heartbeat and sweep, and at close.
     unrecorded: std::sync::Mutex<Vec<(i64, RunFinish)>>,
@@ -169,7 +185,7 @@ impl PgStore {
             options.role
         };
         let id = match node::register(&pool, &host, pid, first_role).await {
-            Ok(id) => id,
+            Ok((id, _)) => id,
             Err(e) => {
                 pool.close().await;
                 return Err(e);
@@ -186,6 +202,7 @@ impl PgStore {
             stopped: std::sync::atomic::AtomicBool::new(false),
             dead_after_ms: i64::try_from(options.dead_after.as_millis()).unwrap_or(i64::MAX),
             leases: Default::default(),
+            reregistered_ms: AtomicI64::new(0),
             unrecorded: Default::default(),
             // At open the other nodes' heartbeats are judged as usual: this handle did not
             // see an outage.
@@ -235,7 +252,7 @@ impl PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&run_id)
-            .copied()
+            .map(|l| l.fence)
     }
 
     fn drop_lease(&self, run_id: i64) -> Option<i64> {
@@ -244,6 +261,7 @@ impl PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run_id)
+            .map(|l| l.fence)
     }
 
     /// Writes the run ends kept while the database failed, each under its run's fencing
@@ -591,21 +609,6 @@ impl PgStore {
 
     /// One attempt at a claim, in its own transaction.
     async fn claim_once(&self, runs: &[NewRun], exclusive: &[bool]) -> StoreResult<Vec<Claim>> {
-        let mut tx = self.inner.pool.begin().await.db()?;
-        // This node must still exist: a handle declared dead (after a SIGSTOP) registers
-        // again before it claims, or its rows would belong to a deleted node. FOR SHARE keeps
-        // another replica from deleting the row until this claim commits.
-        let mut me = self.me();
-        let alive: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR SHARE")
-            .bind(me)
-            .fetch_optional(&mut *tx)
-            .await
-            .db()?;
-        if alive.is_none() {
-            tx.rollback().await.db()?;
-            me = self.inner.reregister(me).await?;
-            tx = self.inner.pool.begin().await.db()?;
-        }
         let is_exclusive = |i: usize| exclusive.get(i).copied().unwrap_or(false);
         let mut jobs: Vec<&str> = runs
             .iter()
@@ -616,45 +619,69 @@ impl PgStore {
             .into_iter()
             .collect();
         jobs.sort_unstable();
-        let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
-        // Ticks of exclusive jobs another replica claimed first: taken, not busy. Replicas
-        // claim the same ticks at the same moment, and the loser of that race must neither
-        // record a skip nor log one (under the advisory locks below the answer is stable).
-        let mut taken: HashSet<(String, i64)> = HashSet::new();
-        if !jobs.is_empty() {
-            // Serialises exclusive claims of these jobs across replicas until commit; taken
-            // in job order so two claimers cannot deadlock.
-            // One round trip for all: PostgreSQL evaluates a volatile function of the select
-            // list after the ORDER BY, so the locks are taken in job order.
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
-                 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n",
-            )
+        // This node must still exist: a handle declared dead (after a SIGSTOP) registers
+        // again before it claims, or its rows would belong to a deleted node. The claim
+        // renews the node's heartbeat: its row lock keeps another replica from deleting the
+        // node until this claim commits, and nobody can declare it dead until `dead_after`
+        // after `sent`, which is what lets `mark_started` vouch for a fresh claim without a
+        // query (the claim's lease).
+        //
+        // The same statement takes the advisory locks of the exclusive jobs: they serialise
+        // exclusive claims of a job across processes until commit (taken in job order, so two
+        // claimers cannot deadlock; PostgreSQL evaluates a volatile function of the select list
+        // after the ORDER BY). The running rows are read in the next statement, whose snapshot
+        // is taken after the locks are held. One round trip for both: on a loaded server every
+        // round trip of the claim transaction waits for a CPU, and the claim's length decides
+        // whether its ticks fire on time.
+        let mut me = self.me();
+        let mut attempts = 0;
+        let (mut tx, sent) = loop {
+            attempts += 1;
+            let sent = std::time::Instant::now();
+            let mut tx = self.inner.pool.begin().await.db()?;
+            let alive: Option<i64> = sqlx::query_scalar(concat!(
+                "WITH me AS (UPDATE nodes SET heartbeat_at = ",
+                NOW_MS!(),
+                " WHERE id = $1 RETURNING id) \
+                 SELECT (SELECT id FROM me) AS id, \
+                        (SELECT COUNT(*) FROM ( \
+                             SELECT pg_advisory_xact_lock(hashtextextended(j, 7201)) \
+                             FROM UNNEST($2::TEXT[]) WITH ORDINALITY AS u(j, n) ORDER BY n \
+                         ) l) AS locked"
+            ))
+            .bind(me)
             .bind(&jobs)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .db()?;
-            let ticks: Vec<i64> = runs
-                .iter()
-                .enumerate()
-                .filter(|(i, r)| is_exclusive(*i) && r.trigger != Trigger::Manual)
-                .map(|(_, r)| millis(r.scheduled_at))
-                .collect();
-            let existing = sqlx::query(
-                "SELECT job_id, scheduled_at FROM job_runs \
-                 WHERE job_id = ANY($1) AND scheduled_at = ANY($2) AND \"trigger\" <> 'manual'",
-            )
-            .bind(&jobs)
-            .bind(&ticks)
-            .fetch_all(&mut *tx)
-            .await
-            .db()?;
-            for row in &existing {
-                taken.insert((
-                    row.try_get("job_id").db()?,
-                    row.try_get("scheduled_at").db()?,
-                ));
+            if alive.is_some() || attempts > 1 {
+                break (tx, sent);
             }
+            tx.rollback().await.db()?;
+            me = self.inner.reregister(me).await?;
+        };
+        // Scheduled ticks due before this handle registered again were its jobs' ticks while
+        // it was dead (frozen or cut off): the replicas that took the jobs over claimed them
+        // or decided them per `misfire`. Claiming them now (a stalled scheduler catching up)
+        // would run a tick twice over, or a second catch-up: refused, as taken.
+        let reregistered = self.inner.reregistered_ms.load(Ordering::SeqCst);
+        let stale = |run: &NewRun| {
+            reregistered > 0
+                && run.trigger == Trigger::Schedule
+                && millis(run.scheduled_at) < reregistered
+        };
+        let refused = runs.iter().filter(|r| stale(r)).count();
+        if refused > 0 {
+            tracing::warn!(
+                ticks = refused,
+                "ticks due while this replica was declared dead not claimed: the replicas \
+                 that took its jobs over decided them"
+            );
+        }
+        let mut holders: HashMap<String, Vec<RunHolder>> = HashMap::new();
+        // (A tick another replica claimed first is not inserted again: `ON CONFLICT DO
+        // NOTHING` answers it `Taken`, and nothing is recorded or logged for it.)
+        if !jobs.is_empty() {
             let rows = sqlx::query(concat!(
                 "SELECT r.id, r.job_id, r.\"trigger\", r.owner_pid, r.owner_host, r.owner_node, \
                         n.id IS NOT NULL AS registered, \
@@ -704,10 +731,7 @@ impl PgStore {
         let mut plan: Vec<(usize, &NewRun)> = Vec::with_capacity(runs.len());
         let mut claims: Vec<Claim> = vec![Claim::Taken; runs.len()];
         for (i, run) in runs.iter().enumerate() {
-            if is_exclusive(i)
-                && run.trigger != Trigger::Manual
-                && taken.contains(&(run.job_id.clone(), millis(run.scheduled_at)))
-            {
+            if stale(run) {
                 continue;
             }
             let held = is_exclusive(i)
@@ -733,7 +757,14 @@ impl PgStore {
                 continue;
             };
             if run.status == RunStatus::Running {
-                leases.insert(id, fence);
+                leases.insert(
+                    id,
+                    Lease {
+                        fence,
+                        node: me,
+                        renewed: sent,
+                    },
+                );
             }
             let held = is_exclusive(*i)
                 .then(|| holders.get(&run.job_id))
@@ -815,23 +846,99 @@ impl RunStore for PgStore {
         .transpose()
     }
 
-    async fn mark_started(&self, runs: &[(i64, DateTime<Utc>)]) -> StoreResult<()> {
-        if runs.is_empty() {
-            return Ok(());
+    /// The fencing of claims (see [`RunStore::mark_started`]): fresh claims are vouched for
+    /// by their lease, the others checked in one statement that also renews the heartbeat, so
+    /// a run confirmed here cannot be taken over for `dead_after` either.
+    async fn mark_started(&self, runs: &[(i64, Option<DateTime<Utc>>)]) -> StartCheck {
+        let me = self.me();
+        let fresh = std::time::Duration::from_millis(
+            u64::try_from(self.inner.dead_after_ms / 2).unwrap_or(0),
+        );
+        let mut check = StartCheck::default();
+        let mut ask: Vec<(i64, Option<i64>, i64)> = Vec::new();
+        {
+            let leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, start) in runs {
+                match leases.get(id) {
+                    Some(l) if start.is_none() && l.node == me && l.renewed.elapsed() < fresh => {}
+                    Some(l) if l.node == me => ask.push((*id, start.map(millis), l.fence)),
+                    // Claimed under a node this handle no longer is (it was declared dead and
+                    // registered again): the new owner interrupted the row.
+                    Some(_) | None => check.lost.push(*id),
+                }
+            }
         }
-        let ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
-        let starts: Vec<i64> = runs.iter().map(|(_, at)| millis(*at)).collect();
-        sqlx::query(
-            "UPDATE job_runs r SET started_at = u.s \
-             FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS u(id, s) \
-             WHERE r.id = u.id AND r.status = 'running'",
-        )
-        .bind(ids)
-        .bind(starts)
-        .execute(&self.inner.pool)
-        .await
-        .db()?;
-        Ok(())
+        if !ask.is_empty() {
+            let ids: Vec<i64> = ask.iter().map(|a| a.0).collect();
+            let starts: Vec<Option<i64>> = ask.iter().map(|a| a.1).collect();
+            let fences: Vec<i64> = ask.iter().map(|a| a.2).collect();
+            let sent = std::time::Instant::now();
+            let result = sqlx::query(concat!(
+                "WITH me AS ( \
+                     UPDATE nodes SET heartbeat_at = ",
+                NOW_MS!(),
+                " WHERE id = $1 RETURNING id \
+                 ), started AS ( \
+                     UPDATE job_runs r SET started_at = COALESCE(u.s, r.started_at) \
+                     FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS u(id, s, f) \
+                     WHERE r.id = u.id AND r.status = 'running' AND r.owner_node = $1 \
+                       AND r.fence = u.f AND EXISTS (SELECT 1 FROM me) \
+                     RETURNING r.id \
+                 ) \
+                 SELECT EXISTS (SELECT 1 FROM me) AS alive, \
+                        ARRAY(SELECT id FROM started) AS ids"
+            ))
+            .bind(me)
+            .bind(&ids)
+            .bind(&starts)
+            .bind(&fences)
+            .fetch_one(&self.inner.pool)
+            .await
+            .and_then(|row| {
+                Ok((
+                    row.try_get::<bool, _>("alive")?,
+                    row.try_get::<Vec<i64>, _>("ids")?,
+                ))
+            });
+            match result {
+                Ok((alive, confirmed)) => {
+                    self.inner.db_ok();
+                    let confirmed: HashSet<i64> = confirmed.into_iter().collect();
+                    {
+                        let mut leases =
+                            self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+                        for id in ids {
+                            if confirmed.contains(&id) {
+                                if let Some(l) = leases.get_mut(&id) {
+                                    l.renewed = sent;
+                                }
+                            } else {
+                                check.lost.push(id);
+                            }
+                        }
+                    }
+                    if !alive {
+                        // Declared dead: register again now (the heartbeat would within a
+                        // beat), which stops the runs still going here.
+                        if let Err(e) = self.inner.reregister(me).await {
+                            tracing::warn!(error = %e, "cannot register this replica again");
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.inner.db_failed();
+                    check.error = Some(soarjobd_core::error_chain(&e));
+                    check.unconfirmed = ids;
+                }
+            }
+        }
+        if !check.lost.is_empty() {
+            let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &check.lost {
+                leases.remove(id);
+            }
+        }
+        check
     }
 
     /// Fenced: a run this handle claimed is finished only while its row is still `running`
@@ -968,6 +1075,10 @@ impl RunStore for PgStore {
     fn owns(&self, job_id: &str) -> bool {
         let me = self.me();
         self.inner.members.get().owner(job_id, me) == me
+    }
+
+    fn owner_of(&self, job_id: &str) -> Option<i64> {
+        Some(self.inner.members.get().owner(job_id, self.me()))
     }
 
     fn membership_epoch(&self) -> u64 {

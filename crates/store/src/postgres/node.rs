@@ -15,15 +15,21 @@ use super::{Inner, NOW_MS};
 use crate::Db;
 use soarjobd_core::store::{ClusterEvent, StoreResult};
 
-/// Inserts a node row for this process and returns its id.
-pub(super) async fn register(pool: &PgPool, host: &str, pid: i64, role: &str) -> StoreResult<i64> {
-    let id = sqlx::query_scalar(concat!(
+/// Inserts a node row for this process and returns its id and its registration instant
+/// (the server's clock, unix ms).
+pub(super) async fn register(
+    pool: &PgPool,
+    host: &str,
+    pid: i64,
+    role: &str,
+) -> StoreResult<(i64, i64)> {
+    let row: (i64, i64) = sqlx::query_as(concat!(
         "INSERT INTO nodes (host, pid, version, role, started_at, heartbeat_at) \
          VALUES ($1, $2, $3, $4, ",
         NOW_MS!(),
         ", ",
         NOW_MS!(),
-        ") RETURNING id"
+        ") RETURNING id, started_at"
     ))
     .bind(host)
     .bind(pid)
@@ -32,7 +38,7 @@ pub(super) async fn register(pool: &PgPool, host: &str, pid: i64, role: &str) ->
     .fetch_one(pool)
     .await
     .db()?;
-    Ok(id)
+    Ok(row)
 }
 
 impl Inner {
@@ -47,8 +53,17 @@ impl Inner {
         if current != old {
             return Ok(current);
         }
-        let new = register(&self.pool, &self.host, self.pid, self.node_role()).await?;
+        let (new, at) = register(&self.pool, &self.host, self.pid, self.node_role()).await?;
+        self.reregistered_ms.store(at, Ordering::SeqCst);
         self.node.store(new, Ordering::SeqCst);
+        // The jobs are spread again at once (this node's new id weighs differently): until
+        // the next sweep the old membership would still count the dead id.
+        if self.role == "daemon" {
+            match super::read_members(&self.pool, self.dead_after_ms).await {
+                Ok(nodes) => self.members.set(nodes),
+                Err(e) => tracing::warn!(error = %e, "cannot read the live replicas"),
+            }
+        }
         // The leases stay in the map: they are void (the new owner interrupted their rows),
         // and keeping them is what lets a late finish be recognised and logged as fenced.
         let lost = self

@@ -230,9 +230,11 @@ async fn a_dead_replicas_runs_are_taken_over_and_its_late_writes_fenced() {
         .unwrap();
     assert_eq!(seen.state, SeenState::Attempting);
 
-    // Its next claim finds its node row gone: it registers again, and tells the daemon.
+    // Its next claim finds its node row gone: it registers again, and tells the daemon. (A
+    // tick after the re-registration: the ticks due while it was dead are refused.)
+    let tick = Utc::now().timestamp_millis() + 60_000;
     let next = frozen
-        .claim_runs(&[new_run("job-b", 9_000, Trigger::Schedule)])
+        .claim_runs(&[new_run("job-b", tick, Trigger::Schedule)])
         .await
         .unwrap();
     assert!(next[0].is_some());
@@ -309,4 +311,77 @@ async fn a_cancel_request_reaches_the_owner_within_a_heartbeat() {
     assert!(!other.request_cancel(run).await.unwrap());
     owner.close().await;
     other.close().await;
+}
+
+/// Fencing of claims: a run claimed ahead by a replica that is then frozen past
+/// `dead_after` and taken over is reported lost when the replica comes back and would start
+/// it; a fresh claim of a live replica is vouched for by its lease (no query), and an old
+/// one is confirmed by the database. After it registered again, scheduled ticks due while it
+/// was dead are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_replica_declared_dead_do_not_start() {
+    let db = TestDb::create().await;
+    let frozen = PgStore::open(db.url(), &fast()).await.unwrap();
+    let live = PgStore::open(db.url(), &fast()).await.unwrap();
+    let claim = |store: &PgStore, job: &'static str, ms: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_runs(&[new_run(job, ms, Trigger::Schedule)])
+                .await
+                .unwrap()[0]
+                .unwrap()
+        }
+    };
+    let fresh = claim(&live, "job-f", 1_000).await;
+    assert_eq!(
+        live.mark_started(&[(fresh, None)]).await,
+        Default::default(),
+        "a fresh claim starts"
+    );
+    let ahead = claim(&frozen, "job-a", 1_000).await;
+    let kept = claim(&frozen, "job-b", 1_000).await;
+    // A late start is checked with the database (and renews the lease).
+    let check = frozen.mark_started(&[(kept, Some(at(1_500)))]).await;
+    assert!(
+        check.lost.is_empty() && check.unconfirmed.is_empty(),
+        "{check:?}"
+    );
+    assert_eq!(
+        frozen.run(kept).await.unwrap().unwrap().started_at,
+        at(1_500)
+    );
+
+    // Frozen (its heartbeat stops) past dead_after: the live replica takes its claim over.
+    frozen.inner.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let taken = live.interrupt_running(Utc::now()).await.unwrap();
+    assert_eq!(taken.len(), 2, "{taken:?}");
+
+    // It comes back and would start its claim: lost, even without a late start (its lease
+    // is older than half of dead_after), and its node registers again.
+    let check = frozen.mark_started(&[(ahead, None)]).await;
+    assert_eq!(check.lost, vec![ahead], "{check:?}");
+    assert!(check.unconfirmed.is_empty());
+    assert_eq!(
+        frozen.run(ahead).await.unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+    let reregistered = frozen
+        .inner
+        .reregistered_ms
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(reregistered > 0, "the frozen handle registered again");
+    // Ticks due while it was dead are not claimed; later ones are.
+    let stale = frozen
+        .claim_runs(&[
+            new_run("job-c", reregistered - 1_000, Trigger::Schedule),
+            new_run("job-c", reregistered + 1_000, Trigger::Schedule),
+        ])
+        .await
+        .unwrap();
+    assert!(stale[0].is_none() && stale[1].is_some(), "{stale:?}");
+    for s in [frozen, live] {
+        s.close().await;
+    }
 }
