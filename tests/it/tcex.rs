@@ -257,7 +257,8 @@ async fn the_example_app_stores_its_batch_exactly_as_with_real_credentials() {
         "app.log lines are the run's log: {stored}"
     );
     let history = format!("{run:?}");
-    let db = std::fs::read(app.path("state.db")).unwrap();
+    let mut db = std::fs::read(app.path("state.db")).unwrap();
+    db.extend(std::fs::read(app.path("state.db-wal")).unwrap_or_default());
     let daemon_log = logs.text();
     for (what, text) in [
         ("stored log", stored.as_str()),
@@ -700,5 +701,163 @@ async fn tcex_deps_builds_the_lib_folder_the_app_then_runs_with_from_its_source_
     assert_eq!(
         view["indicators"][0]["summary"], "lib.example.com",
         "{view:#}"
+    );
+}
+
+/// `soarjobd run` as a replica on PostgreSQL, SIGKILLed on drop if still running.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_run_each_tick_of_an_app_once() {
+    use soarjobd_store::testdb::TestDb;
+    let python = tcex_python();
+    let sim = start_sim().await;
+    let db = TestDb::create().await;
+    let app = TestApp::new();
+    vendor_example(&app);
+    feed_instance(&app, "ioc-feed", "replica.example.com", "timeout: 2m\n");
+    // One tick every 3 s (the default `overlap: skip` records a tick that finds the previous
+    // run still going as skipped).
+    let job = app.jobs_dir().join("ioc-feed.yaml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text.replace("schedule: {every: 1h}", "schedule: {every: 3s}"),
+    )
+    .unwrap();
+    let api = sim.api_url();
+    let replica = |name: &str| {
+        let out = std::fs::File::create(app.path(&format!("{name}.log"))).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut c = soarjobd_in(app.dir.path(), &["run"]);
+        c.env_remove("SOARJOBD_CONFIG")
+            .env("SOARJOBD__DATABASE_URL", db.url())
+            .env("SOARJOBD__CLUSTER__HEARTBEAT", "500ms")
+            .env("SOARJOBD__CLUSTER__DEAD_AFTER", "1500ms")
+            .env("SOARJOBD__THREATCONNECT__URL", &api)
+            .env("SOARJOBD__THREATCONNECT__ACCESS_ID", ACCESS_ID)
+            .env("SOARJOBD__THREATCONNECT__SECRET_KEY", SECRET_KEY)
+            .env("SOARJOBD__TCEX__PYTHON", &python)
+            .stdout(out)
+            .stderr(err);
+        Replica(c.spawn().expect("spawn a replica"))
+    };
+    let mut replicas = [replica("a"), replica("b")];
+    let pool = sqlx::postgres::PgPool::connect(db.url()).await.unwrap();
+    let done = eventually(Duration::from_secs(90), || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n >= 4)
+    })
+    .await;
+    for r in &mut replicas {
+        // SAFETY: a signal to a child this test spawned and has not reaped.
+        unsafe { libc::kill(r.0.id() as i32, libc::SIGTERM) };
+    }
+    for r in &mut replicas {
+        let status = tokio::task::block_in_place(|| r.0.wait()).unwrap();
+        assert!(status.success(), "a replica did not stop cleanly: {status}");
+    }
+    let logs = format!(
+        "{}\n{}",
+        std::fs::read_to_string(app.path("a.log")).unwrap_or_default(),
+        std::fs::read_to_string(app.path("b.log")).unwrap_or_default()
+    );
+    assert!(done, "fewer than 4 runs succeeded:\n{logs}");
+    // Every tick ran at most once across the replicas...
+    let doubled: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT scheduled_at, COUNT(*) FROM job_runs WHERE status <> 'skipped' \
+         GROUP BY scheduled_at HAVING COUNT(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(doubled.is_empty(), "ticks run twice: {doubled:?}");
+    let ran: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE status <> 'skipped'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM job_runs WHERE status NOT IN ('skipped', 'succeeded')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(failed, 0, "{logs}");
+    // ...and each run's app sent its batch once: the simulator saw one batch per run.
+    let stats: Value = reqwest::get(format!("http://{}/_sim/stats", sim.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["jobs"].as_object().map(|j| j.len() as i64),
+        Some(ran),
+        "{stats:#}"
+    );
+    for secret in [ACCESS_ID, SECRET_KEY, FEED_KEY] {
+        assert!(!logs.contains(secret), "{secret} in a replica's log");
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn first_run_params_then_the_values_an_app_persists_in_results_tc() {
+    let python = tcex_python();
+    let (_logs, _guard) = capture_logs();
+    let sim = start_sim().await;
+    let app = app_for(&sim, &python);
+    let dir = app.path("apps/counter");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("install.json"),
+        r#"{"displayName": "Counter", "programLanguage": "PYTHON", "programMain": "run",
+            "programVersion": "1.0.0", "runtimeLevel": "Organization", "listDelimiter": "|",
+            "features": ["fileParams"], "languageVersion": "3.11",
+            "feeds": [{"sourceName": "Counter", "sourceCategory": "Premium",
+              "sourceDescription": "A counter", "jobFile": "counter.job.json",
+              "documentStorageLimitMb": 1, "indicatorLimit": 10,
+              "firstRunParams": [{"param": "counter", "value": "10"}]}],
+            "params": [
+              {"name": "counter", "label": "Counter", "type": "String", "default": "0", "hidden": true},
+              {"name": "secret", "label": "Secret", "type": "String", "encrypt": true}
+            ]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("run.py"),
+        "from tcex import TcEx\n\
+         tcex = TcEx()\n\
+         n = int(tcex.inputs.contents_resolved['counter'])\n\
+         tcex.results_tc('counter', str(n + 1))\n\
+         tcex.results_tc('secret', 'persisted-password-never-kept')\n\
+         tcex.exit(0, f'counter={n}')\n",
+    )
+    .unwrap();
+    app.write_job("counter", "uses: ../apps/counter/install.json\n");
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        let run = run_job(&app, "counter").await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+        messages.push(run.message.unwrap_or_default());
+    }
+    // The first run takes the feed's firstRunParams; later ones what the app persisted.
+    assert_eq!(messages, ["counter=10", "counter=11", "counter=12"]);
+    let mut db = std::fs::read(app.path("state.db")).unwrap();
+    db.extend(std::fs::read(app.path("state.db-wal")).unwrap_or_default());
+    assert!(
+        !String::from_utf8_lossy(&db).contains("persisted-password-never-kept"),
+        "an encrypt param was persisted"
     );
 }

@@ -28,6 +28,9 @@ use soarjobd_core::Configured;
 
 use crate::secops_script::ct_eq;
 
+/// The smallest request body limit (and the room added to the client's upload limit).
+const MIN_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
 /// One run's session.
 pub(crate) struct Session {
     token: String,
@@ -89,7 +92,18 @@ impl Gateway {
             tc,
             addr,
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        // A batch upload is one body (tcex sends up to ~75 MB per createAndUpload): the
+        // limit follows the ThreatConnect client's configured upload size, with room for the
+        // multipart framing and the settings part.
+        let limit = shared
+            .tc
+            .get()
+            .map(|c| c.max_upload_bytes().saturating_add(MIN_BODY_LIMIT))
+            .unwrap_or(MIN_BODY_LIMIT);
+        let app = Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .with_state(shared.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the TC gateway stopped");

@@ -50,6 +50,8 @@ pub(crate) struct Manifest {
     pub program_version: String,
     pub list_delimiter: String,
     pub params: Vec<AppParam>,
+    /// `feeds[].firstRunParams`: (param, value) for the runs before the first success.
+    pub first_run: Vec<(String, String)>,
 }
 
 impl Manifest {
@@ -151,10 +153,34 @@ impl Manifest {
             }
             Some(_) => errs.push("`params` must be a list".into()),
         }
+        let mut first_run = Vec::new();
+        for feed in obj
+            .get("feeds")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for p in feed
+                .get("firstRunParams")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let text = |k: &str| match p.get(k) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Null) | None => None,
+                    Some(v) => Some(v.to_string()),
+                };
+                if let (Some(param), Some(value)) = (text("param"), text("value")) {
+                    first_run.push((param, value));
+                }
+            }
+        }
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(Manifest {
+            first_run,
             dir: dir.to_path_buf(),
             display_name,
             program_main,

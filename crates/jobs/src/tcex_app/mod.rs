@@ -19,6 +19,10 @@
 //!   rotations) become the run's log lines, redacted (the run's passwords, the platform
 //!   credentials, the per-run token); the run's stats count the forwarded requests
 //!   (`tc_requests`).
+//! * Persisted values: `out/results.tc` pairs of a run exiting 0 or 3 (params of the app, never
+//!   `encrypt` ones) are kept in the job's context and override the instance's values on later
+//!   runs; a feed's `firstRunParams` apply until the job's first success (both assumed by the
+//!   spec).
 //! * Containment, timeouts and output limits as for `exec` ([`crate::process`]).
 
 mod deps;
@@ -61,6 +65,13 @@ const STDERR_TAIL: usize = 20;
 const MESSAGE_MAX: u64 = 4096;
 /// The most of the app's log files read, all rotations together.
 const APP_LOG_MAX: u64 = 64 * 1024 * 1024;
+/// The job's context key holding the values the app persisted (`results.tc`).
+const RESULTS_KEY: &str = "tcex.results";
+/// The job's context key set by its first succeeded run (`firstRunParams` apply until then).
+const SUCCEEDED_KEY: &str = "tcex.succeeded";
+/// The most of `results.tc` read.
+const RESULTS_MAX: u64 = 1024 * 1024;
+
 /// Inputs the params file always carries, which an app's values cannot replace.
 const RESERVED: &[&str] = &[
     "tc_api_path",
@@ -195,7 +206,10 @@ impl JobSpec for TcexApp {
             Err(problems) => errs.extend(problems.into_iter().map(|p| FieldError::new("uses", p))),
         }
         for p in params.iter() {
-            if RESERVED.contains(&p.name.as_str()) {
+            // An app may declare such a param; giving it a value is what cannot work.
+            if RESERVED.contains(&p.name.as_str())
+                && !matches!(p.value, soarjobd_core::definition::ParamValue::Null)
+            {
                 errs.push(FieldError::new(
                     format!("parameters.{}", p.name),
                     format!("`{}` is set by soarjobd, not by the app's values", p.name),
@@ -286,7 +300,24 @@ impl Job for TcexApp {
         let dir = RunDir::create(&std::env::temp_dir(), owner)
             .map_err(|e| JobError::context("cannot create the run's folder", e))?;
         let api_path = format!("http://{}/api", gateway.addr());
-        let doc = params_document(ctx, &manifest, &dir, api_path, &token, deadline);
+        let mut doc = params_document(ctx, &manifest, &dir, api_path, &token, deadline);
+        // A feed app's first-run values, until the job has succeeded once (spec §8, assumed).
+        if !manifest.first_run.is_empty() && ctx.context_get(SUCCEEDED_KEY).await?.is_none() {
+            for (k, v) in &manifest.first_run {
+                if persistable(&manifest, k) {
+                    doc.insert(k.clone(), Value::String(v.clone()));
+                }
+            }
+        }
+        // Values the app persisted on earlier runs (`results.tc`) win over the instance's, as
+        // the platform keeps them as the job's new param values (spec §5, assumed).
+        if let Some(Value::Object(kept)) = ctx.context_get(RESULTS_KEY).await? {
+            for (k, v) in kept {
+                if let (Some(text), true) = (v.as_str(), persistable(&manifest, &k)) {
+                    doc.insert(k, Value::String(text.to_string()));
+                }
+            }
+        }
         let (params_file, key) = dir
             .write_params(&doc, owner)
             .map_err(|e| JobError::context("cannot write the params file", e))?;
@@ -349,6 +380,7 @@ impl Job for TcexApp {
         // The app's log and message, read before the folder goes.
         log_app_files(&dir.path("log"), &clean);
         let message = read_message(&dir.path("out")).map(|m| clean(&m));
+        let results = read_results(&dir.path("out"), &manifest);
         let requests = guard.session.requests.load(Ordering::Relaxed);
         let refused = guard.session.refused.load(Ordering::Relaxed);
         // The token dies with the run, the folder (params file included) too.
@@ -365,6 +397,18 @@ impl Job for TcexApp {
         let status = status.map_err(|e| JobError::context("cannot wait for the app", e))?;
         use std::os::unix::process::ExitStatusExt;
         let code = status.code();
+        if code == Some(0) && !manifest.first_run.is_empty() {
+            ctx.context_set(SUCCEEDED_KEY, &Value::Bool(true)).await?;
+        }
+        if matches!(code, Some(0 | 3)) && !results.is_empty() {
+            let mut kept = match ctx.context_get(RESULTS_KEY).await? {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            ctx.stats().set("tc_results", results.len() as u64);
+            kept.extend(results);
+            ctx.context_set(RESULTS_KEY, &Value::Object(kept)).await?;
+        }
         let what = match (code, status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
@@ -389,6 +433,26 @@ impl Job for TcexApp {
             }
         })
     }
+}
+
+/// Whether the app may persist `name` through `results.tc`: one of its params, not a password.
+fn persistable(manifest: &Manifest, name: &str) -> bool {
+    manifest.params.iter().any(|p| p.name == name && !p.encrypt)
+}
+
+/// The `key = value` lines of `results.tc` for params the app may persist.
+fn read_results(out: &Path, manifest: &Manifest) -> Map<String, Value> {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(out.join("results.tc")) {
+        let _ = f.take(RESULTS_MAX).read_to_string(&mut text);
+    }
+    text.lines()
+        .filter_map(|l| l.split_once(" = ").or_else(|| l.split_once('=')))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| persistable(manifest, k))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
 }
 
 /// `message.tc`, trimmed; `None` when absent or empty.
