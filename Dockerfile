@@ -21,7 +21,7 @@ RUN mkdir -p src benches examples \
     && echo '' > src/lib.rs \
     && for c in core store containment engine clients jobs sim admin; do mkdir -p "crates/$c/src" && echo '' > "crates/$c/src/lib.rs"; done \
     && echo 'fn main() {}' > crates/store/build.rs \
-    && for b in scheduler soar batch soak cluster jobs_page; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && for b in scheduler soar batch soak cluster jobs_page tcex; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin soarjobd \
     && rm -rf src benches examples crates/*/src crates/store/build.rs
 # 2. The real sources (the migrations, in crates/store/migrations/, are embedded by the store
