@@ -134,16 +134,27 @@ pub(crate) fn process_alive(pid: i32, start_ticks: u64) -> bool {
     read_stat(pid).is_some_and(|s| !s.is_dead() && s.start_ticks == start_ticks)
 }
 
+/// This boot's id, read once (it cannot change while the process lives).
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT: OnceLock<String> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
+/// The host's name, read once: every record a process writes names the same host, and two
+/// file reads per record showed in the `exec` profile.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 fn own_start_ticks() -> u64 {
