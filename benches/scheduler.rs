@@ -54,6 +54,7 @@ fn main() {
     let ours = run_child("ours", full);
     let ours_logs = run_child("ours+logs", full);
     let ours_admin = run_child("ours+admin", full);
+    let ours_page = run_child("ours+page", full);
     let tcs = run_child("tokio-cron-scheduler", full);
     let (load_ms, loaded) = load_files(size.files);
     let (store_single, store_batched) = store_throughput(size.store_runs);
@@ -71,6 +72,10 @@ fn main() {
             &ours_logs,
         ),
         ("soarjobd + admin server, scraped every 100 ms", &ours_admin),
+        (
+            "soarjobd + admin server, jobs page served every second",
+            &ours_page,
+        ),
         ("tokio-cron-scheduler 0.15", &tcs),
     ] {
         println!(
@@ -168,8 +173,9 @@ fn engine_child(engine: &str, jobs: usize, secs: u64) -> Value {
     let cpu0 = cpu_seconds();
     rt.block_on(async {
         match engine {
-            "ours" | "ours+logs" => run_ours(jobs, secs, lateness.clone(), false).await,
-            "ours+admin" => run_ours(jobs, secs, lateness.clone(), true).await,
+            "ours" | "ours+logs" => run_ours(jobs, secs, lateness.clone(), None).await,
+            "ours+admin" => run_ours(jobs, secs, lateness.clone(), Some(Scrape::Everything)).await,
+            "ours+page" => run_ours(jobs, secs, lateness.clone(), Some(Scrape::JobsPage)).await,
             _ => run_tcs(jobs, secs, lateness.clone()).await,
         }
     });
@@ -192,10 +198,20 @@ fn engine_child(engine: &str, jobs: usize, secs: u64) -> Value {
     })
 }
 
-/// Our daemon; with `admin`, its admin server too (metrics fed by every tick and run), scraped
-/// (`/metrics`, `/api/v1/jobs`, the status page) every 100 ms while the benchmark runs: far
-/// more often than Prometheus would, to show what the server costs the scheduler.
-async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>, admin: bool) {
+/// How the admin server is read while the benchmark runs.
+#[derive(Clone, Copy)]
+enum Scrape {
+    /// `/metrics`, `/api/v1/jobs` and the status page every 100 ms: far more often than
+    /// Prometheus would, to show what the server costs the scheduler.
+    Everything,
+    /// The jobs page (the status page's front page) once a second, as an analyst's open
+    /// browser tab refreshing it would.
+    JobsPage,
+}
+
+/// Our daemon; with `admin`, its admin server too (metrics fed by every tick and run), read
+/// as `admin` says while the benchmark runs.
+async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>, admin: Option<Scrape>) {
     let dir = tempfile::tempdir().unwrap();
     let jobs_dir = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs_dir).unwrap();
@@ -214,7 +230,7 @@ async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>, admin:
     };
     settings.set_section(
         "admin",
-        json!({ "listen": if admin { "127.0.0.1:0" } else { "off" } }),
+        json!({ "listen": if admin.is_some() { "127.0.0.1:0" } else { "off" } }),
     );
     let server = soarjobd::admin::Admin::bind(&settings).await.unwrap();
     let probe = Probe {
@@ -228,14 +244,18 @@ async fn run_ours(jobs: usize, secs: u64, lateness: Arc<Mutex<Vec<i64>>>, admin:
         .await
         .unwrap();
     let server = server.start(&d).unwrap();
-    let scraper = server.as_ref().map(|s| {
+    let scraper = server.as_ref().zip(admin).map(|(s, scrape)| {
         let base = s.url();
+        let (period, paths): (u64, &[&str]) = match scrape {
+            Scrape::Everything => (100, &["metrics", "api/v1/jobs", ""]),
+            Scrape::JobsPage => (1000, &[""]),
+        };
         tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let mut every = tokio::time::interval(Duration::from_millis(100));
+            let mut every = tokio::time::interval(Duration::from_millis(period));
             loop {
                 every.tick().await;
-                for path in ["metrics", "api/v1/jobs", ""] {
+                for path in paths {
                     let r = http.get(format!("{base}{path}")).send().await.unwrap();
                     assert!(r.status().is_success());
                     let _ = r.bytes().await;
