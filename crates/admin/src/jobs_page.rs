@@ -218,6 +218,16 @@ pub async fn index(
             ),
         ),
     };
+    // Until the scheduler has loaded the jobs folder once (`/readyz` says `jobs_not_loaded`
+    // meanwhile), the view is empty: say so, rather than show a daemon with no jobs.
+    let store_note = if s.control.status.is_scheduled() {
+        store_note
+    } else {
+        format!(
+            "<p id=\"starting\" class=\"s-skipped\">The daemon is starting: its jobs folder \
+             is not loaded yet. <a href=\"\">Reload</a> in a moment.</p>{store_note}"
+        )
+    };
     // The marks come grouped by job: each job's slice of them.
     let mut by_job: HashMap<&str, &[RunMark]> = HashMap::with_capacity(ids.len());
     let mut start = 0;

@@ -310,3 +310,29 @@ async fn a_cancel_request_reaches_the_owner_within_a_heartbeat() {
     owner.close().await;
     other.close().await;
 }
+
+/// Issue 22: a server that cannot be reached at all (nothing listens on the port) is
+/// reported with its cause ("Connection refused") and the address, not as a pool timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_reported_with_its_cause() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://soarjobd@127.0.0.1:{port}/nowhere");
+    let Err(e) = PgStore::open(&url, &OpenOptions::default()).await else {
+        panic!("a server that is not there cannot be opened");
+    };
+    let chain = soarjobd_core::error_chain(&e);
+    assert!(
+        chain.to_lowercase().contains("refused"),
+        "the cause is said: {chain}"
+    );
+    assert!(
+        chain.contains(&port.to_string()),
+        "the address is said: {chain}"
+    );
+    assert!(!chain.contains("pool timed out"), "{chain}");
+}
